@@ -1,0 +1,19 @@
+//! Lambda function `users-login`: POST /api/v1/users/login.
+
+use lambda_http::{Error, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let services = zx_app::start(true).await?;
+    let (users, hasher, tokens) = (
+        &*services.stores.users,
+        &services.hasher,
+        services.tokens()?,
+    );
+    run(service_fn(move |request| {
+        zx_http::serve(request, move |request| {
+            zx_users::login(users, hasher, tokens, request)
+        })
+    }))
+    .await
+}

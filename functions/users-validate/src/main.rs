@@ -1,0 +1,13 @@
+//! Lambda function `users-validate`: GET /api/v1/users/validate.
+
+use lambda_http::{Error, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let services = zx_app::start(true).await?;
+    let tokens = services.tokens()?;
+    run(service_fn(move |request| {
+        zx_http::serve(request, move |request| zx_users::validate(tokens, request))
+    }))
+    .await
+}

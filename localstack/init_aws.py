@@ -1,0 +1,79 @@
+"""Create the DynamoDB tables and SQS queues described by the JSON files beside this script.
+
+Idempotent: existing tables and queues are left as they are. Used by scripts/stack.sh (with the
+LocalStack virtualenv's boto3) and, for people with Docker, as a LocalStack ready hook
+(docker-compose.yml mounts it into /etc/localstack/init/ready.d/).
+
+Environment: AWS_ENDPOINT_URL (default http://127.0.0.1:4566), AWS_REGION (default us-east-1),
+ZX_TABLE_PREFIX / ZX_QUEUE_PREFIX to create a renamed copy (the tests use their own names).
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+import boto3
+from botocore.exceptions import ClientError
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def client(service):
+    return boto3.client(
+        service,
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        region_name=os.environ.get("AWS_REGION", "us-east-1"),
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+    )
+
+
+def create_tables():
+    ddb = client("dynamodb")
+    prefix = os.environ.get("ZX_TABLE_PREFIX", "")
+    for path in sorted((HERE / "dynamodb").glob("*.json")):
+        spec = json.loads(path.read_text())
+        spec["TableName"] = prefix + spec["TableName"]
+        ttl = spec.pop("TimeToLiveAttribute", None)
+        try:
+            ddb.create_table(**spec)
+            print(f"table {spec['TableName']}: created")
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+            print(f"table {spec['TableName']}: exists")
+        ddb.get_waiter("table_exists").wait(TableName=spec["TableName"])
+        if ttl:
+            ddb.update_time_to_live(
+                TableName=spec["TableName"],
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl},
+            )
+
+
+def create_queues():
+    sqs = client("sqs")
+    prefix = os.environ.get("ZX_QUEUE_PREFIX", "")
+    spec = json.loads((HERE / "sqs" / "queues.json").read_text())
+    for queue in spec["queues"]:
+        dlq_url = sqs.create_queue(QueueName=prefix + queue["deadLetterQueue"])["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        redrive = json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(spec["maxReceiveCount"])}
+        )
+        sqs.create_queue(
+            QueueName=prefix + queue["name"],
+            Attributes={
+                "RedrivePolicy": redrive,
+                "VisibilityTimeout": str(queue["visibilityTimeout"]),
+            },
+        )
+        print(f"queue {prefix + queue['name']} (dlq {prefix + queue['deadLetterQueue']}): ready")
+
+
+if __name__ == "__main__":
+    create_tables()
+    create_queues()
+    sys.stdout.flush()

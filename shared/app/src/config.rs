@@ -1,0 +1,276 @@
+//! Configuration from environment variables (the table in README.md), parsed once at cold
+//! start into types that cannot hold invalid values. Nothing secret is ever printed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use zx_auth::token::parse_ttl;
+use zx_auth::{BcryptCost, JwtSecret, TokenSettings};
+use zx_cache::CacheSettings;
+use zx_store_postgres::{PgSchema, PoolSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+/// A connection string that may hold a password: `Debug` shows neither.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(**redacted**)")
+    }
+}
+
+/// Which backend holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    DynamoDb,
+    Postgres,
+}
+
+/// Reads variables from the process environment or, in tests, from a map.
+pub struct Source(Box<dyn Fn(&str) -> Option<String> + Send + Sync>);
+
+impl Source {
+    pub fn env() -> Self {
+        Self(Box::new(|name| std::env::var(name).ok()))
+    }
+
+    pub fn map(values: HashMap<String, String>) -> Self {
+        Self(Box::new(move |name| values.get(name).cloned()))
+    }
+
+    /// The variable's value, if set and not blank.
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.trim().is_empty())
+    }
+}
+
+fn parse_or<T>(
+    source: &Source,
+    var: &'static str,
+    default: T,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    match source.get(var) {
+        Some(value) => parse(&value).map_err(|reason| ConfigError::Invalid { var, reason }),
+        None => Ok(default),
+    }
+}
+
+fn millis(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&ms| (1..=60_000).contains(&ms))
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("must be milliseconds between 1 and 60000, got {text:?}"))
+}
+
+/// Everything the functions read from the environment. Secrets are parsed on demand by the
+/// functions that need them ([`Config::token_settings`]), so the others never require them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: StoreKind,
+    pub users_table: String,
+    pub database_url: Option<DatabaseUrl>,
+    pub users_schema: PgSchema,
+    pub pool: PoolSettings,
+    pub cache: Option<CacheSettings>,
+    pub bcrypt_cost: BcryptCost,
+    pub health_timeout: Duration,
+    token: Result<TokenSettings, String>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Source::env())
+    }
+
+    pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
+        let store = parse_or(source, "STORE", StoreKind::DynamoDb, |v| match v.trim() {
+            "dynamodb" => Ok(StoreKind::DynamoDb),
+            "postgres" => Ok(StoreKind::Postgres),
+            other => Err(format!(
+                "must be \"dynamodb\" or \"postgres\", got {other:?}"
+            )),
+        })?;
+        let database_url = source.get("DATABASE_URL").map(DatabaseUrl);
+        if store == StoreKind::Postgres && database_url.is_none() {
+            return Err(ConfigError::Missing("DATABASE_URL"));
+        }
+        let mut pool = PoolSettings::default();
+        pool.max_connections = parse_or(source, "PG_MAX_CONNECTIONS", pool.max_connections, |v| {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=50).contains(n))
+                .ok_or_else(|| format!("must be a number from 1 to 50, got {v:?}"))
+        })?;
+        let cache_timeout = parse_or(
+            source,
+            "CACHE_TIMEOUT_MS",
+            Duration::from_millis(100),
+            millis,
+        )?;
+        let cache = match source.get("CACHE_URL") {
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Some(CacheSettings {
+                    url,
+                    timeout: cache_timeout,
+                    key_prefix: source
+                        .get("CACHE_KEY_PREFIX")
+                        .unwrap_or_else(|| "zx:".into()),
+                })
+            }
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    var: "CACHE_URL",
+                    reason: "must start with redis:// or rediss://".into(),
+                });
+            }
+            None => None,
+        };
+        let token = Self::read_token_settings(source);
+        Ok(Self {
+            store,
+            users_table: source
+                .get("USERS_TABLE")
+                .unwrap_or_else(|| "zhixuan-users".into()),
+            database_url,
+            users_schema: parse_or(
+                source,
+                "USERS_SCHEMA",
+                PgSchema::parse("users").map_err(|r| ConfigError::Invalid {
+                    var: "USERS_SCHEMA",
+                    reason: r,
+                })?,
+                PgSchema::parse,
+            )?,
+            pool,
+            cache,
+            bcrypt_cost: parse_or(
+                source,
+                "BCRYPT_COST",
+                BcryptCost::DEFAULT,
+                BcryptCost::parse,
+            )?,
+            health_timeout: parse_or(
+                source,
+                "HEALTH_TIMEOUT_MS",
+                Duration::from_millis(1000),
+                millis,
+            )?,
+            token,
+        })
+    }
+
+    fn read_token_settings(source: &Source) -> Result<TokenSettings, String> {
+        let secret = source
+            .get("JWT_SECRET")
+            .ok_or_else(|| "JWT_SECRET is required but not set (at least 32 bytes)".to_owned())?;
+        Ok(TokenSettings {
+            secret: JwtSecret::parse(&secret)?,
+            issuer: source.get("JWT_ISSUER").unwrap_or_else(|| "zhixuan".into()),
+            audience: source
+                .get("JWT_AUDIENCE")
+                .unwrap_or_else(|| "zhixuan-api".into()),
+            ttl: match source.get("JWT_EXPIRES_IN") {
+                Some(v) => parse_ttl(&v)?,
+                None => Duration::from_secs(24 * 3600),
+            },
+        })
+    }
+
+    /// Token settings, for the functions that sign or verify tokens: refuses a missing or
+    /// short `JWT_SECRET` (there is no default secret).
+    pub fn token_settings(&self) -> Result<TokenSettings, ConfigError> {
+        self.token.clone().map_err(|reason| ConfigError::Invalid {
+            var: "JWT_SECRET",
+            reason,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(pairs: &[(&str, &str)]) -> Source {
+        Source::map(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::from_source(&source(&[])).unwrap();
+        assert_eq!(config.store, StoreKind::DynamoDb);
+        assert_eq!(config.users_table, "zhixuan-users");
+        assert_eq!(config.bcrypt_cost, BcryptCost::DEFAULT);
+        assert!(config.cache.is_none());
+        assert_eq!(config.pool.max_connections, 2);
+    }
+
+    #[test]
+    fn jwt_secret_is_required_and_long() {
+        let config = Config::from_source(&source(&[])).unwrap();
+        let err = config.token_settings().unwrap_err().to_string();
+        assert!(err.contains("JWT_SECRET is required"), "{err}");
+        let config = Config::from_source(&source(&[("JWT_SECRET", "too-short")])).unwrap();
+        assert!(
+            config
+                .token_settings()
+                .unwrap_err()
+                .to_string()
+                .contains("at least 32 bytes")
+        );
+        let config = Config::from_source(&source(&[
+            ("JWT_SECRET", &"s".repeat(32)),
+            ("DATABASE_URL", "postgres://app:hunter2@db/x"),
+        ]))
+        .unwrap();
+        assert!(
+            !format!("{config:?}").contains("hunter2"),
+            "password printed"
+        );
+        assert!(config.token_settings().is_ok());
+        assert!(
+            !format!("{config:?}").contains("ssssssss"),
+            "secret printed"
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        for (var, value) in [
+            ("STORE", "mysql"),
+            ("BCRYPT_COST", "99"),
+            ("CACHE_URL", "http://x"),
+            ("USERS_SCHEMA", "Users"),
+            ("PG_MAX_CONNECTIONS", "0"),
+        ] {
+            let err = Config::from_source(&source(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(var), "{err}");
+        }
+        let err = Config::from_source(&source(&[("STORE", "postgres")])).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"));
+    }
+}

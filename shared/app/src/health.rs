@@ -1,0 +1,148 @@
+//! Health: every configured dependency checked concurrently under one deadline. 200 when every
+//! required dependency answers, 503 (naming the ones that did not) otherwise.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use lambda_http::{Body, Request, Response};
+use serde::Serialize;
+use zx_cache::Cache;
+use zx_http::{ApiError, json_response};
+
+/// One dependency to check.
+#[async_trait]
+pub trait HealthCheck: Send + Sync {
+    /// Its name in the report (`dynamodb`, `postgres`, `cache`).
+    fn name(&self) -> &'static str;
+    /// Whether the service is unavailable without it.
+    fn required(&self) -> bool;
+    /// Succeeds when the dependency answers.
+    async fn check(&self) -> Result<(), String>;
+}
+
+pub struct DynamoCheck {
+    pub client: aws_sdk_dynamodb::Client,
+    pub table: String,
+}
+
+#[async_trait]
+impl HealthCheck for DynamoCheck {
+    fn name(&self) -> &'static str {
+        "dynamodb"
+    }
+    fn required(&self) -> bool {
+        true
+    }
+    async fn check(&self) -> Result<(), String> {
+        zx_store_dynamodb::users::ping(&self.client, &self.table)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+pub struct PostgresCheck {
+    pub pool: sqlx::PgPool,
+    pub required: bool,
+}
+
+#[async_trait]
+impl HealthCheck for PostgresCheck {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    fn required(&self) -> bool {
+        self.required
+    }
+    async fn check(&self) -> Result<(), String> {
+        zx_store_postgres::ping(&self.pool)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+pub struct CacheCheck {
+    pub cache: Cache,
+}
+
+#[async_trait]
+impl HealthCheck for CacheCheck {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+    fn required(&self) -> bool {
+        false
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.cache.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DependencyStatus {
+    pub name: &'static str,
+    pub status: &'static str,
+    pub required: bool,
+    pub latency_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthReport {
+    pub status: &'static str,
+    pub dependencies: Vec<DependencyStatus>,
+}
+
+impl HealthReport {
+    pub fn is_healthy(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// Runs every check concurrently, each bounded by `timeout`.
+pub async fn run_checks(checks: &[Arc<dyn HealthCheck>], timeout: Duration) -> HealthReport {
+    let results = futures::future::join_all(checks.iter().map(|check| async move {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(timeout, check.check()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Err(error) = &outcome {
+            tracing::warn!(dependency = check.name(), %error, latency_ms, "health check failed");
+        }
+        DependencyStatus {
+            name: check.name(),
+            status: if outcome.is_ok() { "up" } else { "down" },
+            required: check.required(),
+            latency_ms,
+            error: outcome.err(),
+        }
+    }))
+    .await;
+    let healthy = results.iter().all(|d| d.status == "up" || !d.required);
+    HealthReport {
+        status: if healthy { "ok" } else { "unavailable" },
+        dependencies: results,
+    }
+}
+
+/// `GET /health`: 200 with each dependency's status and latency, or 503 naming those down.
+pub async fn health_handler(
+    checks: &[Arc<dyn HealthCheck>],
+    timeout: Duration,
+    _request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let report = run_checks(checks, timeout).await;
+    let status = if report.is_healthy() { 200 } else { 503 };
+    let mut response = json_response(status, &report)?;
+    if status == 503 {
+        response
+            .headers_mut()
+            .insert("retry-after", http::HeaderValue::from_static("5"));
+    }
+    Ok(response)
+}

@@ -1,0 +1,144 @@
+//! Builds the adapters once per cold start. Nothing here does network I/O: the SDK client,
+//! the Postgres pool and the cache connect on first use.
+
+use std::sync::Arc;
+
+use zx_auth::{PasswordHasher, TokenService};
+use zx_cache::Cache;
+use zx_domain::UserRepository;
+use zx_store_dynamodb::DynamoUserRepository;
+use zx_store_postgres::PgUserRepository;
+
+use crate::health::{CacheCheck, DynamoCheck, HealthCheck, PostgresCheck};
+use crate::{Config, ConfigError, StoreKind};
+
+/// The repositories of the configured backend, and health checks for every configured store.
+#[derive(Clone)]
+pub struct Stores {
+    pub users: Arc<dyn UserRepository>,
+    pub checks: Vec<Arc<dyn HealthCheck>>,
+}
+
+/// Loads the AWS configuration (region, credentials chain, `AWS_ENDPOINT_URL*`) once.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+/// Builds the repositories for `config.store`. DynamoDB is always checked by health when it is
+/// the store; Postgres is checked whenever `DATABASE_URL` is set, and required when it is the store.
+pub async fn build_stores(config: &Config) -> Result<Stores, ConfigError> {
+    let mut checks: Vec<Arc<dyn HealthCheck>> = Vec::new();
+    let pg_pool = match &config.database_url {
+        Some(url) => Some(
+            zx_store_postgres::connect_lazy(url.expose(), &config.users_schema, &config.pool)
+                .map_err(|e| ConfigError::Invalid {
+                    var: "DATABASE_URL",
+                    reason: e.to_string(),
+                })?,
+        ),
+        None => None,
+    };
+    let users: Arc<dyn UserRepository> = match config.store {
+        StoreKind::DynamoDb => {
+            let client = aws_sdk_dynamodb::Client::new(&aws_config().await);
+            checks.push(Arc::new(DynamoCheck {
+                client: client.clone(),
+                table: config.users_table.clone(),
+            }));
+            Arc::new(DynamoUserRepository::new(
+                client,
+                config.users_table.clone(),
+            ))
+        }
+        StoreKind::Postgres => {
+            let pool = pg_pool
+                .clone()
+                .ok_or(ConfigError::Missing("DATABASE_URL"))?;
+            Arc::new(PgUserRepository::new(pool))
+        }
+    };
+    if let Some(pool) = pg_pool {
+        checks.push(Arc::new(PostgresCheck {
+            pool,
+            required: config.store == StoreKind::Postgres,
+        }));
+    }
+    Ok(Stores { users, checks })
+}
+
+/// The cache, when `CACHE_URL` is set.
+pub fn build_cache(config: &Config) -> Result<Option<Cache>, ConfigError> {
+    config
+        .cache
+        .clone()
+        .map(|settings| {
+            Cache::new(settings).map_err(|e| ConfigError::Invalid {
+                var: "CACHE_URL",
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// Everything the API functions use, built once. Each function's `main` takes what it needs;
+/// the local gateway builds it whole.
+#[derive(Clone)]
+pub struct Services {
+    pub stores: Stores,
+    pub cache: Option<Cache>,
+    pub hasher: PasswordHasher,
+    pub tokens: Option<Arc<TokenService>>,
+    pub health_timeout: std::time::Duration,
+}
+
+impl Services {
+    /// Builds every service; `tokens` only when `require_tokens` (or a secret is configured).
+    pub async fn build(config: &Config, require_tokens: bool) -> Result<Self, ConfigError> {
+        let tokens = match config.token_settings() {
+            Ok(settings) => Some(Arc::new(TokenService::new(settings))),
+            Err(error) if require_tokens => return Err(error),
+            Err(_) => None,
+        };
+        Ok(Self {
+            stores: build_stores(config).await?,
+            cache: build_cache(config)?,
+            hasher: PasswordHasher::new(config.bcrypt_cost),
+            tokens,
+            health_timeout: config.health_timeout,
+        })
+    }
+
+    /// The token service; present whenever `build` was asked to require it.
+    pub fn tokens(&self) -> Result<&TokenService, ConfigError> {
+        self.tokens
+            .as_deref()
+            .ok_or(ConfigError::Missing("JWT_SECRET"))
+    }
+
+    /// Every health check: the stores', then the cache's.
+    pub fn health_checks(&self) -> Vec<Arc<dyn HealthCheck>> {
+        let mut checks = self.stores.checks.clone();
+        if let Some(cache) = &self.cache {
+            checks.push(Arc::new(CacheCheck {
+                cache: cache.clone(),
+            }));
+        }
+        checks
+    }
+}
+
+/// Cold start of an API function: JSON logging, configuration, services. A configuration error
+/// is logged and returned, so the function refuses to start with a message naming the variable.
+pub async fn start(require_tokens: bool) -> Result<Services, ConfigError> {
+    zx_http::init_tracing();
+    let built = match Config::from_env() {
+        Ok(config) => Services::build(&config, require_tokens).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = &built {
+        tracing::error!(%error, "refusing to start: invalid configuration");
+    }
+    built
+}

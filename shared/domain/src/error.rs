@@ -1,0 +1,105 @@
+//! Typed errors shared by the domain and the repository adapters.
+
+use std::fmt;
+
+/// One invalid input field: which one and why, in words a client can act on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every invalid field of one input, collected so a client can fix them all at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+#[error("invalid input: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    pub fn push(&mut self, error: FieldError) {
+        self.0.push(error);
+    }
+
+    /// Records the error of `result` (renamed to `field`) and returns its value, if any.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.push(FieldError::new(field, message));
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(())` when nothing was recorded.
+    pub fn into_result(self) -> Result<(), Self> {
+        if self.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+/// A field that must be unique across users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniqueField {
+    Email,
+    Username,
+}
+
+impl UniqueField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Username => "username",
+        }
+    }
+}
+
+/// What a repository operation can fail with, whatever the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// A unique value is already held by another record.
+    #[error("{} is already taken", .0.as_str())]
+    Conflict(UniqueField),
+    /// The record changed (or vanished) since it was read: the caller's view is stale.
+    #[error("the record was changed concurrently")]
+    ConcurrentUpdate,
+    /// The store could not be reached or refused the operation.
+    #[error("{operation} failed")]
+    Unavailable {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stored record does not parse into a domain value.
+    #[error("stored record is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl RepositoryError {
+    pub fn unavailable(
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Unavailable {
+            operation,
+            source: source.into(),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Request input: JSON bodies (content type, size, strict shape) and path parameters, each
+//! failure a 400/413/415 that names what is wrong.
+
+use lambda_http::{Request, RequestExt};
+use serde::de::DeserializeOwned;
+
+use crate::ApiError;
+
+/// The largest request body any handler accepts. Every JSON body of this API is small.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Parses the JSON body into `T`. Use request types with `#[serde(deny_unknown_fields)]` so
+/// unknown fields are rejected too.
+pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> {
+    let bytes: &[u8] = request.body().as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    if !is_json(request.headers().get(http::header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "request body is empty; a JSON object is required",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(describe)?;
+    deserializer.end().map_err(|_| {
+        ApiError::bad_request("malformed JSON: trailing characters after the object")
+    })?;
+    Ok(value)
+}
+
+fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let inner = error.inner();
+    let message = inner.to_string();
+    let message = message
+        .rfind(" at line ")
+        .map_or(message.as_str(), |at| &message[..at])
+        .to_owned();
+    if !inner.is_data() {
+        return ApiError::bad_request(format!("malformed JSON: {message}"));
+    }
+    // "missing field `email`": the path is the parent, the field is in backticks. For unknown
+    // fields and wrong types the path already ends at the field.
+    let named = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.starts_with("missing field"));
+    let field = match (named, path.as_str()) {
+        (Some(name), "." | "") => name.to_owned(),
+        (Some(name), parent) => format!("{parent}.{name}"),
+        (None, ".") => "body".to_owned(),
+        (None, path) => path.to_owned(),
+    };
+    let message = if message.starts_with("missing field") {
+        "is required".to_owned()
+    } else if message.starts_with("unknown field") {
+        "is not allowed".to_owned()
+    } else {
+        message
+    };
+    ApiError::invalid_field(&field, message)
+}
+
+/// A path parameter the route guarantees (`{id}`); absent only if the routing is miswired.
+pub fn path_param<'a>(request: &'a Request, name: &str) -> Result<&'a str, ApiError> {
+    request
+        .path_parameters_ref()
+        .and_then(|params| params.first(name))
+        .ok_or_else(|| ApiError::internal(format!("route has no path parameter {name:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_http::Body;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Login {
+        email: String,
+        password: String,
+    }
+
+    fn request(content_type: Option<&str>, body: &str) -> Request {
+        let mut builder = http::Request::builder().method("POST").uri("/x");
+        if let Some(ct) = content_type {
+            builder = builder.header("content-type", ct);
+        }
+        builder.body(Body::from(body)).unwrap()
+    }
+
+    fn field_of(error: ApiError) -> (u16, String) {
+        let status = error.status();
+        match error {
+            ApiError::BadRequest { errors, .. } => (
+                status,
+                errors.first().map(|e| e.field.clone()).unwrap_or_default(),
+            ),
+            _ => (status, String::new()),
+        }
+    }
+
+    #[test]
+    fn parses_json_with_charset() {
+        let ok: Login = json_body(&request(
+            Some("application/json; charset=utf-8"),
+            r#"{"email":"a@b.co","password":"x"}"#,
+        ))
+        .unwrap();
+        assert_eq!(ok.email, "a@b.co");
+    }
+
+    #[test]
+    fn bad_inputs_map_to_named_problems() {
+        let cases = [
+            (
+                Some("text/plain"),
+                r#"{"email":"a","password":"b"}"#,
+                415,
+                "",
+            ),
+            (None, r#"{"email":"a","password":"b"}"#, 415, ""),
+            (Some("application/json"), r#"{"email":"a","#, 400, ""),
+            (
+                Some("application/json"),
+                r#"{"email":"a"}"#,
+                400,
+                "password",
+            ),
+            (
+                Some("application/json"),
+                r#"{"email":"a","password":"b","role":"admin"}"#,
+                400,
+                "role",
+            ),
+            (
+                Some("application/json"),
+                r#"{"email":5,"password":"b"}"#,
+                400,
+                "email",
+            ),
+            (Some("application/json"), r#"[]"#, 400, "body"),
+            (Some("application/json"), "", 400, ""),
+            (
+                Some("application/json"),
+                r#"{"email":"a","password":"b"} x"#,
+                400,
+                "",
+            ),
+        ];
+        for (ct, body, status, field) in cases {
+            let error = json_body::<Login>(&request(ct, body)).unwrap_err();
+            assert_eq!(field_of(error), (status, field.to_owned()), "{ct:?} {body}");
+        }
+    }
+
+    #[test]
+    fn oversized_bodies_are_413() {
+        let big = format!(
+            r#"{{"email":"{}","password":"b"}}"#,
+            "a".repeat(MAX_BODY_BYTES)
+        );
+        let error = json_body::<Login>(&request(Some("application/json"), &big)).unwrap_err();
+        assert_eq!(error.status(), 413);
+    }
+}

@@ -1,0 +1,73 @@
+//! Responses and the per-request wrapper: runs a handler, maps its error to problem+json and
+//! logs one line with status and latency.
+
+use std::future::Future;
+use std::time::Instant;
+
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Serialize;
+
+use crate::ApiError;
+
+/// A JSON response with `status`.
+pub fn json_response<T: Serialize>(status: u16, value: &T) -> Result<Response<Body>, ApiError> {
+    let body = serde_json::to_vec(value).map_err(ApiError::internal)?;
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::Binary(body))
+        .map_err(ApiError::internal)
+}
+
+/// Runs `handler` for `request`: errors become problem+json, and one log line records the
+/// route, status, latency and request ids. Never fails, so Lambda always gets a response.
+pub async fn serve<F, Fut>(
+    request: Request,
+    handler: F,
+) -> Result<Response<Body>, lambda_http::Error>
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Result<Response<Body>, ApiError>>,
+{
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let (route, request_id) = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => (
+            ctx.route_key.clone().unwrap_or_default(),
+            ctx.request_id.clone().unwrap_or_default(),
+        ),
+        _ => (String::new(), String::new()),
+    };
+    let lambda_request_id = request
+        .lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_default();
+    let response = match handler(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            let status = error.status();
+            if status >= 500 {
+                tracing::error!(error = %error.cause_chain(), status, "request failed");
+            } else {
+                tracing::info!(error = %error, status, "request rejected");
+            }
+            let id = if request_id.is_empty() {
+                &lambda_request_id
+            } else {
+                &request_id
+            };
+            error.to_response(id)
+        }
+    };
+    tracing::info!(
+        http.method = %method,
+        http.route = %route,
+        http.status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        api_request_id = %request_id,
+        lambda_request_id = %lambda_request_id,
+        "request"
+    );
+    Ok(response)
+}

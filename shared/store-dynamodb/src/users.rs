@@ -1,0 +1,305 @@
+//! Users on DynamoDB, one table, three kinds of item under the partition key `pk`:
+//! `USER#<id>` (the user), `EMAIL#<email>` and `USERNAME#<username key>` (uniqueness guards
+//! holding the user id). Creating a user writes all three in one transaction, each conditional
+//! on not existing, so uniqueness holds under any concurrency. Reads are strongly consistent.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
+use zx_domain::{
+    Email, PasswordHash, RepositoryError, Role, Timestamp, UniqueField, User, UserId, UserReader,
+    UserWriter, Username,
+};
+
+/// Attribute names, in one place.
+mod attr {
+    pub const PK: &str = "pk";
+    pub const USER_ID: &str = "userId";
+    pub const USERNAME: &str = "username";
+    pub const EMAIL: &str = "email";
+    pub const PASSWORD_HASH: &str = "passwordHash";
+    pub const ROLE: &str = "role";
+    pub const CREATED_AT: &str = "createdAt";
+    pub const UPDATED_AT: &str = "updatedAt";
+    pub const VERSION: &str = "version";
+}
+
+const MAX_ATTEMPTS: u32 = 6;
+
+type Item = HashMap<String, AttributeValue>;
+
+fn user_key(id: &UserId) -> String {
+    format!("USER#{id}")
+}
+fn email_key(email: &Email) -> String {
+    format!("EMAIL#{email}")
+}
+fn username_key(username: &Username) -> String {
+    format!("USERNAME#{}", username.key())
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+/// The users table.
+#[derive(Debug, Clone)]
+pub struct DynamoUserRepository {
+    client: Client,
+    table: String,
+}
+
+impl DynamoUserRepository {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn get(&self, pk: String) -> Result<Option<Item>, RepositoryError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| RepositoryError::unavailable("DynamoDB GetItem", e))?;
+        Ok(output.item)
+    }
+
+    fn put_if_absent(&self, item: Item) -> Result<TransactWriteItem, RepositoryError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .build()
+            .map_err(|e| RepositoryError::unavailable("building a DynamoDB Put", e))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    fn guard_item(&self, pk: String, id: &UserId) -> Item {
+        HashMap::from([
+            (attr::PK.to_owned(), s(pk)),
+            (attr::USER_ID.to_owned(), s(id.as_str())),
+        ])
+    }
+
+    /// Runs a transaction, retrying while it collides with another transaction on the same
+    /// items. Returns the cancellation reasons' codes when a condition failed.
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Result<(), Vec<Option<String>>>, RepositoryError> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let error = match result {
+                Ok(_) => return Ok(Ok(())),
+                Err(error) => error,
+            };
+            if let SdkError::ServiceError(service) = &error
+                && let TransactWriteItemsError::TransactionCanceledException(cancelled) =
+                    service.err()
+            {
+                let reasons = cancelled.cancellation_reasons();
+                if crate::is_transaction_conflict(reasons) && attempt + 1 < MAX_ATTEMPTS {
+                    crate::backoff(attempt).await;
+                    attempt += 1;
+                    continue;
+                }
+                if (0..reasons.len()).any(|i| crate::condition_failed(reasons, i)) {
+                    return Ok(Err(reasons
+                        .iter()
+                        .map(|r| r.code().map(str::to_owned))
+                        .collect()));
+                }
+            }
+            return Err(RepositoryError::unavailable(
+                "DynamoDB TransactWriteItems",
+                error,
+            ));
+        }
+    }
+}
+
+fn failed(codes: &[Option<String>], index: usize) -> bool {
+    codes.get(index).and_then(Option::as_deref) == Some("ConditionalCheckFailed")
+}
+
+fn user_item(user: &User) -> Item {
+    HashMap::from([
+        (attr::PK.to_owned(), s(user_key(&user.id))),
+        (attr::USER_ID.to_owned(), s(user.id.as_str())),
+        (attr::USERNAME.to_owned(), s(user.username.as_str())),
+        (attr::EMAIL.to_owned(), s(user.email.as_str())),
+        (
+            attr::PASSWORD_HASH.to_owned(),
+            s(user.password_hash.expose()),
+        ),
+        (attr::ROLE.to_owned(), s(user.role.as_str())),
+        (attr::CREATED_AT.to_owned(), s(user.created_at.to_rfc3339())),
+        (attr::UPDATED_AT.to_owned(), s(user.updated_at.to_rfc3339())),
+        (
+            attr::VERSION.to_owned(),
+            AttributeValue::N(user.version.to_string()),
+        ),
+    ])
+}
+
+fn text<'a>(item: &'a Item, name: &str) -> Result<&'a str, RepositoryError> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .ok_or_else(|| RepositoryError::Corrupt(format!("user item lacks string attribute {name}")))
+}
+
+/// Reads a stored user item back into the domain type.
+fn user_from_item(item: &Item) -> Result<User, RepositoryError> {
+    {
+        let corrupt = |field: &str, e: String| RepositoryError::Corrupt(format!("{field}: {e}"));
+        Ok(User {
+            id: UserId::parse(text(item, attr::USER_ID)?).map_err(|e| corrupt(attr::USER_ID, e))?,
+            username: Username::parse(text(item, attr::USERNAME)?)
+                .map_err(|e| corrupt(attr::USERNAME, e))?,
+            email: Email::parse(text(item, attr::EMAIL)?).map_err(|e| corrupt(attr::EMAIL, e))?,
+            password_hash: PasswordHash::from_stored(text(item, attr::PASSWORD_HASH)?.to_owned())
+                .map_err(|e| corrupt(attr::PASSWORD_HASH, e))?,
+            role: Role::parse(text(item, attr::ROLE)?).map_err(|e| corrupt(attr::ROLE, e))?,
+            created_at: Timestamp::parse_rfc3339(text(item, attr::CREATED_AT)?)
+                .map_err(|e| corrupt(attr::CREATED_AT, e))?,
+            updated_at: Timestamp::parse_rfc3339(text(item, attr::UPDATED_AT)?)
+                .map_err(|e| corrupt(attr::UPDATED_AT, e))?,
+            version: item
+                .get(attr::VERSION)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| {
+                    RepositoryError::Corrupt("user item lacks a numeric version".into())
+                })?,
+        })
+    }
+}
+
+#[async_trait]
+impl UserReader for DynamoUserRepository {
+    async fn find_by_id(&self, id: &UserId) -> Result<Option<User>, RepositoryError> {
+        self.get(user_key(id))
+            .await?
+            .as_ref()
+            .map(user_from_item)
+            .transpose()
+    }
+
+    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepositoryError> {
+        let Some(guard) = self.get(email_key(email)).await? else {
+            return Ok(None);
+        };
+        let id = UserId::parse(text(&guard, attr::USER_ID)?)
+            .map_err(|e| RepositoryError::Corrupt(format!("email guard: {e}")))?;
+        self.find_by_id(&id).await
+    }
+}
+
+#[async_trait]
+impl UserWriter for DynamoUserRepository {
+    async fn create(&self, user: &User) -> Result<(), RepositoryError> {
+        let items = vec![
+            self.put_if_absent(user_item(user))?,
+            self.put_if_absent(self.guard_item(email_key(&user.email), &user.id))?,
+            self.put_if_absent(self.guard_item(username_key(&user.username), &user.id))?,
+        ];
+        match self.transact(items).await? {
+            Ok(()) => Ok(()),
+            Err(codes) if failed(&codes, 1) => Err(RepositoryError::Conflict(UniqueField::Email)),
+            Err(codes) if failed(&codes, 2) => {
+                Err(RepositoryError::Conflict(UniqueField::Username))
+            }
+            Err(_) => Err(RepositoryError::ConcurrentUpdate),
+        }
+    }
+
+    async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(user_item(next)))
+            .condition_expression("#v = :expected")
+            .expression_attribute_names("#v", attr::VERSION)
+            .expression_attribute_values(
+                ":expected",
+                AttributeValue::N(current.version.to_string()),
+            )
+            .build()
+            .map_err(|e| RepositoryError::unavailable("building a DynamoDB Put", e))?;
+        let mut items = vec![TransactWriteItem::builder().put(put).build()];
+        // Index of the guard Put for each changed unique field, to name the conflict.
+        let mut guards: Vec<(usize, UniqueField)> = Vec::new();
+        let mut move_guard =
+            |items: &mut Vec<TransactWriteItem>, old: String, new: String, field| {
+                guards.push((items.len(), field));
+                items.push(self.put_if_absent(self.guard_item(new, &next.id))?);
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .key(attr::PK, s(old))
+                    .condition_expression("#uid = :uid")
+                    .expression_attribute_names("#uid", attr::USER_ID)
+                    .expression_attribute_values(":uid", s(next.id.as_str()))
+                    .build()
+                    .map_err(|e| RepositoryError::unavailable("building a DynamoDB Delete", e))?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+                Ok::<_, RepositoryError>(())
+            };
+        if current.email != next.email {
+            move_guard(
+                &mut items,
+                email_key(&current.email),
+                email_key(&next.email),
+                UniqueField::Email,
+            )?;
+        }
+        if current.username.key() != next.username.key() {
+            move_guard(
+                &mut items,
+                username_key(&current.username),
+                username_key(&next.username),
+                UniqueField::Username,
+            )?;
+        }
+        match self.transact(items).await? {
+            Ok(()) => Ok(()),
+            Err(codes) => Err(guards
+                .iter()
+                .find(|(index, _)| failed(&codes, *index))
+                .map_or(RepositoryError::ConcurrentUpdate, |(_, field)| {
+                    RepositoryError::Conflict(*field)
+                })),
+        }
+    }
+}
+
+/// Checks the table answers (for health checks).
+pub async fn ping(client: &Client, table: &str) -> Result<(), RepositoryError> {
+    client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| RepositoryError::unavailable("DynamoDB DescribeTable", e))
+}

@@ -1,0 +1,83 @@
+//! Schema migrations: SQL files embedded at build time, applied in order, each once, under an
+//! advisory lock so concurrent runs are safe. Run by `zx-admin migrate`, never at cold start.
+
+use sqlx::PgPool;
+
+use crate::PgSchema;
+
+/// (version, name, SQL), in order.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "users", include_str!("../migrations/0001_users.sql"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("migration {version} ({name}) failed")]
+    Apply {
+        version: i64,
+        name: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("preparing schema {schema} failed")]
+    Prepare {
+        schema: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Applies every pending migration to `schema` (created if missing). The pool's `search_path`
+/// must be `schema` (see [`crate::connect_lazy`]). Returns the versions applied now.
+pub async fn migrate(pool: &PgPool, schema: &PgSchema) -> Result<Vec<i64>, MigrateError> {
+    let prepare = |source| MigrateError::Prepare {
+        schema: schema.to_string(),
+        source,
+    };
+    let mut tx = pool.begin().await.map_err(prepare)?;
+    sqlx::query("select pg_advisory_xact_lock(hashtext('zhixuan-migrate:' || $1))")
+        .bind(schema.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(prepare)?;
+    // The name is validated by PgSchema: safe to interpolate.
+    sqlx::raw_sql(&format!(
+        "create schema if not exists \"{schema}\";
+         create table if not exists \"{schema}\".schema_migrations (
+             version bigint primary key, name text not null, applied_at timestamptz not null default now());"
+    ))
+    .execute(&mut *tx)
+    .await
+    .map_err(prepare)?;
+    let applied: Vec<i64> = sqlx::query_scalar(&format!(
+        "select version from \"{schema}\".schema_migrations"
+    ))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(prepare)?;
+    let mut now_applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        let apply = |source| MigrateError::Apply {
+            version,
+            name,
+            source,
+        };
+        sqlx::raw_sql(&format!("set local search_path to \"{schema}\";\n{sql}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(apply)?;
+        sqlx::query(&format!(
+            "insert into \"{schema}\".schema_migrations (version, name) values ($1, $2)"
+        ))
+        .bind(version)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(apply)?;
+        now_applied.push(version);
+    }
+    tx.commit().await.map_err(prepare)?;
+    Ok(now_applied)
+}

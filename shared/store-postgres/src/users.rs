@@ -1,0 +1,143 @@
+//! Users on Postgres: the `users` table of the service's schema. Uniqueness is the database's
+//! (named constraints, mapped to a domain conflict); updates are conditional on `version`.
+
+use async_trait::async_trait;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+use zx_domain::{
+    Email, PasswordHash, RepositoryError, Role, Timestamp, UniqueField, User, UserId, UserReader,
+    UserWriter, Username,
+};
+
+const COLUMNS: &str =
+    "user_id, username, email, password_hash, role, created_at, updated_at, version";
+
+/// The users table of one schema.
+#[derive(Debug, Clone)]
+pub struct PgUserRepository {
+    pool: PgPool,
+}
+
+impl PgUserRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn map_write_error(operation: &'static str, error: sqlx::Error) -> RepositoryError {
+    if let sqlx::Error::Database(db) = &error
+        && db.is_unique_violation()
+    {
+        match db.constraint() {
+            Some("users_email_key") => return RepositoryError::Conflict(UniqueField::Email),
+            Some("users_username_key") => return RepositoryError::Conflict(UniqueField::Username),
+            _ => {}
+        }
+    }
+    RepositoryError::unavailable(operation, error)
+}
+
+fn user_from_row(row: &PgRow) -> Result<User, RepositoryError> {
+    let corrupt = |e: String| RepositoryError::Corrupt(e);
+    let get = |name: &str| -> Result<String, RepositoryError> {
+        row.try_get::<String, _>(name)
+            .map_err(|e| corrupt(format!("{name}: {e}")))
+    };
+    let at = |name: &str| -> Result<Timestamp, RepositoryError> {
+        row.try_get::<time::OffsetDateTime, _>(name)
+            .map(Timestamp::from_datetime)
+            .map_err(|e| corrupt(format!("{name}: {e}")))
+    };
+    let version: i64 = row
+        .try_get("version")
+        .map_err(|e| corrupt(format!("version: {e}")))?;
+    Ok(User {
+        id: UserId::parse(&get("user_id")?).map_err(corrupt)?,
+        username: Username::parse(&get("username")?).map_err(corrupt)?,
+        email: Email::parse(&get("email")?).map_err(corrupt)?,
+        password_hash: PasswordHash::from_stored(get("password_hash")?).map_err(corrupt)?,
+        role: Role::parse(&get("role")?).map_err(corrupt)?,
+        created_at: at("created_at")?,
+        updated_at: at("updated_at")?,
+        version: u64::try_from(version).map_err(|e| corrupt(format!("version: {e}")))?,
+    })
+}
+
+fn version_param(version: u64) -> Result<i64, RepositoryError> {
+    i64::try_from(version)
+        .map_err(|_| RepositoryError::Corrupt(format!("version {version} out of range")))
+}
+
+#[async_trait]
+impl UserReader for PgUserRepository {
+    async fn find_by_id(&self, id: &UserId) -> Result<Option<User>, RepositoryError> {
+        sqlx::query(&format!("select {COLUMNS} from users where user_id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| RepositoryError::unavailable("Postgres select user", e))?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepositoryError> {
+        sqlx::query(&format!("select {COLUMNS} from users where email = $1"))
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| RepositoryError::unavailable("Postgres select user by email", e))?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl UserWriter for PgUserRepository {
+    async fn create(&self, user: &User) -> Result<(), RepositoryError> {
+        sqlx::query(&format!(
+            "insert into users ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(user.id.as_str())
+        .bind(user.username.as_str())
+        .bind(user.email.as_str())
+        .bind(user.password_hash.expose())
+        .bind(user.role.as_str())
+        .bind(user.created_at.as_datetime())
+        .bind(user.updated_at.as_datetime())
+        .bind(version_param(user.version)?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_write_error("Postgres insert user", e))?;
+        Ok(())
+    }
+
+    async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError> {
+        let result = sqlx::query(
+            "update users set username = $3, email = $4, password_hash = $5, role = $6,
+                 updated_at = $7, version = $8
+             where user_id = $1 and version = $2",
+        )
+        .bind(next.id.as_str())
+        .bind(version_param(current.version)?)
+        .bind(next.username.as_str())
+        .bind(next.email.as_str())
+        .bind(next.password_hash.expose())
+        .bind(next.role.as_str())
+        .bind(next.updated_at.as_datetime())
+        .bind(version_param(next.version)?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_write_error("Postgres update user", e))?;
+        if result.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(RepositoryError::ConcurrentUpdate)
+        }
+    }
+}

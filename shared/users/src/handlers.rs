@@ -1,0 +1,235 @@
+//! HTTP handlers of the users service. Each takes only the capabilities it uses and returns a
+//! response or an [`ApiError`]; `zx_http::serve` turns errors into problem+json.
+
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use zx_auth::token::bearer_token;
+use zx_auth::{PasswordHasher, TokenService};
+use zx_domain::{
+    Email, FieldError, Password, Role, User, UserId, UserReader, UserRepository, Username,
+    ValidationErrors,
+};
+use zx_http::{ApiError, AuthContext, json_body, json_response, path_param};
+
+use crate::views::{LoginView, TokenInfoView, UserView};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    username: String,
+    email: String,
+    password: String,
+}
+
+/// `POST /users/register`: creates a customer. 409 when the e-mail or username is taken.
+pub async fn register(
+    users: &dyn UserRepository,
+    hasher: &PasswordHasher,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: RegisterBody = json_body(&request)?;
+    let mut errors = ValidationErrors::default();
+    let username = errors.check("username", Username::parse(&body.username));
+    let email = errors.check("email", Email::parse(&body.email));
+    let password = errors.check("password", Password::parse(&body.password));
+    let (Some(username), Some(email), Some(password)) = (username, email, password) else {
+        return Err(errors.into());
+    };
+    let hash = hasher.hash(&password).await.map_err(ApiError::internal)?;
+    let user = User::new(username, email, hash, Role::Customer);
+    users.create(&user).await?;
+    tracing::info!(user_id = %user.id, "user registered");
+    json_response(201, &UserView::from(&user))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::Unauthorized {
+        detail: "invalid email or password".into(),
+    }
+}
+
+/// `POST /users/login`: a token for valid credentials. An unknown e-mail and a wrong password
+/// give the same 401, after the same bcrypt work.
+pub async fn login(
+    users: &dyn UserReader,
+    hasher: &PasswordHasher,
+    tokens: &TokenService,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: LoginBody = json_body(&request)?;
+    let user = match Email::parse(&body.email) {
+        Ok(email) => users.find_by_email(&email).await?,
+        Err(_) => None,
+    };
+    let matches = hasher
+        .verify(&body.password, user.as_ref().map(|u| &u.password_hash))
+        .await;
+    let user = match user {
+        Some(user) if matches => user,
+        _ => return Err(invalid_credentials()),
+    };
+    let issued = tokens.issue(&user).map_err(ApiError::internal)?;
+    tracing::info!(user_id = %user.id, "user logged in");
+    json_response(
+        200,
+        &LoginView {
+            user: UserView::from(&user),
+            token: &issued.token,
+            token_type: "Bearer",
+            expires_in: issued.expires_in,
+        },
+    )
+}
+
+/// `GET /users/validate`: the claims of the caller's bearer token, or 401.
+pub async fn validate(tokens: &TokenService, request: Request) -> Result<Response<Body>, ApiError> {
+    let token = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .ok_or_else(ApiError::unauthorized)?;
+    let claims = tokens.verify(token).map_err(|error| {
+        tracing::info!(%error, "token rejected");
+        ApiError::unauthorized()
+    })?;
+    json_response(
+        200,
+        &TokenInfoView {
+            user_id: &claims.sub,
+            email: &claims.email,
+            role: claims.role,
+            exp: claims.exp,
+        },
+    )
+}
+
+fn user_not_found() -> ApiError {
+    ApiError::not_found("no such user")
+}
+
+/// `GET /users/me`: the caller's profile.
+pub async fn me(users: &dyn UserReader, request: Request) -> Result<Response<Body>, ApiError> {
+    let caller = AuthContext::from_request(&request)?;
+    let user = users
+        .find_by_id(&caller.user_id)
+        .await?
+        .ok_or_else(user_not_found)?;
+    json_response(200, &UserView::from(&user))
+}
+
+/// The user `{id}` names, if the caller may see it: itself, or anyone for an admin. Anything
+/// else is 404, so a customer cannot tell whether another id exists.
+async fn visible_user(
+    users: &dyn UserReader,
+    request: &Request,
+) -> Result<(AuthContext, User), ApiError> {
+    let caller = AuthContext::from_request(request)?;
+    let id = UserId::parse(path_param(request, "id")?).map_err(|_| user_not_found())?;
+    if !caller.may_access(&id) {
+        return Err(user_not_found());
+    }
+    let user = users.find_by_id(&id).await?.ok_or_else(user_not_found)?;
+    Ok((caller, user))
+}
+
+/// `GET /users/{id}`: a profile, for its owner or an admin.
+pub async fn get_user(
+    users: &dyn UserReader,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let (_, user) = visible_user(users, &request).await?;
+    json_response(200, &UserView::from(&user))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpdateBody {
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    current_password: Option<String>,
+    role: Option<String>,
+}
+
+/// `PUT /users/{id}`: changes username, e-mail, password (with `currentPassword` when changing
+/// one's own) and, for admins only, role. Unknown fields are rejected.
+pub async fn update_user(
+    users: &dyn UserRepository,
+    hasher: &PasswordHasher,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: UpdateBody = json_body(&request)?;
+    let (caller, current) = visible_user(users, &request).await?;
+    if body.username.is_none()
+        && body.email.is_none()
+        && body.password.is_none()
+        && body.role.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "nothing to update: give at least one of username, email, password, role",
+        ));
+    }
+    let mut errors = ValidationErrors::default();
+    let username = body
+        .username
+        .as_deref()
+        .map(|v| errors.check("username", Username::parse(v)));
+    let email = body
+        .email
+        .as_deref()
+        .map(|v| errors.check("email", Email::parse(v)));
+    let password = body
+        .password
+        .as_deref()
+        .map(|v| errors.check("password", Password::parse(v)));
+    let role = body
+        .role
+        .as_deref()
+        .map(|v| errors.check("role", Role::parse(v)));
+    if body.current_password.is_some() && body.password.is_none() {
+        errors.push(FieldError::new(
+            "currentPassword",
+            "is only used together with password",
+        ));
+    }
+    errors.into_result()?;
+    if role.is_some() && !caller.is_admin() {
+        return Err(ApiError::forbidden("only an admin may change a role"));
+    }
+
+    let mut next = current.next_version();
+    if let Some(Some(username)) = username {
+        next.username = username;
+    }
+    if let Some(Some(email)) = email {
+        next.email = email;
+    }
+    if let Some(Some(role)) = role {
+        next.role = role;
+    }
+    if let Some(Some(password)) = password {
+        if caller.user_id == current.id {
+            let current_password = body.current_password.as_deref().ok_or_else(|| {
+                ApiError::invalid_field("currentPassword", "is required to change your password")
+            })?;
+            if !hasher
+                .verify(current_password, Some(&current.password_hash))
+                .await
+            {
+                return Err(ApiError::forbidden("currentPassword is incorrect"));
+            }
+        }
+        next.password_hash = hasher.hash(&password).await.map_err(ApiError::internal)?;
+    }
+    users.update(&current, &next).await?;
+    tracing::info!(user_id = %next.id, actor = %caller.user_id, "user updated");
+    json_response(200, &UserView::from(&next))
+}
