@@ -28,7 +28,10 @@ pub async fn aws_config() -> aws_config::SdkConfig {
 
 /// Builds the repositories for `config.store`. DynamoDB is always checked by health when it is
 /// the store; Postgres is checked whenever `DATABASE_URL` is set, and required when it is the store.
-pub async fn build_stores(config: &Config) -> Result<Stores, ConfigError> {
+pub async fn build_stores(
+    config: &Config,
+    aws: &aws_config::SdkConfig,
+) -> Result<Stores, ConfigError> {
     let mut checks: Vec<Arc<dyn HealthCheck>> = Vec::new();
     let pg_pool = match &config.database_url {
         Some(url) => Some(
@@ -42,7 +45,7 @@ pub async fn build_stores(config: &Config) -> Result<Stores, ConfigError> {
     };
     let users: Arc<dyn UserRepository> = match config.store {
         StoreKind::DynamoDb => {
-            let client = aws_sdk_dynamodb::Client::new(&aws_config().await);
+            let client = aws_sdk_dynamodb::Client::new(aws);
             checks.push(Arc::new(DynamoCheck {
                 client: client.clone(),
                 table: config.users_table.clone(),
@@ -94,15 +97,24 @@ pub struct Services {
 }
 
 impl Services {
-    /// Builds every service; `tokens` only when `require_tokens` (or a secret is configured).
+    /// Builds every service with the AWS configuration of the environment.
     pub async fn build(config: &Config, require_tokens: bool) -> Result<Self, ConfigError> {
+        Self::build_with_aws(config, require_tokens, &aws_config().await).await
+    }
+
+    /// Builds every service; `tokens` only when `require_tokens` (or a secret is configured).
+    pub async fn build_with_aws(
+        config: &Config,
+        require_tokens: bool,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<Self, ConfigError> {
         let tokens = match config.token_settings() {
             Ok(settings) => Some(Arc::new(TokenService::new(settings))),
             Err(error) if require_tokens => return Err(error),
             Err(_) => None,
         };
         Ok(Self {
-            stores: build_stores(config).await?,
+            stores: build_stores(config, aws).await?,
             cache: build_cache(config)?,
             hasher: PasswordHasher::new(config.bcrypt_cost),
             tokens,

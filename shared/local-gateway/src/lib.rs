@@ -1,1 +1,12 @@
-//! placeholder
+//! The local gateway: what `sam local start-api` does, without Docker. It reads the HTTP API
+//! routes from `template.yaml`, turns each HTTP request into an API Gateway HTTP API v2 event,
+//! runs the Lambda authorizer for protected routes and passes its context on, invokes the
+//! route's function handler in-process, and logs one line per request.
+
+pub mod functions;
+pub mod routes;
+pub mod server;
+
+pub use functions::Functions;
+pub use routes::{Route, RouteTable, TemplateError};
+pub use server::{Gateway, GatewayError};

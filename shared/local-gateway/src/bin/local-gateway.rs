@@ -1,0 +1,36 @@
+//! `local-gateway`: serves the API of `template.yaml` on 127.0.0.1 (`GATEWAY_PORT`, default
+//! 3000) with every function in-process, configured from the environment like the functions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use zx_local_gateway::{Functions, Gateway, RouteTable};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let services = zx_app::start(true).await?;
+    let template_path = std::env::var("TEMPLATE").unwrap_or_else(|_| "template.yaml".into());
+    let template = std::fs::read_to_string(&template_path)
+        .map_err(|e| format!("cannot read {template_path}: {e}"))?;
+    let routes = RouteTable::from_template(&template)?;
+    let port: u16 = std::env::var("GATEWAY_PORT")
+        .ok()
+        .map(|p| p.parse())
+        .transpose()
+        .map_err(|_| "GATEWAY_PORT must be a port number")?
+        .unwrap_or(3000);
+    let route_count = routes.routes.len();
+    let gateway = Arc::new(Gateway::new(routes, Functions::new(services))?);
+    let (addr, task) = gateway
+        .serve(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await?;
+    tracing::info!(%addr, routes = route_count, "local gateway listening");
+    println!(
+        "Local gateway listening on http://{addr} ({route_count} routes from {template_path})"
+    );
+    tokio::select! {
+        _ = task => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
