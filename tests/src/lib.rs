@@ -1,1 +1,216 @@
-//! placeholder
+//! Test support: isolated backends (a DynamoDB table and a Postgres schema of their own per
+//! test), services wired like the functions, and the local gateway on a free port.
+//!
+//! Endpoints come from the environment `scripts/stack.sh env` prints, with the local defaults.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use zx_app::config::Source;
+use zx_app::{Config, Services};
+use zx_domain::UserRepository;
+use zx_local_gateway::{Functions, Gateway, RouteTable};
+use zx_store_dynamodb::{DynamoUserRepository, TableSpec};
+use zx_store_postgres::{PgSchema, PgUserRepository, PoolSettings};
+
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+pub fn aws_endpoint() -> String {
+    env_or("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+}
+
+pub fn database_url() -> String {
+    env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/zhixuan")
+}
+
+pub fn cache_url() -> String {
+    env_or("CACHE_URL", "redis://127.0.0.1:6379")
+}
+
+/// The repository root (for template.yaml, events/, localstack/).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A short unique token for names: tests never see each other's data.
+pub fn unique() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// AWS configuration pointing at `endpoint` with test credentials.
+pub async fn aws_config_for(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .test_credentials()
+        .load()
+        .await
+}
+
+/// A users table of its own, created from `localstack/dynamodb/users.json`.
+pub async fn create_users_table(client: &aws_sdk_dynamodb::Client) -> String {
+    let json = std::fs::read_to_string(repo_root().join("localstack/dynamodb/users.json"))
+        .expect("users.json");
+    let spec = TableSpec::from_json(&json).expect("valid table spec");
+    let name = format!("zx-test-{}-users", unique());
+    zx_store_dynamodb::create_table(client, &spec, &name)
+        .await
+        .expect("create table");
+    name
+}
+
+/// A migrated Postgres schema of its own.
+pub async fn create_users_schema() -> (PgSchema, sqlx::PgPool) {
+    let schema = PgSchema::parse(&format!("t_{}", unique())).expect("schema name");
+    let pool = zx_store_postgres::connect_lazy(
+        &database_url(),
+        &schema,
+        &PoolSettings {
+            max_connections: 5,
+            ..PoolSettings::default()
+        },
+    )
+    .expect("pool");
+    zx_store_postgres::migrate(&pool, &schema)
+        .await
+        .expect("migrate");
+    (schema, pool)
+}
+
+/// One isolated repository backend, removed by [`Backend::cleanup`].
+pub struct Backend {
+    pub users: Arc<dyn UserRepository>,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Table(aws_sdk_dynamodb::Client, String),
+    Schema(sqlx::PgPool, PgSchema),
+}
+
+impl Backend {
+    pub async fn dynamodb() -> Self {
+        let client = aws_sdk_dynamodb::Client::new(&aws_config_for(&aws_endpoint()).await);
+        let table = create_users_table(&client).await;
+        Self {
+            users: Arc::new(DynamoUserRepository::new(client.clone(), table.clone())),
+            cleanup: Cleanup::Table(client, table),
+        }
+    }
+
+    pub async fn postgres() -> Self {
+        let (schema, pool) = create_users_schema().await;
+        Self {
+            users: Arc::new(PgUserRepository::new(pool.clone())),
+            cleanup: Cleanup::Schema(pool, schema),
+        }
+    }
+
+    /// Drops the table or schema (best effort: a leftover never affects another run).
+    pub async fn cleanup(self) {
+        match self.cleanup {
+            Cleanup::Table(client, table) => {
+                let _ = client.delete_table().table_name(table).send().await;
+            }
+            Cleanup::Schema(pool, schema) => {
+                let _ = sqlx::raw_sql(&format!("drop schema if exists \"{schema}\" cascade"))
+                    .execute(&pool)
+                    .await;
+                pool.close().await;
+            }
+        }
+    }
+}
+
+/// Which store a test app uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    DynamoDb,
+    Postgres,
+}
+
+/// The test JWT secret (random per process).
+pub fn jwt_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| format!("test-secret-{}-{}", unique(), unique()))
+}
+
+/// Services wired as the functions wire them, on isolated storage.
+pub struct TestApp {
+    pub services: Services,
+    pub config: Config,
+    pub table: Option<String>,
+    pub schema: Option<PgSchema>,
+}
+
+impl TestApp {
+    pub async fn new(store: Store) -> Self {
+        Self::with(store, &aws_endpoint(), &[]).await
+    }
+
+    /// `extra` overrides or adds configuration variables.
+    pub async fn with(store: Store, aws_endpoint: &str, extra: &[(&str, &str)]) -> Self {
+        let aws = aws_config_for(aws_endpoint).await;
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("JWT_SECRET".into(), jwt_secret().to_owned()),
+            ("BCRYPT_COST".into(), "4".into()),
+            ("CACHE_URL".into(), cache_url()),
+            ("CACHE_KEY_PREFIX".into(), format!("zx-test-{}:", unique())),
+        ]);
+        let (mut table, mut schema) = (None, None);
+        match store {
+            Store::DynamoDb => {
+                let name = if aws_endpoint == self::aws_endpoint() {
+                    create_users_table(&aws_sdk_dynamodb::Client::new(&aws)).await
+                } else {
+                    "unreachable-users".to_owned()
+                };
+                vars.insert("STORE".into(), "dynamodb".into());
+                vars.insert("USERS_TABLE".into(), name.clone());
+                table = Some(name);
+            }
+            Store::Postgres => {
+                let (name, pool) = create_users_schema().await;
+                pool.close().await;
+                vars.insert("STORE".into(), "postgres".into());
+                vars.insert("DATABASE_URL".into(), database_url());
+                vars.insert("USERS_SCHEMA".into(), name.to_string());
+                schema = Some(name);
+            }
+        }
+        for (key, value) in extra {
+            vars.insert((*key).into(), (*value).into());
+        }
+        let config = Config::from_source(&Source::map(vars)).expect("test config");
+        let services = Services::build_with_aws(&config, true, &aws)
+            .await
+            .expect("services");
+        Self {
+            services,
+            config,
+            table,
+            schema,
+        }
+    }
+
+    /// Starts the local gateway for this app on a free port and returns its base URL.
+    pub async fn gateway(&self) -> String {
+        let template =
+            std::fs::read_to_string(repo_root().join("template.yaml")).expect("template.yaml");
+        let routes = RouteTable::from_template(&template).expect("routes");
+        let gateway =
+            Arc::new(Gateway::new(routes, Functions::new(self.services.clone())).expect("gateway"));
+        let (addr, _task) = gateway
+            .serve(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind");
+        format!("http://{addr}")
+    }
+}

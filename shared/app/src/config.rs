@@ -40,8 +40,11 @@ pub enum StoreKind {
     Postgres,
 }
 
+/// Looks a variable up by name.
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 /// Reads variables from the process environment or, in tests, from a map.
-pub struct Source(Box<dyn Fn(&str) -> Option<String> + Send + Sync>);
+pub struct Source(Box<Lookup>);
 
 impl Source {
     pub fn env() -> Self {

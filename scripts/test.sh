@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# All tests: brings the local stack up (reusing services already running), then
+# cargo fmt --check, cargo clippy -D warnings, and every test (unit, the repository contract
+# suite on DynamoDB and Postgres, end-to-end through the local gateway) with cargo-nextest.
+# Prints "N passed, M failed" and exits non-zero on any failure. Stops what it started.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+STATE=${ZX_STATE_DIR:-$ROOT/.local}
+started_before=$(cat "$STATE/started" 2>/dev/null || true)
+t0=$SECONDS
+
+stop_if_started_here() {
+  if [ -z "$started_before" ] && [ -s "$STATE/started" ] && [ -z "${ZX_KEEP_STACK:-}" ]; then
+    scripts/stack.sh down
+  fi
+}
+trap stop_if_started_here EXIT
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "[test] installing cargo-nextest from crates.io"
+  cargo install cargo-nextest --locked || { echo "0 passed, 1 failed (cannot install cargo-nextest)"; exit 1; }
+fi
+
+scripts/stack.sh up || { echo "0 passed, 1 failed (local stack did not start)"; exit 1; }
+eval "$(scripts/stack.sh env)"
+
+failed_checks=()
+echo "[test] cargo fmt --check"
+cargo fmt --all -- --check || failed_checks+=(fmt)
+echo "[test] cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings || failed_checks+=(clippy)
+
+echo "[test] cargo nextest run (unit, contract, end-to-end)"
+log=$(mktemp)
+cargo nextest run --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+nextest_status=${PIPESTATUS[0]}
+summary=$(grep -E '^\s*Summary \[' "$log" | tail -n 1)
+passed=$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
+failed=$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
+timed_out=$(grep -oE '[0-9]+ timed out' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
+failed=$((failed + timed_out))
+if [ "$nextest_status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi  # build failure
+rm -f "$log"
+
+checks="fmt $([[ " ${failed_checks[*]} " == *" fmt "* ]] && echo FAILED || echo ok), clippy $([[ " ${failed_checks[*]} " == *" clippy "* ]] && echo FAILED || echo ok)"
+echo
+echo "$passed passed, $failed failed ($checks; $((SECONDS - t0)) s)"
+[ "$failed" -eq 0 ] && [ ${#failed_checks[@]} -eq 0 ]
