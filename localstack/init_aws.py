@@ -73,7 +73,7 @@ def create_queues():
         print(f"queue {prefix + queue['name']} (dlq {prefix + queue['deadLetterQueue']}): ready")
 
 
-if __name__ == "__main__":
-    create_tables()
-    create_queues()
-    sys.stdout.flush()
+# Runs on import too: LocalStack's ready hooks execute the file, whatever its __name__.
+create_tables()
+create_queues()
+sys.stdout.flush()

@@ -1,0 +1,614 @@
+//! End-to-end: HTTP through the local gateway (template.yaml routes, the authorizer, the
+//! handlers) to a real store, and every sample event through its function's handler.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use zx_auth::{JwtSecret, TokenService, TokenSettings};
+use zx_domain::{Email, PasswordHash, Role, Timestamp, User, UserId, Username};
+use zx_tests::{Store, TestApp};
+
+struct Api {
+    base: String,
+    http: Client,
+    app: TestApp,
+}
+
+impl Api {
+    async fn start(store: Store) -> Self {
+        Self::on(TestApp::new(store).await).await
+    }
+
+    async fn on(app: TestApp) -> Self {
+        let base = app.gateway().await;
+        Self {
+            base,
+            http: Client::new(),
+            app,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn put(&self, path: &str, token: &str, body: Value) -> Response {
+        self.http
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers and logs in a customer; returns (user id, token).
+    async fn customer(&self, name: &str) -> (String, String) {
+        let email = format!("{name}@example.com");
+        let response = self
+            .post(
+                "/api/v1/users/register",
+                json!({"username": name, "email": email, "password": "password-123"}),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        let id = response.json::<Value>().await.unwrap()["userId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (id, self.login(&email, "password-123").await)
+    }
+
+    async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .post(
+                "/api/v1/users/login",
+                json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "login {email}");
+        response.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Makes `id` an admin in the store, as `zx-admin ensure-admin` does, and logs in again.
+    async fn promote(&self, id: &str, email: &str) -> String {
+        let users = &self.app.services.stores.users;
+        let current = users
+            .find_by_id(&UserId::parse(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut next = current.next_version();
+        next.role = Role::Admin;
+        users.update(&current, &next).await.unwrap();
+        self.login(email, "password-123").await
+    }
+}
+
+async fn problem(response: Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    body
+}
+
+async fn user_journey(store: Store) {
+    let api = Api::start(store).await;
+    // register
+    let response = api
+        .post("/api/v1/users/register", json!({"username": "Journey", "email": " Journey@Example.com ", "password": "first-password"}))
+        .await;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["email"], "journey@example.com");
+    assert_eq!(created["role"], "customer");
+    assert!(created.get("passwordHash").is_none());
+    let id = created["userId"].as_str().unwrap().to_owned();
+    // login
+    let response = api
+        .post(
+            "/api/v1/users/login",
+            json!({"email": "JOURNEY@example.com", "password": "first-password"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let login: Value = response.json().await.unwrap();
+    assert_eq!(login["user"]["userId"], id.as_str());
+    assert_eq!(login["expiresIn"], 86_400);
+    let token = login["token"].as_str().unwrap().to_owned();
+    // validate
+    let response = api.get("/api/v1/users/validate", &token).await;
+    assert_eq!(response.status(), 200);
+    let claims: Value = response.json().await.unwrap();
+    assert_eq!(
+        (claims["userId"].as_str(), claims["role"].as_str()),
+        (Some(id.as_str()), Some("customer"))
+    );
+    // me
+    let me: Value = api
+        .get("/api/v1/users/me", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["username"], "Journey");
+    // update username
+    let response = api
+        .put(
+            &format!("/api/v1/users/{id}"),
+            &token,
+            json!({"username": "journey_2"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let me: Value = api
+        .get("/api/v1/users/me", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["username"], "journey_2");
+    // change password: needs the current one
+    let response = api
+        .put(
+            &format!("/api/v1/users/{id}"),
+            &token,
+            json!({"password": "second-password"}),
+        )
+        .await;
+    assert_eq!(
+        problem(response, 400).await["errors"][0]["field"],
+        "currentPassword"
+    );
+    let response = api
+        .put(
+            &format!("/api/v1/users/{id}"),
+            &token,
+            json!({"password": "second-password", "currentPassword": "wrong-password"}),
+        )
+        .await;
+    problem(response, 403).await;
+    let response = api
+        .put(
+            &format!("/api/v1/users/{id}"),
+            &token,
+            json!({"password": "second-password", "currentPassword": "first-password"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    // old password fails, new one works
+    let response = api
+        .post(
+            "/api/v1/users/login",
+            json!({"email": "journey@example.com", "password": "first-password"}),
+        )
+        .await;
+    problem(response, 401).await;
+    api.login("journey@example.com", "second-password").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_journey_on_dynamodb() {
+    user_journey(Store::DynamoDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_journey_on_postgres() {
+    user_journey(Store::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_failures_are_byte_identical() {
+    let api = Api::start(Store::DynamoDb).await;
+    api.customer("known").await;
+    let unknown = api
+        .post(
+            "/api/v1/users/login",
+            json!({"email": "nobody@example.com", "password": "password-123"}),
+        )
+        .await;
+    let wrong = api
+        .post(
+            "/api/v1/users/login",
+            json!({"email": "known@example.com", "password": "not-the-password"}),
+        )
+        .await;
+    assert_eq!(
+        (unknown.status(), wrong.status()),
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
+    let (unknown, wrong) = (unknown.bytes().await.unwrap(), wrong.bytes().await.unwrap());
+    assert_eq!(unknown, wrong);
+    assert!(!unknown.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorizer_rejects_bad_tokens() {
+    let api = Api::start(Store::DynamoDb).await;
+    let (id, good) = api.customer("tokens").await;
+    assert_eq!(api.get("/api/v1/users/me", &good).await.status(), 200);
+
+    let settings = api.app.config.token_settings().unwrap();
+    let signer = |change: &dyn Fn(&mut TokenSettings)| {
+        let mut s = settings.clone();
+        change(&mut s);
+        TokenService::new(s)
+    };
+    let user_id = UserId::parse(&id).unwrap();
+    let email = Email::parse("tokens@example.com").unwrap();
+    let now = Timestamp::now().unix_seconds();
+    let sign = |service: TokenService, iat: i64| {
+        service
+            .issue_at(&user_id, &email, Role::Admin, iat)
+            .unwrap()
+            .token
+    };
+
+    let expired = sign(signer(&|_| {}), now - 3 * 86_400);
+    let other_secret = sign(
+        signer(&|s| s.secret = JwtSecret::parse("another-secret-that-is-32-bytes!!").unwrap()),
+        now,
+    );
+    let wrong_aud = sign(signer(&|s| s.audience = "another-api".into()), now);
+    let wrong_iss = sign(signer(&|s| s.issuer = "someone-else".into()), now);
+    let payload = good.split('.').nth(1).unwrap();
+    let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+
+    for (name, token) in [
+        ("expired", expired),
+        ("other secret", other_secret),
+        ("wrong aud", wrong_aud),
+        ("wrong iss", wrong_iss),
+        ("alg none", alg_none),
+        ("garbage", "abc".into()),
+    ] {
+        let response = api.get("/api/v1/users/me", &token).await;
+        assert_eq!(response.status(), 401, "{name}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{name}"
+        );
+        let response = api.get("/api/v1/users/validate", &token).await;
+        assert_eq!(response.status(), 401, "{name} (validate)");
+    }
+    let response = api
+        .http
+        .get(api.url("/api/v1/users/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "no token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_see_only_themselves_and_admins_see_everyone() {
+    let api = Api::start(Store::DynamoDb).await;
+    let (alice, alice_token) = api.customer("alice").await;
+    let (bob, bob_token) = api.customer("bob").await;
+
+    assert_eq!(
+        api.get(&format!("/api/v1/users/{alice}"), &alice_token)
+            .await
+            .status(),
+        200
+    );
+    let hidden = problem(
+        api.get(&format!("/api/v1/users/{bob}"), &alice_token).await,
+        404,
+    )
+    .await;
+    let missing = problem(
+        api.get(
+            &format!("/api/v1/users/{}", UserId::generate()),
+            &alice_token,
+        )
+        .await,
+        404,
+    )
+    .await;
+    assert_eq!(
+        hidden, missing,
+        "another user's id looks exactly like a missing one"
+    );
+    problem(api.get("/api/v1/users/not-a-uuid", &alice_token).await, 404).await;
+    problem(
+        api.put(
+            &format!("/api/v1/users/{bob}"),
+            &alice_token,
+            json!({"username": "pwned"}),
+        )
+        .await,
+        404,
+    )
+    .await;
+    // A customer cannot make itself an admin.
+    problem(
+        api.put(
+            &format!("/api/v1/users/{alice}"),
+            &alice_token,
+            json!({"role": "admin"}),
+        )
+        .await,
+        403,
+    )
+    .await;
+
+    let admin_token = api.promote(&bob, "bob@example.com").await;
+    let seen: Value = api
+        .get(&format!("/api/v1/users/{alice}"), &admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["userId"], alice.as_str());
+    let response = api
+        .put(
+            &format!("/api/v1/users/{alice}"),
+            &admin_token,
+            json!({"role": "admin"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["role"], "admin");
+    let _ = bob_token;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_problem_json_naming_the_field() {
+    let api = Api::start(Store::DynamoDb).await;
+    let (id, token) = api.customer("carol").await;
+    let register = api.url("/api/v1/users/register");
+    let send = |body: Vec<u8>, content_type: &'static str| {
+        api.http
+            .post(register.clone())
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let body = problem(
+        send(b"{\"username\":".to_vec(), "application/json")
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("malformed JSON"),
+        "{body}"
+    );
+    let body = problem(
+        send(
+            br#"{"username":"dan","password":"password-123"}"#.to_vec(),
+            "application/json",
+        )
+        .await
+        .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "email");
+    let long = json!({"username": "dan", "email": "dan@example.com", "password": "p".repeat(73)});
+    let body = problem(
+        send(long.to_string().into_bytes(), "application/json")
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "password");
+    let ok = json!({"username": "dan", "email": "dan@example.com", "password": "password-123"});
+    problem(
+        send(ok.to_string().into_bytes(), "text/plain")
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    problem(
+        send(vec![b' '; 1024 * 1024], "application/json")
+            .await
+            .unwrap(),
+        413,
+    )
+    .await;
+    let sneaky = json!({"username": "dan", "email": "dan@example.com", "password": "password-123", "role": "admin"});
+    let body = problem(
+        send(sneaky.to_string().into_bytes(), "application/json")
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "role");
+    let body = problem(
+        api.put(
+            &format!("/api/v1/users/{id}"),
+            &token,
+            json!({"nickname": "x"}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "nickname");
+    let body = problem(
+        api.put(
+            &format!("/api/v1/users/{id}"),
+            &token,
+            json!({"email": "nope"}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "email");
+    // Taken e-mail and username: 409 naming the field.
+    let body = problem(
+        api.post(
+            "/api/v1/users/register",
+            json!({"username": "dan2", "email": "CAROL@example.com", "password": "password-123"}),
+        )
+        .await,
+        409,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "email");
+    let body = problem(
+        api.post(
+            "/api/v1/users/register",
+            json!({"username": "Carol", "email": "c2@example.com", "password": "password-123"}),
+        )
+        .await,
+        409,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "username");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_lists_every_configured_dependency() {
+    let app = TestApp::with(
+        Store::DynamoDb,
+        &zx_tests::aws_endpoint(),
+        &[("DATABASE_URL", &zx_tests::database_url())],
+    )
+    .await;
+    let api = Api::on(app).await;
+    for path in ["/health", "/api/v1/users/health"] {
+        let response = api.http.get(api.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let body: Value = response.json().await.unwrap();
+        let names: Vec<&str> = body["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["dynamodb", "postgres", "cache"], "{path}");
+        assert!(
+            body["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["status"] == "up" && d["latencyMs"].is_u64())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_naming_dynamodb_when_it_is_down() {
+    // LocalStack is shared by the parallel tests, so "down" is an endpoint nobody listens on.
+    let app = TestApp::with(Store::DynamoDb, "http://127.0.0.1:9", &[]).await;
+    let api = Api::on(app).await;
+    let started = Instant::now();
+    let response = api.http.get(api.url("/health")).send().await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    let dynamodb = body["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "dynamodb")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (dynamodb["status"].as_str(), dynamodb["required"].as_bool()),
+        (Some("down"), Some(true))
+    );
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+}
+
+/// Every `events/*.json` with the status its function answers (the store holds the user the
+/// events name). A new event file without an entry here fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_events_run_through_their_handlers() {
+    let app = TestApp::new(Store::DynamoDb).await;
+    let hash = app
+        .services
+        .hasher
+        .hash(&zx_domain::Password::parse("correct horse 1").unwrap())
+        .await
+        .unwrap();
+    let event_user = User {
+        id: UserId::parse("0192f0c4-6a8e-7b3c-9d2e-1f4a5b6c7d8e").unwrap(),
+        ..User::new(
+            Username::parse("li_wei").unwrap(),
+            Email::parse("li.wei@example.com").unwrap(),
+            hash,
+            Role::Customer,
+        )
+    };
+    app.services.stores.users.create(&event_user).await.unwrap();
+    let _: &PasswordHash = &event_user.password_hash;
+    let functions = zx_local_gateway::Functions::new(app.services.clone());
+    let expected = [
+        ("health.json", 200),
+        ("users-register.json", 201),
+        ("users-register.invalid.json", 400),
+        ("users-login.json", 200),
+        ("users-validate.json", 401),
+        ("users-me.json", 200),
+        ("users-get.json", 200),
+        ("users-update.json", 200),
+    ];
+    let dir = zx_tests::repo_root().join("events");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".json") {
+            seen.push(name);
+        }
+    }
+    for (file, status) in expected {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let request =
+            lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let function = file.split('.').next().unwrap();
+        let response = functions.invoke_http(function, request).await;
+        assert_eq!(
+            response.status().as_u16(),
+            status,
+            "{file}: {:?}",
+            response.body()
+        );
+    }
+    // The authorizer's sample carries an invalid token: denied.
+    let text = std::fs::read_to_string(dir.join("authorizer.json")).unwrap();
+    let event = serde_json::from_str(&text).unwrap();
+    let decision = functions.invoke_authorizer("authorizer", &event).unwrap();
+    assert!(!decision.is_authorized);
+    let mut covered: Vec<String> = expected.iter().map(|(f, _)| (*f).to_owned()).collect();
+    covered.push("authorizer.json".into());
+    seen.sort();
+    covered.sort();
+    assert_eq!(seen, covered, "every event file is exercised");
+}
