@@ -384,112 +384,103 @@ async fn customers_see_only_themselves_and_admins_see_everyone() {
 async fn bad_input_is_problem_json_naming_the_field() {
     let api = Api::start(Store::DynamoDb).await;
     let (id, token) = api.customer("carol").await;
-    let register = api.url("/api/v1/users/register");
-    let send = |body: Vec<u8>, content_type: &'static str| {
+    let register = |content_type: &str, body: Vec<u8>| {
         api.http
-            .post(register.clone())
+            .post(api.url("/api/v1/users/register"))
             .header("content-type", content_type)
             .body(body)
-            .send()
     };
-    let body = problem(
-        send(b"{\"username\":".to_vec(), "application/json")
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-    assert!(
-        body["detail"].as_str().unwrap().contains("malformed JSON"),
-        "{body}"
-    );
-    let body = problem(
-        send(
-            br#"{"username":"dan","password":"password-123"}"#.to_vec(),
-            "application/json",
-        )
-        .await
-        .unwrap(),
-        400,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "email");
-    let long = json!({"username": "dan", "email": "dan@example.com", "password": "p".repeat(73)});
-    let body = problem(
-        send(long.to_string().into_bytes(), "application/json")
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "password");
-    let ok = json!({"username": "dan", "email": "dan@example.com", "password": "password-123"});
-    problem(
-        send(ok.to_string().into_bytes(), "text/plain")
-            .await
-            .unwrap(),
-        415,
-    )
-    .await;
-    problem(
-        send(vec![b' '; 1024 * 1024], "application/json")
-            .await
-            .unwrap(),
-        413,
-    )
-    .await;
-    let sneaky = json!({"username": "dan", "email": "dan@example.com", "password": "password-123", "role": "admin"});
-    let body = problem(
-        send(sneaky.to_string().into_bytes(), "application/json")
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "role");
-    let body = problem(
-        api.put(
-            &format!("/api/v1/users/{id}"),
-            &token,
-            json!({"nickname": "x"}),
-        )
-        .await,
-        400,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "nickname");
-    let body = problem(
-        api.put(
-            &format!("/api/v1/users/{id}"),
-            &token,
-            json!({"email": "nope"}),
-        )
-        .await,
-        400,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "email");
-    // Taken e-mail and username: 409 naming the field.
-    let body = problem(
-        api.post(
-            "/api/v1/users/register",
-            json!({"username": "dan2", "email": "CAROL@example.com", "password": "password-123"}),
-        )
-        .await,
-        409,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "email");
-    let body = problem(
-        api.post(
-            "/api/v1/users/register",
-            json!({"username": "Carol", "email": "c2@example.com", "password": "password-123"}),
-        )
-        .await,
-        409,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "username");
+    let json_register = |body: Value| register("application/json", body.to_string().into_bytes());
+    let update = |body: Value| {
+        api.http
+            .put(api.url(&format!("/api/v1/users/{id}")))
+            .bearer_auth(&token)
+            .json(&body)
+    };
+    let valid = json!({"username": "dan", "email": "dan@example.com", "password": "password-123"});
+    // (case, request, status, field named in `errors`, or "" for none)
+    let cases = [
+        (
+            "malformed JSON",
+            register("application/json", b"{\"username\":".to_vec()),
+            400,
+            "",
+        ),
+        (
+            "missing email",
+            json_register(json!({"username": "dan", "password": "password-123"})),
+            400,
+            "email",
+        ),
+        (
+            "73-byte password",
+            json_register(
+                json!({"username": "dan", "email": "dan@example.com", "password": "p".repeat(73)}),
+            ),
+            400,
+            "password",
+        ),
+        (
+            "client-chosen role",
+            json_register(
+                json!({"username": "dan", "email": "dan@example.com", "password": "password-123", "role": "admin"}),
+            ),
+            400,
+            "role",
+        ),
+        (
+            "not JSON",
+            register("text/plain", valid.to_string().into_bytes()),
+            415,
+            "",
+        ),
+        (
+            "1 MiB body",
+            register("application/json", vec![b' '; 1024 * 1024]),
+            413,
+            "",
+        ),
+        (
+            "unknown update field",
+            update(json!({"nickname": "x"})),
+            400,
+            "nickname",
+        ),
+        (
+            "invalid e-mail",
+            update(json!({"email": "nope"})),
+            400,
+            "email",
+        ),
+        (
+            "taken e-mail",
+            json_register(
+                json!({"username": "dan2", "email": "CAROL@example.com", "password": "password-123"}),
+            ),
+            409,
+            "email",
+        ),
+        (
+            "taken username",
+            json_register(
+                json!({"username": "Carol", "email": "c2@example.com", "password": "password-123"}),
+            ),
+            409,
+            "username",
+        ),
+    ];
+    for (case, request, status, field) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{case}");
+        let body = problem(response, status).await;
+        assert_eq!(
+            body["errors"][0]["field"].as_str().unwrap_or(""),
+            field,
+            "{case}: {body}"
+        );
+    }
+    // The valid body still works: nothing above was rejected for another reason.
+    assert_eq!(json_register(valid).send().await.unwrap().status(), 201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
