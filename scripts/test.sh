@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All tests: brings the local stack up (reusing services already running), then
-# cargo fmt --check, cargo clippy -D warnings, and every test (unit, the repository contract
-# suite on DynamoDB and Postgres, end-to-end through the local gateway) with cargo-nextest.
+# cargo fmt --check, cargo clippy -D warnings, cfn-lint on template.yaml, and every test
+# (unit, the repository contract suite on DynamoDB and Postgres, end-to-end through the local
+# gateway) with cargo-nextest.
 # Prints "N passed, M failed" and exits non-zero on any failure. Stops what it started.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +32,15 @@ cargo fmt --all -- --check || failed_checks+=(fmt)
 echo "[test] cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings || failed_checks+=(clippy)
 
+echo "[test] cfn-lint template.yaml"
+CACHE=${ZX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/zhixuan}
+CFN_LINT=$CACHE/cfn-lint-1.58.0/bin/cfn-lint
+if [ ! -x "$CFN_LINT" ]; then
+  python3 -m venv "$CACHE/cfn-lint-1.58.0" && "$CACHE/cfn-lint-1.58.0/bin/pip" install -q --disable-pip-version-check 'cfn-lint==1.58.0' \
+    || rm -rf "$CACHE/cfn-lint-1.58.0"
+fi
+AWS_DEFAULT_REGION=us-east-1 "$CFN_LINT" template.yaml || failed_checks+=(template)
+
 echo "[test] cargo nextest run (unit, contract, end-to-end)"
 log=$(mktemp)
 cargo nextest run --workspace --locked --no-fail-fast 2>&1 | tee "$log"
@@ -43,7 +53,8 @@ failed=$((failed + timed_out))
 if [ "$nextest_status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi  # build failure
 rm -f "$log"
 
-checks="fmt $([[ " ${failed_checks[*]} " == *" fmt "* ]] && echo FAILED || echo ok), clippy $([[ " ${failed_checks[*]} " == *" clippy "* ]] && echo FAILED || echo ok)"
+check() { [[ " ${failed_checks[*]} " == *" $1 "* ]] && echo "$1 FAILED" || echo "$1 ok"; }
+checks="$(check fmt), $(check clippy), $(check template)"
 echo
 echo "$passed passed, $failed failed ($checks; $((SECONDS - t0)) s)"
 [ "$failed" -eq 0 ] && [ ${#failed_checks[@]} -eq 0 ]

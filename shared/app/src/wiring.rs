@@ -97,8 +97,12 @@ pub struct Services {
 }
 
 impl Services {
-    /// Builds every service with the AWS configuration of the environment.
+    /// Builds every service with the AWS configuration of the environment. A required but
+    /// invalid `JWT_SECRET` is refused before anything else is built.
     pub async fn build(config: &Config, require_tokens: bool) -> Result<Self, ConfigError> {
+        if require_tokens {
+            config.token_settings()?;
+        }
         Self::build_with_aws(config, require_tokens, &aws_config().await).await
     }
 

@@ -75,8 +75,12 @@ fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         "is required".to_owned()
     } else if message.starts_with("unknown field") {
         "is not allowed".to_owned()
+    } else if let Some((_, expected)) = message.split_once(", expected ") {
+        // "invalid type: integer `12345678`, expected a string": never echo the value (it may
+        // be a password) into the response or the logs.
+        format!("must be {expected}")
     } else {
-        message
+        "has an invalid value".to_owned()
     };
     ApiError::invalid_field(&field, message)
 }
@@ -174,6 +178,21 @@ mod tests {
             let error = json_body::<Login>(&request(ct, body)).unwrap_err();
             assert_eq!(field_of(error), (status, field.to_owned()), "{ct:?} {body}");
         }
+    }
+
+    #[test]
+    fn type_errors_do_not_echo_the_value() {
+        let error = json_body::<Login>(&request(
+            Some("application/json"),
+            r#"{"email":"a@b.co","password":987654321}"#,
+        ))
+        .unwrap_err();
+        let detail = error.to_string();
+        assert!(!detail.contains("987654321"), "{detail}");
+        assert!(
+            detail.contains("password") && detail.contains("must be a string"),
+            "{detail}"
+        );
     }
 
     #[test]
