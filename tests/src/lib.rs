@@ -66,8 +66,13 @@ pub async fn create_users_table(client: &aws_sdk_dynamodb::Client) -> String {
     name
 }
 
-/// A migrated Postgres schema of its own.
+/// A migrated users schema of its own.
 pub async fn create_users_schema() -> (PgSchema, sqlx::PgPool) {
+    create_schema(&zx_store_postgres::migrate::USERS).await
+}
+
+/// A Postgres schema of its own with `set`'s migrations applied.
+pub async fn create_schema(set: &zx_store_postgres::MigrationSet) -> (PgSchema, sqlx::PgPool) {
     let schema = PgSchema::parse(&format!("t_{}", unique())).expect("schema name");
     let pool = zx_store_postgres::connect_lazy(
         &database_url(),
@@ -78,7 +83,7 @@ pub async fn create_users_schema() -> (PgSchema, sqlx::PgPool) {
         },
     )
     .expect("pool");
-    zx_store_postgres::migrate(&pool, &schema)
+    zx_store_postgres::migrate(&pool, &schema, set)
         .await
         .expect("migrate");
     (schema, pool)

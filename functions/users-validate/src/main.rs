@@ -4,8 +4,8 @@ use lambda_http::{Error, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let services = zx_app::start(true).await?;
-    let tokens = services.tokens()?;
+    let tokens = zx_app::start_token_service()?;
+    let tokens = &tokens;
     run(service_fn(move |request| {
         zx_http::serve(request, move |request| zx_users::validate(tokens, request))
     }))

@@ -73,6 +73,11 @@ fn parse_or<T>(
     }
 }
 
+fn schema(source: &Source, var: &'static str, default: &str) -> Result<PgSchema, ConfigError> {
+    PgSchema::parse(&source.get(var).unwrap_or_else(|| default.to_owned()))
+        .map_err(|reason| ConfigError::Invalid { var, reason })
+}
+
 fn millis(text: &str) -> Result<Duration, String> {
     text.trim()
         .parse::<u64>()
@@ -90,6 +95,8 @@ pub struct Config {
     pub users_table: String,
     pub database_url: Option<DatabaseUrl>,
     pub users_schema: PgSchema,
+    pub products_table: String,
+    pub products_schema: PgSchema,
     pub pool: PoolSettings,
     pub cache: Option<CacheSettings>,
     pub bcrypt_cost: BcryptCost,
@@ -153,15 +160,11 @@ impl Config {
                 .get("USERS_TABLE")
                 .unwrap_or_else(|| "zhixuan-users".into()),
             database_url,
-            users_schema: parse_or(
-                source,
-                "USERS_SCHEMA",
-                PgSchema::parse("users").map_err(|r| ConfigError::Invalid {
-                    var: "USERS_SCHEMA",
-                    reason: r,
-                })?,
-                PgSchema::parse,
-            )?,
+            users_schema: schema(source, "USERS_SCHEMA", "users")?,
+            products_table: source
+                .get("PRODUCTS_TABLE")
+                .unwrap_or_else(|| "zhixuan-products".into()),
+            products_schema: schema(source, "PRODUCTS_SCHEMA", "products")?,
             pool,
             cache,
             bcrypt_cost: parse_or(

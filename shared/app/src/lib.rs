@@ -7,4 +7,4 @@ pub mod wiring;
 
 pub use config::{Config, ConfigError, StoreKind};
 pub use health::{HealthCheck, HealthReport, health_handler};
-pub use wiring::{Services, Stores, build_cache, build_stores, start};
+pub use wiring::{Services, Stores, build_cache, build_stores, start, start_token_service};

@@ -158,3 +158,17 @@ pub async fn start(require_tokens: bool) -> Result<Services, ConfigError> {
     }
     built
 }
+
+/// Cold start of a function that only verifies tokens (`authorizer`, `users-validate`): no
+/// store, no cache, no AWS configuration, so none of them is linked in or initialised.
+pub fn start_token_service() -> Result<TokenService, ConfigError> {
+    zx_http::init_tracing();
+    let settings = Config::from_env().and_then(|config| config.token_settings());
+    match settings {
+        Ok(settings) => Ok(TokenService::new(settings)),
+        Err(error) => {
+            tracing::error!(%error, "refusing to start: invalid configuration");
+            Err(error)
+        }
+    }
+}

@@ -80,6 +80,12 @@ pub enum RepositoryError {
     /// The record changed (or vanished) since it was read: the caller's view is stale.
     #[error("the record was changed concurrently")]
     ConcurrentUpdate,
+    /// The record does not exist (or is deleted).
+    #[error("the record does not exist")]
+    NotFound,
+    /// The change would take available stock below zero.
+    #[error("not enough stock")]
+    InsufficientStock,
     /// The store could not be reached or refused the operation.
     #[error("{operation} failed")]
     Unavailable {

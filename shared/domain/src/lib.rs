@@ -2,11 +2,19 @@
 //! traits the adapters implement. No AWS, database or HTTP types live here.
 
 pub mod error;
+pub mod product;
 pub mod repository;
 pub mod timestamp;
 pub mod user;
 
+pub use product::{
+    CategoryId, Cursor, Description, ImageUrl, Page, PageLimit, Price, Product, ProductId,
+    ProductName, ProductQuery, SearchTerm, Stock,
+};
 pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors};
-pub use repository::{UserReader, UserRepository, UserWriter};
+pub use repository::{
+    ProductReader, ProductRepository, ProductWriter, StockChange, StockWriter, UserReader,
+    UserRepository, UserWriter,
+};
 pub use timestamp::Timestamp;
 pub use user::{Email, Password, PasswordHash, Role, User, UserId, Username};

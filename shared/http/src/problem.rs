@@ -232,6 +232,11 @@ impl From<RepositoryError> for ApiError {
                     .into(),
                 errors: Vec::new(),
             },
+            RepositoryError::NotFound => Self::not_found("no such resource"),
+            RepositoryError::InsufficientStock => Self::Conflict {
+                detail: "available stock cannot go below zero".into(),
+                errors: Vec::new(),
+            },
             RepositoryError::Unavailable { .. } => Self::Unavailable {
                 detail: "the data store is unavailable; retry shortly".into(),
                 retry_after: Duration::from_secs(1),

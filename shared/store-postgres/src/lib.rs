@@ -5,6 +5,6 @@ pub mod migrate;
 pub mod pool;
 pub mod users;
 
-pub use migrate::{MigrateError, migrate};
+pub use migrate::{MigrateError, MigrationSet, migrate};
 pub use pool::{PgSchema, PoolSettings, connect_lazy, ping};
 pub use users::PgUserRepository;

@@ -5,9 +5,24 @@ use sqlx::PgPool;
 
 use crate::PgSchema;
 
-/// (version, name, SQL), in order.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "users", include_str!("../migrations/0001_users.sql"))];
+/// One service's migrations, applied to that service's own schema: (version, name, SQL), in order.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationSet {
+    pub service: &'static str,
+    migrations: &'static [(i64, &'static str, &'static str)],
+}
+
+/// The users service (`USERS_SCHEMA`).
+pub const USERS: MigrationSet = MigrationSet {
+    service: "users",
+    migrations: &[(1, "users", include_str!("../migrations/users/0001_users.sql"))],
+};
+
+/// The products service: catalogue and stock (`PRODUCTS_SCHEMA`).
+pub const PRODUCTS: MigrationSet = MigrationSet {
+    service: "products",
+    migrations: &[(1, "products", include_str!("../migrations/products/0001_products.sql"))],
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -26,9 +41,9 @@ pub enum MigrateError {
     },
 }
 
-/// Applies every pending migration to `schema` (created if missing). The pool's `search_path`
-/// must be `schema` (see [`crate::connect_lazy`]). Returns the versions applied now.
-pub async fn migrate(pool: &PgPool, schema: &PgSchema) -> Result<Vec<i64>, MigrateError> {
+/// Applies every pending migration of `set` to `schema` (created if missing). The pool's
+/// `search_path` must be `schema` (see [`crate::connect_lazy`]). Returns the versions applied now.
+pub async fn migrate(pool: &PgPool, schema: &PgSchema, set: &MigrationSet) -> Result<Vec<i64>, MigrateError> {
     let prepare = |source| MigrateError::Prepare {
         schema: schema.to_string(),
         source,
@@ -55,7 +70,7 @@ pub async fn migrate(pool: &PgPool, schema: &PgSchema) -> Result<Vec<i64>, Migra
     .await
     .map_err(prepare)?;
     let mut now_applied = Vec::new();
-    for &(version, name, sql) in MIGRATIONS {
+    for &(version, name, sql) in set.migrations {
         if applied.contains(&version) {
             continue;
         }

@@ -1,6 +1,7 @@
 //! Operator commands (run by a person or a deploy step, never by an API function):
 //!
-//!   zx-admin migrate                 apply pending Postgres migrations (DATABASE_URL, USERS_SCHEMA)
+//!   zx-admin migrate                 apply pending Postgres migrations of every service
+//!                                    (DATABASE_URL; USERS_SCHEMA, PRODUCTS_SCHEMA)
 //!   zx-admin ensure-admin EMAIL USERNAME
 //!                                    create that admin, or make the existing user an admin with
 //!                                    that password; the password is read from ADMIN_PASSWORD
@@ -40,12 +41,17 @@ async fn migrate() -> Outcome {
         .database_url
         .as_ref()
         .ok_or("DATABASE_URL is required for migrate")?;
-    let pool = zx_store_postgres::connect_lazy(url.expose(), &config.users_schema, &config.pool)?;
-    let applied = zx_store_postgres::migrate(&pool, &config.users_schema).await?;
-    Ok(format!(
-        "schema {}: applied migrations {applied:?}",
-        config.users_schema
-    ))
+    let mut report = Vec::new();
+    for (schema, set) in [
+        (&config.users_schema, zx_store_postgres::migrate::USERS),
+        (&config.products_schema, zx_store_postgres::migrate::PRODUCTS),
+    ] {
+        let pool = zx_store_postgres::connect_lazy(url.expose(), schema, &config.pool)?;
+        let applied = zx_store_postgres::migrate(&pool, schema, &set).await?;
+        report.push(format!("schema {schema} ({}): applied migrations {applied:?}", set.service));
+        pool.close().await;
+    }
+    Ok(report.join("\n"))
 }
 
 async fn ensure_admin(email: &str, username: &str) -> Outcome {

@@ -1,0 +1,332 @@
+//! Products and stock: catalogue entries with exact prices (integer minor units), a soft
+//! delete, and stock counters; listing queries and opaque, stable cursors.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::Timestamp;
+
+/// A product's opaque identifier: a UUIDv7 in canonical lower-case form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ProductId(String);
+
+impl ProductId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().hyphenated().to_string())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        uuid::Uuid::try_parse(text.trim())
+            .map(|id| Self(id.hyphenated().to_string()))
+            .map_err(|_| "must be a product id (UUID)".to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProductId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A category key: 1–64 characters of lower-case letters, digits, `-` and `_`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CategoryId(String);
+
+impl CategoryId {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let id = text.trim().to_lowercase();
+        let valid = (1..=64).contains(&id.len())
+            && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if valid {
+            Ok(Self(id))
+        } else {
+            Err("must be 1 to 64 characters of a-z, 0-9, '-' and '_'".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A price in minor units of the shop's currency (fen for CNY): exact, never negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Price(i64);
+
+impl Price {
+    /// 10 billion yuan in fen: far above any product, far below overflow when summed.
+    pub const MAX: i64 = 1_000_000_000_000;
+
+    pub fn from_minor(minor: i64) -> Result<Self, String> {
+        if (0..=Self::MAX).contains(&minor) {
+            Ok(Self(minor))
+        } else {
+            Err(format!("must be a whole number of minor units from 0 to {}", Self::MAX))
+        }
+    }
+
+    pub fn minor(self) -> i64 {
+        self.0
+    }
+}
+
+/// A product name: 1–200 characters after trimming.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ProductName(String);
+
+impl ProductName {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let name = text.trim();
+        let chars = name.chars().count();
+        if (1..=200).contains(&chars) && !name.chars().any(char::is_control) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err("must be 1 to 200 characters without control characters".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A description: at most 5000 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Description(String);
+
+impl Description {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.chars().count() <= 5000 {
+            Ok(Self(text.trim().to_owned()))
+        } else {
+            Err("must be at most 5000 characters".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An image URL: `https://` (or `http://`), at most 2048 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ImageUrl(String);
+
+impl ImageUrl {
+    pub const MAX_PER_PRODUCT: usize = 10;
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = text.trim();
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        if scheme_ok && url.len() <= 2048 && !url.chars().any(char::is_whitespace) {
+            Ok(Self(url.to_owned()))
+        } else {
+            Err("must be an http(s) URL of at most 2048 bytes".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Stock counters: `available` can be sold now; `reserved` is held for orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Stock {
+    pub available: i64,
+    pub reserved: i64,
+}
+
+/// A catalogue entry. `deleted_at` set means soft-deleted: invisible to reads, kept for orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    pub id: ProductId,
+    pub name: ProductName,
+    pub description: Description,
+    pub price: Price,
+    pub category: CategoryId,
+    pub images: Vec<ImageUrl>,
+    pub stock: Stock,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
+    pub version: u64,
+}
+
+/// A case-insensitive substring to look for in names and descriptions. Every character is
+/// literal (`%` and `_` included): it is never a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchTerm(String);
+
+impl SearchTerm {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let term = text.trim().to_lowercase();
+        if (1..=100).contains(&term.chars().count()) {
+            Ok(Self(term))
+        } else {
+            Err("must be 1 to 100 characters".into())
+        }
+    }
+
+    /// The lower-cased term.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Page size: 1 to 100, default 20.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit(u16);
+
+impl PageLimit {
+    pub const DEFAULT: Self = Self(20);
+    pub const MAX: u16 = 100;
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (1..=Self::MAX).contains(n))
+            .map(Self)
+            .ok_or_else(|| format!("must be a whole number from 1 to {}", Self::MAX))
+    }
+
+    pub fn get(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// Where a newest-first walk stopped: the last item's creation time and id. Opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: Timestamp,
+    pub id: ProductId,
+}
+
+impl Cursor {
+    pub fn after(product: &Product) -> Self {
+        Self {
+            created_at: product.created_at,
+            id: product.id.clone(),
+        }
+    }
+
+    /// `<unix millis>.<id>`, hex-encoded so it reads as an opaque token.
+    pub fn encode(&self) -> String {
+        let millis = self.created_at.as_datetime().unix_timestamp_nanos() / 1_000_000;
+        format!("{millis}.{}", self.id)
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub fn decode(token: &str) -> Result<Self, String> {
+        let invalid = || "is not a cursor this API returned".to_owned();
+        if token.len() % 2 != 0 || token.len() > 200 {
+            return Err(invalid());
+        }
+        let bytes = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let (millis, id) = text.split_once('.').ok_or_else(invalid)?;
+        let millis: i64 = millis.parse().map_err(|_| invalid())?;
+        Ok(Self {
+            created_at: Timestamp::from_unix_millis(millis).ok_or_else(invalid)?,
+            id: ProductId::parse(id).map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// What to list: filters combine with AND; newest first; at most `limit` items after `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductQuery {
+    pub category: Option<CategoryId>,
+    pub min_price: Option<Price>,
+    pub max_price: Option<Price>,
+    pub search: Option<SearchTerm>,
+    pub limit: PageLimit,
+    pub after: Option<Cursor>,
+}
+
+impl Default for ProductQuery {
+    fn default() -> Self {
+        Self {
+            category: None,
+            min_price: None,
+            max_price: None,
+            search: None,
+            limit: PageLimit::DEFAULT,
+            after: None,
+        }
+    }
+}
+
+impl ProductQuery {
+    /// Whether `product` passes the filters (the cursor and limit aside). Adapters that filter
+    /// after reading use this, so every backend applies the same rules.
+    pub fn matches(&self, product: &Product) -> bool {
+        product.deleted_at.is_none()
+            && self.category.as_ref().is_none_or(|c| c == &product.category)
+            && self.min_price.is_none_or(|min| product.price >= min)
+            && self.max_price.is_none_or(|max| product.price <= max)
+            && self.search.as_ref().is_none_or(|term| {
+                product.name.as_str().to_lowercase().contains(term.as_str())
+                    || product.description.as_str().to_lowercase().contains(term.as_str())
+            })
+    }
+}
+
+/// One page of a listing and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_are_whole_non_negative_minor_units() {
+        assert!(Price::from_minor(0).is_ok());
+        assert!(Price::from_minor(-1).is_err());
+        assert!(Price::from_minor(Price::MAX + 1).is_err());
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_forgeries() {
+        let cursor = Cursor {
+            created_at: Timestamp::from_unix_millis(1_795_420_800_123).unwrap(),
+            id: ProductId::generate(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        for bad in ["", "zz", "abc", "31", &"00".repeat(150)] {
+            assert!(Cursor::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_and_terms() {
+        assert_eq!(PageLimit::parse("100").unwrap().get(), 100);
+        assert!(PageLimit::parse("101").is_err());
+        assert!(PageLimit::parse("0").is_err());
+        assert_eq!(SearchTerm::parse("  50%_OFF ").unwrap().as_str(), "50%_off");
+        assert!(CategoryId::parse("Phones").is_ok());
+        assert!(CategoryId::parse("phones/../x").is_err());
+    }
+}

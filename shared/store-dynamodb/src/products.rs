@@ -1,0 +1,396 @@
+//! Products on DynamoDB. One item per product under `pk = PRODUCT#<id>`; two sparse GSIs serve
+//! newest-first listings: `newest` (`gsi1pk = ALL`) and `category-newest`
+//! (`gsi2pk = CAT#<category>`), both sorted by `<created millis, 13 digits>#<id>`. A soft delete
+//! removes the GSI keys, so deleted products drop out of every listing. Price and search are
+//! filters over the key-ordered query (`contains` on lower-cased copies: every character is
+//! literal). GSI reads are eventually consistent on AWS (immediate in DynamoDB Local).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use zx_domain::{
+    CategoryId, Cursor, Description, ImageUrl, Page, Price, Product, ProductId, ProductName, ProductQuery,
+    ProductReader, ProductWriter, RepositoryError, Stock, StockChange, StockWriter, Timestamp,
+};
+
+mod attr {
+    pub const PK: &str = "pk";
+    pub const GSI1PK: &str = "gsi1pk";
+    pub const GSI1SK: &str = "gsi1sk";
+    pub const GSI2PK: &str = "gsi2pk";
+    pub const GSI2SK: &str = "gsi2sk";
+    pub const PRODUCT_ID: &str = "productId";
+    pub const NAME: &str = "name";
+    pub const NAME_LOWER: &str = "nameLower";
+    pub const DESCRIPTION: &str = "description";
+    pub const DESCRIPTION_LOWER: &str = "descriptionLower";
+    pub const PRICE: &str = "price";
+    pub const CATEGORY_ID: &str = "categoryId";
+    pub const IMAGES: &str = "images";
+    pub const AVAILABLE: &str = "available";
+    pub const RESERVED: &str = "reserved";
+    pub const CREATED_AT: &str = "createdAt";
+    pub const UPDATED_AT: &str = "updatedAt";
+    pub const DELETED_AT: &str = "deletedAt";
+    pub const VERSION: &str = "version";
+}
+
+const NEWEST_INDEX: &str = "newest";
+const CATEGORY_INDEX: &str = "category-newest";
+const ALL_PRODUCTS: &str = "ALL";
+/// Items read per Query call while filling a page.
+const QUERY_BATCH: i32 = 100;
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn product_key(id: &ProductId) -> String {
+    format!("PRODUCT#{id}")
+}
+
+fn category_key(category: &CategoryId) -> String {
+    format!("CAT#{}", category.as_str())
+}
+
+fn millis(at: &Timestamp) -> i128 {
+    at.as_datetime().unix_timestamp_nanos() / 1_000_000
+}
+
+/// The GSI sort key: newest-first order is descending order of this string.
+fn sort_key(created_at: &Timestamp, id: &ProductId) -> String {
+    format!("{:013}#{id}", millis(created_at))
+}
+
+/// The catalogue table.
+#[derive(Debug, Clone)]
+pub struct DynamoProductRepository {
+    client: Client,
+    table: String,
+}
+
+impl DynamoProductRepository {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+fn product_item(product: &Product) -> Item {
+    let mut item = HashMap::from([
+        (attr::PK.to_owned(), s(product_key(&product.id))),
+        (attr::PRODUCT_ID.to_owned(), s(product.id.as_str())),
+        (attr::AVAILABLE.to_owned(), n(product.stock.available)),
+        (attr::RESERVED.to_owned(), n(product.stock.reserved)),
+        (attr::CREATED_AT.to_owned(), s(product.created_at.to_rfc3339())),
+    ]);
+    item.extend(catalogue_fields(product));
+    if product.deleted_at.is_none() {
+        item.extend(index_keys(product));
+    }
+    item
+}
+
+/// The attributes `update_product` replaces.
+fn catalogue_fields(product: &Product) -> Vec<(String, AttributeValue)> {
+    let mut fields = vec![
+        (attr::NAME.to_owned(), s(product.name.as_str())),
+        (attr::NAME_LOWER.to_owned(), s(product.name.as_str().to_lowercase())),
+        (attr::DESCRIPTION.to_owned(), s(product.description.as_str())),
+        (attr::DESCRIPTION_LOWER.to_owned(), s(product.description.as_str().to_lowercase())),
+        (attr::PRICE.to_owned(), n(product.price.minor())),
+        (attr::CATEGORY_ID.to_owned(), s(product.category.as_str())),
+        (
+            attr::IMAGES.to_owned(),
+            AttributeValue::L(product.images.iter().map(|i| s(i.as_str())).collect()),
+        ),
+        (attr::UPDATED_AT.to_owned(), s(product.updated_at.to_rfc3339())),
+        (attr::VERSION.to_owned(), AttributeValue::N(product.version.to_string())),
+    ];
+    if let Some(deleted_at) = &product.deleted_at {
+        fields.push((attr::DELETED_AT.to_owned(), s(deleted_at.to_rfc3339())));
+    }
+    fields
+}
+
+fn index_keys(product: &Product) -> Vec<(String, AttributeValue)> {
+    let sk = sort_key(&product.created_at, &product.id);
+    vec![
+        (attr::GSI1PK.to_owned(), s(ALL_PRODUCTS)),
+        (attr::GSI1SK.to_owned(), s(sk.clone())),
+        (attr::GSI2PK.to_owned(), s(category_key(&product.category))),
+        (attr::GSI2SK.to_owned(), s(sk)),
+    ]
+}
+
+fn text<'a>(item: &'a Item, name: &str) -> Result<&'a str, RepositoryError> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .ok_or_else(|| RepositoryError::Corrupt(format!("product item lacks string attribute {name}")))
+}
+
+fn number(item: &Item, name: &str) -> Result<i64, RepositoryError> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| RepositoryError::Corrupt(format!("product item lacks numeric attribute {name}")))
+}
+
+fn stock_from_item(item: &Item) -> Result<Stock, RepositoryError> {
+    Ok(Stock {
+        available: number(item, attr::AVAILABLE)?,
+        reserved: number(item, attr::RESERVED)?,
+    })
+}
+
+fn product_from_item(item: &Item) -> Result<Product, RepositoryError> {
+    let corrupt = |field: &str, e: String| RepositoryError::Corrupt(format!("{field}: {e}"));
+    let at = |name: &str| Timestamp::parse_rfc3339(text(item, name)?).map_err(|e| corrupt(name, e));
+    let images = match item.get(attr::IMAGES) {
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .map(|v| {
+                v.as_s()
+                    .map_err(|_| corrupt(attr::IMAGES, "not a string".into()))
+                    .and_then(|url| ImageUrl::parse(url).map_err(|e| corrupt(attr::IMAGES, e)))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
+    Ok(Product {
+        id: ProductId::parse(text(item, attr::PRODUCT_ID)?).map_err(|e| corrupt(attr::PRODUCT_ID, e))?,
+        name: ProductName::parse(text(item, attr::NAME)?).map_err(|e| corrupt(attr::NAME, e))?,
+        description: Description::parse(text(item, attr::DESCRIPTION)?).map_err(|e| corrupt(attr::DESCRIPTION, e))?,
+        price: Price::from_minor(number(item, attr::PRICE)?).map_err(|e| corrupt(attr::PRICE, e))?,
+        category: CategoryId::parse(text(item, attr::CATEGORY_ID)?).map_err(|e| corrupt(attr::CATEGORY_ID, e))?,
+        images,
+        stock: stock_from_item(item)?,
+        created_at: at(attr::CREATED_AT)?,
+        updated_at: at(attr::UPDATED_AT)?,
+        deleted_at: item.get(attr::DELETED_AT).map(|_| at(attr::DELETED_AT)).transpose()?,
+        version: u64::try_from(number(item, attr::VERSION)?).map_err(|e| corrupt(attr::VERSION, e.to_string()))?,
+    })
+}
+
+#[async_trait]
+impl ProductReader for DynamoProductRepository {
+    async fn find_product(&self, id: &ProductId) -> Result<Option<Product>, RepositoryError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(product_key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| RepositoryError::unavailable("DynamoDB GetItem", e))?;
+        output.item.as_ref().map(product_from_item).transpose()
+    }
+
+    async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, RepositoryError> {
+        let (index, pk_name, sk_name, pk_value) = match &query.category {
+            Some(category) => (CATEGORY_INDEX, attr::GSI2PK, attr::GSI2SK, category_key(category)),
+            None => (NEWEST_INDEX, attr::GSI1PK, attr::GSI1SK, ALL_PRODUCTS.to_owned()),
+        };
+        let mut key_condition = "#pk = :pk".to_owned();
+        let mut names = HashMap::from([("#pk".to_owned(), pk_name.to_owned())]);
+        let mut values = HashMap::from([(":pk".to_owned(), s(pk_value))]);
+        if let Some(after) = &query.after {
+            key_condition.push_str(" AND #sk < :after");
+            names.insert("#sk".into(), sk_name.into());
+            values.insert(":after".into(), s(sort_key(&after.created_at, &after.id)));
+        }
+        let mut filters = Vec::new();
+        if let Some(min) = query.min_price {
+            filters.push("#price >= :min");
+            values.insert(":min".into(), n(min.minor()));
+        }
+        if let Some(max) = query.max_price {
+            filters.push("#price <= :max");
+            values.insert(":max".into(), n(max.minor()));
+        }
+        if !filters.is_empty() {
+            names.insert("#price".into(), attr::PRICE.into());
+        }
+        if let Some(term) = &query.search {
+            filters.push("(contains(#nl, :term) OR contains(#dl, :term))");
+            names.insert("#nl".into(), attr::NAME_LOWER.into());
+            names.insert("#dl".into(), attr::DESCRIPTION_LOWER.into());
+            values.insert(":term".into(), s(term.as_str()));
+        }
+        let filter = (!filters.is_empty()).then(|| filters.join(" AND "));
+
+        // One more than the page, to know whether another page follows.
+        let wanted = query.limit.get() + 1;
+        let mut items = Vec::with_capacity(wanted);
+        let mut start: Option<Item> = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression(&key_condition)
+                .set_filter_expression(filter.clone())
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(false)
+                .limit(QUERY_BATCH)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| RepositoryError::unavailable("DynamoDB Query", e))?;
+            for item in output.items() {
+                let product = product_from_item(item)?;
+                // The index only holds live products; the shared rules are checked once more.
+                if query.matches(&product) {
+                    items.push(product);
+                }
+            }
+            start = output.last_evaluated_key;
+            if items.len() >= wanted || start.is_none() {
+                break;
+            }
+        }
+        let next = if items.len() > query.limit.get() {
+            items.truncate(query.limit.get());
+            items.last().map(Cursor::after)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+}
+
+#[async_trait]
+impl ProductWriter for DynamoProductRepository {
+    async fn create_product(&self, product: &Product) -> Result<(), RepositoryError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(product_item(product)))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) {
+                    RepositoryError::ConcurrentUpdate
+                } else {
+                    RepositoryError::unavailable("DynamoDB PutItem", e)
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn update_product(&self, current: &Product, next: &Product) -> Result<(), RepositoryError> {
+        let mut sets = Vec::new();
+        let mut names = HashMap::from([("#v".to_owned(), attr::VERSION.to_owned())]);
+        let mut values = HashMap::from([(":expected".to_owned(), AttributeValue::N(current.version.to_string()))]);
+        let mut fields = catalogue_fields(next);
+        let mut removes = Vec::new();
+        if next.deleted_at.is_none() {
+            fields.extend(index_keys(next));
+            removes.push(attr::DELETED_AT);
+        } else {
+            removes.extend([attr::GSI1PK, attr::GSI1SK, attr::GSI2PK, attr::GSI2SK]);
+        }
+        for (i, (name, value)) in fields.into_iter().enumerate() {
+            sets.push(format!("#f{i} = :f{i}"));
+            names.insert(format!("#f{i}"), name);
+            values.insert(format!(":f{i}"), value);
+        }
+        let mut expression = format!("SET {}", sets.join(", "));
+        if !removes.is_empty() {
+            let start = names.len();
+            let placeholders: Vec<String> = removes
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let placeholder = format!("#r{}", start + i);
+                    names.insert(placeholder.clone(), (*name).to_owned());
+                    placeholder
+                })
+                .collect();
+            expression.push_str(&format!(" REMOVE {}", placeholders.join(", ")));
+        }
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(product_key(&current.id)))
+            .update_expression(expression)
+            .condition_expression("#v = :expected")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) {
+                    RepositoryError::ConcurrentUpdate
+                } else {
+                    RepositoryError::unavailable("DynamoDB UpdateItem", e)
+                }
+            })?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StockWriter for DynamoProductRepository {
+    async fn change_stock(&self, id: &ProductId, change: StockChange) -> Result<Stock, RepositoryError> {
+        let live = "attribute_exists(#pk) AND attribute_not_exists(#deleted)";
+        let (update, condition, value) = match change {
+            StockChange::Set(value) if value < 0 => return Err(RepositoryError::InsufficientStock),
+            StockChange::Set(value) => ("SET #available = :value", live.to_owned(), value),
+            StockChange::Adjust(delta) if delta >= 0 => ("SET #available = #available + :value", live.to_owned(), delta),
+            // available + delta >= 0  <=>  available >= -delta
+            StockChange::Adjust(delta) => (
+                "SET #available = #available + :value",
+                format!("{live} AND #available >= :needed"),
+                delta,
+            ),
+        };
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(product_key(id)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#deleted", attr::DELETED_AT)
+            .expression_attribute_names("#available", attr::AVAILABLE)
+            .expression_attribute_values(":value", n(value))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let StockChange::Adjust(delta) = change
+            && delta < 0
+        {
+            request = request.expression_attribute_values(":needed", n(delta.saturating_neg()));
+        }
+        match request.send().await {
+            Ok(output) => stock_from_item(output.attributes().ok_or_else(|| {
+                RepositoryError::Corrupt("UpdateItem returned no attributes".into())
+            })?),
+            Err(error) => match error.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => match failed.item() {
+                    Some(old) if !old.contains_key(attr::DELETED_AT) => Err(RepositoryError::InsufficientStock),
+                    _ => Err(RepositoryError::NotFound),
+                },
+                _ => Err(RepositoryError::unavailable("DynamoDB UpdateItem", error)),
+            },
+        }
+    }
+}
