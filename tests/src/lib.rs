@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use zx_app::config::Source;
 use zx_app::{Config, Services};
-use zx_domain::UserRepository;
+use zx_domain::{ProductRepository, UserRepository};
 use zx_local_gateway::{Functions, Gateway, RouteTable};
-use zx_store_dynamodb::{DynamoUserRepository, TableSpec};
-use zx_store_postgres::{PgSchema, PgUserRepository, PoolSettings};
+use zx_store_dynamodb::{DynamoProductRepository, DynamoUserRepository, TableSpec};
+use zx_store_postgres::{PgProductRepository, PgSchema, PgUserRepository, PoolSettings};
 
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
@@ -56,10 +56,15 @@ pub async fn aws_config_for(endpoint: &str) -> aws_config::SdkConfig {
 
 /// A users table of its own, created from `localstack/dynamodb/users.json`.
 pub async fn create_users_table(client: &aws_sdk_dynamodb::Client) -> String {
-    let json = std::fs::read_to_string(repo_root().join("localstack/dynamodb/users.json"))
-        .expect("users.json");
+    create_table(client, "users").await
+}
+
+/// A table of its own, created from `localstack/dynamodb/<service>.json`.
+pub async fn create_table(client: &aws_sdk_dynamodb::Client, service: &str) -> String {
+    let path = repo_root().join(format!("localstack/dynamodb/{service}.json"));
+    let json = std::fs::read_to_string(&path).expect("table definition");
     let spec = TableSpec::from_json(&json).expect("valid table spec");
-    let name = format!("zx-test-{}-users", unique());
+    let name = format!("zx-test-{}-{service}", unique());
     zx_store_dynamodb::create_table(client, &spec, &name)
         .await
         .expect("create table");
@@ -87,6 +92,35 @@ pub async fn create_schema(set: &zx_store_postgres::MigrationSet) -> (PgSchema, 
         .await
         .expect("migrate");
     (schema, pool)
+}
+
+/// An isolated catalogue (products table or schema), removed by [`ProductBackend::cleanup`].
+pub struct ProductBackend {
+    pub products: Arc<dyn ProductRepository>,
+    cleanup: Cleanup,
+}
+
+impl ProductBackend {
+    pub async fn dynamodb() -> Self {
+        let client = aws_sdk_dynamodb::Client::new(&aws_config_for(&aws_endpoint()).await);
+        let table = create_table(&client, "products").await;
+        Self {
+            products: Arc::new(DynamoProductRepository::new(client.clone(), table.clone())),
+            cleanup: Cleanup::Table(client, table),
+        }
+    }
+
+    pub async fn postgres() -> Self {
+        let (schema, pool) = create_schema(&zx_store_postgres::migrate::PRODUCTS).await;
+        Self {
+            products: Arc::new(PgProductRepository::new(pool.clone())),
+            cleanup: Cleanup::Schema(pool, schema),
+        }
+    }
+
+    pub async fn cleanup(self) {
+        self.cleanup.run().await;
+    }
 }
 
 /// One isolated repository backend, removed by [`Backend::cleanup`].
@@ -120,7 +154,13 @@ impl Backend {
 
     /// Drops the table or schema (best effort: a leftover never affects another run).
     pub async fn cleanup(self) {
-        match self.cleanup {
+        self.cleanup.run().await;
+    }
+}
+
+impl Cleanup {
+    async fn run(self) {
+        match self {
             Cleanup::Table(client, table) => {
                 let _ = client.delete_table().table_name(table).send().await;
             }

@@ -207,3 +207,491 @@ contract_suites!(
     stale_updates_are_rejected,
     twenty_concurrent_registrations_with_one_email_give_one_success,
 );
+
+// ---------------------------------------------------------------- products and stock
+
+mod catalogue {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use zx_domain::{
+        CategoryId, Description, ImageUrl, PageLimit, Price, Product, ProductId, ProductName,
+        ProductQuery, ProductRepository, RepositoryError, SearchTerm, Stock, StockChange,
+        Timestamp,
+    };
+
+    pub fn product(
+        name: &str,
+        description: &str,
+        category: &str,
+        price: i64,
+        available: i64,
+    ) -> Product {
+        let now = Timestamp::now();
+        Product {
+            id: ProductId::generate(),
+            name: ProductName::parse(name).unwrap(),
+            description: Description::parse(description).unwrap(),
+            price: Price::from_minor(price).unwrap(),
+            category: CategoryId::parse(category).unwrap(),
+            images: vec![ImageUrl::parse("https://img.example.com/a.jpg").unwrap()],
+            stock: Stock {
+                available,
+                reserved: 0,
+            },
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+            version: 1,
+        }
+    }
+
+    async fn names(products: &dyn ProductRepository, query: ProductQuery) -> Vec<String> {
+        let page = products.list_products(&query).await.unwrap();
+        page.items
+            .iter()
+            .map(|p| p.name.as_str().to_owned())
+            .collect()
+    }
+
+    fn query() -> ProductQuery {
+        ProductQuery {
+            limit: PageLimit::parse("100").unwrap(),
+            ..ProductQuery::default()
+        }
+    }
+
+    pub async fn create_then_find(products: Arc<dyn ProductRepository>) {
+        let phone = product("Phone X", "A phone", "phones", 399_900, 5);
+        products.create_product(&phone).await.unwrap();
+        assert_eq!(products.find_product(&phone.id).await.unwrap(), Some(phone));
+        assert_eq!(
+            products.find_product(&ProductId::generate()).await.unwrap(),
+            None
+        );
+    }
+
+    /// Creates, in this order (so newest first is the reverse): a..f.
+    async fn catalogue(products: &dyn ProductRepository) {
+        for (name, description, category, price) in [
+            ("a Phone Case", "Fits the Phone X", "accessories", 1_999),
+            ("b 50% off Charger", "USB-C, fast", "accessories", 2_999),
+            ("c Cable_2m", "braided cable", "accessories", 999),
+            ("d Phone X", "flagship PHONE", "phones", 399_900),
+            ("e Phone Lite", "budget phone, 100%", "phones", 99_900),
+            ("f Laptop", "13 inch", "computers", 699_900),
+        ] {
+            products
+                .create_product(&product(name, description, category, price, 10))
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn filters_alone_and_combined(products: Arc<dyn ProductRepository>) {
+        catalogue(&*products).await;
+        let p = &*products;
+        let category = |c: &str| Some(CategoryId::parse(c).unwrap());
+        let price = |minor: i64| Some(Price::from_minor(minor).unwrap());
+        let search = |t: &str| Some(SearchTerm::parse(t).unwrap());
+
+        let all = names(p, query()).await;
+        assert_eq!(
+            all,
+            [
+                "f Laptop",
+                "e Phone Lite",
+                "d Phone X",
+                "c Cable_2m",
+                "b 50% off Charger",
+                "a Phone Case"
+            ]
+        );
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    category: category("phones"),
+                    ..query()
+                }
+            )
+            .await,
+            ["e Phone Lite", "d Phone X"]
+        );
+        // Exact bounds are included.
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    min_price: price(99_900),
+                    ..query()
+                }
+            )
+            .await,
+            ["f Laptop", "e Phone Lite", "d Phone X"]
+        );
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    max_price: price(1_999),
+                    ..query()
+                }
+            )
+            .await,
+            ["c Cable_2m", "a Phone Case"]
+        );
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    min_price: price(999),
+                    max_price: price(2_999),
+                    ..query()
+                }
+            )
+            .await,
+            ["c Cable_2m", "b 50% off Charger", "a Phone Case"]
+        );
+        // Search: case-insensitive, name or description, % and _ literal.
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    search: search("PHONE"),
+                    ..query()
+                }
+            )
+            .await,
+            ["e Phone Lite", "d Phone X", "a Phone Case"]
+        );
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    search: search("%"),
+                    ..query()
+                }
+            )
+            .await,
+            ["e Phone Lite", "b 50% off Charger"]
+        );
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    search: search("_"),
+                    ..query()
+                }
+            )
+            .await,
+            ["c Cable_2m"]
+        );
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    search: search("0%"),
+                    ..query()
+                }
+            )
+            .await,
+            ["e Phone Lite", "b 50% off Charger"]
+        );
+        assert!(
+            names(
+                p,
+                ProductQuery {
+                    search: search("phone_"),
+                    ..query()
+                }
+            )
+            .await
+            .is_empty()
+        );
+        // Everything at once.
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    category: category("phones"),
+                    min_price: price(99_900),
+                    max_price: price(99_900),
+                    search: search("lite"),
+                    ..query()
+                }
+            )
+            .await,
+            ["e Phone Lite"]
+        );
+        assert_eq!(
+            names(
+                p,
+                ProductQuery {
+                    category: category("accessories"),
+                    search: search("fast"),
+                    ..query()
+                }
+            )
+            .await,
+            ["b 50% off Charger"]
+        );
+        assert!(
+            names(
+                p,
+                ProductQuery {
+                    category: category("toys"),
+                    ..query()
+                }
+            )
+            .await
+            .is_empty()
+        );
+    }
+
+    pub async fn soft_deleted_products_are_invisible(products: Arc<dyn ProductRepository>) {
+        let gone = product("Gone", "old model", "phones", 100, 1);
+        let kept = product("Kept", "new model", "phones", 100, 1);
+        products.create_product(&gone).await.unwrap();
+        products.create_product(&kept).await.unwrap();
+        let mut deleted = gone.clone();
+        deleted.deleted_at = Some(Timestamp::now());
+        deleted.version += 1;
+        products.update_product(&gone, &deleted).await.unwrap();
+
+        let category = Some(CategoryId::parse("phones").unwrap());
+        assert_eq!(names(&*products, query()).await, ["Kept"]);
+        assert_eq!(
+            names(
+                &*products,
+                ProductQuery {
+                    category,
+                    ..query()
+                }
+            )
+            .await,
+            ["Kept"]
+        );
+        // Still readable by id (orders keep their history).
+        assert!(
+            products
+                .find_product(&gone.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .deleted_at
+                .is_some()
+        );
+        // No stock changes on a deleted product.
+        let error = products
+            .change_stock(&gone.id, StockChange::Adjust(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, RepositoryError::NotFound), "{error:?}");
+    }
+
+    pub async fn updates_are_versioned_and_move_categories(products: Arc<dyn ProductRepository>) {
+        let item = product("Tablet", "10 inch", "phones", 200_000, 3);
+        products.create_product(&item).await.unwrap();
+        let mut next = item.clone();
+        next.category = CategoryId::parse("computers").unwrap();
+        next.price = Price::from_minor(180_000).unwrap();
+        next.version += 1;
+        products.update_product(&item, &next).await.unwrap();
+        let stale = products.update_product(&item, &next).await.unwrap_err();
+        assert!(
+            matches!(stale, RepositoryError::ConcurrentUpdate),
+            "{stale:?}"
+        );
+
+        let in_category = |c: &str| ProductQuery {
+            category: Some(CategoryId::parse(c).unwrap()),
+            ..query()
+        };
+        assert!(names(&*products, in_category("phones")).await.is_empty());
+        assert_eq!(
+            names(&*products, in_category("computers")).await,
+            ["Tablet"]
+        );
+        let stored = products.find_product(&item.id).await.unwrap().unwrap();
+        assert_eq!((stored.price.minor(), stored.version), (180_000, 2));
+    }
+
+    pub async fn pagination_is_stable_under_concurrent_inserts(
+        products: Arc<dyn ProductRepository>,
+    ) {
+        let mut existing = HashSet::new();
+        for i in 0..45 {
+            let p = product(
+                &format!("item {i}"),
+                "",
+                if i % 2 == 0 { "even" } else { "odd" },
+                i,
+                1,
+            );
+            products.create_product(&p).await.unwrap();
+            existing.insert(p.id);
+        }
+        // Another task keeps adding products while we walk.
+        let writer = {
+            let products = products.clone();
+            tokio::spawn(async move {
+                for i in 0..30 {
+                    products
+                        .create_product(&product(&format!("new {i}"), "", "even", i, 1))
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = products
+                .list_products(&ProductQuery {
+                    limit: PageLimit::parse("7").unwrap(),
+                    after: after.clone(),
+                    ..ProductQuery::default()
+                })
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 7);
+            // Newest first within the page.
+            assert!(
+                page.items
+                    .windows(2)
+                    .all(|w| (w[0].created_at, &w[0].id) > (w[1].created_at, &w[1].id))
+            );
+            seen.extend(page.items.iter().map(|p| p.id.clone()));
+            match page.next {
+                Some(cursor) => after = Some(cursor),
+                None => break,
+            }
+        }
+        writer.await.unwrap();
+        let unique: HashSet<ProductId> = seen.iter().cloned().collect();
+        assert_eq!(unique.len(), seen.len(), "a product was returned twice");
+        assert!(
+            existing.is_subset(&unique),
+            "{} of 45 existing products were skipped",
+            existing.difference(&unique).count()
+        );
+    }
+
+    pub async fn stock_changes_are_atomic_and_never_negative(products: Arc<dyn ProductRepository>) {
+        let item = product("Mug", "", "kitchen", 1_500, 0);
+        products.create_product(&item).await.unwrap();
+        assert_eq!(
+            products
+                .change_stock(&item.id, StockChange::Set(10))
+                .await
+                .unwrap(),
+            Stock {
+                available: 10,
+                reserved: 0
+            }
+        );
+        assert_eq!(
+            products
+                .change_stock(&item.id, StockChange::Adjust(5))
+                .await
+                .unwrap()
+                .available,
+            15
+        );
+        let error = products
+            .change_stock(&item.id, StockChange::Adjust(-16))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::InsufficientStock),
+            "{error:?}"
+        );
+        let error = products
+            .change_stock(&item.id, StockChange::Set(-1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::InsufficientStock),
+            "{error:?}"
+        );
+        let error = products
+            .change_stock(&ProductId::generate(), StockChange::Set(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, RepositoryError::NotFound), "{error:?}");
+
+        // 20 concurrent decrements of 1 from 15: exactly 15 succeed.
+        let attempts = (0..20).map(|_| {
+            let products = products.clone();
+            let id = item.id.clone();
+            tokio::spawn(async move { products.change_stock(&id, StockChange::Adjust(-1)).await })
+        });
+        let results = futures::future::join_all(attempts).await;
+        let succeeded = results
+            .into_iter()
+            .filter(|r| r.as_ref().unwrap().is_ok())
+            .count();
+        assert_eq!(succeeded, 15);
+        assert_eq!(
+            products
+                .find_product(&item.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .stock
+                .available,
+            0
+        );
+        // Catalogue updates leave stock alone.
+        let current = products.find_product(&item.id).await.unwrap().unwrap();
+        let mut next = current.clone();
+        next.stock.available = 999;
+        next.version += 1;
+        products.update_product(&current, &next).await.unwrap();
+        assert_eq!(
+            products
+                .find_product(&item.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .stock
+                .available,
+            0
+        );
+    }
+}
+
+macro_rules! catalogue_suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let backend = zx_tests::ProductBackend::$backend().await;
+                    crate::catalogue::$case(backend.products.clone()).await;
+                    backend.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! catalogue_suites {
+    ($($case:ident),* $(,)?) => {
+        mod products {
+            catalogue_suite!(dynamodb: $($case),*);
+            catalogue_suite!(postgres: $($case),*);
+        }
+    };
+}
+
+catalogue_suites!(
+    create_then_find,
+    filters_alone_and_combined,
+    soft_deleted_products_are_invisible,
+    updates_are_versioned_and_move_categories,
+    pagination_is_stable_under_concurrent_inserts,
+    stock_changes_are_atomic_and_never_negative,
+);

@@ -7,11 +7,11 @@ pub mod repository;
 pub mod timestamp;
 pub mod user;
 
+pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors};
 pub use product::{
     CategoryId, Cursor, Description, ImageUrl, Page, PageLimit, Price, Product, ProductId,
     ProductName, ProductQuery, SearchTerm, Stock,
 };
-pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors};
 pub use repository::{
     ProductReader, ProductRepository, ProductWriter, StockChange, StockWriter, UserReader,
     UserRepository, UserWriter,

@@ -43,7 +43,9 @@ impl CategoryId {
     pub fn parse(text: &str) -> Result<Self, String> {
         let id = text.trim().to_lowercase();
         let valid = (1..=64).contains(&id.len())
-            && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            && id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if valid {
             Ok(Self(id))
         } else {
@@ -69,7 +71,10 @@ impl Price {
         if (0..=Self::MAX).contains(&minor) {
             Ok(Self(minor))
         } else {
-            Err(format!("must be a whole number of minor units from 0 to {}", Self::MAX))
+            Err(format!(
+                "must be a whole number of minor units from 0 to {}",
+                Self::MAX
+            ))
         }
     }
 
@@ -233,7 +238,7 @@ impl Cursor {
 
     pub fn decode(token: &str) -> Result<Self, String> {
         let invalid = || "is not a cursor this API returned".to_owned();
-        if token.len() % 2 != 0 || token.len() > 200 {
+        if !token.len().is_multiple_of(2) || token.len() > 200 {
             return Err(invalid());
         }
         let bytes = (0..token.len())
@@ -280,12 +285,19 @@ impl ProductQuery {
     /// after reading use this, so every backend applies the same rules.
     pub fn matches(&self, product: &Product) -> bool {
         product.deleted_at.is_none()
-            && self.category.as_ref().is_none_or(|c| c == &product.category)
+            && self
+                .category
+                .as_ref()
+                .is_none_or(|c| c == &product.category)
             && self.min_price.is_none_or(|min| product.price >= min)
             && self.max_price.is_none_or(|max| product.price <= max)
             && self.search.as_ref().is_none_or(|term| {
                 product.name.as_str().to_lowercase().contains(term.as_str())
-                    || product.description.as_str().to_lowercase().contains(term.as_str())
+                    || product
+                        .description
+                        .as_str()
+                        .to_lowercase()
+                        .contains(term.as_str())
             })
     }
 }

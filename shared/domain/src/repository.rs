@@ -59,7 +59,11 @@ pub trait ProductWriter: Send + Sync {
     /// updated_at, version) of `current` with those of `next`, only if the stored version is
     /// still `current.version`; otherwise [`RepositoryError::ConcurrentUpdate`]. Stock counters
     /// are left as they are.
-    async fn update_product(&self, current: &Product, next: &Product) -> Result<(), RepositoryError>;
+    async fn update_product(
+        &self,
+        current: &Product,
+        next: &Product,
+    ) -> Result<(), RepositoryError>;
 }
 
 /// A change of available stock.
@@ -77,7 +81,11 @@ pub trait StockWriter: Send + Sync {
     /// Applies `change` to the available stock of a product that exists and is not deleted,
     /// atomically, and returns the new counters. Available stock never goes below zero
     /// ([`RepositoryError::InsufficientStock`]); reserved stock is not touched.
-    async fn change_stock(&self, id: &ProductId, change: StockChange) -> Result<Stock, RepositoryError>;
+    async fn change_stock(
+        &self,
+        id: &ProductId,
+        change: StockChange,
+    ) -> Result<Stock, RepositoryError>;
 }
 
 /// Every catalogue capability, for adapters and wiring.

@@ -5,8 +5,8 @@ pub mod products;
 pub mod schema;
 pub mod users;
 
-pub use schema::{TableSpec, create_table};
 pub use products::DynamoProductRepository;
+pub use schema::{TableSpec, create_table};
 pub use users::DynamoUserRepository;
 
 use aws_sdk_dynamodb::types::CancellationReason;

@@ -12,8 +12,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use zx_domain::{
-    CategoryId, Cursor, Description, ImageUrl, Page, Price, Product, ProductId, ProductName, ProductQuery,
-    ProductReader, ProductWriter, RepositoryError, Stock, StockChange, StockWriter, Timestamp,
+    CategoryId, Cursor, Description, ImageUrl, Page, Price, Product, ProductId, ProductName,
+    ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, StockChange, StockWriter,
+    Timestamp,
 };
 
 mod attr {
@@ -93,7 +94,10 @@ fn product_item(product: &Product) -> Item {
         (attr::PRODUCT_ID.to_owned(), s(product.id.as_str())),
         (attr::AVAILABLE.to_owned(), n(product.stock.available)),
         (attr::RESERVED.to_owned(), n(product.stock.reserved)),
-        (attr::CREATED_AT.to_owned(), s(product.created_at.to_rfc3339())),
+        (
+            attr::CREATED_AT.to_owned(),
+            s(product.created_at.to_rfc3339()),
+        ),
     ]);
     item.extend(catalogue_fields(product));
     if product.deleted_at.is_none() {
@@ -106,17 +110,32 @@ fn product_item(product: &Product) -> Item {
 fn catalogue_fields(product: &Product) -> Vec<(String, AttributeValue)> {
     let mut fields = vec![
         (attr::NAME.to_owned(), s(product.name.as_str())),
-        (attr::NAME_LOWER.to_owned(), s(product.name.as_str().to_lowercase())),
-        (attr::DESCRIPTION.to_owned(), s(product.description.as_str())),
-        (attr::DESCRIPTION_LOWER.to_owned(), s(product.description.as_str().to_lowercase())),
+        (
+            attr::NAME_LOWER.to_owned(),
+            s(product.name.as_str().to_lowercase()),
+        ),
+        (
+            attr::DESCRIPTION.to_owned(),
+            s(product.description.as_str()),
+        ),
+        (
+            attr::DESCRIPTION_LOWER.to_owned(),
+            s(product.description.as_str().to_lowercase()),
+        ),
         (attr::PRICE.to_owned(), n(product.price.minor())),
         (attr::CATEGORY_ID.to_owned(), s(product.category.as_str())),
         (
             attr::IMAGES.to_owned(),
             AttributeValue::L(product.images.iter().map(|i| s(i.as_str())).collect()),
         ),
-        (attr::UPDATED_AT.to_owned(), s(product.updated_at.to_rfc3339())),
-        (attr::VERSION.to_owned(), AttributeValue::N(product.version.to_string())),
+        (
+            attr::UPDATED_AT.to_owned(),
+            s(product.updated_at.to_rfc3339()),
+        ),
+        (
+            attr::VERSION.to_owned(),
+            AttributeValue::N(product.version.to_string()),
+        ),
     ];
     if let Some(deleted_at) = &product.deleted_at {
         fields.push((attr::DELETED_AT.to_owned(), s(deleted_at.to_rfc3339())));
@@ -138,14 +157,18 @@ fn text<'a>(item: &'a Item, name: &str) -> Result<&'a str, RepositoryError> {
     item.get(name)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
-        .ok_or_else(|| RepositoryError::Corrupt(format!("product item lacks string attribute {name}")))
+        .ok_or_else(|| {
+            RepositoryError::Corrupt(format!("product item lacks string attribute {name}"))
+        })
 }
 
 fn number(item: &Item, name: &str) -> Result<i64, RepositoryError> {
     item.get(name)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| RepositoryError::Corrupt(format!("product item lacks numeric attribute {name}")))
+        .ok_or_else(|| {
+            RepositoryError::Corrupt(format!("product item lacks numeric attribute {name}"))
+        })
 }
 
 fn stock_from_item(item: &Item) -> Result<Stock, RepositoryError> {
@@ -170,17 +193,25 @@ fn product_from_item(item: &Item) -> Result<Product, RepositoryError> {
         _ => Vec::new(),
     };
     Ok(Product {
-        id: ProductId::parse(text(item, attr::PRODUCT_ID)?).map_err(|e| corrupt(attr::PRODUCT_ID, e))?,
+        id: ProductId::parse(text(item, attr::PRODUCT_ID)?)
+            .map_err(|e| corrupt(attr::PRODUCT_ID, e))?,
         name: ProductName::parse(text(item, attr::NAME)?).map_err(|e| corrupt(attr::NAME, e))?,
-        description: Description::parse(text(item, attr::DESCRIPTION)?).map_err(|e| corrupt(attr::DESCRIPTION, e))?,
-        price: Price::from_minor(number(item, attr::PRICE)?).map_err(|e| corrupt(attr::PRICE, e))?,
-        category: CategoryId::parse(text(item, attr::CATEGORY_ID)?).map_err(|e| corrupt(attr::CATEGORY_ID, e))?,
+        description: Description::parse(text(item, attr::DESCRIPTION)?)
+            .map_err(|e| corrupt(attr::DESCRIPTION, e))?,
+        price: Price::from_minor(number(item, attr::PRICE)?)
+            .map_err(|e| corrupt(attr::PRICE, e))?,
+        category: CategoryId::parse(text(item, attr::CATEGORY_ID)?)
+            .map_err(|e| corrupt(attr::CATEGORY_ID, e))?,
         images,
         stock: stock_from_item(item)?,
         created_at: at(attr::CREATED_AT)?,
         updated_at: at(attr::UPDATED_AT)?,
-        deleted_at: item.get(attr::DELETED_AT).map(|_| at(attr::DELETED_AT)).transpose()?,
-        version: u64::try_from(number(item, attr::VERSION)?).map_err(|e| corrupt(attr::VERSION, e.to_string()))?,
+        deleted_at: item
+            .get(attr::DELETED_AT)
+            .map(|_| at(attr::DELETED_AT))
+            .transpose()?,
+        version: u64::try_from(number(item, attr::VERSION)?)
+            .map_err(|e| corrupt(attr::VERSION, e.to_string()))?,
     })
 }
 
@@ -201,8 +232,18 @@ impl ProductReader for DynamoProductRepository {
 
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, RepositoryError> {
         let (index, pk_name, sk_name, pk_value) = match &query.category {
-            Some(category) => (CATEGORY_INDEX, attr::GSI2PK, attr::GSI2SK, category_key(category)),
-            None => (NEWEST_INDEX, attr::GSI1PK, attr::GSI1SK, ALL_PRODUCTS.to_owned()),
+            Some(category) => (
+                CATEGORY_INDEX,
+                attr::GSI2PK,
+                attr::GSI2SK,
+                category_key(category),
+            ),
+            None => (
+                NEWEST_INDEX,
+                attr::GSI1PK,
+                attr::GSI1SK,
+                ALL_PRODUCTS.to_owned(),
+            ),
         };
         let mut key_condition = "#pk = :pk".to_owned();
         let mut names = HashMap::from([("#pk".to_owned(), pk_name.to_owned())]);
@@ -286,7 +327,9 @@ impl ProductWriter for DynamoProductRepository {
             .send()
             .await
             .map_err(|e| {
-                if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) {
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception())
+                {
                     RepositoryError::ConcurrentUpdate
                 } else {
                     RepositoryError::unavailable("DynamoDB PutItem", e)
@@ -295,10 +338,17 @@ impl ProductWriter for DynamoProductRepository {
         Ok(())
     }
 
-    async fn update_product(&self, current: &Product, next: &Product) -> Result<(), RepositoryError> {
+    async fn update_product(
+        &self,
+        current: &Product,
+        next: &Product,
+    ) -> Result<(), RepositoryError> {
         let mut sets = Vec::new();
         let mut names = HashMap::from([("#v".to_owned(), attr::VERSION.to_owned())]);
-        let mut values = HashMap::from([(":expected".to_owned(), AttributeValue::N(current.version.to_string()))]);
+        let mut values = HashMap::from([(
+            ":expected".to_owned(),
+            AttributeValue::N(current.version.to_string()),
+        )]);
         let mut fields = catalogue_fields(next);
         let mut removes = Vec::new();
         if next.deleted_at.is_none() {
@@ -337,7 +387,9 @@ impl ProductWriter for DynamoProductRepository {
             .send()
             .await
             .map_err(|e| {
-                if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) {
+                if e.as_service_error()
+                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception)
+                {
                     RepositoryError::ConcurrentUpdate
                 } else {
                     RepositoryError::unavailable("DynamoDB UpdateItem", e)
@@ -349,12 +401,20 @@ impl ProductWriter for DynamoProductRepository {
 
 #[async_trait]
 impl StockWriter for DynamoProductRepository {
-    async fn change_stock(&self, id: &ProductId, change: StockChange) -> Result<Stock, RepositoryError> {
+    async fn change_stock(
+        &self,
+        id: &ProductId,
+        change: StockChange,
+    ) -> Result<Stock, RepositoryError> {
         let live = "attribute_exists(#pk) AND attribute_not_exists(#deleted)";
         let (update, condition, value) = match change {
             StockChange::Set(value) if value < 0 => return Err(RepositoryError::InsufficientStock),
             StockChange::Set(value) => ("SET #available = :value", live.to_owned(), value),
-            StockChange::Adjust(delta) if delta >= 0 => ("SET #available = #available + :value", live.to_owned(), delta),
+            StockChange::Adjust(delta) if delta >= 0 => (
+                "SET #available = #available + :value",
+                live.to_owned(),
+                delta,
+            ),
             // available + delta >= 0  <=>  available >= -delta
             StockChange::Adjust(delta) => (
                 "SET #available = #available + :value",
@@ -385,10 +445,14 @@ impl StockWriter for DynamoProductRepository {
                 RepositoryError::Corrupt("UpdateItem returned no attributes".into())
             })?),
             Err(error) => match error.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => match failed.item() {
-                    Some(old) if !old.contains_key(attr::DELETED_AT) => Err(RepositoryError::InsufficientStock),
-                    _ => Err(RepositoryError::NotFound),
-                },
+                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
+                    match failed.item() {
+                        Some(old) if !old.contains_key(attr::DELETED_AT) => {
+                            Err(RepositoryError::InsufficientStock)
+                        }
+                        _ => Err(RepositoryError::NotFound),
+                    }
+                }
                 _ => Err(RepositoryError::unavailable("DynamoDB UpdateItem", error)),
             },
         }

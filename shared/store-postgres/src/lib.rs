@@ -3,8 +3,10 @@
 
 pub mod migrate;
 pub mod pool;
+pub mod products;
 pub mod users;
 
 pub use migrate::{MigrateError, MigrationSet, migrate};
 pub use pool::{PgSchema, PoolSettings, connect_lazy, ping};
+pub use products::PgProductRepository;
 pub use users::PgUserRepository;

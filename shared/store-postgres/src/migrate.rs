@@ -15,13 +15,21 @@ pub struct MigrationSet {
 /// The users service (`USERS_SCHEMA`).
 pub const USERS: MigrationSet = MigrationSet {
     service: "users",
-    migrations: &[(1, "users", include_str!("../migrations/users/0001_users.sql"))],
+    migrations: &[(
+        1,
+        "users",
+        include_str!("../migrations/users/0001_users.sql"),
+    )],
 };
 
 /// The products service: catalogue and stock (`PRODUCTS_SCHEMA`).
 pub const PRODUCTS: MigrationSet = MigrationSet {
     service: "products",
-    migrations: &[(1, "products", include_str!("../migrations/products/0001_products.sql"))],
+    migrations: &[(
+        1,
+        "products",
+        include_str!("../migrations/products/0001_products.sql"),
+    )],
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +51,11 @@ pub enum MigrateError {
 
 /// Applies every pending migration of `set` to `schema` (created if missing). The pool's
 /// `search_path` must be `schema` (see [`crate::connect_lazy`]). Returns the versions applied now.
-pub async fn migrate(pool: &PgPool, schema: &PgSchema, set: &MigrationSet) -> Result<Vec<i64>, MigrateError> {
+pub async fn migrate(
+    pool: &PgPool,
+    schema: &PgSchema,
+    set: &MigrationSet,
+) -> Result<Vec<i64>, MigrateError> {
     let prepare = |source| MigrateError::Prepare {
         schema: schema.to_string(),
         source,

@@ -44,11 +44,17 @@ async fn migrate() -> Outcome {
     let mut report = Vec::new();
     for (schema, set) in [
         (&config.users_schema, zx_store_postgres::migrate::USERS),
-        (&config.products_schema, zx_store_postgres::migrate::PRODUCTS),
+        (
+            &config.products_schema,
+            zx_store_postgres::migrate::PRODUCTS,
+        ),
     ] {
         let pool = zx_store_postgres::connect_lazy(url.expose(), schema, &config.pool)?;
         let applied = zx_store_postgres::migrate(&pool, schema, &set).await?;
-        report.push(format!("schema {schema} ({}): applied migrations {applied:?}", set.service));
+        report.push(format!(
+            "schema {schema} ({}): applied migrations {applied:?}",
+            set.service
+        ));
         pool.close().await;
     }
     Ok(report.join("\n"))

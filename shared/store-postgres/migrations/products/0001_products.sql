@@ -1,6 +1,6 @@
 -- Products service schema (catalogue and stock). Applied by `zx-admin migrate`.
 create table products (
-    product_id  text        primary key,
+    product_id  text        collate "C" primary key,   -- bytewise order, as DynamoDB sorts
     name        text        not null,
     description text        not null,
     price       bigint      not null check (price >= 0),       -- minor units (fen)
