@@ -212,22 +212,34 @@ impl TestApp {
         let (mut table, mut schema) = (None, None);
         match store {
             Store::DynamoDb => {
-                let name = if aws_endpoint == self::aws_endpoint() {
-                    create_users_table(&aws_sdk_dynamodb::Client::new(&aws)).await
+                let reachable = aws_endpoint == self::aws_endpoint();
+                let client = aws_sdk_dynamodb::Client::new(&aws);
+                let (users, products) = if reachable {
+                    (
+                        create_table(&client, "users").await,
+                        create_table(&client, "products").await,
+                    )
                 } else {
-                    "unreachable-users".to_owned()
+                    (
+                        "unreachable-users".to_owned(),
+                        "unreachable-products".to_owned(),
+                    )
                 };
                 vars.insert("STORE".into(), "dynamodb".into());
-                vars.insert("USERS_TABLE".into(), name.clone());
-                table = Some(name);
+                vars.insert("USERS_TABLE".into(), users.clone());
+                vars.insert("PRODUCTS_TABLE".into(), products);
+                table = Some(users);
             }
             Store::Postgres => {
-                let (name, pool) = create_users_schema().await;
+                let (users, pool) = create_users_schema().await;
+                pool.close().await;
+                let (products, pool) = create_schema(&zx_store_postgres::migrate::PRODUCTS).await;
                 pool.close().await;
                 vars.insert("STORE".into(), "postgres".into());
                 vars.insert("DATABASE_URL".into(), database_url());
-                vars.insert("USERS_SCHEMA".into(), name.to_string());
-                schema = Some(name);
+                vars.insert("USERS_SCHEMA".into(), users.to_string());
+                vars.insert("PRODUCTS_SCHEMA".into(), products.to_string());
+                schema = Some(users);
             }
         }
         for (key, value) in extra {

@@ -559,6 +559,14 @@ async fn sample_events_run_through_their_handlers() {
         )
     };
     app.services.stores.users.create(&event_user).await.unwrap();
+    let mut event_product = catalogue_product("Phone X", "flagship phone", "phones", 399_900, 10);
+    event_product.id = zx_domain::ProductId::parse("0192f0c4-7000-7abc-8def-0123456789ab").unwrap();
+    app.services
+        .stores
+        .products
+        .create_product(&event_product)
+        .await
+        .unwrap();
     let _: &PasswordHash = &event_user.password_hash;
     let functions = zx_local_gateway::Functions::new(app.services.clone());
     let expected = [
@@ -570,6 +578,15 @@ async fn sample_events_run_through_their_handlers() {
         ("users-me.json", 200),
         ("users-get.json", 200),
         ("users-update.json", 200),
+        ("products-list.json", 200),
+        ("products-get.json", 200),
+        ("products-create.json", 201),
+        ("products-create.customer.json", 403),
+        ("products-update.json", 200),
+        ("stock-get.json", 200),
+        ("stock-put.json", 200),
+        // Last: it deletes the product the others use.
+        ("products-delete.json", 204),
     ];
     let dir = zx_tests::repo_root().join("events");
     let mut seen = Vec::new();
@@ -602,4 +619,434 @@ async fn sample_events_run_through_their_handlers() {
     seen.sort();
     covered.sort();
     assert_eq!(seen, covered, "every event file is exercised");
+}
+
+// ---------------------------------------------------------------- catalogue and stock
+
+fn catalogue_product(
+    name: &str,
+    description: &str,
+    category: &str,
+    price: i64,
+    available: i64,
+) -> zx_domain::Product {
+    let now = Timestamp::now();
+    zx_domain::Product {
+        id: zx_domain::ProductId::generate(),
+        name: zx_domain::ProductName::parse(name).unwrap(),
+        description: zx_domain::Description::parse(description).unwrap(),
+        price: zx_domain::Price::from_minor(price).unwrap(),
+        category: zx_domain::CategoryId::parse(category).unwrap(),
+        images: Vec::new(),
+        stock: zx_domain::Stock {
+            available,
+            reserved: 0,
+        },
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+        version: 1,
+    }
+}
+
+impl Api {
+    async fn admin(&self) -> String {
+        let (id, _) = self.customer("boss").await;
+        self.promote(&id, "boss@example.com").await
+    }
+
+    async fn delete(&self, path: &str, token: &str) -> Response {
+        self.http
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get_public(&self, path: &str) -> Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+}
+
+fn x_cache(response: &Response) -> String {
+    response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn catalogue_and_stock(store: Store) {
+    let api = Api::start(store).await;
+    let admin = api.admin().await;
+    let (_, customer) = api.customer("shopper").await;
+    let new_phone = json!({"name": "Phone X", "description": "Flagship", "price": 399_900, "stock": 10,
+                           "categoryId": "phones", "images": ["https://img.example.com/x.jpg"]});
+
+    // Writes are admin-only.
+    problem(
+        api.http
+            .post(api.url("/api/v1/products"))
+            .bearer_auth(&customer)
+            .json(&new_phone)
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    problem(
+        api.http
+            .post(api.url("/api/v1/products"))
+            .json(&new_phone)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    let response = api
+        .http
+        .post(api.url("/api/v1/products"))
+        .bearer_auth(&admin)
+        .json(&new_phone)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let id = created["productId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (created["price"].as_i64(), created["stock"].as_i64()),
+        (Some(399_900), Some(10))
+    );
+    let case = json!({"name": "Case", "price": 1_999, "stock": 3, "categoryId": "accessories"});
+    assert_eq!(
+        api.http
+            .post(api.url("/api/v1/products"))
+            .bearer_auth(&admin)
+            .json(&case)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+
+    // Reads are public.
+    let listed: Value = api
+        .get_public("/api/v1/products?category=PHONES&minPrice=399900&maxPrice=399900&search=flag")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["items"][0]["productId"], id.as_str());
+    let all: Value = api
+        .get_public("/api/v1/products?limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["items"][0]["name"], "Case", "newest first");
+    let next = all["nextCursor"].as_str().unwrap();
+    let second: Value = api
+        .get_public(&format!("/api/v1/products?limit=1&cursor={next}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["items"][0]["productId"], id.as_str());
+    assert!(second["nextCursor"].is_null());
+    let paged: Value = api
+        .get_public("/api/v1/products?limit=1&page=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        paged["items"][0]["productId"],
+        id.as_str(),
+        "page=2 is the second page"
+    );
+
+    // Bad listing parameters name the field.
+    for (query, field) in [
+        ("minPrice=abc", "minPrice"),
+        ("limit=101", "limit"),
+        ("cursor=zz", "cursor"),
+        ("minPrice=10&maxPrice=5", "minPrice"),
+        ("maxPrice=-1", "maxPrice"),
+        ("page=0", "page"),
+    ] {
+        let body = problem(
+            api.get_public(&format!("/api/v1/products?{query}")).await,
+            400,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], field, "{query}");
+    }
+
+    // Stock.
+    let stock: Value = api
+        .get_public(&format!("/api/v1/stock/{id}?quantity=10"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            stock["available"].as_i64(),
+            stock["requested"].as_i64(),
+            stock["sufficient"].as_bool()
+        ),
+        (Some(10), Some(10), Some(true))
+    );
+    let stock: Value = api
+        .get_public(&format!("/api/v1/stock/{id}?quantity=11"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stock["sufficient"], false);
+    for bad in ["0", "-1", "abc", "1.5"] {
+        let body = problem(
+            api.get_public(&format!("/api/v1/stock/{id}?quantity={bad}"))
+                .await,
+            400,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "quantity");
+    }
+    problem(
+        api.put(
+            &format!("/api/v1/stock/{id}"),
+            &customer,
+            json!({"available": 5}),
+        )
+        .await,
+        403,
+    )
+    .await;
+    let body = problem(
+        api.put(
+            &format!("/api/v1/stock/{id}"),
+            &admin,
+            json!({"available": -1}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "available");
+    let body = problem(
+        api.put(
+            &format!("/api/v1/stock/{id}"),
+            &admin,
+            json!({"available": "many"}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "available");
+    problem(
+        api.put(
+            &format!("/api/v1/stock/{id}"),
+            &admin,
+            json!({"available": 1, "delta": 1}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    problem(
+        api.put(
+            &format!("/api/v1/stock/{id}"),
+            &admin,
+            json!({"delta": -11}),
+        )
+        .await,
+        409,
+    )
+    .await;
+    let changed: Value = api
+        .put(&format!("/api/v1/stock/{id}"), &admin, json!({"delta": -4}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(changed["available"], 6);
+
+    // Update, then delete: gone from reads.
+    let response = api
+        .put(
+            &format!("/api/v1/products/{id}"),
+            &admin,
+            json!({"price": 379_900}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    problem(
+        api.put(
+            &format!("/api/v1/products/{id}"),
+            &admin,
+            json!({"stock": 1}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(
+        api.delete(&format!("/api/v1/products/{id}"), &customer)
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        api.delete(&format!("/api/v1/products/{id}"), &admin)
+            .await
+            .status(),
+        204
+    );
+    problem(api.get_public(&format!("/api/v1/products/{id}")).await, 404).await;
+    problem(api.get_public(&format!("/api/v1/stock/{id}")).await, 404).await;
+    problem(
+        api.delete(&format!("/api/v1/products/{id}"), &admin).await,
+        404,
+    )
+    .await;
+    let listed: Value = api
+        .get_public("/api/v1/products?category=phones")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(listed["items"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_and_stock_on_dynamodb() {
+    catalogue_and_stock(Store::DynamoDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_and_stock_on_postgres() {
+    catalogue_and_stock(Store::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_cached_and_writes_invalidate() {
+    let api = Api::start(Store::DynamoDb).await;
+    let admin = api.admin().await;
+    let body = json!({"name": "Kettle", "price": 12_900, "stock": 4, "categoryId": "kitchen"});
+    let created: Value = api
+        .http
+        .post(api.url("/api/v1/products"))
+        .bearer_auth(&admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["productId"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/products/{id}");
+
+    let first = api.get_public(&path).await;
+    assert_eq!(x_cache(&first), "MISS");
+    let second = api.get_public(&path).await;
+    assert_eq!(x_cache(&second), "HIT");
+    assert_eq!(second.json::<Value>().await.unwrap()["price"], 12_900);
+
+    // An update is visible at once, from the store.
+    assert_eq!(
+        api.put(&path, &admin, json!({"price": 9_900}))
+            .await
+            .status(),
+        200
+    );
+    let after_update = api.get_public(&path).await;
+    assert_eq!(x_cache(&after_update), "MISS");
+    assert_eq!(after_update.json::<Value>().await.unwrap()["price"], 9_900);
+    assert_eq!(x_cache(&api.get_public(&path).await), "HIT");
+
+    // So is a stock change.
+    assert_eq!(
+        api.put(
+            &format!("/api/v1/stock/{id}"),
+            &admin,
+            json!({"available": 42})
+        )
+        .await
+        .status(),
+        200
+    );
+    let after_stock = api.get_public(&path).await;
+    assert_eq!(x_cache(&after_stock), "MISS");
+    assert_eq!(after_stock.json::<Value>().await.unwrap()["stock"], 42);
+
+    // Listings: MISS, HIT, and a new product makes them MISS again.
+    let listing = "/api/v1/products?category=kitchen";
+    assert_eq!(x_cache(&api.get_public(listing).await), "MISS");
+    assert_eq!(x_cache(&api.get_public(listing).await), "HIT");
+    let toaster = json!({"name": "Toaster", "price": 15_900, "stock": 1, "categoryId": "kitchen"});
+    assert_eq!(
+        api.http
+            .post(api.url("/api/v1/products"))
+            .bearer_auth(&admin)
+            .json(&toaster)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let refreshed = api.get_public(listing).await;
+    assert_eq!(x_cache(&refreshed), "MISS");
+    assert_eq!(
+        refreshed.json::<Value>().await.unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_succeed_quickly_with_the_cache_down() {
+    // Nothing listens on port 1: every cache operation fails at once or times out.
+    let app = TestApp::with(
+        Store::DynamoDb,
+        &zx_tests::aws_endpoint(),
+        &[("CACHE_URL", "redis://127.0.0.1:1")],
+    )
+    .await;
+    let product = catalogue_product("Lamp", "desk lamp", "home", 5_900, 2);
+    app.services
+        .stores
+        .products
+        .create_product(&product)
+        .await
+        .unwrap();
+    let api = Api::on(app).await;
+    let mut latencies = Vec::new();
+    for i in 0..60 {
+        let path = if i % 2 == 0 {
+            format!("/api/v1/products/{}", product.id)
+        } else {
+            "/api/v1/products?category=home".to_owned()
+        };
+        let started = Instant::now();
+        let response = api.get_public(&path).await;
+        latencies.push(started.elapsed());
+        assert_eq!(response.status(), 200);
+        assert_eq!(x_cache(&response), "MISS");
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100 - 1];
+    assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
 }

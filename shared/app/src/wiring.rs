@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use zx_auth::{PasswordHasher, TokenService};
 use zx_cache::Cache;
-use zx_domain::UserRepository;
-use zx_store_dynamodb::DynamoUserRepository;
-use zx_store_postgres::PgUserRepository;
+use zx_domain::{ProductRepository, UserRepository};
+use zx_store_dynamodb::{DynamoProductRepository, DynamoUserRepository};
+use zx_store_postgres::{PgProductRepository, PgUserRepository};
 
 use crate::health::{CacheCheck, DynamoCheck, HealthCheck, PostgresCheck};
 use crate::{Config, ConfigError, StoreKind};
@@ -16,6 +16,7 @@ use crate::{Config, ConfigError, StoreKind};
 #[derive(Clone)]
 pub struct Stores {
     pub users: Arc<dyn UserRepository>,
+    pub products: Arc<dyn ProductRepository>,
     pub checks: Vec<Arc<dyn HealthCheck>>,
 }
 
@@ -33,42 +34,62 @@ pub async fn build_stores(
     aws: &aws_config::SdkConfig,
 ) -> Result<Stores, ConfigError> {
     let mut checks: Vec<Arc<dyn HealthCheck>> = Vec::new();
-    let pg_pool = match &config.database_url {
-        Some(url) => Some(
-            zx_store_postgres::connect_lazy(url.expose(), &config.users_schema, &config.pool)
-                .map_err(|e| ConfigError::Invalid {
-                    var: "DATABASE_URL",
-                    reason: e.to_string(),
-                })?,
-        ),
-        None => None,
+    let pool = |schema| {
+        config
+            .database_url
+            .as_ref()
+            .map(|url| {
+                zx_store_postgres::connect_lazy(url.expose(), schema, &config.pool).map_err(|e| {
+                    ConfigError::Invalid {
+                        var: "DATABASE_URL",
+                        reason: e.to_string(),
+                    }
+                })
+            })
+            .transpose()
     };
-    let users: Arc<dyn UserRepository> = match config.store {
-        StoreKind::DynamoDb => {
-            let client = aws_sdk_dynamodb::Client::new(aws);
-            checks.push(Arc::new(DynamoCheck {
-                client: client.clone(),
-                table: config.users_table.clone(),
-            }));
-            Arc::new(DynamoUserRepository::new(
-                client,
-                config.users_table.clone(),
-            ))
-        }
-        StoreKind::Postgres => {
-            let pool = pg_pool
-                .clone()
-                .ok_or(ConfigError::Missing("DATABASE_URL"))?;
-            Arc::new(PgUserRepository::new(pool))
-        }
-    };
-    if let Some(pool) = pg_pool {
+    let users_pool = pool(&config.users_schema)?;
+    let products_pool = pool(&config.products_schema)?;
+    let (users, products): (Arc<dyn UserRepository>, Arc<dyn ProductRepository>) =
+        match config.store {
+            StoreKind::DynamoDb => {
+                let client = aws_sdk_dynamodb::Client::new(aws);
+                checks.push(Arc::new(DynamoCheck {
+                    client: client.clone(),
+                    table: config.users_table.clone(),
+                }));
+                (
+                    Arc::new(DynamoUserRepository::new(
+                        client.clone(),
+                        config.users_table.clone(),
+                    )),
+                    Arc::new(DynamoProductRepository::new(
+                        client,
+                        config.products_table.clone(),
+                    )),
+                )
+            }
+            StoreKind::Postgres => {
+                let missing = || ConfigError::Missing("DATABASE_URL");
+                (
+                    Arc::new(PgUserRepository::new(
+                        users_pool.clone().ok_or_else(missing)?,
+                    )),
+                    Arc::new(PgProductRepository::new(products_pool.ok_or_else(missing)?)),
+                )
+            }
+        };
+    if let Some(pool) = users_pool {
         checks.push(Arc::new(PostgresCheck {
             pool,
             required: config.store == StoreKind::Postgres,
         }));
     }
-    Ok(Stores { users, checks })
+    Ok(Stores {
+        users,
+        products,
+        checks,
+    })
 }
 
 /// The cache, when `CACHE_URL` is set.

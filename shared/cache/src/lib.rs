@@ -1,8 +1,12 @@
 //! The Redis-protocol cache (ElastiCache Redis/Valkey): a lazily connected client whose every
 //! operation has a short deadline, so a cache that is down or slow costs a request little.
 //! Keys carry a prefix, so environments and test runs sharing one server never collide.
+//! After a failure the cache is skipped for a short while (a circuit breaker), so a cache that
+//! is down costs one timeout every few seconds, not one per operation.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Client;
 use redis::aio::ConnectionManager;
@@ -15,6 +19,18 @@ pub enum CacheError {
     Timeout(Duration),
     #[error("cache operation failed")]
     Redis(#[from] redis::RedisError),
+    #[error("cache skipped for a moment after a recent failure")]
+    Skipped,
+}
+
+/// How long the cache is skipped after a failure.
+const BREAK_FOR: Duration = Duration::from_secs(3);
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Connection settings.
@@ -34,6 +50,8 @@ pub struct Cache {
     connection: ConnectionManager,
     timeout: Duration,
     key_prefix: String,
+    /// Unix millis until which operations fail fast with [`CacheError::Skipped`].
+    broken_until: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -60,6 +78,7 @@ impl Cache {
             connection,
             timeout: settings.timeout,
             key_prefix: settings.key_prefix,
+            broken_until: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -68,16 +87,84 @@ impl Cache {
         format!("{}{key}", self.key_prefix)
     }
 
-    /// Runs one command under the deadline.
+    /// Runs one command under the deadline; fails fast while the breaker is open.
     pub async fn run<T: redis::FromRedisValue>(
         &self,
         command: &redis::Cmd,
     ) -> Result<T, CacheError> {
-        let mut connection = self.connection.clone();
-        tokio::time::timeout(self.timeout, command.query_async(&mut connection))
+        self.guarded(|mut connection| async move { command.query_async(&mut connection).await })
             .await
-            .map_err(|_| CacheError::Timeout(self.timeout))?
-            .map_err(CacheError::from)
+    }
+
+    /// Runs a pipeline (atomically when built with `.atomic()`) under the deadline.
+    pub async fn run_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, CacheError> {
+        self.guarded(|mut connection| async move { pipeline.query_async(&mut connection).await })
+            .await
+    }
+
+    async fn guarded<T, F, Fut>(&self, operation: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if now_millis() < self.broken_until.load(Ordering::Relaxed) {
+            return Err(CacheError::Skipped);
+        }
+        let outcome =
+            match tokio::time::timeout(self.timeout, operation(self.connection.clone())).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => CacheError::Redis(error),
+                Err(_) => CacheError::Timeout(self.timeout),
+            };
+        let until =
+            now_millis().saturating_add(u64::try_from(BREAK_FOR.as_millis()).unwrap_or(u64::MAX));
+        self.broken_until.store(until, Ordering::Relaxed);
+        Err(outcome)
+    }
+
+    /// `GET` of a prefixed key.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
+        self.run(redis::cmd("GET").arg(self.key(key))).await
+    }
+
+    /// `SET key value EX ttl` of a prefixed key.
+    pub async fn set_ex(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError> {
+        self.run(
+            redis::cmd("SET")
+                .arg(self.key(key))
+                .arg(value)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1)),
+        )
+        .await
+    }
+
+    /// `INCR` of a prefixed key: the new value.
+    pub async fn incr(&self, key: &str) -> Result<i64, CacheError> {
+        self.run(redis::cmd("INCR").arg(self.key(key))).await
+    }
+
+    /// Counts one hit in a fixed window: `INCR` and, for the first hit, `EXPIRE window`, in one
+    /// transaction. Returns the count so far and the seconds until the window resets.
+    pub async fn hit_window(&self, key: &str, window: Duration) -> Result<(i64, u64), CacheError> {
+        let key = self.key(key);
+        let mut pipeline = redis::pipe();
+        pipeline
+            .atomic()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(window.as_secs().max(1))
+            .arg("NX")
+            .ignore()
+            .cmd("TTL")
+            .arg(&key);
+        let (count, ttl): (i64, i64) = self.run_pipeline(&pipeline).await?;
+        Ok((count, u64::try_from(ttl).unwrap_or(window.as_secs()).max(1)))
     }
 
     /// `PING`, for health checks.

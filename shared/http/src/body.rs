@@ -93,6 +93,13 @@ pub fn path_param<'a>(request: &'a Request, name: &str) -> Result<&'a str, ApiEr
         .ok_or_else(|| ApiError::internal(format!("route has no path parameter {name:?}")))
 }
 
+/// A query string parameter, if present (the first value when repeated).
+pub fn query_param<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request
+        .query_string_parameters_ref()
+        .and_then(|params| params.first(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

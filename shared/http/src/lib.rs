@@ -9,7 +9,7 @@ pub mod respond;
 pub mod telemetry;
 
 pub use auth::AuthContext;
-pub use body::{MAX_BODY_BYTES, json_body, path_param};
+pub use body::{MAX_BODY_BYTES, json_body, path_param, query_param};
 pub use problem::ApiError;
 pub use respond::{json_response, serve};
 pub use telemetry::init_tracing;

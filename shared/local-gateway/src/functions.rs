@@ -12,14 +12,17 @@ use zx_http::{ApiError, serve};
 pub struct Functions {
     services: Services,
     health_checks: Vec<std::sync::Arc<dyn zx_app::HealthCheck>>,
+    catalogue_cache: Option<zx_products::CatalogueCache>,
 }
 
 impl Functions {
     pub fn new(services: Services) -> Self {
         let health_checks = services.health_checks();
+        let catalogue_cache = services.cache.clone().map(zx_products::CatalogueCache::new);
         Self {
             services,
             health_checks,
+            catalogue_cache,
         }
     }
 
@@ -40,12 +43,21 @@ impl Functions {
         "users-me",
         "users-get",
         "users-update",
+        "products-list",
+        "products-get",
+        "products-create",
+        "products-update",
+        "products-delete",
+        "stock-get",
+        "stock-put",
     ];
 
     /// Invokes an HTTP function as Lambda would, through the same `serve` wrapper.
     pub async fn invoke_http(&self, binary: &str, request: Request) -> Response<Body> {
         let s = &self.services;
         let users = &*s.stores.users;
+        let products = &*s.stores.products;
+        let cache = self.catalogue_cache.as_ref();
         let result = match binary {
             "health" => {
                 serve(request, |r| {
@@ -69,6 +81,23 @@ impl Functions {
             "users-me" => serve(request, |r| zx_users::me(users, r)).await,
             "users-get" => serve(request, |r| zx_users::get_user(users, r)).await,
             "users-update" => serve(request, |r| zx_users::update_user(users, &s.hasher, r)).await,
+            "products-list" => {
+                serve(request, |r| zx_products::list_products(products, cache, r)).await
+            }
+            "products-get" => {
+                serve(request, |r| zx_products::get_product(products, cache, r)).await
+            }
+            "products-create" => {
+                serve(request, |r| zx_products::create_product(products, cache, r)).await
+            }
+            "products-update" => {
+                serve(request, |r| zx_products::update_product(products, cache, r)).await
+            }
+            "products-delete" => {
+                serve(request, |r| zx_products::delete_product(products, cache, r)).await
+            }
+            "stock-get" => serve(request, |r| zx_products::get_stock(products, r)).await,
+            "stock-put" => serve(request, |r| zx_products::put_stock(products, cache, r)).await,
             other => {
                 serve(request, |_| async move {
                     Err(ApiError::internal(format!(

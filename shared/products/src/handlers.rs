@@ -1,0 +1,380 @@
+//! HTTP handlers of the catalogue: public reads (cached), admin writes (which invalidate).
+
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use zx_domain::{
+    CategoryId, Cursor, Description, ImageUrl, PageLimit, Price, Product, ProductId, ProductName,
+    ProductQuery, ProductReader, ProductRepository, SearchTerm, Stock, Timestamp, ValidationErrors,
+};
+use zx_http::{ApiError, AuthContext, json_body, json_response, path_param, query_param};
+
+use crate::cache::{CatalogueCache, Lookup};
+use crate::views::{ProductPageView, ProductView};
+
+/// The deepest `page` accepted (seed compatibility; cursors have no limit).
+pub const MAX_PAGE: u32 = 50;
+
+fn cached_json(status: u16, body: String, hit: bool) -> Result<Response<Body>, ApiError> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-cache", if hit { "HIT" } else { "MISS" })
+        .body(Body::Text(body))
+        .map_err(ApiError::internal)
+}
+
+fn product_not_found() -> ApiError {
+    ApiError::not_found("no such product")
+}
+
+fn require_admin(request: &Request) -> Result<AuthContext, ApiError> {
+    let caller = AuthContext::from_request(request)?;
+    if caller.is_admin() {
+        Ok(caller)
+    } else {
+        Err(ApiError::forbidden(
+            "only an admin may change the catalogue",
+        ))
+    }
+}
+
+/// The `{id}` of the route as a product id; a malformed id is simply not found.
+pub(crate) fn product_id(request: &Request, name: &str) -> Result<ProductId, ApiError> {
+    ProductId::parse(path_param(request, name)?).map_err(|_| product_not_found())
+}
+
+/// `GET /products/{id}`: a live product with its current stock. Cached.
+pub async fn get_product(
+    products: &dyn ProductReader,
+    cache: Option<&CatalogueCache>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let id = product_id(&request, "id")?;
+    let lookup = match cache {
+        Some(cache) => cache.product(&id).await,
+        None => Lookup::default(),
+    };
+    if let Some(body) = lookup.hit {
+        return cached_json(200, body, true);
+    }
+    let product = products
+        .find_product(&id)
+        .await?
+        .filter(|p| p.deleted_at.is_none())
+        .ok_or_else(product_not_found)?;
+    let body = serde_json::to_string(&ProductView::from(&product)).map_err(ApiError::internal)?;
+    if let Some(cache) = cache {
+        cache.fill(&lookup, &body).await;
+    }
+    cached_json(200, body, false)
+}
+
+/// A listing request, parsed from the query string.
+#[derive(Debug)]
+struct ListRequest {
+    query: ProductQuery,
+    page: u32,
+}
+
+impl ListRequest {
+    fn parse(request: &Request) -> Result<Self, ApiError> {
+        let mut errors = ValidationErrors::default();
+        let param = |name: &'static str| query_param(request, name);
+        let price = |errors: &mut ValidationErrors, name: &'static str| {
+            param(name).and_then(|v| {
+                let parsed = v
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| "must be a whole number of minor units (fen)".to_owned())
+                    .and_then(Price::from_minor);
+                errors.check(name, parsed)
+            })
+        };
+        let min_price = price(&mut errors, "minPrice");
+        let max_price = price(&mut errors, "maxPrice");
+        let category =
+            param("category").and_then(|v| errors.check("category", CategoryId::parse(v)));
+        let search = param("search").and_then(|v| errors.check("search", SearchTerm::parse(v)));
+        let limit = match param("limit") {
+            Some(v) => errors.check("limit", PageLimit::parse(v)),
+            None => Some(PageLimit::DEFAULT),
+        };
+        let after = param("cursor").and_then(|v| errors.check("cursor", Cursor::decode(v)));
+        let page = match param("page") {
+            Some(v) => errors.check(
+                "page",
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|p| (1..=MAX_PAGE).contains(p))
+                    .ok_or_else(|| format!("must be a whole number from 1 to {MAX_PAGE}")),
+            ),
+            None => Some(1),
+        };
+        if let (Some(min), Some(max)) = (min_price, max_price)
+            && min > max
+        {
+            errors.push(zx_domain::FieldError::new(
+                "minPrice",
+                "must not exceed maxPrice",
+            ));
+        }
+        if after.is_some() && page.is_some_and(|p| p > 1) {
+            errors.push(zx_domain::FieldError::new(
+                "page",
+                "cannot be combined with cursor",
+            ));
+        }
+        errors.into_result()?;
+        Ok(Self {
+            query: ProductQuery {
+                category,
+                min_price,
+                max_price,
+                search,
+                limit: limit.unwrap_or(PageLimit::DEFAULT),
+                after,
+            },
+            page: page.unwrap_or(1),
+        })
+    }
+
+    /// One string per distinct request: the cache key of its listing.
+    fn canonical(&self) -> String {
+        let q = &self.query;
+        format!(
+            "c={}|min={}|max={}|s={}|l={}|after={}|p={}",
+            q.category.as_ref().map_or("", |c| c.as_str()),
+            q.min_price.map_or(String::new(), |p| p.minor().to_string()),
+            q.max_price.map_or(String::new(), |p| p.minor().to_string()),
+            q.search.as_ref().map_or("", |s| s.as_str()),
+            q.limit.get(),
+            q.after.as_ref().map_or(String::new(), Cursor::encode),
+            self.page,
+        )
+    }
+}
+
+/// `GET /products`: newest first, filtered, one page (`cursor`, or `page` for the seed's
+/// clients). Cached.
+pub async fn list_products(
+    products: &dyn ProductReader,
+    cache: Option<&CatalogueCache>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let listing = ListRequest::parse(&request)?;
+    let canonical = listing.canonical();
+    let lookup = match cache {
+        Some(cache) => cache.listing(&canonical).await,
+        None => Lookup::default(),
+    };
+    if let Some(body) = lookup.hit {
+        return cached_json(200, body, true);
+    }
+    let mut query = listing.query;
+    let mut page = products.list_products(&query).await?;
+    // `page=N`: walk N-1 pages by cursor (bounded by MAX_PAGE).
+    for _ in 1..listing.page {
+        let Some(next) = page.next.take() else {
+            page.items.clear();
+            break;
+        };
+        query.after = Some(next);
+        page = products.list_products(&query).await?;
+    }
+    let view = ProductPageView {
+        items: page.items.iter().map(ProductView::from).collect(),
+        next_cursor: page.next.as_ref().map(Cursor::encode),
+    };
+    let body = serde_json::to_string(&view).map_err(ApiError::internal)?;
+    if let Some(cache) = cache {
+        cache.fill(&lookup, &body).await;
+    }
+    cached_json(200, body, false)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    description: String,
+    price: i64,
+    stock: i64,
+    category_id: String,
+    #[serde(default)]
+    images: Vec<String>,
+}
+
+fn parse_images(errors: &mut ValidationErrors, images: &[String]) -> Option<Vec<ImageUrl>> {
+    if images.len() > ImageUrl::MAX_PER_PRODUCT {
+        errors.push(zx_domain::FieldError::new(
+            "images",
+            format!("at most {} images", ImageUrl::MAX_PER_PRODUCT),
+        ));
+        return None;
+    }
+    let parsed: Vec<Option<ImageUrl>> = images
+        .iter()
+        .enumerate()
+        .map(|(i, url)| errors.check(&format!("images[{i}]"), ImageUrl::parse(url)))
+        .collect();
+    parsed.into_iter().collect()
+}
+
+/// `POST /products` (admin): a new product → 201.
+pub async fn create_product(
+    products: &dyn ProductRepository,
+    cache: Option<&CatalogueCache>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    require_admin(&request)?;
+    let body: CreateBody = json_body(&request)?;
+    let mut errors = ValidationErrors::default();
+    let name = errors.check("name", ProductName::parse(&body.name));
+    let description = errors.check("description", Description::parse(&body.description));
+    let price = errors.check("price", Price::from_minor(body.price));
+    let category = errors.check("categoryId", CategoryId::parse(&body.category_id));
+    let images = parse_images(&mut errors, &body.images);
+    if body.stock < 0 {
+        errors.push(zx_domain::FieldError::new("stock", "must not be negative"));
+    }
+    let (Some(name), Some(description), Some(price), Some(category), Some(images)) =
+        (name, description, price, category, images)
+    else {
+        return Err(errors.into());
+    };
+    errors.into_result()?;
+    let now = Timestamp::now();
+    let product = Product {
+        id: ProductId::generate(),
+        name,
+        description,
+        price,
+        category,
+        images,
+        stock: Stock {
+            available: body.stock,
+            reserved: 0,
+        },
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+        version: 1,
+    };
+    products.create_product(&product).await?;
+    if let Some(cache) = cache {
+        cache.invalidate_listings().await;
+    }
+    tracing::info!(product_id = %product.id, "product created");
+    json_response(201, &ProductView::from(&product))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpdateBody {
+    name: Option<String>,
+    description: Option<String>,
+    price: Option<i64>,
+    category_id: Option<String>,
+    images: Option<Vec<String>>,
+}
+
+async fn live_product(products: &dyn ProductReader, id: &ProductId) -> Result<Product, ApiError> {
+    products
+        .find_product(id)
+        .await?
+        .filter(|p| p.deleted_at.is_none())
+        .ok_or_else(product_not_found)
+}
+
+fn next_version(product: &Product) -> Product {
+    Product {
+        updated_at: Timestamp::now().max(product.updated_at),
+        version: product.version + 1,
+        ..product.clone()
+    }
+}
+
+/// `PUT /products/{id}` (admin): changes catalogue fields (stock changes go through `/stock`).
+pub async fn update_product(
+    products: &dyn ProductRepository,
+    cache: Option<&CatalogueCache>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    require_admin(&request)?;
+    let body: UpdateBody = json_body(&request)?;
+    let id = product_id(&request, "id")?;
+    let mut errors = ValidationErrors::default();
+    let name = body
+        .name
+        .as_deref()
+        .map(|v| errors.check("name", ProductName::parse(v)));
+    let description = body
+        .description
+        .as_deref()
+        .map(|v| errors.check("description", Description::parse(v)));
+    let price = body
+        .price
+        .map(|v| errors.check("price", Price::from_minor(v)));
+    let category = body
+        .category_id
+        .as_deref()
+        .map(|v| errors.check("categoryId", CategoryId::parse(v)));
+    let images = body.images.as_deref().map(|v| parse_images(&mut errors, v));
+    errors.into_result()?;
+    if name.is_none()
+        && description.is_none()
+        && price.is_none()
+        && category.is_none()
+        && images.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "nothing to update: give at least one of name, description, price, categoryId, images",
+        ));
+    }
+    let current = live_product(products, &id).await?;
+    let mut next = next_version(&current);
+    if let Some(Some(name)) = name {
+        next.name = name;
+    }
+    if let Some(Some(description)) = description {
+        next.description = description;
+    }
+    if let Some(Some(price)) = price {
+        next.price = price;
+    }
+    if let Some(Some(category)) = category {
+        next.category = category;
+    }
+    if let Some(Some(images)) = images {
+        next.images = images;
+    }
+    products.update_product(&current, &next).await?;
+    if let Some(cache) = cache {
+        cache.invalidate(&id).await;
+    }
+    json_response(200, &ProductView::from(&next))
+}
+
+/// `DELETE /products/{id}` (admin): a soft delete → 204. Orders keep referring to it.
+pub async fn delete_product(
+    products: &dyn ProductRepository,
+    cache: Option<&CatalogueCache>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    require_admin(&request)?;
+    let id = product_id(&request, "id")?;
+    let current = live_product(products, &id).await?;
+    let mut next = next_version(&current);
+    next.deleted_at = Some(next.updated_at);
+    products.update_product(&current, &next).await?;
+    if let Some(cache) = cache {
+        cache.invalidate(&id).await;
+    }
+    tracing::info!(product_id = %id, "product deleted");
+    Response::builder()
+        .status(204)
+        .body(Body::Empty)
+        .map_err(ApiError::internal)
+}

@@ -1,0 +1,124 @@
+//! Inventory endpoints (seed: inventory-service `/api/v1/stock/:productId`).
+
+use lambda_http::{Body, Request, Response};
+use serde::{Deserialize, Serialize};
+use zx_domain::{ProductReader, StockChange, StockWriter};
+use zx_http::{ApiError, AuthContext, json_body, json_response, query_param};
+
+use crate::cache::CatalogueCache;
+use crate::handlers::product_id;
+
+/// The largest quantity one can ask about.
+pub const MAX_QUANTITY: i64 = 1_000_000;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Availability<'a> {
+    product_id: &'a str,
+    available: i64,
+    requested: i64,
+    sufficient: bool,
+}
+
+/// `GET /stock/{productId}?quantity=N`: whether N units can be ordered now (N defaults to 1).
+pub async fn get_stock(
+    products: &dyn ProductReader,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let id = product_id(&request, "productId")?;
+    let requested = match query_param(&request, "quantity") {
+        None => 1,
+        Some(text) => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_QUANTITY).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "quantity",
+                    format!("must be a whole number from 1 to {MAX_QUANTITY}"),
+                )
+            })?,
+    };
+    let product = products
+        .find_product(&id)
+        .await?
+        .filter(|p| p.deleted_at.is_none())
+        .ok_or_else(|| ApiError::not_found("no such product"))?;
+    json_response(
+        200,
+        &Availability {
+            product_id: id.as_str(),
+            available: product.stock.available,
+            requested,
+            sufficient: product.stock.available >= requested,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    available: Option<i64>,
+    delta: Option<i64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StockView<'a> {
+    product_id: &'a str,
+    available: i64,
+    reserved: i64,
+}
+
+/// `PUT /stock/{productId}` (admin): `{available}` sets, `{delta}` adjusts the available stock;
+/// it never goes below zero (reserved units are untouched).
+pub async fn put_stock(
+    stock: &dyn StockWriter,
+    cache: Option<&CatalogueCache>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let caller = AuthContext::from_request(&request)?;
+    if !caller.is_admin() {
+        return Err(ApiError::forbidden("only an admin may change stock"));
+    }
+    let body: PutBody = json_body(&request)?;
+    let id = product_id(&request, "productId")?;
+    let change = match (body.available, body.delta) {
+        (Some(available), None) if available < 0 => {
+            return Err(ApiError::invalid_field("available", "must not be negative"));
+        }
+        (Some(available), None) if available > MAX_QUANTITY * 1000 => {
+            return Err(ApiError::invalid_field("available", "is too large"));
+        }
+        (Some(available), None) => StockChange::Set(available),
+        (None, Some(delta)) if delta.unsigned_abs() > (MAX_QUANTITY * 1000).unsigned_abs() => {
+            return Err(ApiError::invalid_field("delta", "is too large"));
+        }
+        (None, Some(delta)) => StockChange::Adjust(delta),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of available or delta",
+            ));
+        }
+    };
+    let counters = stock
+        .change_stock(&id, change)
+        .await
+        .map_err(|error| match error {
+            zx_domain::RepositoryError::NotFound => ApiError::not_found("no such product"),
+            other => other.into(),
+        })?;
+    if let Some(cache) = cache {
+        cache.invalidate(&id).await;
+    }
+    tracing::info!(product_id = %id, actor = %caller.user_id, available = counters.available, "stock changed");
+    json_response(
+        200,
+        &StockView {
+            product_id: id.as_str(),
+            available: counters.available,
+            reserved: counters.reserved,
+        },
+    )
+}
