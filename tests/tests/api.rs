@@ -1050,3 +1050,47 @@ async fn reads_succeed_quickly_with_the_cache_down() {
     let p99 = latencies[latencies.len() * 99 / 100 - 1];
     assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_register_are_rate_limited_per_client() {
+    let api = Api::start(Store::DynamoDb).await;
+    let limits = api.app.config.rate_limits;
+    let attempt = |email: &str| {
+        api.post(
+            "/api/v1/users/login",
+            json!({"email": email, "password": "wrong-password"}),
+        )
+    };
+
+    for i in 0..limits.login_per_ip_and_email {
+        assert_eq!(
+            attempt("victim@example.com").await.status(),
+            401,
+            "attempt {}",
+            i + 1
+        );
+    }
+    let limited = attempt("victim@example.com").await;
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    problem(limited, 429).await;
+    // Another account from the same client is not affected.
+    assert_eq!(attempt("someone-else@example.com").await.status(), 401);
+
+    let register = |i: u32| {
+        api.post(
+            "/api/v1/users/register",
+            json!({"username": format!("bulk{i}"), "email": format!("bulk{i}@example.com"), "password": "password-123"}),
+        )
+    };
+    for i in 0..limits.register_per_ip {
+        assert_eq!(register(i).await.status(), 201, "registration {}", i + 1);
+    }
+    let limited = register(999).await;
+    assert!(limited.headers().contains_key("retry-after"));
+    problem(limited, 429).await;
+}

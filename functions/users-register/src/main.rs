@@ -8,7 +8,12 @@ async fn main() -> Result<(), Error> {
     let services = &services;
     run(service_fn(move |request| {
         zx_http::serve(request, move |request| {
-            zx_users::register(&*services.stores.users, &services.hasher, request)
+            zx_users::register(
+                &*services.stores.users,
+                &services.hasher,
+                &services.limits,
+                request,
+            )
         })
     }))
     .await

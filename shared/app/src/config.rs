@@ -7,6 +7,7 @@ use std::time::Duration;
 use zx_auth::token::parse_ttl;
 use zx_auth::{BcryptCost, JwtSecret, TokenSettings};
 use zx_cache::CacheSettings;
+pub use zx_cache::RateLimits;
 use zx_store_postgres::{PgSchema, PoolSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +102,18 @@ pub struct Config {
     pub cache: Option<CacheSettings>,
     pub bcrypt_cost: BcryptCost,
     pub health_timeout: Duration,
+    pub rate_limits: RateLimits,
     token: Result<TokenSettings, String>,
+}
+
+fn per_minute(text: &str) -> Result<u32, String> {
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| {
+            format!("must be a number of requests per minute from 1 to 100000, got {text:?}")
+        })
 }
 
 impl Config {
@@ -154,6 +166,27 @@ impl Config {
             None => None,
         };
         let token = Self::read_token_settings(source);
+        let defaults = RateLimits::default();
+        let rate_limits = RateLimits {
+            login_per_ip_and_email: parse_or(
+                source,
+                "RATE_LIMIT_LOGIN",
+                defaults.login_per_ip_and_email,
+                per_minute,
+            )?,
+            login_per_ip: parse_or(
+                source,
+                "RATE_LIMIT_LOGIN_IP",
+                defaults.login_per_ip,
+                per_minute,
+            )?,
+            register_per_ip: parse_or(
+                source,
+                "RATE_LIMIT_REGISTER",
+                defaults.register_per_ip,
+                per_minute,
+            )?,
+        };
         Ok(Self {
             store,
             users_table: source
@@ -179,6 +212,7 @@ impl Config {
                 Duration::from_millis(1000),
                 millis,
             )?,
+            rate_limits,
             token,
         })
     }
@@ -270,6 +304,9 @@ mod tests {
             ("CACHE_URL", "http://x"),
             ("USERS_SCHEMA", "Users"),
             ("PG_MAX_CONNECTIONS", "0"),
+            ("RATE_LIMIT_LOGIN", "0"),
+            ("RATE_LIMIT_REGISTER", "lots"),
+            ("PRODUCTS_SCHEMA", "Products"),
         ] {
             let err = Config::from_source(&source(&[(var, value)]))
                 .unwrap_err()

@@ -115,6 +115,8 @@ pub struct Services {
     pub hasher: PasswordHasher,
     pub tokens: Option<Arc<TokenService>>,
     pub health_timeout: std::time::Duration,
+    /// Per-client limits, enforced when the cache is configured.
+    pub limits: zx_cache::ClientLimits,
 }
 
 impl Services {
@@ -138,9 +140,14 @@ impl Services {
             Err(error) if require_tokens => return Err(error),
             Err(_) => None,
         };
+        let cache = build_cache(config)?;
         Ok(Self {
             stores: build_stores(config, aws).await?,
-            cache: build_cache(config)?,
+            limits: zx_cache::ClientLimits {
+                limiter: cache.clone().map(zx_cache::RateLimiter::new),
+                limits: config.rate_limits,
+            },
+            cache,
             hasher: PasswordHasher::new(config.bcrypt_cost),
             tokens,
             health_timeout: config.health_timeout,

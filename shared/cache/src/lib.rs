@@ -4,6 +4,10 @@
 //! After a failure the cache is skipped for a short while (a circuit breaker), so a cache that
 //! is down costs one timeout every few seconds, not one per operation.
 
+pub mod rate_limit;
+
+pub use rate_limit::{ClientLimits, Decision, RateLimiter, RateLimits};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

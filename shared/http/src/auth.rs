@@ -49,3 +49,13 @@ impl AuthContext {
         self.is_admin() || &self.user_id == owner
     }
 }
+
+/// The client's address as API Gateway saw it (`requestContext.http.sourceIp`), or `unknown`.
+pub fn client_ip(request: &Request) -> &str {
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => {
+            context.http.source_ip.as_deref().unwrap_or("unknown")
+        }
+        _ => "unknown",
+    }
+}

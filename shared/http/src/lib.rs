@@ -8,7 +8,7 @@ pub mod problem;
 pub mod respond;
 pub mod telemetry;
 
-pub use auth::AuthContext;
+pub use auth::{AuthContext, client_ip};
 pub use body::{MAX_BODY_BYTES, json_body, path_param, query_param};
 pub use problem::ApiError;
 pub use respond::{json_response, serve};

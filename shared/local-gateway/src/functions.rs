@@ -65,10 +65,15 @@ impl Functions {
                 })
                 .await
             }
-            "users-register" => serve(request, |r| zx_users::register(users, &s.hasher, r)).await,
+            "users-register" => {
+                serve(request, |r| {
+                    zx_users::register(users, &s.hasher, &s.limits, r)
+                })
+                .await
+            }
             "users-login" => {
                 serve(request, |r| async move {
-                    zx_users::login(users, &s.hasher, self.tokens()?, r).await
+                    zx_users::login(users, &s.hasher, self.tokens()?, &s.limits, r).await
                 })
                 .await
             }

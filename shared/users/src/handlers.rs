@@ -5,11 +5,23 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use zx_auth::token::bearer_token;
 use zx_auth::{PasswordHasher, TokenService};
+use zx_cache::{ClientLimits, Decision};
 use zx_domain::{
     Email, FieldError, Password, Role, User, UserId, UserReader, UserRepository, Username,
     ValidationErrors,
 };
-use zx_http::{ApiError, AuthContext, json_body, json_response, path_param};
+use zx_http::{ApiError, AuthContext, client_ip, json_body, json_response, path_param};
+
+/// Answers 429 when any of `checks` (key, limit) is over its limit.
+async fn enforce(limits: &ClientLimits, checks: &[(String, u32)]) -> Result<(), ApiError> {
+    for (key, limit) in checks {
+        if let Decision::Limited { retry_after } = limits.check(key, *limit).await {
+            tracing::info!(limit = *limit, "rate limited");
+            return Err(ApiError::TooManyRequests { retry_after });
+        }
+    }
+    Ok(())
+}
 
 use crate::views::{LoginView, TokenInfoView, UserView};
 
@@ -21,12 +33,20 @@ struct RegisterBody {
     password: String,
 }
 
-/// `POST /users/register`: creates a customer. 409 when the e-mail or username is taken.
+/// `POST /users/register`: creates a customer. 409 when the e-mail or username is taken;
+/// 429 past `register_per_ip` attempts a minute from one client.
 pub async fn register(
     users: &dyn UserRepository,
     hasher: &PasswordHasher,
+    limits: &ClientLimits,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
+    let ip = client_ip(&request);
+    enforce(
+        limits,
+        &[(format!("register:{ip}"), limits.limits.register_per_ip)],
+    )
+    .await?;
     let body: RegisterBody = json_body(&request)?;
     let mut errors = ValidationErrors::default();
     let username = errors.check("username", Username::parse(&body.username));
@@ -56,14 +76,35 @@ fn invalid_credentials() -> ApiError {
 }
 
 /// `POST /users/login`: a token for valid credentials. An unknown e-mail and a wrong password
-/// give the same 401, after the same bcrypt work.
+/// give the same 401, after the same bcrypt work. 429 past the per-minute limits for the
+/// client's IP and e-mail, and for the IP alone.
 pub async fn login(
     users: &dyn UserReader,
     hasher: &PasswordHasher,
     tokens: &TokenService,
+    limits: &ClientLimits,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let body: LoginBody = json_body(&request)?;
+    let ip = client_ip(&request);
+    let email_key: String = body
+        .email
+        .trim()
+        .to_lowercase()
+        .chars()
+        .take(Email::MAX_LEN)
+        .collect();
+    enforce(
+        limits,
+        &[
+            (format!("login-ip:{ip}"), limits.limits.login_per_ip),
+            (
+                format!("login:{ip}:{email_key}"),
+                limits.limits.login_per_ip_and_email,
+            ),
+        ],
+    )
+    .await?;
     let user = match Email::parse(&body.email) {
         Ok(email) => users.find_by_email(&email).await?,
         Err(_) => None,
