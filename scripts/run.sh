@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole system locally: the local stack (LocalStack, Redis, Postgres), the Postgres
-# migrations, a demo admin account, and the local gateway serving template.yaml's API.
+# migrations, a demo admin account, a demo catalogue, and the local gateway serving
+# template.yaml's API.
 # Prints the gateway URL and the admin's credentials; Ctrl-C stops what it started.
 #
 #   STORE=postgres scripts/run.sh     same, with the Postgres repositories
@@ -38,6 +39,7 @@ cargo build --locked -q -p zx-local-gateway -p zx-app --bins
 
 ./target/debug/zx-admin migrate
 ADMIN_PASSWORD=$(cat "$STATE/admin-password") ./target/debug/zx-admin ensure-admin "$ADMIN_EMAIL" admin
+./target/debug/zx-admin seed-catalogue "${DEMO_PRODUCTS:-300}"
 
 ./target/debug/local-gateway > "$STATE/gateway.log" 2>&1 &
 gateway_pid=$!
@@ -57,6 +59,7 @@ cat <<EOF
   Admin password: $(cat "$STATE/admin-password")
 
   Try:  curl http://127.0.0.1:$GATEWAY_PORT/health
+        curl 'http://127.0.0.1:$GATEWAY_PORT/api/v1/products?category=phones&limit=3'
   Stop: Ctrl-C
 
 EOF

@@ -100,6 +100,10 @@ pub struct Config {
     pub products_schema: PgSchema,
     pub pool: PoolSettings,
     pub cache: Option<CacheSettings>,
+    /// ElastiCache name to resolve at cold start when `CACHE_URL` is not set.
+    pub cache_name: Option<String>,
+    pub cache_timeout: Duration,
+    pub cache_key_prefix: String,
     pub bcrypt_cost: BcryptCost,
     pub health_timeout: Duration,
     pub rate_limits: RateLimits,
@@ -147,14 +151,15 @@ impl Config {
             Duration::from_millis(100),
             millis,
         )?;
+        let cache_key_prefix = source
+            .get("CACHE_KEY_PREFIX")
+            .unwrap_or_else(|| "zx:".into());
         let cache = match source.get("CACHE_URL") {
             Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
                 Some(CacheSettings {
                     url,
                     timeout: cache_timeout,
-                    key_prefix: source
-                        .get("CACHE_KEY_PREFIX")
-                        .unwrap_or_else(|| "zx:".into()),
+                    key_prefix: cache_key_prefix.clone(),
                 })
             }
             Some(_) => {
@@ -200,6 +205,9 @@ impl Config {
             products_schema: schema(source, "PRODUCTS_SCHEMA", "products")?,
             pool,
             cache,
+            cache_name: source.get("CACHE_NAME"),
+            cache_timeout,
+            cache_key_prefix,
             bcrypt_cost: parse_or(
                 source,
                 "BCRYPT_COST",

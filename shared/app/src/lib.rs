@@ -2,6 +2,7 @@
 //! credential services once per cold start, and the health checks.
 
 pub mod config;
+pub mod discovery;
 pub mod health;
 pub mod wiring;
 

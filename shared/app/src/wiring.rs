@@ -92,11 +92,32 @@ pub async fn build_stores(
     })
 }
 
-/// The cache, when `CACHE_URL` is set.
-pub fn build_cache(config: &Config) -> Result<Option<Cache>, ConfigError> {
-    config
-        .cache
-        .clone()
+/// The cache: at `CACHE_URL`, or else at the endpoint of the ElastiCache named `CACHE_NAME`
+/// (one API call at cold start), or none.
+pub async fn build_cache(
+    config: &Config,
+    aws: &aws_config::SdkConfig,
+) -> Result<Option<Cache>, ConfigError> {
+    let settings = match (&config.cache, &config.cache_name) {
+        (Some(settings), _) => Some(settings.clone()),
+        (None, Some(name)) => {
+            let client = aws_sdk_elasticache::Client::new(aws);
+            let url = crate::discovery::resolve_cache_url(&client, name)
+                .await
+                .map_err(|error| ConfigError::Invalid {
+                    var: "CACHE_NAME",
+                    reason: cause_chain(&error),
+                })?;
+            tracing::info!(cache_name = %name, "cache endpoint resolved");
+            Some(zx_cache::CacheSettings {
+                url,
+                timeout: config.cache_timeout,
+                key_prefix: config.cache_key_prefix.clone(),
+            })
+        }
+        (None, None) => None,
+    };
+    settings
         .map(|settings| {
             Cache::new(settings).map_err(|e| ConfigError::Invalid {
                 var: "CACHE_URL",
@@ -140,7 +161,7 @@ impl Services {
             Err(error) if require_tokens => return Err(error),
             Err(_) => None,
         };
-        let cache = build_cache(config)?;
+        let cache = build_cache(config, aws).await?;
         Ok(Self {
             stores: build_stores(config, aws).await?,
             limits: zx_cache::ClientLimits {
@@ -199,4 +220,15 @@ pub fn start_token_service() -> Result<TokenService, ConfigError> {
             Err(error)
         }
     }
+}
+
+fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -6,6 +6,9 @@
 //!                                    create that admin, or make the existing user an admin with
 //!                                    that password; the password is read from ADMIN_PASSWORD
 //!
+//!   zx-admin seed-catalogue [COUNT]  load COUNT (default 300) demo products across eight
+//!                                    categories; idempotent (fixed ids: a second run adds nothing)
+//!
 //! The first admin exists only through `ensure-admin`: no endpoint can grant the role.
 
 use std::process::ExitCode;
@@ -19,7 +22,15 @@ async fn main() -> ExitCode {
     let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["migrate"] => migrate().await,
         ["ensure-admin", email, username] => ensure_admin(email, username).await,
-        _ => Err("usage: zx-admin migrate | zx-admin ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD)".into()),
+        ["seed-catalogue"] => seed_catalogue(300).await,
+        ["seed-catalogue", count] => match count.parse() {
+            Ok(count) if count <= 10_000 => seed_catalogue(count).await,
+            _ => Err("COUNT must be a number up to 10000".into()),
+        },
+        _ => Err(
+            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT]"
+                .into(),
+        ),
     };
     match outcome {
         Ok(message) => {
@@ -83,4 +94,123 @@ async fn ensure_admin(email: &str, username: &str) -> Outcome {
             Ok(format!("{email} created as an admin (user {})", user.id))
         }
     }
+}
+
+/// A demo category: (category, product names, description, price range in fen).
+type DemoCategory = (
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+    (i64, i64),
+);
+
+const DEMO_CATEGORIES: &[DemoCategory] = &[
+    (
+        "phones",
+        &["Phone", "手机", "Phone Pro", "Phone Lite", "Phone Max"],
+        "5G smartphone with an OLED display",
+        (99_900, 999_900),
+    ),
+    (
+        "laptops",
+        &["Laptop", "笔记本电脑", "Ultrabook", "Laptop Air"],
+        "thin and light, all-day battery",
+        (399_900, 1_599_900),
+    ),
+    (
+        "audio",
+        &["Earbuds", "降噪耳机", "Speaker", "Headphones"],
+        "wireless, active noise cancelling",
+        (9_900, 299_900),
+    ),
+    (
+        "home",
+        &["Desk Lamp", "空气净化器", "Robot Vacuum", "Smart Plug"],
+        "for a smarter home",
+        (4_900, 399_900),
+    ),
+    (
+        "kitchen",
+        &["Kettle", "电饭煲", "Coffee Grinder", "Air Fryer"],
+        "stainless steel, easy to clean",
+        (5_900, 129_900),
+    ),
+    (
+        "books",
+        &["Cookbook", "小说", "Travel Guide", "Programming in Rust"],
+        "paperback, 2026 edition",
+        (2_900, 19_900),
+    ),
+    (
+        "clothing",
+        &["T-Shirt", "羽绒服", "Sneakers", "Rain Jacket"],
+        "breathable cotton blend",
+        (3_900, 89_900),
+    ),
+    (
+        "sports",
+        &["Yoga Mat", "跑步鞋", "Dumbbells", "Bike Helmet"],
+        "for training at home or outdoors",
+        (4_900, 159_900),
+    ),
+];
+
+/// The `i`th demo product, the same every time (fixed id, fixed creation time in the past).
+fn demo_product(i: usize) -> Result<zx_domain::Product, String> {
+    use zx_domain::{
+        CategoryId, Description, ImageUrl, Price, Product, ProductId, ProductName, Stock, Timestamp,
+    };
+    let (category, names, description, (low, high)) = DEMO_CATEGORIES[i % DEMO_CATEGORIES.len()];
+    let name = names[(i / DEMO_CATEGORIES.len()) % names.len()];
+    let edition = i / (DEMO_CATEGORIES.len() * names.len()) + 1;
+    let steps = (high - low) / 100;
+    let price = low + ((i as i64 * 7_919) % steps.max(1)) * 100;
+    // Ten minutes apart, ending a day before 2026-11-24: newest first is a stable order.
+    let created =
+        Timestamp::from_unix_millis(1_795_420_800_000 - 86_400_000 - (i as i64) * 600_000)
+            .ok_or("timestamp out of range")?;
+    Ok(Product {
+        id: ProductId::parse(&format!("0192f0c4-0000-7000-8000-{i:012x}"))?,
+        name: ProductName::parse(&format!("智选 {name} {edition}"))?,
+        description: Description::parse(&format!("{description}. Demo item #{i}."))?,
+        price: Price::from_minor(price)?,
+        category: CategoryId::parse(category)?,
+        images: vec![ImageUrl::parse(&format!(
+            "https://img.zhixuan.local/{category}/{i}.jpg"
+        ))?],
+        stock: Stock {
+            available: (i as i64 * 37) % 200,
+            reserved: 0,
+        },
+        created_at: created,
+        updated_at: created,
+        deleted_at: None,
+        version: 1,
+    })
+}
+
+async fn seed_catalogue(count: usize) -> Outcome {
+    let config = Config::from_env()?;
+    let services = Services::build(&config, false).await?;
+    let products = &services.stores.products;
+    let (mut created, mut existing) = (0, 0);
+    for i in 0..count {
+        match products.create_product(&demo_product(i)?).await {
+            Ok(()) => created += 1,
+            // The id is taken: this product was seeded before.
+            Err(zx_domain::RepositoryError::ConcurrentUpdate) => existing += 1,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    if created > 0
+        && let Some(cache) = services.cache.clone()
+    {
+        // New products must show in cached listings at once.
+        zx_products::CatalogueCache::new(cache)
+            .invalidate_listings()
+            .await;
+    }
+    Ok(format!(
+        "demo catalogue: {created} products created, {existing} already there"
+    ))
 }
