@@ -95,7 +95,7 @@ pub async fn resolve_cache_url(client: &Client, name: &str) -> Result<String, Di
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use aws_sdk_elasticache::config::{BehaviorVersion, Credentials, Region};
     use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
     use aws_smithy_types::body::SdkBody;
@@ -104,8 +104,8 @@ mod tests {
 
     const NS: &str = "http://elasticache.amazonaws.com/doc/2015-02-02/";
 
-    /// A client whose HTTP calls get these recorded (status, XML body) answers, in order.
-    fn client(answers: &[(u16, String)]) -> (Client, StaticReplayClient) {
+    /// An HTTP client that answers with these recorded (status, XML body) responses, in order.
+    pub(crate) fn replay(answers: &[(u16, String)]) -> StaticReplayClient {
         let events = answers
             .iter()
             .map(|(status, body)| {
@@ -122,7 +122,12 @@ mod tests {
                 )
             })
             .collect();
-        let replay = StaticReplayClient::new(events);
+        StaticReplayClient::new(events)
+    }
+
+    /// An ElastiCache client over [`replay`].
+    fn client(answers: &[(u16, String)]) -> (Client, StaticReplayClient) {
+        let replay = replay(answers);
         let config = aws_sdk_elasticache::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -132,7 +137,7 @@ mod tests {
         (Client::from_conf(config), replay)
     }
 
-    fn not_found(code: &str) -> (u16, String) {
+    pub(crate) fn not_found(code: &str) -> (u16, String) {
         (
             404,
             format!(

@@ -232,3 +232,55 @@ fn cause_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use aws_sdk_elasticache::config::Credentials;
+
+    use super::*;
+    use crate::config::Source;
+    use crate::discovery::tests::{not_found, replay};
+
+    #[tokio::test]
+    async fn an_unknown_cache_name_stops_the_cold_start_naming_cache_name() {
+        let config = Config::from_source(&Source::map(HashMap::from([(
+            "CACHE_NAME".to_owned(),
+            "no-such-cache".to_owned(),
+        )])))
+        .unwrap();
+        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+            .http_client(replay(&[
+                not_found("ServerlessCacheNotFoundFault"),
+                not_found("ReplicationGroupNotFoundFault"),
+            ]))
+            .load()
+            .await;
+        let error = build_cache(&config, &aws).await.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "CACHE_NAME is invalid: no ElastiCache serverless cache or replication group is named \"no-such-cache\""
+        );
+    }
+
+    #[tokio::test]
+    async fn cache_url_wins_over_cache_name_without_any_api_call() {
+        let config = Config::from_source(&Source::map(HashMap::from([
+            ("CACHE_URL".to_owned(), "redis://127.0.0.1:6379".to_owned()),
+            ("CACHE_NAME".to_owned(), "ignored".to_owned()),
+        ])))
+        .unwrap();
+        let http = replay(&[]);
+        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+            .http_client(http.clone())
+            .load()
+            .await;
+        assert!(build_cache(&config, &aws).await.unwrap().is_some());
+        assert_eq!(http.actual_requests().count(), 0);
+    }
+}

@@ -198,13 +198,19 @@ impl PageLimit {
     pub const DEFAULT: Self = Self(20);
     pub const MAX: u16 = 100;
 
+    /// A whole number of at least 1; larger than [`PageLimit::MAX`] is capped at the maximum.
     pub fn parse(text: &str) -> Result<Self, String> {
         text.trim()
-            .parse::<u16>()
+            .parse::<u64>()
             .ok()
-            .filter(|n| (1..=Self::MAX).contains(n))
-            .map(Self)
-            .ok_or_else(|| format!("must be a whole number from 1 to {}", Self::MAX))
+            .filter(|&n| n >= 1)
+            .map(|n| Self(u16::try_from(n).unwrap_or(u16::MAX).min(Self::MAX)))
+            .ok_or_else(|| {
+                format!(
+                    "must be a whole number of at least 1 (at most {} are returned)",
+                    Self::MAX
+                )
+            })
     }
 
     pub fn get(self) -> usize {
@@ -335,8 +341,15 @@ mod tests {
     #[test]
     fn limits_and_terms() {
         assert_eq!(PageLimit::parse("100").unwrap().get(), 100);
-        assert!(PageLimit::parse("101").is_err());
+        assert_eq!(PageLimit::parse("101").unwrap().get(), 100, "capped");
+        assert_eq!(
+            PageLimit::parse("99999999999").unwrap().get(),
+            100,
+            "capped"
+        );
         assert!(PageLimit::parse("0").is_err());
+        assert!(PageLimit::parse("-5").is_err());
+        assert!(PageLimit::parse("ten").is_err());
         assert_eq!(SearchTerm::parse("  50%_OFF ").unwrap().as_str(), "50%_off");
         assert!(CategoryId::parse("Phones").is_ok());
         assert!(CategoryId::parse("phones/../x").is_err());
