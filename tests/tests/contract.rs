@@ -175,14 +175,24 @@ async fn twenty_concurrent_registrations_with_one_email_give_one_success(
     );
 }
 
-macro_rules! contract_suite {
-    ($backend:ident: $($case:ident),* $(,)?) => {
-        mod $backend {
+/// One test per (backend, case): `$module::{dynamodb,postgres}::$case` runs `$cases::$case`
+/// against a fresh, isolated backend of type `$backend` and removes it afterwards.
+macro_rules! contract_suites {
+    ($module:ident = $backend:path, field $field:ident, cases $cases:path: $($case:ident),* $(,)?) => {
+        mod $module {
+            contract_suites!(@backend dynamodb, $backend, $field, $cases: $($case),*);
+            contract_suites!(@backend postgres, $backend, $field, $cases: $($case),*);
+        }
+    };
+    (@backend $kind:ident, $backend:path, $field:ident, $cases:path: $($case:ident),*) => {
+        mod $kind {
+            use $backend as Backend;
+            use $cases as cases;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let backend = zx_tests::Backend::$backend().await;
-                    super::$case(backend.users.clone()).await;
+                    let backend = Backend::$kind().await;
+                    cases::$case(backend.$field.clone()).await;
                     backend.cleanup().await;
                 }
             )*
@@ -190,14 +200,7 @@ macro_rules! contract_suite {
     };
 }
 
-macro_rules! contract_suites {
-    ($($case:ident),* $(,)?) => {
-        contract_suite!(dynamodb: $($case),*);
-        contract_suite!(postgres: $($case),*);
-    };
-}
-
-contract_suites!(
+contract_suites!(users = zx_tests::Backend, field users, cases crate:
     create_then_find_by_id_and_email,
     missing_users_are_none,
     duplicate_email_is_a_conflict,
@@ -663,31 +666,7 @@ mod catalogue {
     }
 }
 
-macro_rules! catalogue_suite {
-    ($backend:ident: $($case:ident),* $(,)?) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let backend = zx_tests::ProductBackend::$backend().await;
-                    crate::catalogue::$case(backend.products.clone()).await;
-                    backend.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! catalogue_suites {
-    ($($case:ident),* $(,)?) => {
-        mod products {
-            catalogue_suite!(dynamodb: $($case),*);
-            catalogue_suite!(postgres: $($case),*);
-        }
-    };
-}
-
-catalogue_suites!(
+contract_suites!(products = zx_tests::ProductBackend, field products, cases crate::catalogue:
     create_then_find,
     filters_alone_and_combined,
     soft_deleted_products_are_invisible,
