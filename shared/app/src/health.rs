@@ -21,9 +21,10 @@ pub trait HealthCheck: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
+/// Every table the functions use must answer `DescribeTable`.
 pub struct DynamoCheck {
     pub client: aws_sdk_dynamodb::Client,
-    pub table: String,
+    pub tables: Vec<String>,
 }
 
 #[async_trait]
@@ -35,9 +36,18 @@ impl HealthCheck for DynamoCheck {
         true
     }
     async fn check(&self) -> Result<(), String> {
-        zx_store_dynamodb::users::ping(&self.client, &self.table)
-            .await
-            .map_err(|e| e.to_string())
+        let pings = self
+            .tables
+            .iter()
+            .map(|table| zx_store_dynamodb::ping(&self.client, table));
+        for (table, result) in self
+            .tables
+            .iter()
+            .zip(futures::future::join_all(pings).await)
+        {
+            result.map_err(|e| format!("table {table}: {e}"))?;
+        }
+        Ok(())
     }
 }
 

@@ -56,7 +56,7 @@ pub async fn build_stores(
                 let client = aws_sdk_dynamodb::Client::new(aws);
                 checks.push(Arc::new(DynamoCheck {
                     client: client.clone(),
-                    table: config.users_table.clone(),
+                    tables: vec![config.users_table.clone(), config.products_table.clone()],
                 }));
                 (
                     Arc::new(DynamoUserRepository::new(

@@ -139,18 +139,20 @@ impl ListRequest {
         })
     }
 
-    /// One string per distinct request: the cache key of its listing.
+    /// One string per distinct request: the cache key of its listing. Every field but the
+    /// search term has a fixed alphabet (slug, digits, hex), and the term comes last, so two
+    /// different requests never share a key.
     fn canonical(&self) -> String {
         let q = &self.query;
         format!(
-            "c={}|min={}|max={}|s={}|l={}|after={}|p={}",
+            "c={}|min={}|max={}|l={}|after={}|p={}|s={}",
             q.category.as_ref().map_or("", |c| c.as_str()),
             q.min_price.map_or(String::new(), |p| p.minor().to_string()),
             q.max_price.map_or(String::new(), |p| p.minor().to_string()),
-            q.search.as_ref().map_or("", |s| s.as_str()),
             q.limit.get(),
             q.after.as_ref().map_or(String::new(), Cursor::encode),
             self.page,
+            q.search.as_ref().map_or("", |s| s.as_str()),
         )
     }
 }

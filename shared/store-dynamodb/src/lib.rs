@@ -35,3 +35,17 @@ pub(crate) async fn backoff(attempt: u32) {
     let millis = (10u64 << attempt.min(4)) + jitter;
     tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
 }
+
+/// Checks the table answers (for health checks).
+pub async fn ping(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(), zx_domain::RepositoryError> {
+    client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| zx_domain::RepositoryError::unavailable("DynamoDB DescribeTable", e))
+}

@@ -292,14 +292,3 @@ impl UserWriter for DynamoUserRepository {
         }
     }
 }
-
-/// Checks the table answers (for health checks).
-pub async fn ping(client: &Client, table: &str) -> Result<(), RepositoryError> {
-    client
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| RepositoryError::unavailable("DynamoDB DescribeTable", e))
-}
