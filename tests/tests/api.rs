@@ -1186,3 +1186,29 @@ async fn a_client_over_the_login_limit_does_not_affect_other_clients() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limiter_fails_open_when_the_cache_is_down() {
+    let app = TestApp::with(
+        Store::DynamoDb,
+        &zx_tests::aws_endpoint(),
+        &[("CACHE_URL", "redis://127.0.0.1:1")],
+    )
+    .await;
+    let limit = app.config.rate_limits.login_per_ip_and_email;
+    let api = Api::on(app).await;
+    for attempt in 0..limit + 3 {
+        let response = api
+            .post(
+                "/api/v1/users/login",
+                json!({"email": "a@example.com", "password": "password-123"}),
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            401,
+            "attempt {} must not be limited without a cache",
+            attempt + 1
+        );
+    }
+}
