@@ -30,6 +30,9 @@ EVENTS = {
     "users-me": "users-me.json",
     "users-register": "users-register.invalid.json",
     "authorizer": "authorizer.json",
+    "products-get": "products-get.json",
+    "products-list": "products-list.json",
+    "stock-get": "stock-get.json",
 }
 
 
