@@ -271,3 +271,33 @@ impl TestApp {
         format!("http://{addr}")
     }
 }
+
+/// A live product for tests: one image, `available` units, created now, version 1.
+pub fn sample_product(
+    name: &str,
+    description: &str,
+    category: &str,
+    price: i64,
+    available: i64,
+) -> zx_domain::Product {
+    use zx_domain::{
+        CategoryId, Description, ImageUrl, Price, Product, ProductId, ProductName, Stock, Timestamp,
+    };
+    let now = Timestamp::now();
+    Product {
+        id: ProductId::generate(),
+        name: ProductName::parse(name).expect("test product name"),
+        description: Description::parse(description).expect("test description"),
+        price: Price::from_minor(price).expect("test price"),
+        category: CategoryId::parse(category).expect("test category"),
+        images: vec![ImageUrl::parse("https://img.example.com/a.jpg").expect("test image")],
+        stock: Stock {
+            available,
+            reserved: 0,
+        },
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+        version: 1,
+    }
+}

@@ -559,7 +559,8 @@ async fn sample_events_run_through_their_handlers() {
         )
     };
     app.services.stores.users.create(&event_user).await.unwrap();
-    let mut event_product = catalogue_product("Phone X", "flagship phone", "phones", 399_900, 10);
+    let mut event_product =
+        zx_tests::sample_product("Phone X", "flagship phone", "phones", 399_900, 10);
     event_product.id = zx_domain::ProductId::parse("0192f0c4-7000-7abc-8def-0123456789ab").unwrap();
     app.services
         .stores
@@ -622,32 +623,6 @@ async fn sample_events_run_through_their_handlers() {
 }
 
 // ---------------------------------------------------------------- catalogue and stock
-
-fn catalogue_product(
-    name: &str,
-    description: &str,
-    category: &str,
-    price: i64,
-    available: i64,
-) -> zx_domain::Product {
-    let now = Timestamp::now();
-    zx_domain::Product {
-        id: zx_domain::ProductId::generate(),
-        name: zx_domain::ProductName::parse(name).unwrap(),
-        description: zx_domain::Description::parse(description).unwrap(),
-        price: zx_domain::Price::from_minor(price).unwrap(),
-        category: zx_domain::CategoryId::parse(category).unwrap(),
-        images: Vec::new(),
-        stock: zx_domain::Stock {
-            available,
-            reserved: 0,
-        },
-        created_at: now,
-        updated_at: now,
-        deleted_at: None,
-        version: 1,
-    }
-}
 
 impl Api {
     async fn admin(&self) -> String {
@@ -1035,7 +1010,7 @@ async fn reads_stay_fast_with_cache_at(cache_url: &str) {
         &[("CACHE_URL", cache_url)],
     )
     .await;
-    let product = catalogue_product("Lamp", "desk lamp", "home", 5_900, 2);
+    let product = zx_tests::sample_product("Lamp", "desk lamp", "home", 5_900, 2);
     app.services
         .stores
         .products

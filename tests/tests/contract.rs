@@ -218,36 +218,11 @@ mod catalogue {
     use std::sync::Arc;
 
     use zx_domain::{
-        CategoryId, Description, ImageUrl, PageLimit, Price, Product, ProductId, ProductName,
-        ProductQuery, ProductRepository, RepositoryError, SearchTerm, Stock, StockChange,
-        Timestamp,
+        CategoryId, PageLimit, Price, ProductId, ProductQuery, ProductRepository, RepositoryError,
+        SearchTerm, Stock, StockChange, Timestamp,
     };
 
-    pub fn product(
-        name: &str,
-        description: &str,
-        category: &str,
-        price: i64,
-        available: i64,
-    ) -> Product {
-        let now = Timestamp::now();
-        Product {
-            id: ProductId::generate(),
-            name: ProductName::parse(name).unwrap(),
-            description: Description::parse(description).unwrap(),
-            price: Price::from_minor(price).unwrap(),
-            category: CategoryId::parse(category).unwrap(),
-            images: vec![ImageUrl::parse("https://img.example.com/a.jpg").unwrap()],
-            stock: Stock {
-                available,
-                reserved: 0,
-            },
-            created_at: now,
-            updated_at: now,
-            deleted_at: None,
-            version: 1,
-        }
-    }
+    use zx_tests::sample_product as product;
 
     async fn names(products: &dyn ProductRepository, query: ProductQuery) -> Vec<String> {
         let page = products.list_products(&query).await.unwrap();
