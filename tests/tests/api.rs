@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use zx_auth::{JwtSecret, TokenService, TokenSettings};
-use zx_domain::{Email, PasswordHash, Role, Timestamp, User, UserId, Username};
+use zx_domain::{Email, Role, Timestamp, User, UserId, Username};
 use zx_tests::{Store, TestApp};
 
 struct Api {
@@ -49,6 +49,11 @@ impl Api {
             .send()
             .await
             .unwrap()
+    }
+
+    /// `GET` with the bearer token, as JSON.
+    async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get(path, token).await.json().await.unwrap()
     }
 
     async fn put(&self, path: &str, token: &str, body: Value) -> Response {
@@ -151,12 +156,7 @@ async fn user_journey(store: Store) {
         (Some(id.as_str()), Some("customer"))
     );
     // me
-    let me: Value = api
-        .get("/api/v1/users/me", &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = api.get_json("/api/v1/users/me", &token).await;
     assert_eq!(me["username"], "Journey");
     // update username
     let response = api
@@ -167,12 +167,7 @@ async fn user_journey(store: Store) {
         )
         .await;
     assert_eq!(response.status(), 200);
-    let me: Value = api
-        .get("/api/v1/users/me", &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = api.get_json("/api/v1/users/me", &token).await;
     assert_eq!(me["username"], "journey_2");
     // change password: needs the current one
     let response = api
@@ -311,7 +306,7 @@ async fn the_authorizer_rejects_bad_tokens() {
 async fn customers_see_only_themselves_and_admins_see_everyone() {
     let api = Api::start(Store::DynamoDb).await;
     let (alice, alice_token) = api.customer("alice").await;
-    let (bob, bob_token) = api.customer("bob").await;
+    let (bob, _) = api.customer("bob").await;
 
     assert_eq!(
         api.get(&format!("/api/v1/users/{alice}"), &alice_token)
@@ -362,11 +357,8 @@ async fn customers_see_only_themselves_and_admins_see_everyone() {
 
     let admin_token = api.promote(&bob, "bob@example.com").await;
     let seen: Value = api
-        .get(&format!("/api/v1/users/{alice}"), &admin_token)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/users/{alice}"), &admin_token)
+        .await;
     assert_eq!(seen["userId"], alice.as_str());
     let response = api
         .put(
@@ -377,7 +369,6 @@ async fn customers_see_only_themselves_and_admins_see_everyone() {
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap()["role"], "admin");
-    let _ = bob_token;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,7 +559,6 @@ async fn sample_events_run_through_their_handlers() {
         .create_product(&event_product)
         .await
         .unwrap();
-    let _: &PasswordHash = &event_user.password_hash;
     let functions = zx_local_gateway::Functions::new(app.services.clone());
     let expected = [
         ("health.json", 200),
@@ -642,6 +632,11 @@ impl Api {
     async fn get_public(&self, path: &str) -> Response {
         self.http.get(self.url(path)).send().await.unwrap()
     }
+
+    /// `GET` without credentials, as JSON.
+    async fn get_public_json(&self, path: &str) -> Value {
+        self.get_public(path).await.json().await.unwrap()
+    }
 }
 
 fn x_cache(response: &Response) -> String {
@@ -712,46 +707,27 @@ async fn catalogue_and_stock(store: Store) {
 
     // Reads are public.
     let listed: Value = api
-        .get_public("/api/v1/products?category=PHONES&minPrice=399900&maxPrice=399900&search=flag")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_public_json(
+            "/api/v1/products?category=PHONES&minPrice=399900&maxPrice=399900&search=flag",
+        )
+        .await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
     assert_eq!(listed["items"][0]["productId"], id.as_str());
-    let all: Value = api
-        .get_public("/api/v1/products?limit=1")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let all: Value = api.get_public_json("/api/v1/products?limit=1").await;
     assert_eq!(all["items"][0]["name"], "Case", "newest first");
     let next = all["nextCursor"].as_str().unwrap();
     let second: Value = api
-        .get_public(&format!("/api/v1/products?limit=1&cursor={next}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_public_json(&format!("/api/v1/products?limit=1&cursor={next}"))
+        .await;
     assert_eq!(second["items"][0]["productId"], id.as_str());
     assert!(second["nextCursor"].is_null());
-    let capped: Value = api
-        .get_public("/api/v1/products?limit=500")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let capped: Value = api.get_public_json("/api/v1/products?limit=500").await;
     assert_eq!(
         capped["items"].as_array().unwrap().len(),
         2,
         "limit above 100 is capped, not refused"
     );
-    let paged: Value = api
-        .get_public("/api/v1/products?limit=1&page=2")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let paged: Value = api.get_public_json("/api/v1/products?limit=1&page=2").await;
     assert_eq!(
         paged["items"][0]["productId"],
         id.as_str(),
@@ -777,11 +753,8 @@ async fn catalogue_and_stock(store: Store) {
 
     // Stock.
     let stock: Value = api
-        .get_public(&format!("/api/v1/stock/{id}?quantity=10"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_public_json(&format!("/api/v1/stock/{id}?quantity=10"))
+        .await;
     assert_eq!(
         (
             stock["available"].as_i64(),
@@ -791,11 +764,8 @@ async fn catalogue_and_stock(store: Store) {
         (Some(10), Some(10), Some(true))
     );
     let stock: Value = api
-        .get_public(&format!("/api/v1/stock/{id}?quantity=11"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_public_json(&format!("/api/v1/stock/{id}?quantity=11"))
+        .await;
     assert_eq!(stock["sufficient"], false);
     for bad in ["0", "-1", "abc", "1.5"] {
         let body = problem(
@@ -905,11 +875,8 @@ async fn catalogue_and_stock(store: Store) {
     )
     .await;
     let listed: Value = api
-        .get_public("/api/v1/products?category=phones")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_public_json("/api/v1/products?category=phones")
+        .await;
     assert!(listed["items"].as_array().unwrap().is_empty());
 }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use zx_auth::token::parse_ttl;
 use zx_auth::{BcryptCost, JwtSecret, TokenSettings};
-use zx_cache::CacheSettings;
 pub use zx_cache::RateLimits;
 use zx_store_postgres::{PgSchema, PoolSettings};
 
@@ -99,7 +98,8 @@ pub struct Config {
     pub products_table: String,
     pub products_schema: PgSchema,
     pub pool: PoolSettings,
-    pub cache: Option<CacheSettings>,
+    /// `CACHE_URL`, checked to be `redis://` or `rediss://`.
+    pub cache_url: Option<String>,
     /// ElastiCache name to resolve at cold start when `CACHE_URL` is not set.
     pub cache_name: Option<String>,
     pub cache_timeout: Duration,
@@ -154,14 +154,8 @@ impl Config {
         let cache_key_prefix = source
             .get("CACHE_KEY_PREFIX")
             .unwrap_or_else(|| "zx:".into());
-        let cache = match source.get("CACHE_URL") {
-            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                Some(CacheSettings {
-                    url,
-                    timeout: cache_timeout,
-                    key_prefix: cache_key_prefix.clone(),
-                })
-            }
+        let cache_url = match source.get("CACHE_URL") {
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Some(url),
             Some(_) => {
                 return Err(ConfigError::Invalid {
                     var: "CACHE_URL",
@@ -204,7 +198,7 @@ impl Config {
                 .unwrap_or_else(|| "zhixuan-products".into()),
             products_schema: schema(source, "PRODUCTS_SCHEMA", "products")?,
             pool,
-            cache,
+            cache_url,
             cache_name: source.get("CACHE_NAME"),
             cache_timeout,
             cache_key_prefix,
@@ -271,7 +265,7 @@ mod tests {
         assert_eq!(config.store, StoreKind::DynamoDb);
         assert_eq!(config.users_table, "zhixuan-users");
         assert_eq!(config.bcrypt_cost, BcryptCost::DEFAULT);
-        assert!(config.cache.is_none());
+        assert!(config.cache_url.is_none() && config.cache_name.is_none());
         assert_eq!(config.pool.max_connections, 2);
     }
 

@@ -98,33 +98,33 @@ pub async fn build_cache(
     config: &Config,
     aws: &aws_config::SdkConfig,
 ) -> Result<Option<Cache>, ConfigError> {
-    let settings = match (&config.cache, &config.cache_name) {
-        (Some(settings), _) => Some(settings.clone()),
+    let url = match (&config.cache_url, &config.cache_name) {
+        (Some(url), _) => Some(url.clone()),
         (None, Some(name)) => {
             let client = aws_sdk_elasticache::Client::new(aws);
             let url = crate::discovery::resolve_cache_url(&client, name)
                 .await
                 .map_err(|error| ConfigError::Invalid {
                     var: "CACHE_NAME",
-                    reason: cause_chain(&error),
+                    reason: zx_domain::cause_chain(&error),
                 })?;
             tracing::info!(cache_name = %name, "cache endpoint resolved");
-            Some(zx_cache::CacheSettings {
-                url,
-                timeout: config.cache_timeout,
-                key_prefix: config.cache_key_prefix.clone(),
-            })
+            Some(url)
         }
         (None, None) => None,
     };
-    settings
-        .map(|settings| {
-            Cache::new(settings).map_err(|e| ConfigError::Invalid {
-                var: "CACHE_URL",
-                reason: e.to_string(),
-            })
+    url.map(|url| {
+        Cache::new(zx_cache::CacheSettings {
+            url,
+            timeout: config.cache_timeout,
+            key_prefix: config.cache_key_prefix.clone(),
         })
-        .transpose()
+        .map_err(|e| ConfigError::Invalid {
+            var: "CACHE_URL",
+            reason: e.to_string(),
+        })
+    })
+    .transpose()
 }
 
 /// Everything the API functions use, built once. Each function's `main` takes what it needs;
@@ -220,17 +220,6 @@ pub fn start_token_service() -> Result<TokenService, ConfigError> {
             Err(error)
         }
     }
-}
-
-fn cause_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -82,12 +82,10 @@ impl PasswordHasher {
     /// A password over 72 bytes never matches (bcrypt would truncate it); it is checked against
     /// the dummy hash too, so it takes the same time. A malformed stored hash counts as no match.
     pub async fn verify(&self, password: &str, hash: Option<&PasswordHash>) -> bool {
-        let acceptable = password.len() <= Password::MAX_BYTES;
-        let hash = match hash {
-            Some(hash) if acceptable => hash.expose().to_owned(),
-            _ => self.dummy_hash.clone(),
+        let (known, hash) = match hash {
+            Some(hash) if password.len() <= Password::MAX_BYTES => (true, hash.expose().to_owned()),
+            _ => (false, self.dummy_hash.clone()),
         };
-        let known = acceptable && hash != self.dummy_hash;
         let password = password.to_owned();
         let outcome =
             tokio::task::spawn_blocking(move || bcrypt::verify(password.as_bytes(), &hash)).await;

@@ -151,6 +151,16 @@ impl Cache {
         self.run(redis::cmd("INCR").arg(self.key(key))).await
     }
 
+    /// `INCR` of several prefixed keys in one transaction.
+    pub async fn incr_all(&self, keys: &[&str]) -> Result<(), CacheError> {
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        for key in keys {
+            pipeline.cmd("INCR").arg(self.key(key)).ignore();
+        }
+        self.run_pipeline::<()>(&pipeline).await
+    }
+
     /// Counts one hit in a fixed window: `INCR` and, for the first hit, `EXPIRE window`, in one
     /// transaction. Returns the count so far and the seconds until the window resets.
     pub async fn hit_window(&self, key: &str, window: Duration) -> Result<(i64, u64), CacheError> {

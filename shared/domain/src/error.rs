@@ -109,3 +109,15 @@ impl RepositoryError {
         }
     }
 }
+
+/// An error and all its sources, `outer: inner: innermost`, for logs and start-up messages.
+pub fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}

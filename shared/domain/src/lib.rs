@@ -7,7 +7,7 @@ pub mod repository;
 pub mod timestamp;
 pub mod user;
 
-pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors};
+pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors, cause_chain};
 pub use product::{
     CategoryId, Cursor, Description, ImageUrl, Page, PageLimit, Price, Product, ProductId,
     ProductName, ProductQuery, SearchTerm, Stock,

@@ -149,14 +149,7 @@ impl ApiError {
 
     /// The whole cause chain, for logs.
     pub fn cause_chain(&self) -> String {
-        let mut chain = self.to_string();
-        let mut source = self.source();
-        while let Some(cause) = source {
-            chain.push_str(": ");
-            chain.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        chain
+        zx_domain::cause_chain(self)
     }
 
     /// The problem+json response. A 500 carries only the request id. Other bodies carry no

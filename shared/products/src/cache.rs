@@ -94,12 +94,15 @@ impl CatalogueCache {
         }
     }
 
-    /// Makes every cached read of this product, and every cached listing, unreachable.
+    /// Makes every cached read of this product, and every cached listing, unreachable (both
+    /// generations in one round trip).
     pub async fn invalidate(&self, id: &ProductId) {
-        for key in [product_generation(id), CATALOGUE_GENERATION.to_owned()] {
-            if let Err(error) = self.cache.incr(&key).await {
-                tracing::error!(%error, product_id = %id, "cache invalidation failed: reads may be stale for up to the TTL");
-            }
+        if let Err(error) = self
+            .cache
+            .incr_all(&[&product_generation(id), CATALOGUE_GENERATION])
+            .await
+        {
+            tracing::error!(%error, product_id = %id, "cache invalidation failed: reads may be stale for up to the TTL");
         }
     }
 

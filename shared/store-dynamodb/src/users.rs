@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, CancellationReason, Delete, Put, TransactWriteItem};
 use zx_domain::{
     Email, PasswordHash, RepositoryError, Role, Timestamp, UniqueField, User, UserId, UserReader,
     UserWriter, Username,
@@ -97,11 +97,11 @@ impl DynamoUserRepository {
     }
 
     /// Runs a transaction, retrying while it collides with another transaction on the same
-    /// items. Returns the cancellation reasons' codes when a condition failed.
+    /// items. Returns the cancellation reasons when a condition failed.
     async fn transact(
         &self,
         items: Vec<TransactWriteItem>,
-    ) -> Result<Result<(), Vec<Option<String>>>, RepositoryError> {
+    ) -> Result<Result<(), Vec<CancellationReason>>, RepositoryError> {
         let mut attempt = 0;
         loop {
             let result = self
@@ -125,10 +125,7 @@ impl DynamoUserRepository {
                     continue;
                 }
                 if (0..reasons.len()).any(|i| crate::condition_failed(reasons, i)) {
-                    return Ok(Err(reasons
-                        .iter()
-                        .map(|r| r.code().map(str::to_owned))
-                        .collect()));
+                    return Ok(Err(reasons.to_vec()));
                 }
             }
             return Err(RepositoryError::unavailable(
@@ -137,10 +134,6 @@ impl DynamoUserRepository {
             ));
         }
     }
-}
-
-fn failed(codes: &[Option<String>], index: usize) -> bool {
-    codes.get(index).and_then(Option::as_deref) == Some("ConditionalCheckFailed")
 }
 
 fn user_item(user: &User) -> Item {
@@ -227,8 +220,10 @@ impl UserWriter for DynamoUserRepository {
         ];
         match self.transact(items).await? {
             Ok(()) => Ok(()),
-            Err(codes) if failed(&codes, 1) => Err(RepositoryError::Conflict(UniqueField::Email)),
-            Err(codes) if failed(&codes, 2) => {
+            Err(codes) if crate::condition_failed(&codes, 1) => {
+                Err(RepositoryError::Conflict(UniqueField::Email))
+            }
+            Err(codes) if crate::condition_failed(&codes, 2) => {
                 Err(RepositoryError::Conflict(UniqueField::Username))
             }
             Err(_) => Err(RepositoryError::ConcurrentUpdate),
@@ -285,7 +280,7 @@ impl UserWriter for DynamoUserRepository {
             Ok(()) => Ok(()),
             Err(codes) => Err(guards
                 .iter()
-                .find(|(index, _)| failed(&codes, *index))
+                .find(|(index, _)| crate::condition_failed(&codes, *index))
                 .map_or(RepositoryError::ConcurrentUpdate, |(_, field)| {
                     RepositoryError::Conflict(*field)
                 })),
