@@ -29,7 +29,6 @@ EVENTS = {
     "users-validate": "users-validate.json",
     "users-me": "users-me.json",
     "users-register": "users-register.invalid.json",
-    "authorizer": "authorizer.json",
     "products-get": "products-get.json",
     "products-list": "products-list.json",
     "stock-get": "stock-get.json",
@@ -105,7 +104,10 @@ def main():
     parser.add_argument("functions", nargs="*", default=list(EVENTS))
     args = parser.parse_args()
     env = dict(os.environ)
-    env.setdefault("JWT_SECRET", "benchmark-secret-benchmark-secret-0123456789")
+    if "JWT_PUBLIC_KEYS" not in env:
+        keys = subprocess.run(["cargo", "run", "-q", "-p", "zx-app", "--bin", "zx-admin", "--", "jwt-keygen"],
+                              cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+        env.update(JWT_PRIVATE_KEY=keys[0], JWT_PUBLIC_KEYS=keys[1])
     env.update(AWS_LAMBDA_FUNCTION_NAME="bench", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256",
                AWS_LAMBDA_FUNCTION_VERSION="$LATEST", AWS_LAMBDA_LOG_STREAM_NAME="bench",
                AWS_LAMBDA_LOG_GROUP_NAME="/aws/lambda/bench", RUST_LOG="warn")

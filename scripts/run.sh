@@ -24,18 +24,26 @@ trap 'exit 130' INT TERM
 scripts/stack.sh up
 eval "$(scripts/stack.sh env)"
 
-# Local-only secrets, generated once per checkout and kept in .local/ (git-ignored).
-[ -s "$STATE/jwt-secret" ] || head -c 48 /dev/urandom | base64 | tr -d '\n' > "$STATE/jwt-secret"
+echo "[run] building the local gateway and zx-admin (first build takes a few minutes)"
+cargo build --locked -q -p zx-local-gateway -p zx-app --bins
+
+# Local-only secrets, generated once per checkout and kept in .local/ (git-ignored): the
+# Ed25519 token key pair (only the issuing function gets the private key when deployed; the
+# local gateway runs every function in one process, so it has both) and the admin password.
+if [ ! -s "$STATE/jwt-private-key" ] || [ ! -s "$STATE/jwt-public-keys" ]; then
+  keys=$(./target/debug/zx-admin jwt-keygen)
+  (umask 077; sed -n 1p <<<"$keys" > "$STATE/jwt-private-key")
+  sed -n 2p <<<"$keys" > "$STATE/jwt-public-keys"
+fi
 [ -s "$STATE/admin-password" ] || { printf 'Zx-'; head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 14; } > "$STATE/admin-password"
-export JWT_SECRET=$(cat "$STATE/jwt-secret")
+JWT_PRIVATE_KEY=$(cat "$STATE/jwt-private-key")
+JWT_PUBLIC_KEYS=$(cat "$STATE/jwt-public-keys")
+export JWT_PRIVATE_KEY JWT_PUBLIC_KEYS
 export STORE=${STORE:-dynamodb}
 export GATEWAY_PORT=${GATEWAY_PORT:-3000}
 export BCRYPT_COST=${BCRYPT_COST:-10}
 export RUST_LOG=${RUST_LOG:-info}
 ADMIN_EMAIL=${ADMIN_EMAIL:-admin@zhixuan.local}
-
-echo "[run] building the local gateway and zx-admin (first build takes a few minutes)"
-cargo build --locked -q -p zx-local-gateway -p zx-app --bins
 
 ./target/debug/zx-admin migrate
 ADMIN_PASSWORD=$(cat "$STATE/admin-password") ./target/debug/zx-admin ensure-admin "$ADMIN_EMAIL" admin

@@ -81,7 +81,6 @@ pub async fn create_schema(set: &zx_store_postgres::MigrationSet) -> (PgSchema, 
     let schema = PgSchema::parse(&format!("t_{}", unique())).expect("schema name");
     let pool = zx_store_postgres::connect_lazy(
         &database_url(),
-        &schema,
         &PoolSettings {
             max_connections: 5,
             ..PoolSettings::default()
@@ -113,7 +112,7 @@ impl ProductBackend {
     pub async fn postgres() -> Self {
         let (schema, pool) = create_schema(&zx_store_postgres::migrate::PRODUCTS).await;
         Self {
-            products: Arc::new(PgProductRepository::new(pool.clone())),
+            products: Arc::new(PgProductRepository::new(pool.clone(), &schema)),
             cleanup: Cleanup::Schema(pool, schema),
         }
     }
@@ -147,7 +146,7 @@ impl Backend {
     pub async fn postgres() -> Self {
         let (schema, pool) = create_users_schema().await;
         Self {
-            users: Arc::new(PgUserRepository::new(pool.clone())),
+            users: Arc::new(PgUserRepository::new(pool.clone(), &schema)),
             cleanup: Cleanup::Schema(pool, schema),
         }
     }
@@ -181,10 +180,10 @@ pub enum Store {
     Postgres,
 }
 
-/// The test JWT secret (random per process).
-pub fn jwt_secret() -> &'static str {
-    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SECRET.get_or_init(|| format!("test-secret-{}-{}", unique(), unique()))
+/// The test token key pair (random per process).
+pub fn signing_key() -> &'static zx_auth::SigningKey {
+    static KEY: std::sync::OnceLock<zx_auth::SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| zx_auth::SigningKey::generate().expect("Ed25519 key"))
 }
 
 /// Services wired as the functions wire them, on isolated storage.
@@ -204,10 +203,16 @@ impl TestApp {
     pub async fn with(store: Store, aws_endpoint: &str, extra: &[(&str, &str)]) -> Self {
         let aws = aws_config_for(aws_endpoint).await;
         let mut vars: HashMap<String, String> = HashMap::from([
-            ("JWT_SECRET".into(), jwt_secret().to_owned()),
+            ("JWT_PRIVATE_KEY".into(), signing_key().to_base64()),
+            (
+                "JWT_PUBLIC_KEYS".into(),
+                signing_key().public_key().encoded().to_owned(),
+            ),
             ("BCRYPT_COST".into(), "4".into()),
             ("CACHE_URL".into(), cache_url()),
             ("CACHE_KEY_PREFIX".into(), format!("zx-test-{}:", unique())),
+            // DynamoDB Local's indexes never lag; tests that need a lag window set their own.
+            ("CACHE_INDEX_LAG_MS".into(), "1".into()),
         ]);
         let (mut table, mut schema) = (None, None);
         match store {
@@ -246,7 +251,7 @@ impl TestApp {
             vars.insert((*key).into(), (*value).into());
         }
         let config = Config::from_source(&Source::map(vars)).expect("test config");
-        let services = Services::build_with_aws(&config, true, &aws)
+        let services = Services::build_with_aws(&config, &aws)
             .await
             .expect("services");
         Self {
@@ -262,8 +267,8 @@ impl TestApp {
         let template =
             std::fs::read_to_string(repo_root().join("template.yaml")).expect("template.yaml");
         let routes = RouteTable::from_template(&template).expect("routes");
-        let gateway =
-            Arc::new(Gateway::new(routes, Functions::new(self.services.clone())).expect("gateway"));
+        let functions = Functions::new(&self.services).expect("every function starts");
+        let gateway = Arc::new(Gateway::new(routes, functions).expect("gateway"));
         let (addr, _task) = gateway
             .serve(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
@@ -300,4 +305,157 @@ pub fn sample_product(
         deleted_at: None,
         version: 1,
     }
+}
+
+/// A catalogue whose listing index lags behind its table, like a DynamoDB GSI under load:
+/// while frozen, listings show each product as it was when frozen (reads by id stay current).
+pub struct LaggingIndex {
+    inner: Arc<dyn ProductRepository>,
+    frozen: std::sync::Mutex<Option<HashMap<zx_domain::ProductId, zx_domain::Product>>>,
+}
+
+impl LaggingIndex {
+    pub fn new(inner: Arc<dyn ProductRepository>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            frozen: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// From now on, listings show these products' current state, whatever is written later.
+    pub async fn freeze(&self, ids: &[zx_domain::ProductId]) {
+        let products = self.inner.find_products(ids).await.expect("snapshot");
+        let snapshot = products.into_iter().map(|p| (p.id.clone(), p)).collect();
+        *self.frozen.lock().expect("lock") = Some(snapshot);
+    }
+
+    /// The index has caught up.
+    pub fn catch_up(&self) {
+        *self.frozen.lock().expect("lock") = None;
+    }
+}
+
+#[async_trait::async_trait]
+impl zx_domain::ProductReader for LaggingIndex {
+    async fn find_product(
+        &self,
+        id: &zx_domain::ProductId,
+    ) -> Result<Option<zx_domain::Product>, zx_domain::RepositoryError> {
+        self.inner.find_product(id).await
+    }
+
+    async fn find_products(
+        &self,
+        ids: &[zx_domain::ProductId],
+    ) -> Result<Vec<zx_domain::Product>, zx_domain::RepositoryError> {
+        self.inner.find_products(ids).await
+    }
+
+    async fn list_products(
+        &self,
+        query: &zx_domain::ProductQuery,
+    ) -> Result<zx_domain::Page<zx_domain::Product>, zx_domain::RepositoryError> {
+        let mut page = self.inner.list_products(query).await?;
+        if let Some(frozen) = self.frozen.lock().expect("lock").as_ref() {
+            for item in &mut page.items {
+                if let Some(old) = frozen.get(&item.id) {
+                    *item = old.clone();
+                }
+            }
+        }
+        Ok(page)
+    }
+}
+
+#[async_trait::async_trait]
+impl zx_domain::ProductWriter for LaggingIndex {
+    async fn create_product(
+        &self,
+        product: &zx_domain::Product,
+    ) -> Result<(), zx_domain::RepositoryError> {
+        self.inner.create_product(product).await
+    }
+
+    async fn update_product(
+        &self,
+        current: &zx_domain::Product,
+        next: &zx_domain::Product,
+    ) -> Result<(), zx_domain::RepositoryError> {
+        self.inner.update_product(current, next).await
+    }
+}
+
+#[async_trait::async_trait]
+impl zx_domain::StockWriter for LaggingIndex {
+    async fn change_stock(
+        &self,
+        id: &zx_domain::ProductId,
+        change: zx_domain::StockChange,
+        change_id: &zx_domain::StockChangeId,
+    ) -> Result<zx_domain::Stock, zx_domain::RepositoryError> {
+        self.inner.change_stock(id, change, change_id).await
+    }
+}
+
+/// A TCP proxy in front of a server (the cache) that a test can cut: while cut, every open
+/// connection is dropped and new ones are closed at once.
+pub struct CuttableProxy {
+    pub address: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    pub async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let address = listener.local_addr().expect("proxy address");
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let mut watch = watch.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { address, cut, task }
+    }
+
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A server that accepts connections and never answers (a hung dependency): its address, and
+/// the task holding the connections (abort it to stop).
+pub async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind silent server");
+    let address = listener.local_addr().expect("silent server address");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (address, task)
 }

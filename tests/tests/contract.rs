@@ -219,7 +219,7 @@ mod catalogue {
 
     use zx_domain::{
         CategoryId, PageLimit, Price, ProductId, ProductQuery, ProductRepository, RepositoryError,
-        SearchTerm, Stock, StockChange, Timestamp,
+        SearchTerm, Stock, StockChange, StockChangeId, Timestamp,
     };
 
     use zx_tests::sample_product as product;
@@ -462,7 +462,7 @@ mod catalogue {
         );
         // No stock changes on a deleted product.
         let error = products
-            .change_stock(&gone.id, StockChange::Adjust(1))
+            .change_stock(&gone.id, StockChange::Adjust(1), &StockChangeId::generate())
             .await
             .unwrap_err();
         assert!(matches!(error, RepositoryError::NotFound), "{error:?}");
@@ -562,7 +562,7 @@ mod catalogue {
         products.create_product(&item).await.unwrap();
         assert_eq!(
             products
-                .change_stock(&item.id, StockChange::Set(10))
+                .change_stock(&item.id, StockChange::Set(10), &StockChangeId::generate())
                 .await
                 .unwrap(),
             Stock {
@@ -572,14 +572,18 @@ mod catalogue {
         );
         assert_eq!(
             products
-                .change_stock(&item.id, StockChange::Adjust(5))
+                .change_stock(&item.id, StockChange::Adjust(5), &StockChangeId::generate())
                 .await
                 .unwrap()
                 .available,
             15
         );
         let error = products
-            .change_stock(&item.id, StockChange::Adjust(-16))
+            .change_stock(
+                &item.id,
+                StockChange::Adjust(-16),
+                &StockChangeId::generate(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -587,7 +591,7 @@ mod catalogue {
             "{error:?}"
         );
         let error = products
-            .change_stock(&item.id, StockChange::Set(-1))
+            .change_stock(&item.id, StockChange::Set(-1), &StockChangeId::generate())
             .await
             .unwrap_err();
         assert!(
@@ -595,7 +599,11 @@ mod catalogue {
             "{error:?}"
         );
         let error = products
-            .change_stock(&ProductId::generate(), StockChange::Set(1))
+            .change_stock(
+                &ProductId::generate(),
+                StockChange::Set(1),
+                &StockChangeId::generate(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(error, RepositoryError::NotFound), "{error:?}");
@@ -604,7 +612,11 @@ mod catalogue {
         let attempts = (0..20).map(|_| {
             let products = products.clone();
             let id = item.id.clone();
-            tokio::spawn(async move { products.change_stock(&id, StockChange::Adjust(-1)).await })
+            tokio::spawn(async move {
+                products
+                    .change_stock(&id, StockChange::Adjust(-1), &StockChangeId::generate())
+                    .await
+            })
         });
         let results = futures::future::join_all(attempts).await;
         let succeeded = results
@@ -639,6 +651,138 @@ mod catalogue {
             0
         );
     }
+
+    pub async fn stock_stays_within_bounds_and_retried_changes_apply_once(
+        products: Arc<dyn ProductRepository>,
+    ) {
+        let item = product("Crate", "", "kitchen", 100, 10);
+        products.create_product(&item).await.unwrap();
+        let available = |products: Arc<dyn ProductRepository>, id: ProductId| async move {
+            products
+                .find_product(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .stock
+                .available
+        };
+        // The bound is a condition of the write: nothing changes when it would be crossed.
+        for change in [
+            StockChange::Set(Stock::MAX_UNITS + 1),
+            StockChange::Adjust(Stock::MAX_UNITS - 9),
+            StockChange::Adjust(i64::MAX),
+        ] {
+            let error = products
+                .change_stock(&item.id, change, &StockChangeId::generate())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, RepositoryError::StockLimitExceeded),
+                "{change:?}: {error:?}"
+            );
+        }
+        assert_eq!(available(products.clone(), item.id.clone()).await, 10);
+        let at_max = products
+            .change_stock(
+                &item.id,
+                StockChange::Adjust(Stock::MAX_UNITS - 10),
+                &StockChangeId::generate(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(at_max.available, Stock::MAX_UNITS);
+        let error = products
+            .change_stock(&item.id, StockChange::Adjust(1), &StockChangeId::generate())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::StockLimitExceeded),
+            "{error:?}"
+        );
+        let error = products
+            .change_stock(
+                &item.id,
+                StockChange::Adjust(i64::MIN),
+                &StockChangeId::generate(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::InsufficientStock),
+            "{error:?}"
+        );
+        products
+            .change_stock(&item.id, StockChange::Set(10), &StockChangeId::generate())
+            .await
+            .unwrap();
+
+        // A lost response, retried with the same change id: applied once.
+        let change_id = StockChangeId::generate();
+        let first = products
+            .change_stock(&item.id, StockChange::Adjust(5), &change_id)
+            .await
+            .unwrap();
+        let retried = products
+            .change_stock(&item.id, StockChange::Adjust(5), &change_id)
+            .await
+            .unwrap();
+        assert_eq!((first.available, retried.available), (15, 15));
+        assert_eq!(available(products.clone(), item.id.clone()).await, 15);
+        // Concurrent retries of one change: still once.
+        let change_id = StockChangeId::generate();
+        let retries = (0..5).map(|_| {
+            let (products, id, change_id) = (products.clone(), item.id.clone(), change_id.clone());
+            tokio::spawn(async move {
+                products
+                    .change_stock(&id, StockChange::Adjust(-3), &change_id)
+                    .await
+            })
+        });
+        for result in futures::future::join_all(retries).await {
+            result.unwrap().unwrap();
+        }
+        assert_eq!(available(products.clone(), item.id.clone()).await, 12);
+    }
+
+    pub async fn retried_creates_succeed_once(products: Arc<dyn ProductRepository>) {
+        let item = product("Lamp", "desk lamp", "home", 5_000, 3);
+        products.create_product(&item).await.unwrap();
+        // The same product again (a retry whose first response was lost): success, no change.
+        products.create_product(&item).await.unwrap();
+        assert_eq!(names(&*products, query()).await, ["Lamp"]);
+        // Another product under the same id is a conflict.
+        let mut other = product("Other", "", "home", 1, 1);
+        other.id = item.id.clone();
+        other.created_at = Timestamp::from_unix_millis(1).unwrap();
+        let error = products.create_product(&other).await.unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::ConcurrentUpdate),
+            "{error:?}"
+        );
+        assert_eq!(
+            products.find_product(&item.id).await.unwrap().unwrap().name,
+            item.name
+        );
+    }
+
+    pub async fn find_products_reads_many_at_once(products: Arc<dyn ProductRepository>) {
+        let a = product("Alpha", "", "misc", 1, 1);
+        let b = product("Beta", "", "misc", 2, 2);
+        products.create_product(&a).await.unwrap();
+        products.create_product(&b).await.unwrap();
+        let mut found = products
+            .find_products(&[
+                b.id.clone(),
+                ProductId::generate(),
+                a.id.clone(),
+                b.id.clone(),
+            ])
+            .await
+            .unwrap();
+        found.sort_by(|x, y| x.name.as_str().cmp(y.name.as_str()));
+        assert_eq!(found, vec![a, b]);
+        assert!(products.find_products(&[]).await.unwrap().is_empty());
+    }
 }
 
 contract_suites!(products = zx_tests::ProductBackend, field products, cases crate::catalogue:
@@ -648,4 +792,7 @@ contract_suites!(products = zx_tests::ProductBackend, field products, cases crat
     updates_are_versioned_and_move_categories,
     pagination_is_stable_under_concurrent_inserts,
     stock_changes_are_atomic_and_never_negative,
+    stock_stays_within_bounds_and_retried_changes_apply_once,
+    retried_creates_succeed_once,
+    find_products_reads_many_at_once,
 );

@@ -1,16 +1,7 @@
 //! Lambda function `health`: GET /health and GET /api/v1/{service}/health.
-
-use lambda_http::{Error, run, service_fn};
+//! Its handler is built by `zx_app::functions::health`, which the local gateway calls too.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let services = zx_app::start(false).await?;
-    let checks = services.health_checks();
-    let (checks, timeout) = (&checks, services.health_timeout);
-    run(service_fn(move |request| {
-        zx_http::serve(request, move |request| {
-            zx_app::health_handler(checks, timeout, request)
-        })
-    }))
-    .await
+async fn main() -> Result<(), lambda_http::Error> {
+    zx_app::run_http(zx_app::functions::health).await
 }

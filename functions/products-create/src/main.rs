@@ -1,17 +1,7 @@
 //! Lambda function `products-create`: POST /api/v1/products.
-
-use lambda_http::{Error, run, service_fn};
+//! Its handler is built by `zx_app::functions::products_create`, which the local gateway calls too.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let services = zx_app::start(false).await?;
-    let products = &*services.stores.products;
-    let cache = services.cache.clone().map(zx_products::CatalogueCache::new);
-    let cache = cache.as_ref();
-    run(service_fn(move |request| {
-        zx_http::serve(request, move |request| {
-            zx_products::create_product(products, cache, request)
-        })
-    }))
-    .await
+async fn main() -> Result<(), lambda_http::Error> {
+    zx_app::run_http(zx_app::functions::products_create).await
 }

@@ -1,15 +1,7 @@
 //! Lambda function `stock-get`: GET /api/v1/stock/{productId}.
-
-use lambda_http::{Error, run, service_fn};
+//! Its handler is built by `zx_app::functions::stock_get`, which the local gateway calls too.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let services = zx_app::start(false).await?;
-    let products = &*services.stores.products;
-    run(service_fn(move |request| {
-        zx_http::serve(request, move |request| {
-            zx_products::get_stock(products, request)
-        })
-    }))
-    .await
+async fn main() -> Result<(), lambda_http::Error> {
+    zx_app::run_http(zx_app::functions::stock_get).await
 }

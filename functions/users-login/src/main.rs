@@ -1,16 +1,7 @@
 //! Lambda function `users-login`: POST /api/v1/users/login.
-
-use lambda_http::{Error, run, service_fn};
+//! Its handler is built by `zx_app::functions::users_login`, which the local gateway calls too.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let services = zx_app::start(true).await?;
-    let (users, hasher, limits) = (&*services.stores.users, &services.hasher, &services.limits);
-    let tokens = services.tokens()?;
-    run(service_fn(move |request| {
-        zx_http::serve(request, move |request| {
-            zx_users::login(users, hasher, tokens, limits, request)
-        })
-    }))
-    .await
+async fn main() -> Result<(), lambda_http::Error> {
+    zx_app::run_http(zx_app::functions::users_login).await
 }

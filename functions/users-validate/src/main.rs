@@ -1,13 +1,7 @@
 //! Lambda function `users-validate`: GET /api/v1/users/validate.
-
-use lambda_http::{Error, run, service_fn};
+//! Its handler is built by `zx_app::functions::users_validate`, which the local gateway calls too.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let tokens = zx_app::start_token_service()?;
-    let tokens = &tokens;
-    run(service_fn(move |request| {
-        zx_http::serve(request, move |request| zx_users::validate(tokens, request))
-    }))
-    .await
+async fn main() -> Result<(), lambda_http::Error> {
+    zx_app::run_http(zx_app::functions::users_validate).await
 }

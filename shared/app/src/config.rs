@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use zx_auth::token::parse_ttl;
-use zx_auth::{BcryptCost, JwtSecret, TokenSettings};
+use zx_auth::{BcryptCost, PublicKey, SigningKey, TokenSettings};
 pub use zx_cache::RateLimits;
 use zx_store_postgres::{PgSchema, PoolSettings};
 
@@ -87,8 +87,8 @@ fn millis(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("must be milliseconds between 1 and 60000, got {text:?}"))
 }
 
-/// Everything the functions read from the environment. Secrets are parsed on demand by the
-/// functions that need them ([`Config::token_settings`]), so the others never require them.
+/// Everything the functions read from the environment. Keys are optional here; the functions
+/// that need them refuse to start without them (see `crate::functions`).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub store: StoreKind,
@@ -107,7 +107,19 @@ pub struct Config {
     pub bcrypt_cost: BcryptCost,
     pub health_timeout: Duration,
     pub rate_limits: RateLimits,
-    token: Result<TokenSettings, String>,
+    /// Deadline of one DynamoDB call (`STORE_TIMEOUT_MS`), retries included.
+    pub store_timeout: Duration,
+    /// How long cached catalogue entries live (`CACHE_TTL_SECONDS`, seed: 600): the bound on
+    /// staleness when the cache was unreachable during a write.
+    pub cache_ttl: Duration,
+    /// How long after a catalogue write listings are not cached (`CACHE_INDEX_LAG_MS`): the
+    /// listing index may still show the old state meanwhile.
+    pub index_lag: Duration,
+    pub token: TokenSettings,
+    /// `JWT_PRIVATE_KEY`: only the token-issuing function has it.
+    pub signing_key: Option<SigningKey>,
+    /// `JWT_PUBLIC_KEYS`: every function that verifies tokens.
+    pub public_keys: Option<Vec<PublicKey>>,
 }
 
 fn per_minute(text: &str) -> Result<u32, String> {
@@ -164,9 +176,26 @@ impl Config {
             }
             None => None,
         };
-        let token = Self::read_token_settings(source);
         let defaults = RateLimits::default();
         let rate_limits = RateLimits {
+            users_per_client: parse_or(
+                source,
+                "RATE_LIMIT_USERS",
+                defaults.users_per_client,
+                per_minute,
+            )?,
+            products_per_client: parse_or(
+                source,
+                "RATE_LIMIT_PRODUCTS",
+                defaults.products_per_client,
+                per_minute,
+            )?,
+            orders_per_client: parse_or(
+                source,
+                "RATE_LIMIT_ORDERS",
+                defaults.orders_per_client,
+                per_minute,
+            )?,
             login_per_ip_and_email: parse_or(
                 source,
                 "RATE_LIMIT_LOGIN",
@@ -215,33 +244,54 @@ impl Config {
                 millis,
             )?,
             rate_limits,
-            token,
-        })
-    }
-
-    fn read_token_settings(source: &Source) -> Result<TokenSettings, String> {
-        let secret = source
-            .get("JWT_SECRET")
-            .ok_or_else(|| "JWT_SECRET is required but not set (at least 32 bytes)".to_owned())?;
-        Ok(TokenSettings {
-            secret: JwtSecret::parse(&secret)?,
-            issuer: source.get("JWT_ISSUER").unwrap_or_else(|| "zhixuan".into()),
-            audience: source
-                .get("JWT_AUDIENCE")
-                .unwrap_or_else(|| "zhixuan-api".into()),
-            ttl: match source.get("JWT_EXPIRES_IN") {
-                Some(v) => parse_ttl(&v)?,
-                None => Duration::from_secs(24 * 3600),
+            store_timeout: parse_or(
+                source,
+                "STORE_TIMEOUT_MS",
+                Duration::from_millis(3000),
+                millis,
+            )?,
+            cache_ttl: parse_or(source, "CACHE_TTL_SECONDS", Duration::from_secs(600), |v| {
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=86_400).contains(n))
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| format!("must be seconds from 1 to 86400, got {v:?}"))
+            })?,
+            index_lag: parse_or(
+                source,
+                "CACHE_INDEX_LAG_MS",
+                Duration::from_millis(2000),
+                millis,
+            )?,
+            token: TokenSettings {
+                issuer: source.get("JWT_ISSUER").unwrap_or_else(|| "zhixuan".into()),
+                audience: source
+                    .get("JWT_AUDIENCE")
+                    .unwrap_or_else(|| "zhixuan-api".into()),
+                ttl: parse_or(
+                    source,
+                    "JWT_EXPIRES_IN",
+                    Duration::from_secs(24 * 3600),
+                    parse_ttl,
+                )?,
             },
-        })
-    }
-
-    /// Token settings, for the functions that sign or verify tokens: refuses a missing or
-    /// short `JWT_SECRET` (there is no default secret).
-    pub fn token_settings(&self) -> Result<TokenSettings, ConfigError> {
-        self.token.clone().map_err(|reason| ConfigError::Invalid {
-            var: "JWT_SECRET",
-            reason,
+            signing_key: source
+                .get("JWT_PRIVATE_KEY")
+                .map(|key| SigningKey::parse(&key))
+                .transpose()
+                .map_err(|reason| ConfigError::Invalid {
+                    var: "JWT_PRIVATE_KEY",
+                    reason,
+                })?,
+            public_keys: source
+                .get("JWT_PUBLIC_KEYS")
+                .map(|keys| PublicKey::parse_list(&keys))
+                .transpose()
+                .map_err(|reason| ConfigError::Invalid {
+                    var: "JWT_PUBLIC_KEYS",
+                    reason,
+                })?,
         })
     }
 }
@@ -270,32 +320,30 @@ mod tests {
     }
 
     #[test]
-    fn jwt_secret_is_required_and_long() {
+    fn keys_are_optional_but_must_be_valid_and_never_print() {
         let config = Config::from_source(&source(&[])).unwrap();
-        let err = config.token_settings().unwrap_err().to_string();
-        assert!(err.contains("JWT_SECRET is required"), "{err}");
-        let config = Config::from_source(&source(&[("JWT_SECRET", "too-short")])).unwrap();
-        assert!(
-            config
-                .token_settings()
-                .unwrap_err()
-                .to_string()
-                .contains("at least 32 bytes")
-        );
+        assert!(config.signing_key.is_none() && config.public_keys.is_none());
+        let key = SigningKey::generate().unwrap();
+        let encoded = key.to_base64();
         let config = Config::from_source(&source(&[
-            ("JWT_SECRET", &"s".repeat(32)),
+            ("JWT_PRIVATE_KEY", &encoded),
+            ("JWT_PUBLIC_KEYS", key.public_key().encoded()),
             ("DATABASE_URL", "postgres://app:hunter2@db/x"),
         ]))
         .unwrap();
-        assert!(
-            !format!("{config:?}").contains("hunter2"),
-            "password printed"
-        );
-        assert!(config.token_settings().is_ok());
-        assert!(
-            !format!("{config:?}").contains("ssssssss"),
-            "secret printed"
-        );
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "password printed");
+        assert!(!printed.contains(&encoded[..20]), "private key printed");
+        assert_eq!(config.public_keys.unwrap().len(), 1);
+        for (var, value) in [
+            ("JWT_PRIVATE_KEY", "not-a-key"),
+            ("JWT_PUBLIC_KEYS", "AAAA"),
+        ] {
+            let err = Config::from_source(&source(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(var), "{err}");
+        }
     }
 
     #[test]
@@ -309,6 +357,10 @@ mod tests {
             ("RATE_LIMIT_LOGIN", "0"),
             ("RATE_LIMIT_REGISTER", "lots"),
             ("PRODUCTS_SCHEMA", "Products"),
+            ("RATE_LIMIT_USERS", "0"),
+            ("STORE_TIMEOUT_MS", "0"),
+            ("CACHE_TTL_SECONDS", "forever"),
+            ("JWT_EXPIRES_IN", "1y"),
         ] {
             let err = Config::from_source(&source(&[(var, value)]))
                 .unwrap_err()

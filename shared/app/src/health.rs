@@ -1,5 +1,6 @@
 //! Health: every configured dependency checked concurrently under one deadline. 200 when every
-//! required dependency answers, 503 (naming the ones that did not) otherwise.
+//! required dependency answers, 503 (naming the ones that did not) otherwise. The public body
+//! names each dependency with its status and latency only; why a check failed goes to the log.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +46,7 @@ impl HealthCheck for DynamoCheck {
             .iter()
             .zip(futures::future::join_all(pings).await)
         {
-            result.map_err(|e| format!("table {table}: {e}"))?;
+            result.map_err(|e| format!("table {table}: {}", zx_domain::cause_chain(&e)))?;
         }
         Ok(())
     }
@@ -67,7 +68,7 @@ impl HealthCheck for PostgresCheck {
     async fn check(&self) -> Result<(), String> {
         zx_store_postgres::ping(&self.pool)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| zx_domain::cause_chain(&e))
     }
 }
 
@@ -84,7 +85,10 @@ impl HealthCheck for CacheCheck {
         false
     }
     async fn check(&self) -> Result<(), String> {
-        self.cache.ping().await.map_err(|e| e.to_string())
+        self.cache
+            .ping()
+            .await
+            .map_err(|e| zx_domain::cause_chain(&e))
     }
 }
 
@@ -95,8 +99,6 @@ pub struct DependencyStatus {
     pub status: &'static str,
     pub required: bool,
     pub latency_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,7 +131,6 @@ pub async fn run_checks(checks: &[Arc<dyn HealthCheck>], timeout: Duration) -> H
             status: if outcome.is_ok() { "up" } else { "down" },
             required: check.required(),
             latency_ms,
-            error: outcome.err(),
         }
     }))
     .await;

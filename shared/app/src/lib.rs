@@ -1,11 +1,13 @@
 //! Wiring shared by every function: typed configuration, building the store, cache and
-//! credential services once per cold start, and the health checks.
+//! credential services once per cold start, each function's handler (one builder per function,
+//! called by its `main.rs` and by the local gateway alike), and the health checks.
 
 pub mod config;
 pub mod discovery;
+pub mod functions;
 pub mod health;
 pub mod wiring;
 
 pub use config::{Config, ConfigError, StoreKind};
 pub use health::{HealthCheck, HealthReport, health_handler};
-pub use wiring::{Services, Stores, build_cache, build_stores, start, start_token_service};
+pub use wiring::{Services, Stores, build_cache, build_stores, run_http, start};

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use zx_auth::{PasswordHasher, TokenService};
+use zx_auth::{PasswordHasher, TokenIssuer, TokenVerifier};
 use zx_cache::Cache;
 use zx_domain::{ProductRepository, UserRepository};
 use zx_store_dynamodb::{DynamoProductRepository, DynamoUserRepository};
@@ -27,33 +27,44 @@ pub async fn aws_config() -> aws_config::SdkConfig {
         .await
 }
 
+/// The DynamoDB client: one per instance, every call bounded by `STORE_TIMEOUT_MS` (retries
+/// included), so a store that does not answer is a 503, not a Lambda timeout.
+fn dynamodb_client(config: &Config, aws: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(config.store_timeout.min(std::time::Duration::from_secs(1)))
+        .operation_attempt_timeout(config.store_timeout)
+        .operation_timeout(config.store_timeout)
+        .build();
+    let dynamodb = aws_sdk_dynamodb::config::Builder::from(aws)
+        .timeout_config(timeouts)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(dynamodb)
+}
+
 /// Builds the repositories for `config.store`. DynamoDB is always checked by health when it is
-/// the store; Postgres is checked whenever `DATABASE_URL` is set, and required when it is the store.
+/// the store; Postgres is checked whenever `DATABASE_URL` is set, and required when it is the
+/// store. One Postgres pool serves both schemas: at most `PG_MAX_CONNECTIONS` per instance.
 pub async fn build_stores(
     config: &Config,
     aws: &aws_config::SdkConfig,
 ) -> Result<Stores, ConfigError> {
     let mut checks: Vec<Arc<dyn HealthCheck>> = Vec::new();
-    let pool = |schema| {
-        config
-            .database_url
-            .as_ref()
-            .map(|url| {
-                zx_store_postgres::connect_lazy(url.expose(), schema, &config.pool).map_err(|e| {
-                    ConfigError::Invalid {
-                        var: "DATABASE_URL",
-                        reason: e.to_string(),
-                    }
-                })
+    let pool = config
+        .database_url
+        .as_ref()
+        .map(|url| {
+            zx_store_postgres::connect_lazy(url.expose(), &config.pool).map_err(|e| {
+                ConfigError::Invalid {
+                    var: "DATABASE_URL",
+                    reason: e.to_string(),
+                }
             })
-            .transpose()
-    };
-    let users_pool = pool(&config.users_schema)?;
-    let products_pool = pool(&config.products_schema)?;
+        })
+        .transpose()?;
     let (users, products): (Arc<dyn UserRepository>, Arc<dyn ProductRepository>) =
-        match config.store {
-            StoreKind::DynamoDb => {
-                let client = aws_sdk_dynamodb::Client::new(aws);
+        match (config.store, &pool) {
+            (StoreKind::DynamoDb, _) => {
+                let client = dynamodb_client(config, aws);
                 checks.push(Arc::new(DynamoCheck {
                     client: client.clone(),
                     tables: vec![config.users_table.clone(), config.products_table.clone()],
@@ -69,17 +80,16 @@ pub async fn build_stores(
                     )),
                 )
             }
-            StoreKind::Postgres => {
-                let missing = || ConfigError::Missing("DATABASE_URL");
-                (
-                    Arc::new(PgUserRepository::new(
-                        users_pool.clone().ok_or_else(missing)?,
-                    )),
-                    Arc::new(PgProductRepository::new(products_pool.ok_or_else(missing)?)),
-                )
-            }
+            (StoreKind::Postgres, Some(pool)) => (
+                Arc::new(PgUserRepository::new(pool.clone(), &config.users_schema)),
+                Arc::new(PgProductRepository::new(
+                    pool.clone(),
+                    &config.products_schema,
+                )),
+            ),
+            (StoreKind::Postgres, None) => return Err(ConfigError::Missing("DATABASE_URL")),
         };
-    if let Some(pool) = users_pool {
+    if let Some(pool) = pool {
         checks.push(Arc::new(PostgresCheck {
             pool,
             required: config.store == StoreKind::Postgres,
@@ -127,40 +137,35 @@ pub async fn build_cache(
     .transpose()
 }
 
-/// Everything the API functions use, built once. Each function's `main` takes what it needs;
-/// the local gateway builds it whole.
+/// Everything the API functions use, built once per cold start without network I/O. Each
+/// function's builder (`crate::functions`) takes what it needs; the local gateway builds it
+/// once and hands it to every builder.
 #[derive(Clone)]
 pub struct Services {
     pub stores: Stores,
     pub cache: Option<Cache>,
     pub hasher: PasswordHasher,
-    pub tokens: Option<Arc<TokenService>>,
+    /// Present when `JWT_PRIVATE_KEY` is configured (the issuing function only).
+    pub issuer: Option<Arc<TokenIssuer>>,
+    /// Present when `JWT_PUBLIC_KEYS` is configured.
+    pub verifier: Option<Arc<TokenVerifier>>,
     pub health_timeout: std::time::Duration,
     /// Per-client limits, enforced when the cache is configured.
     pub limits: zx_cache::ClientLimits,
+    pub catalogue: zx_products::CatalogueSettings,
 }
 
 impl Services {
-    /// Builds every service with the AWS configuration of the environment. A required but
-    /// invalid `JWT_SECRET` is refused before anything else is built.
-    pub async fn build(config: &Config, require_tokens: bool) -> Result<Self, ConfigError> {
-        if require_tokens {
-            config.token_settings()?;
-        }
-        Self::build_with_aws(config, require_tokens, &aws_config().await).await
+    /// Builds every service with the AWS configuration of the environment.
+    pub async fn build(config: &Config) -> Result<Self, ConfigError> {
+        Self::build_with_aws(config, &aws_config().await).await
     }
 
-    /// Builds every service; `tokens` only when `require_tokens` (or a secret is configured).
+    /// Builds every service with a given AWS configuration.
     pub async fn build_with_aws(
         config: &Config,
-        require_tokens: bool,
         aws: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        let tokens = match config.token_settings() {
-            Ok(settings) => Some(Arc::new(TokenService::new(settings))),
-            Err(error) if require_tokens => return Err(error),
-            Err(_) => None,
-        };
         let cache = build_cache(config, aws).await?;
         Ok(Self {
             stores: build_stores(config, aws).await?,
@@ -170,16 +175,41 @@ impl Services {
             },
             cache,
             hasher: PasswordHasher::new(config.bcrypt_cost),
-            tokens,
+            issuer: config
+                .signing_key
+                .as_ref()
+                .map(|key| Arc::new(TokenIssuer::new(key, config.token.clone()))),
+            verifier: config
+                .public_keys
+                .as_ref()
+                .map(|keys| Arc::new(TokenVerifier::new(keys, &config.token))),
             health_timeout: config.health_timeout,
+            catalogue: zx_products::CatalogueSettings {
+                ttl: config.cache_ttl,
+                index_lag: config.index_lag,
+            },
         })
     }
 
-    /// The token service; present whenever `build` was asked to require it.
-    pub fn tokens(&self) -> Result<&TokenService, ConfigError> {
-        self.tokens
-            .as_deref()
-            .ok_or(ConfigError::Missing("JWT_SECRET"))
+    /// The token issuer, for the function that signs tokens.
+    pub fn issuer(&self) -> Result<Arc<TokenIssuer>, ConfigError> {
+        self.issuer
+            .clone()
+            .ok_or(ConfigError::Missing("JWT_PRIVATE_KEY"))
+    }
+
+    /// The token verifier, for every function that reads bearer tokens.
+    pub fn verifier(&self) -> Result<Arc<TokenVerifier>, ConfigError> {
+        self.verifier
+            .clone()
+            .ok_or(ConfigError::Missing("JWT_PUBLIC_KEYS"))
+    }
+
+    /// The catalogue's view of the cache, when there is a cache.
+    pub fn catalogue_cache(&self) -> Option<zx_products::CatalogueCache> {
+        self.cache
+            .clone()
+            .map(|cache| zx_products::CatalogueCache::new(cache, self.catalogue))
     }
 
     /// Every health check: the stores', then the cache's.
@@ -196,10 +226,10 @@ impl Services {
 
 /// Cold start of an API function: JSON logging, configuration, services. A configuration error
 /// is logged and returned, so the function refuses to start with a message naming the variable.
-pub async fn start(require_tokens: bool) -> Result<Services, ConfigError> {
+pub async fn start() -> Result<Services, ConfigError> {
     zx_http::init_tracing();
     let built = match Config::from_env() {
-        Ok(config) => Services::build(&config, require_tokens).await,
+        Ok(config) => Services::build(&config).await,
         Err(error) => Err(error),
     };
     if let Err(error) = &built {
@@ -208,18 +238,15 @@ pub async fn start(require_tokens: bool) -> Result<Services, ConfigError> {
     built
 }
 
-/// Cold start of a function that only verifies tokens (`authorizer`, `users-validate`): no
-/// store, no cache, no AWS configuration, so none of them is linked in or initialised.
-pub fn start_token_service() -> Result<TokenService, ConfigError> {
-    zx_http::init_tracing();
-    let settings = Config::from_env().and_then(|config| config.token_settings());
-    match settings {
-        Ok(settings) => Ok(TokenService::new(settings)),
-        Err(error) => {
-            tracing::error!(%error, "refusing to start: invalid configuration");
-            Err(error)
-        }
-    }
+/// A function's `main`: cold start, build its handler with `build` (the same builder the local
+/// gateway calls), then serve Lambda invocations.
+pub async fn run_http(build: crate::functions::Builder) -> Result<(), lambda_http::Error> {
+    let services = start().await?;
+    let handler = build(&services).inspect_err(|error| {
+        tracing::error!(%error, "refusing to start: invalid configuration");
+    })?;
+    drop(services);
+    zx_http::run(handler).await
 }
 
 #[cfg(test)]

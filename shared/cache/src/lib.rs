@@ -6,7 +6,7 @@
 
 pub mod rate_limit;
 
-pub use rate_limit::{ClientLimits, Decision, RateLimiter, RateLimits};
+pub use rate_limit::{ClientLimits, Decision, RateLimiter, RateLimits, Window};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +109,16 @@ impl Cache {
             .await
     }
 
+    /// Runs a pipeline under the deadline even while the breaker is open: for writes that must
+    /// not be skipped silently (invalidations).
+    pub async fn run_pipeline_always<T: redis::FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, CacheError> {
+        self.attempt(|mut connection| async move { pipeline.query_async(&mut connection).await })
+            .await
+    }
+
     async fn guarded<T, F, Fut>(&self, operation: F) -> Result<T, CacheError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
@@ -117,6 +127,15 @@ impl Cache {
         if now_millis() < self.broken_until.load(Ordering::Relaxed) {
             return Err(CacheError::Skipped);
         }
+        self.attempt(operation).await
+    }
+
+    /// One operation under the deadline; a failure opens the breaker.
+    async fn attempt<T, F, Fut>(&self, operation: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let outcome =
             match tokio::time::timeout(self.timeout, operation(self.connection.clone())).await {
                 Ok(Ok(value)) => return Ok(value),
@@ -146,19 +165,52 @@ impl Cache {
         .await
     }
 
-    /// `INCR` of a prefixed key: the new value.
-    pub async fn incr(&self, key: &str) -> Result<i64, CacheError> {
-        self.run(redis::cmd("INCR").arg(self.key(key))).await
+    /// `MGET` of prefixed keys: one value (or none) per key, in order.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, CacheError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut command = redis::cmd("MGET");
+        for key in keys {
+            command.arg(self.key(key));
+        }
+        self.run(&command).await
     }
 
-    /// `INCR` of several prefixed keys in one transaction.
-    pub async fn incr_all(&self, keys: &[&str]) -> Result<(), CacheError> {
+    /// `SET key value EX ttl` for each pair, in one round trip.
+    pub async fn set_many_ex(
+        &self,
+        entries: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut pipeline = redis::pipe();
-        pipeline.atomic();
-        for key in keys {
-            pipeline.cmd("INCR").arg(self.key(key)).ignore();
+        for (key, value) in entries {
+            pipeline
+                .cmd("SET")
+                .arg(self.key(key))
+                .arg(value)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .ignore();
         }
         self.run_pipeline::<()>(&pipeline).await
+    }
+
+    /// `INCR` of several prefixed keys and `SET` of others to `value`, in one transaction,
+    /// attempted even while the breaker is open (an invalidation must never be skipped).
+    pub async fn bump(&self, counters: &[&str], stamps: &[(&str, i64)]) -> Result<(), CacheError> {
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        for key in counters {
+            pipeline.cmd("INCR").arg(self.key(key)).ignore();
+        }
+        for (key, value) in stamps {
+            pipeline.cmd("SET").arg(self.key(key)).arg(*value).ignore();
+        }
+        self.run_pipeline_always::<()>(&pipeline).await
     }
 
     /// Counts one hit in a fixed window: `INCR` and, for the first hit, `EXPIRE window`, in one

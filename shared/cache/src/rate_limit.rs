@@ -1,5 +1,6 @@
-//! Per-client rate limits: fixed one-minute windows counted in the cache. When the cache is
-//! unavailable the limiter fails open (the request is allowed) and says so in the log.
+//! Per-client rate limits: fixed one-minute windows counted in the cache (like Kong's
+//! `rate-limiting` plugin with `policy: redis`). When the cache is unavailable the limiter fails
+//! open (the request is allowed) and says so in the log.
 
 use std::time::Duration;
 
@@ -8,6 +9,12 @@ use crate::Cache;
 /// Per-client limits, per one-minute window, enforced in the cache (when configured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
+    /// Requests to users routes per client (the seed's Kong limit: 100/min).
+    pub users_per_client: u32,
+    /// Requests to products and stock routes per client (seed: 1000/min).
+    pub products_per_client: u32,
+    /// Requests to orders routes per client (seed: 500/min).
+    pub orders_per_client: u32,
     /// Login attempts per client IP and e-mail.
     pub login_per_ip_and_email: u32,
     /// Login attempts per client IP, whatever the e-mail.
@@ -19,10 +26,34 @@ pub struct RateLimits {
 impl Default for RateLimits {
     fn default() -> Self {
         Self {
+            users_per_client: 100,
+            products_per_client: 1000,
+            orders_per_client: 500,
             login_per_ip_and_email: 5,
             login_per_ip: 30,
             register_per_ip: 10,
         }
+    }
+}
+
+/// One client's window after counting a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub limit: u32,
+    /// Requests counted in this window, this one included.
+    pub count: u64,
+    /// Until the window resets.
+    pub reset_in: Duration,
+}
+
+impl Window {
+    pub fn is_exceeded(&self) -> bool {
+        self.count > u64::from(self.limit)
+    }
+
+    /// Requests left in this window (0 once exceeded).
+    pub fn remaining(&self) -> u64 {
+        u64::from(self.limit).saturating_sub(self.count)
     }
 }
 
@@ -53,21 +84,33 @@ impl RateLimiter {
         }
     }
 
-    /// Counts one request for `key` and allows it while the window holds at most `limit`.
-    pub async fn check(&self, key: &str, limit: u32) -> Decision {
+    /// Counts one request for `key` in its window; `None` when the cache cannot be asked (the
+    /// request is then allowed: fail open, logged).
+    pub async fn count(&self, key: &str, limit: u32) -> Option<Window> {
         match self
             .cache
             .hit_window(&format!("rl:{key}"), self.window)
             .await
         {
-            Ok((count, reset_in)) if count > i64::from(limit) => Decision::Limited {
-                retry_after: Duration::from_secs(reset_in),
-            },
-            Ok(_) => Decision::Allowed,
+            Ok((count, reset_in)) => Some(Window {
+                limit,
+                count: u64::try_from(count).unwrap_or(0),
+                reset_in: Duration::from_secs(reset_in),
+            }),
             Err(error) => {
                 tracing::warn!(%error, "rate limiter unavailable: allowing the request (fail open)");
-                Decision::Allowed
+                None
             }
+        }
+    }
+
+    /// Counts one request for `key` and allows it while the window holds at most `limit`.
+    pub async fn check(&self, key: &str, limit: u32) -> Decision {
+        match self.count(key, limit).await {
+            Some(window) if window.is_exceeded() => Decision::Limited {
+                retry_after: window.reset_in,
+            },
+            _ => Decision::Allowed,
         }
     }
 }

@@ -86,9 +86,21 @@ pub enum RepositoryError {
     /// The change would take available stock below zero.
     #[error("not enough stock")]
     InsufficientStock,
-    /// The store could not be reached or refused the operation.
-    #[error("{operation} failed")]
+    /// The change would take available stock above [`crate::Stock::MAX_UNITS`].
+    #[error("stock would exceed the maximum")]
+    StockLimitExceeded,
+    /// A transient fault: the store could not be reached in time, throttled the call or is
+    /// temporarily unable to serve it. Retrying later may succeed.
+    #[error("{operation} failed (transient)")]
     Unavailable {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A permanent fault: the store refused the operation for a reason retrying does not fix
+    /// (access denied, a missing table, an invalid request). A bug or a misconfiguration.
+    #[error("{operation} failed")]
+    Failed {
         operation: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -99,6 +111,7 @@ pub enum RepositoryError {
 }
 
 impl RepositoryError {
+    /// A fault that retrying may fix (see [`RepositoryError::Unavailable`]).
     pub fn unavailable(
         operation: &'static str,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -107,6 +120,22 @@ impl RepositoryError {
             operation,
             source: source.into(),
         }
+    }
+
+    /// A fault that retrying does not fix (see [`RepositoryError::Failed`]).
+    pub fn failed(
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Failed {
+            operation,
+            source: source.into(),
+        }
+    }
+
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
     }
 }
 

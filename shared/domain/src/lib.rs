@@ -10,7 +10,7 @@ pub mod user;
 pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors, cause_chain};
 pub use product::{
     CategoryId, Cursor, Description, ImageUrl, Page, PageLimit, Price, Product, ProductId,
-    ProductName, ProductQuery, SearchTerm, Stock,
+    ProductName, ProductQuery, SearchTerm, Stock, StockChangeId,
 };
 pub use repository::{
     ProductReader, ProductRepository, ProductWriter, StockChange, StockWriter, UserReader,

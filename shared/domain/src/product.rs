@@ -34,6 +34,38 @@ impl fmt::Display for ProductId {
     }
 }
 
+/// Names one stock change so that a retried request applies it once: a client's
+/// `Idempotency-Key` (1–64 characters of `A-Za-z0-9-_.:`), or a fresh random id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StockChangeId(String);
+
+impl StockChangeId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let valid = (1..=64).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if valid {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err("must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.' and ':'".into())
+        }
+    }
+
+    /// This id within `scope` (the caller), so two clients' keys never collide.
+    pub fn scoped(&self, scope: &str) -> Self {
+        Self(format!("{scope}:{}", self.0))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A category key: 1–64 characters of lower-case letters, digits, `-` and `_`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
@@ -146,11 +178,30 @@ impl ImageUrl {
     }
 }
 
-/// Stock counters: `available` can be sold now; `reserved` is held for orders.
+/// Stock counters: `available` can be sold now; `reserved` is held for orders. Both stay
+/// within `0..=Stock::MAX_UNITS`, a bound every backend enforces as a condition of the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Stock {
     pub available: i64,
     pub reserved: i64,
+}
+
+impl Stock {
+    /// The most units of one product the shop holds: far above any real stock, far below
+    /// overflow when counters are added.
+    pub const MAX_UNITS: i64 = 1_000_000_000;
+
+    /// A stock level as a client gives it: a whole number from 0 to [`Stock::MAX_UNITS`].
+    pub fn parse_units(units: i64) -> Result<i64, String> {
+        if (0..=Self::MAX_UNITS).contains(&units) {
+            Ok(units)
+        } else {
+            Err(format!(
+                "must be a whole number from 0 to {}",
+                Self::MAX_UNITS
+            ))
+        }
+    }
 }
 
 /// A catalogue entry. `deleted_at` set means soft-deleted: invisible to reads, kept for orders.
@@ -242,16 +293,22 @@ impl Cursor {
             .collect()
     }
 
+    /// Parses a token [`Cursor::encode`] produced. Any other input (including non-ASCII text,
+    /// odd lengths and forged contents) is an error, never a panic.
     pub fn decode(token: &str) -> Result<Self, String> {
         let invalid = || "is not a cursor this API returned".to_owned();
-        if !token.len().is_multiple_of(2) || token.len() > 200 {
+        let raw = token.as_bytes();
+        if !raw.len().is_multiple_of(2) || raw.len() > 200 {
             return Err(invalid());
         }
-        let bytes = (0..token.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| invalid())?;
+        let bytes = raw
+            .chunks_exact(2)
+            .map(|pair| match pair {
+                [high, low] => Some(hex_value(*high)? << 4 | hex_value(*low)?),
+                _ => None,
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(invalid)?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
         let (millis, id) = text.split_once('.').ok_or_else(invalid)?;
         let millis: i64 = millis.parse().map_err(|_| invalid())?;
@@ -259,6 +316,16 @@ impl Cursor {
             created_at: Timestamp::from_unix_millis(millis).ok_or_else(invalid)?,
             id: ProductId::parse(id).map_err(|_| invalid())?,
         })
+    }
+}
+
+/// The value of one ASCII hex digit.
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
     }
 }
 
@@ -333,7 +400,15 @@ mod tests {
             id: ProductId::generate(),
         };
         assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
-        for bad in ["", "zz", "abc", "31", &"00".repeat(150)] {
+        for bad in [
+            "",
+            "zz",
+            "abc",
+            "31",
+            &"00".repeat(150),
+            "a\u{e9}b",
+            "\u{e9}\u{e9}",
+        ] {
             assert!(Cursor::decode(bad).is_err(), "{bad:?}");
         }
     }

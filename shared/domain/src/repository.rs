@@ -3,7 +3,10 @@
 
 use async_trait::async_trait;
 
-use crate::{Email, Page, Product, ProductId, ProductQuery, RepositoryError, Stock, User, UserId};
+use crate::{
+    Email, Page, Product, ProductId, ProductQuery, RepositoryError, Stock, StockChangeId, User,
+    UserId,
+};
 
 /// Reads users. Reads are strongly consistent: a user stored a moment ago is found.
 #[async_trait]
@@ -35,24 +38,36 @@ pub trait UserRepository: UserReader + UserWriter {}
 
 impl<T: UserReader + UserWriter> UserRepository for T {}
 
-/// Reads the catalogue. Reads are strongly consistent.
+/// Reads the catalogue. Reads by id are strongly consistent; listings come from an index that
+/// may lag behind the latest writes.
 #[async_trait]
 pub trait ProductReader: Send + Sync {
     /// The product with this id, soft-deleted or not (the caller decides what to show).
+    /// Strongly consistent.
     async fn find_product(&self, id: &ProductId) -> Result<Option<Product>, RepositoryError>;
+
+    /// The products with these ids that exist (soft-deleted or not), in any order; unknown ids
+    /// are left out. Strongly consistent: what the last completed write stored. At most 100 ids.
+    async fn find_products(&self, ids: &[ProductId]) -> Result<Vec<Product>, RepositoryError>;
 
     /// Products passing `query`'s filters (soft-deleted ones never), newest first
     /// (`created_at`, then id, descending), at most `query.limit` of them, starting after
     /// `query.after`. `next` is set when more may follow. A walk from the first page to the
     /// last returns every product that existed when it began exactly once, whatever is
     /// inserted meanwhile.
+    ///
+    /// The listing comes from an index that may lag behind the table (DynamoDB GSIs are
+    /// eventually consistent): membership and field values can be those of a moment ago.
+    /// Callers that show products re-read them with [`ProductReader::find_products`].
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, RepositoryError>;
 }
 
 /// Writes the catalogue (not the stock counters: see [`StockWriter`]).
 #[async_trait]
 pub trait ProductWriter: Send + Sync {
-    /// Stores a new product.
+    /// Stores a new product. Storing the same product again (a retried request whose first
+    /// response was lost) succeeds and changes nothing; another product with the same id is
+    /// [`RepositoryError::ConcurrentUpdate`].
     async fn create_product(&self, product: &Product) -> Result<(), RepositoryError>;
 
     /// Replaces the catalogue fields (name, description, price, category, images, deleted_at,
@@ -69,22 +84,29 @@ pub trait ProductWriter: Send + Sync {
 /// A change of available stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StockChange {
-    /// Set available stock to this value (≥ 0).
+    /// Set available stock to this value (0 to [`Stock::MAX_UNITS`]).
     Set(i64),
     /// Add this (possibly negative) amount to available stock.
     Adjust(i64),
 }
 
-/// Changes stock counters atomically.
+/// Changes stock counters atomically and idempotently.
 #[async_trait]
 pub trait StockWriter: Send + Sync {
     /// Applies `change` to the available stock of a product that exists and is not deleted,
-    /// atomically, and returns the new counters. Available stock never goes below zero
-    /// ([`RepositoryError::InsufficientStock`]); reserved stock is not touched.
+    /// atomically, and returns the counters. Available stock stays within
+    /// `0..=Stock::MAX_UNITS`, checked as a condition of the write
+    /// ([`RepositoryError::InsufficientStock`], [`RepositoryError::StockLimitExceeded`]);
+    /// reserved stock is not touched.
+    ///
+    /// `change_id` names this change: applying a change with an id already applied (a retry
+    /// whose first response was lost) changes nothing and returns the current counters. Ids are
+    /// remembered for at least 24 hours.
     async fn change_stock(
         &self,
         id: &ProductId,
         change: StockChange,
+        change_id: &StockChangeId,
     ) -> Result<Stock, RepositoryError>;
 }
 

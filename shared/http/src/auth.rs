@@ -1,43 +1,42 @@
-//! The caller's identity as the Lambda authorizer established it, read from the request context
-//! API Gateway passes on (`requestContext.authorizer.lambda`).
+//! The caller's identity, established by the edge ([`crate::Edge`]) from the bearer token
+//! inside the function, and handed to handlers in the request's extensions.
 
 use lambda_http::request::RequestContext;
 use lambda_http::{Request, RequestExt};
+use zx_auth::AuthClaims;
 use zx_domain::{Role, UserId};
 
 use crate::ApiError;
 
-/// Who is calling: set by the authorizer, never by the client.
+/// Who is calling: taken from a verified token, never from anything else the client sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthContext {
     pub user_id: UserId,
     pub role: Role,
+    pub email: String,
+    /// The token's expiry (seconds since the epoch).
+    pub expires_at: i64,
 }
 
 impl AuthContext {
-    /// Keys of the authorizer context.
-    pub const USER_ID: &'static str = "userId";
-    pub const ROLE: &'static str = "role";
+    /// The caller a verified token names.
+    pub fn from_claims(claims: AuthClaims) -> Option<Self> {
+        Some(Self {
+            user_id: claims.user_id().ok()?,
+            role: claims.role,
+            email: claims.email,
+            expires_at: claims.exp,
+        })
+    }
 
-    /// The authenticated caller, or 401 when the route was reached without the authorizer's
-    /// context (a miswired route must not become an open one).
+    /// The authenticated caller, or 401 when the edge put none in the request (a route wired
+    /// without authentication must not become an open one).
     pub fn from_request(request: &Request) -> Result<Self, ApiError> {
-        let Some(RequestContext::ApiGatewayV2(context)) = request.request_context_ref() else {
-            return Err(ApiError::unauthorized());
-        };
-        let fields = context
-            .authorizer
-            .as_ref()
-            .map(|a| &a.fields)
-            .ok_or_else(ApiError::unauthorized)?;
-        let text = |key: &str| fields.get(key).and_then(|v| v.as_str());
-        let user_id = text(Self::USER_ID)
-            .and_then(|id| UserId::parse(id).ok())
-            .ok_or_else(ApiError::unauthorized)?;
-        let role = text(Self::ROLE)
-            .and_then(|r| Role::parse(r).ok())
-            .ok_or_else(ApiError::unauthorized)?;
-        Ok(Self { user_id, role })
+        request
+            .extensions()
+            .get::<Self>()
+            .cloned()
+            .ok_or_else(ApiError::missing_credentials)
     }
 
     pub fn is_admin(&self) -> bool {

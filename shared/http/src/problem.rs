@@ -18,9 +18,12 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
-    /// 401: no valid credentials.
+    /// 401: no valid credentials. `challenge` is the `WWW-Authenticate` value (RFC 6750).
     #[error("{detail}")]
-    Unauthorized { detail: String },
+    Unauthorized {
+        detail: String,
+        challenge: &'static str,
+    },
     /// 403: authenticated but not allowed.
     #[error("{detail}")]
     Forbidden { detail: String },
@@ -71,9 +74,19 @@ impl ApiError {
         }
     }
 
-    pub fn unauthorized() -> Self {
+    /// 401 for a request without a bearer token (RFC 6750 §3: no error code).
+    pub fn missing_credentials() -> Self {
         Self::Unauthorized {
-            detail: "missing or invalid credentials".into(),
+            detail: "a bearer token is required".into(),
+            challenge: r#"Bearer realm="zhixuan""#,
+        }
+    }
+
+    /// 401 for a bearer token that is malformed, expired, badly signed or not for us.
+    pub fn invalid_token() -> Self {
+        Self::Unauthorized {
+            detail: "the bearer token is invalid or expired".into(),
+            challenge: r#"Bearer realm="zhixuan", error="invalid_token""#,
         }
     }
 
@@ -178,8 +191,8 @@ impl ApiError {
         if let Some(after) = self.retry_after() {
             builder = builder.header("retry-after", after.as_secs().max(1).to_string());
         }
-        if matches!(self, Self::Unauthorized { .. }) {
-            builder = builder.header("www-authenticate", "Bearer");
+        if let Self::Unauthorized { challenge, .. } = self {
+            builder = builder.header("www-authenticate", *challenge);
         }
         builder
             .body(Body::Binary(body))
@@ -230,12 +243,19 @@ impl From<RepositoryError> for ApiError {
                 detail: "available stock cannot go below zero".into(),
                 errors: Vec::new(),
             },
+            RepositoryError::StockLimitExceeded => Self::Conflict {
+                detail: format!(
+                    "available stock cannot exceed {}",
+                    zx_domain::Stock::MAX_UNITS
+                ),
+                errors: Vec::new(),
+            },
             RepositoryError::Unavailable { .. } => Self::Unavailable {
                 detail: "the data store is unavailable; retry shortly".into(),
                 retry_after: Duration::from_secs(1),
                 source: Some(Box::new(error)),
             },
-            RepositoryError::Corrupt(_) => Self::internal(error),
+            RepositoryError::Failed { .. } | RepositoryError::Corrupt(_) => Self::internal(error),
         }
     }
 }
@@ -271,6 +291,37 @@ mod tests {
         let body = body_json(&response);
         assert_eq!(body["errors"][0]["field"], "password");
         assert_eq!(body["status"], 400);
+    }
+
+    #[test]
+    fn permanent_store_faults_are_500_and_transient_ones_503() {
+        let failed = ApiError::from(RepositoryError::failed(
+            "DynamoDB GetItem",
+            "AccessDeniedException: arn:aws:iam::123:role/x",
+        ));
+        let response = failed.to_response("req-9");
+        assert_eq!(response.status(), 500);
+        assert!(response.headers().get("retry-after").is_none());
+        assert!(!body_json(&response).to_string().contains("AccessDenied"));
+        let transient = ApiError::from(RepositoryError::unavailable("DynamoDB GetItem", "timeout"));
+        let response = transient.to_response("req-9");
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn unauthorized_carries_an_rfc6750_challenge() {
+        let response = ApiError::invalid_token().to_response("r");
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            r#"Bearer realm="zhixuan", error="invalid_token""#
+        );
+        let response = ApiError::missing_credentials().to_response("r");
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            r#"Bearer realm="zhixuan""#
+        );
     }
 
     #[test]

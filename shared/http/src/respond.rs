@@ -22,10 +22,7 @@ pub fn json_response<T: Serialize>(status: u16, value: &T) -> Result<Response<Bo
 
 /// Runs `handler` for `request`: errors become problem+json, and one log line records the
 /// route, status, latency and request ids. Never fails, so Lambda always gets a response.
-pub async fn serve<F, Fut>(
-    request: Request,
-    handler: F,
-) -> Result<Response<Body>, lambda_http::Error>
+pub async fn serve<F, Fut>(request: Request, handler: F) -> Response<Body>
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Result<Response<Body>, ApiError>>,
@@ -69,5 +66,5 @@ where
         lambda_request_id = %lambda_request_id,
         "request"
     );
-    Ok(response)
+    response
 }

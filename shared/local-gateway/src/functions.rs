@@ -1,138 +1,161 @@
-//! The function registry: each binary name of `template.yaml` mapped to its handler, called
-//! in-process with the same shared services the functions build at cold start.
+//! The function registry: each binary name of `template.yaml` mapped to the handler its own
+//! builder (`zx_app::functions`) makes, the same builder its `main.rs` calls, so the gateway
+//! runs exactly the deployed code. Handlers are built once, as at a cold start.
 
-use aws_lambda_events::apigw::{
-    ApiGatewayV2CustomAuthorizerSimpleResponse, ApiGatewayV2CustomAuthorizerV2Request,
-};
-use lambda_http::{Body, Request, Response};
-use zx_app::Services;
-use zx_http::{ApiError, serve};
+use std::collections::HashMap;
+use std::convert::Infallible;
 
-/// Every function the gateway can invoke.
+use base64::Engine;
+use bytes::Bytes;
+use lambda_http::lambda_runtime::{Context, LambdaEvent};
+use lambda_http::request::LambdaRequest;
+use lambda_http::tower::{Service, ServiceExt};
+use lambda_http::{Adapter, Request};
+use serde_json::Value;
+use zx_app::{ConfigError, Services};
+use zx_http::HttpHandler;
+
+/// Why an invocation produced no response (a bug in the event or the function's response).
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the function is not known")]
+    UnknownFunction,
+    #[error("the event or the response is not valid JSON for Lambda")]
+    Json(#[from] serde_json::Error),
+    #[error("the function's response is invalid: {0}")]
+    Response(String),
+}
+
+/// Every HTTP function the gateway can invoke, built.
 pub struct Functions {
-    services: Services,
-    health_checks: Vec<std::sync::Arc<dyn zx_app::HealthCheck>>,
-    catalogue_cache: Option<zx_products::CatalogueCache>,
+    handlers: HashMap<&'static str, HttpHandler>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("function {function} refused to start")]
+pub struct StartError {
+    pub function: &'static str,
+    #[source]
+    pub source: ConfigError,
 }
 
 impl Functions {
-    pub fn new(services: Services) -> Self {
-        let health_checks = services.health_checks();
-        let catalogue_cache = services.cache.clone().map(zx_products::CatalogueCache::new);
-        Self {
-            services,
-            health_checks,
-            catalogue_cache,
-        }
+    /// Builds every function's handler from `services` (one cold start each).
+    pub fn new(services: &Services) -> Result<Self, StartError> {
+        let handlers = zx_app::functions::HTTP_FUNCTIONS
+            .iter()
+            .map(|(name, build)| {
+                build(services)
+                    .map(|handler| (*name, handler))
+                    .map_err(|source| StartError {
+                        function: name,
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { handlers })
     }
 
-    pub fn services(&self) -> &Services {
-        &self.services
+    /// The handler of `binary`, if the gateway knows it.
+    pub fn handler(&self, binary: &str) -> Option<&HttpHandler> {
+        self.handlers.get(binary)
     }
 
-    /// Whether `binary` is an HTTP function this registry knows.
-    pub fn knows(&self, binary: &str) -> bool {
-        Self::HTTP_FUNCTIONS.contains(&binary)
-    }
-
-    pub const HTTP_FUNCTIONS: &'static [&'static str] = &[
-        "health",
-        "users-register",
-        "users-login",
-        "users-validate",
-        "users-me",
-        "users-get",
-        "users-update",
-        "products-list",
-        "products-get",
-        "products-create",
-        "products-update",
-        "products-delete",
-        "stock-get",
-        "stock-put",
-    ];
-
-    /// Invokes an HTTP function as Lambda would, through the same `serve` wrapper.
-    pub async fn invoke_http(&self, binary: &str, request: Request) -> Response<Body> {
-        let s = &self.services;
-        let users = &*s.stores.users;
-        let products = &*s.stores.products;
-        let cache = self.catalogue_cache.as_ref();
-        let result = match binary {
-            "health" => {
-                serve(request, |r| {
-                    zx_app::health_handler(&self.health_checks, s.health_timeout, r)
-                })
-                .await
-            }
-            "users-register" => {
-                serve(request, |r| {
-                    zx_users::register(users, &s.hasher, &s.limits, r)
-                })
-                .await
-            }
-            "users-login" => {
-                serve(request, |r| async move {
-                    zx_users::login(users, &s.hasher, self.tokens()?, &s.limits, r).await
-                })
-                .await
-            }
-            "users-validate" => {
-                serve(request, |r| async move {
-                    zx_users::validate(self.tokens()?, r).await
-                })
-                .await
-            }
-            "users-me" => serve(request, |r| zx_users::me(users, r)).await,
-            "users-get" => serve(request, |r| zx_users::get_user(users, r)).await,
-            "users-update" => serve(request, |r| zx_users::update_user(users, &s.hasher, r)).await,
-            "products-list" => {
-                serve(request, |r| zx_products::list_products(products, cache, r)).await
-            }
-            "products-get" => {
-                serve(request, |r| zx_products::get_product(products, cache, r)).await
-            }
-            "products-create" => {
-                serve(request, |r| zx_products::create_product(products, cache, r)).await
-            }
-            "products-update" => {
-                serve(request, |r| zx_products::update_product(products, cache, r)).await
-            }
-            "products-delete" => {
-                serve(request, |r| zx_products::delete_product(products, cache, r)).await
-            }
-            "stock-get" => serve(request, |r| zx_products::get_stock(products, r)).await,
-            "stock-put" => serve(request, |r| zx_products::put_stock(products, cache, r)).await,
-            other => {
-                serve(request, |_| async move {
-                    Err(ApiError::internal(format!(
-                        "the local gateway has no handler for function {other:?}"
-                    )))
-                })
-                .await
-            }
-        };
-        // `serve` never fails: it maps every error to a response.
-        result.unwrap_or_else(|_| Response::new(Body::Empty))
-    }
-
-    /// Invokes the authorizer function.
-    pub fn invoke_authorizer(
+    /// Invokes `binary` with an API Gateway payload 2.0 `event`, as Lambda and API Gateway do,
+    /// and returns the HTTP response a client would get.
+    pub async fn invoke(
         &self,
         binary: &str,
-        event: &ApiGatewayV2CustomAuthorizerV2Request,
-    ) -> Option<ApiGatewayV2CustomAuthorizerSimpleResponse> {
-        match binary {
-            "authorizer" => self
-                .services
-                .tokens
-                .as_deref()
-                .map(|tokens| zx_users::authorize(tokens, event)),
-            _ => None,
+        event: Value,
+        request_id: &str,
+    ) -> Result<http::Response<Bytes>, InvokeError> {
+        let handler = self.handler(binary).ok_or(InvokeError::UnknownFunction)?;
+        invoke(handler, event, request_id).await
+    }
+}
+
+/// Invokes `handler` as the Lambda runtime does: the event is deserialised into a
+/// `LambdaRequest`, run through `lambda_http`'s adapter, and the `LambdaResponse` serialised;
+/// then API Gateway's side turns that JSON into an HTTP response.
+async fn invoke(
+    handler: &HttpHandler,
+    event: Value,
+    request_id: &str,
+) -> Result<http::Response<Bytes>, InvokeError> {
+    let payload: LambdaRequest = serde_json::from_value(event)?;
+    let mut context = Context::default();
+    context.request_id = format!("local-{request_id}");
+    let handler = handler.clone();
+    let service = lambda_http::service_fn(move |request: Request| {
+        let response = handler(request);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let mut adapter = Adapter::from(service);
+    let ready = match adapter.ready().await {
+        Ok(ready) => ready,
+        Err(never) => match never {},
+    };
+    let response = match ready.call(LambdaEvent::new(payload, context)).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let serialised = serde_json::to_value(&response)?;
+    from_lambda_response(&serialised).map_err(InvokeError::Response)
+}
+
+/// What API Gateway (payload 2.0) does with a function's response: status, headers (and
+/// multi-value headers, joined with commas), cookies as `Set-Cookie`, and the body (decoded
+/// when `isBase64Encoded`).
+fn from_lambda_response(value: &Value) -> Result<http::Response<Bytes>, String> {
+    let status = value["statusCode"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| http::StatusCode::from_u16(s).ok())
+        .ok_or("the function's response has no valid statusCode")?;
+    let text = value["body"].as_str().unwrap_or("");
+    let body = if value["isBase64Encoded"].as_bool().unwrap_or(false) {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| "the function's base64 body does not decode")?
+    } else {
+        text.as_bytes().to_vec()
+    };
+    let mut response = http::Response::new(Bytes::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    let mut add = |name: &str, value: &str| {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    };
+    if let Some(map) = value["multiValueHeaders"].as_object() {
+        for (name, values) in map {
+            let joined: Vec<&str> = values
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            add(name, &joined.join(","));
         }
     }
-
-    fn tokens(&self) -> Result<&zx_auth::TokenService, ApiError> {
-        self.services.tokens().map_err(ApiError::internal)
+    if let Some(map) = value["headers"].as_object() {
+        for (name, single) in map {
+            if value["multiValueHeaders"].get(name).is_none()
+                && let Some(single) = single.as_str()
+            {
+                add(name, single);
+            }
+        }
     }
+    for cookie in value["cookies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        add("set-cookie", cookie);
+    }
+    Ok(response)
 }

@@ -1,12 +1,12 @@
 //! The local gateway: what `sam local start-api` does, without Docker. It reads the HTTP API
 //! routes from `template.yaml`, turns each HTTP request into an API Gateway HTTP API v2 event,
-//! runs the Lambda authorizer for protected routes and passes its context on, invokes the
-//! route's function handler in-process, and logs one line per request.
+//! invokes the route's function handler in-process (built by the same builder as the deployed
+//! function), and logs one line per request.
 
 pub mod functions;
 pub mod routes;
 pub mod server;
 
-pub use functions::Functions;
+pub use functions::{Functions, InvokeError, StartError};
 pub use routes::{Route, RouteTable, TemplateError};
-pub use server::{Gateway, GatewayError};
+pub use server::{Gateway, GatewayError, MAX_PAYLOAD_BYTES};

@@ -1,6 +1,6 @@
 //! Routes as `template.yaml` declares them: each `AWS::Serverless::Function` with `HttpApi`
-//! events, its binary (`Metadata.BuildProperties.Binary`), and whether the API's default
-//! authorizer applies.
+//! events and its binary (`Metadata.BuildProperties.Binary`). There is no authorizer: every
+//! function authenticates inside (see `zx_http::Edge`).
 
 use serde_yaml::Value;
 
@@ -19,8 +19,6 @@ pub struct Route {
     pub path: String,
     /// The function's binary name (its crate under `functions/`).
     pub function: String,
-    /// Whether the authorizer runs before the function.
-    pub protected: bool,
     segments: Vec<Segment>,
 }
 
@@ -32,7 +30,7 @@ enum Segment {
 }
 
 impl Route {
-    pub fn new(method: &str, path: &str, function: &str, protected: bool) -> Self {
+    pub fn new(method: &str, path: &str, function: &str) -> Self {
         let segments = path
             .trim_matches('/')
             .split('/')
@@ -51,7 +49,6 @@ impl Route {
             method: method.to_ascii_uppercase(),
             path: path.to_owned(),
             function: function.to_owned(),
-            protected,
             segments,
         }
     }
@@ -89,10 +86,8 @@ impl Route {
                     params.push((name.clone(), decode(value)));
                 }
                 Segment::Greedy(name) => {
-                    if i >= parts.len() {
-                        return None;
-                    }
-                    params.push((name.clone(), decode(&parts[i..].join("/"))));
+                    let rest = parts.get(i..).filter(|rest| !rest.is_empty())?;
+                    params.push((name.clone(), decode(&rest.join("/"))));
                     return Some(params);
                 }
             }
@@ -120,22 +115,14 @@ fn decode(segment: &str) -> String {
         .into_owned()
 }
 
-/// Every route of the template, most specific first, and the authorizer's binary.
+/// Every route of the template, most specific first.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     pub routes: Vec<Route>,
-    pub authorizer: Option<String>,
 }
 
 fn get<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(value, |v, key| v.get(*key))
-}
-
-fn untag(value: &Value) -> &Value {
-    match value {
-        Value::Tagged(tagged) => &tagged.value,
-        other => other,
-    }
 }
 
 impl RouteTable {
@@ -151,33 +138,6 @@ impl RouteTable {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
-        // The HTTP API's default authorizer, as a function binary.
-        let mut authorizer = None;
-        let mut has_default_authorizer = false;
-        for (_, resource) in resources {
-            if resource.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::HttpApi") {
-                continue;
-            }
-            let Some(auth) = get(resource, &["Properties", "Auth"]) else {
-                continue;
-            };
-            let Some(default) = auth.get("DefaultAuthorizer").and_then(Value::as_str) else {
-                continue;
-            };
-            has_default_authorizer = true;
-            let arn = get(auth, &["Authorizers", default, "FunctionArn"]).map(untag);
-            let logical_id = arn
-                .and_then(Value::as_str)
-                .map(|s| s.split('.').next().unwrap_or(s).to_owned())
-                .ok_or_else(|| {
-                    TemplateError::Invalid(format!("authorizer {default} has no FunctionArn"))
-                })?;
-            authorizer = Some(binary_of(&logical_id).ok_or_else(|| {
-                TemplateError::Invalid(format!(
-                    "authorizer function {logical_id} has no BuildProperties.Binary"
-                ))
-            })?);
-        }
         let mut routes = Vec::new();
         for (logical_id, resource) in resources {
             if resource.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
@@ -203,11 +163,7 @@ impl RouteTable {
                         "{logical_id}: HttpApi event without Path/Method"
                     )));
                 };
-                let authorizer_name = props
-                    .and_then(|p| get(p, &["Auth", "Authorizer"]))
-                    .and_then(Value::as_str);
-                let protected = has_default_authorizer && authorizer_name != Some("NONE");
-                routes.push(Route::new(method, path, &function, protected));
+                routes.push(Route::new(method, path, &function));
             }
         }
         routes.sort_by(|a, b| {
@@ -215,7 +171,7 @@ impl RouteTable {
                 .cmp(&b.precedence())
                 .then_with(|| a.path.cmp(&b.path))
         });
-        Ok(Self { routes, authorizer })
+        Ok(Self { routes })
     }
 
     /// The route for a request and its path parameters.
@@ -224,13 +180,6 @@ impl RouteTable {
         self.routes
             .iter()
             .find_map(|route| route.matches(method, path).map(|params| (route, params)))
-    }
-
-    /// Whether some route has this path under another method (405 rather than 404).
-    pub fn path_exists(&self, path: &str) -> bool {
-        self.routes
-            .iter()
-            .any(|route| route.match_path(path).is_some())
     }
 }
 
@@ -244,25 +193,17 @@ mod tests {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml"))
                 .unwrap();
         let table = RouteTable::from_template(&template).unwrap();
-        assert_eq!(table.authorizer.as_deref(), Some("authorizer"));
         let (route, params) = table.find("GET", "/api/v1/users/me").unwrap();
-        assert_eq!(
-            (route.function.as_str(), route.protected),
-            ("users-me", true)
-        );
+        assert_eq!(route.function, "users-me");
         assert!(params.is_empty());
         let (route, params) = table.find("GET", "/api/v1/users/abc").unwrap();
         assert_eq!(route.function, "users-get");
         assert_eq!(params, vec![("id".to_owned(), "abc".to_owned())]);
         let (route, _) = table.find("POST", "/api/v1/users/login").unwrap();
-        assert!(!route.protected);
+        assert_eq!(route.function, "users-login");
         assert!(table.find("DELETE", "/api/v1/users/abc").is_none());
-        assert!(table.path_exists("/api/v1/users/abc"));
         let (route, params) = table.find("GET", "/api/v1/users/health").unwrap();
-        assert_eq!(
-            (route.function.as_str(), route.protected),
-            ("health", false)
-        );
+        assert_eq!(route.function, "health");
         assert!(params.is_empty());
     }
 }

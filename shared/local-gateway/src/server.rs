@@ -1,4 +1,9 @@
-//! The HTTP server: request → API Gateway v2 event → authorizer → function → response.
+//! The HTTP server, as API Gateway's HTTP API behaves: route by `template.yaml` (unknown path
+//! or method → 404 `{"message":"Not Found"}`), refuse payloads over Lambda's 6 MB invocation
+//! limit (413), turn the request into a payload 2.0 event, invoke the function through
+//! `lambda_http`'s own adapter (event deserialisation and response serialisation as on
+//! Lambda), and turn the serialised response back into HTTP as API Gateway does (base64
+//! bodies, cookies, multi-value headers).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,14 +15,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use lambda_http::Body;
 use serde_json::{Map, Value, json};
-use zx_http::ApiError;
 
 use crate::{Functions, Route, RouteTable};
 
-/// API Gateway's payload limit for HTTP APIs.
-const MAX_PAYLOAD_BYTES: usize = 10 * 1024 * 1024;
+/// Lambda's synchronous invocation payload limit (the HTTP API itself accepts 10 MB).
+pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -41,7 +44,11 @@ type HttpResponse = hyper::Response<Full<Bytes>>;
 impl Gateway {
     /// Checks every route of the template has a handler.
     pub fn new(routes: RouteTable, functions: Functions) -> Result<Self, GatewayError> {
-        if let Some(route) = routes.routes.iter().find(|r| !functions.knows(&r.function)) {
+        if let Some(route) = routes
+            .routes
+            .iter()
+            .find(|r| functions.handler(&r.function).is_none())
+        {
             return Err(GatewayError::UnknownFunction {
                 route: route.key(),
                 function: route.function.clone(),
@@ -123,74 +130,41 @@ impl Gateway {
         let (parts, body) = request.into_parts();
         let Some((route, params)) = self.routes.find(parts.method.as_str(), parts.uri.path())
         else {
-            let status = if self.routes.path_exists(parts.uri.path()) {
-                405
-            } else {
-                404
-            };
-            let message = if status == 405 {
-                "Method Not Allowed"
-            } else {
-                "Not Found"
-            };
-            return (plain(status, &json!({ "message": message })), None);
+            return (plain(404, &json!({ "message": "Not Found" })), None);
         };
+        let function = Some(route.function.as_str());
         let body = match Limited::new(body, MAX_PAYLOAD_BYTES).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) => {
-                let problem = ApiError::PayloadTooLarge {
-                    limit: MAX_PAYLOAD_BYTES,
-                };
                 return (
-                    convert(problem.to_response(request_id)),
-                    Some(&route.function),
+                    plain(413, &json!({ "message": "Request Entity Too Large" })),
+                    function,
                 );
             }
         };
-        let mut event = v2_event(route, &params, &parts, &body, peer, request_id);
-        if route.protected {
-            match self.authorize(route, &event) {
-                Some(context) => {
-                    event["requestContext"]["authorizer"] = json!({ "lambda": context });
-                }
-                None => {
-                    return (
-                        convert(ApiError::unauthorized().to_response(request_id)),
-                        Some(&route.function),
-                    );
-                }
+        let event = v2_event(route, &params, &parts, &body, peer, request_id);
+        match self
+            .functions
+            .invoke(&route.function, event, request_id)
+            .await
+        {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                (
+                    hyper::Response::from_parts(parts, Full::new(body)),
+                    function,
+                )
+            }
+            Err(error) => {
+                tracing::error!(%error, function = %route.function, "invocation failed");
+                (internal_error(), function)
             }
         }
-        let request = match lambda_http::request::from_str(&event.to_string()) {
-            Ok(request) => request,
-            Err(error) => {
-                return (
-                    convert(ApiError::internal(error).to_response(request_id)),
-                    Some(&route.function),
-                );
-            }
-        };
-        let response = self.functions.invoke_http(&route.function, request).await;
-        (convert(response), Some(&route.function))
     }
+}
 
-    /// Runs the authorizer as API Gateway does: no `Authorization` header means 401 without
-    /// invoking it; otherwise its simple response decides. Returns the context to pass on.
-    fn authorize(&self, route: &Route, event: &Value) -> Option<Value> {
-        let authorizer = self.routes.authorizer.as_deref()?;
-        let identity = event["headers"]["authorization"].as_str()?.to_owned();
-        let mut request = event.clone();
-        request["type"] = json!("REQUEST");
-        request["identitySource"] = json!([identity]);
-        request["routeArn"] = json!(format!(
-            "arn:aws:execute-api:us-east-1:000000000000:local/$default/{}{}",
-            route.method,
-            event["rawPath"].as_str().unwrap_or("")
-        ));
-        let request = serde_json::from_value(request).ok()?;
-        let response = self.functions.invoke_authorizer(authorizer, &request)?;
-        response.is_authorized.then_some(response.context)
-    }
+fn internal_error() -> HttpResponse {
+    plain(500, &json!({ "message": "Internal Server Error" }))
 }
 
 /// The API Gateway HTTP API payload 2.0 event for a request.
@@ -290,15 +264,4 @@ fn plain(status: u16, body: &Value) -> HttpResponse {
         http::HeaderValue::from_static("application/json"),
     );
     response
-}
-
-fn convert(response: lambda_http::Response<Body>) -> HttpResponse {
-    let (parts, body) = response.into_parts();
-    let bytes = match body {
-        Body::Empty => Bytes::new(),
-        Body::Text(text) => Bytes::from(text),
-        Body::Binary(data) => Bytes::from(data),
-        _ => Bytes::new(),
-    };
-    hyper::Response::from_parts(parts, Full::new(bytes))
 }

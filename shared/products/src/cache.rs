@@ -1,36 +1,77 @@
-//! Cache-aside for catalogue reads, keyed by generations so invalidation is race-free:
-//! a product's entries live under `product:<id>:g<n>` and listings under
-//! `products:g<n>:<query>`; every change INCRs the product's and the catalogue's generation, so
-//! a reader that fetched the old generation before the write can only fill a key nobody reads
-//! any more (it expires with the TTL). A cache that is down or slow is skipped with a warning.
+//! Cache-aside for catalogue reads, keyed by generations so invalidation is race-free.
+//!
+//! - A product's body lives under `product:<id>:g<n>`, `n` from `product:<id>:gen`.
+//! - A listing page holds only the ids of its products (and the next cursor), under
+//!   `products:g<n>:<query>`, `n` from `products:gen`; its items are the products' own
+//!   entries. So a stock change (which only changes the product's body) bumps that product's
+//!   generation and no listing; a catalogue change (which can move a product in or out of
+//!   listings) bumps both.
+//! - Listings come from an index that may lag behind the table. Every write stamps
+//!   `products:written`; a listing page read within `index_lag` of it is served but not
+//!   cached, and its items are always the products' strongly consistent state, so no read
+//!   after a write returns serves the pre-write value, and no page of pre-write membership is
+//!   cached for later.
+//! - A reader that fetched an old generation before a write can only fill a key nobody reads
+//!   any more. A cache that is down or slow is skipped with a warning; an invalidation is
+//!   always attempted (the breaker never skips it), and a failed one is logged at error level:
+//!   entries then stay reachable for at most the TTL.
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use zx_cache::{Cache, CacheError};
-use zx_domain::ProductId;
+use zx_domain::{ProductId, Timestamp};
 
-/// Seed value: entries live 10 minutes.
-pub const TTL: Duration = Duration::from_secs(600);
+/// Cache settings of the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogueSettings {
+    /// How long entries live (seed: 600 s): the bound on staleness after an invalidation that
+    /// could not reach the cache.
+    pub ttl: Duration,
+    /// How long after a catalogue write listing pages are not cached.
+    pub index_lag: Duration,
+}
+
+impl Default for CatalogueSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(600),
+            index_lag: Duration::from_secs(2),
+        }
+    }
+}
 
 const CATALOGUE_GENERATION: &str = "products:gen";
+const CATALOGUE_WRITTEN: &str = "products:written";
 
 fn product_generation(id: &ProductId) -> String {
     format!("product:{id}:gen")
 }
 
+fn generation_of(value: Option<&String>) -> i64 {
+    value.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// The outcome of a lookup: the cached body, and the key to fill after a miss (none when the
-/// cache could not be asked).
+/// cache could not be asked, or must not be filled).
 #[derive(Debug, Default)]
 pub struct Lookup {
     pub hit: Option<String>,
     pub key: Option<String>,
 }
 
+/// A cached listing page: which products, in order, and where the next page starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedPage {
+    pub ids: Vec<String>,
+    pub next: Option<String>,
+}
+
 /// The catalogue's view of the cache.
 #[derive(Debug, Clone)]
 pub struct CatalogueCache {
     cache: Cache,
-    ttl: Duration,
+    settings: CatalogueSettings,
 }
 
 fn warn(operation: &str, error: &CacheError) {
@@ -40,76 +81,146 @@ fn warn(operation: &str, error: &CacheError) {
     }
 }
 
+fn now_millis() -> i64 {
+    i64::try_from(Timestamp::now().as_datetime().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
+}
+
 impl CatalogueCache {
-    pub fn new(cache: Cache) -> Self {
-        Self { cache, ttl: TTL }
-    }
-
-    async fn generation(&self, key: &str) -> Result<i64, CacheError> {
-        let value = self.cache.get(key).await?;
-        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
-    }
-
-    async fn lookup(&self, generation_key: &str, entry: impl FnOnce(i64) -> String) -> Lookup {
-        let generation = match self.generation(generation_key).await {
-            Ok(generation) => generation,
-            Err(error) => {
-                warn("read generation", &error);
-                return Lookup::default();
-            }
-        };
-        let key = entry(generation);
-        match self.cache.get(&key).await {
-            Ok(hit) => Lookup {
-                hit,
-                key: Some(key),
-            },
-            Err(error) => {
-                warn("read entry", &error);
-                Lookup::default()
-            }
-        }
+    pub fn new(cache: Cache, settings: CatalogueSettings) -> Self {
+        Self { cache, settings }
     }
 
     /// The cached `GET /products/{id}` body.
     pub async fn product(&self, id: &ProductId) -> Lookup {
-        self.lookup(&product_generation(id), |g| format!("product:{id}:g{g}"))
-            .await
+        let mut lookups = self.products(std::slice::from_ref(id)).await;
+        lookups.pop().unwrap_or_default()
     }
 
-    /// The cached `GET /products` body for a canonical query.
-    pub async fn listing(&self, canonical_query: &str) -> Lookup {
-        self.lookup(CATALOGUE_GENERATION, |g| {
-            format!("products:g{g}:{canonical_query}")
-        })
-        .await
+    /// The cached bodies of these products, one lookup per id, in order (two round trips).
+    pub async fn products(&self, ids: &[ProductId]) -> Vec<Lookup> {
+        let none = || ids.iter().map(|_| Lookup::default()).collect();
+        let generations: Vec<String> = ids.iter().map(product_generation).collect();
+        let generations = match self.cache.get_many(&generations).await {
+            Ok(values) => values,
+            Err(error) => {
+                warn("read product generations", &error);
+                return none();
+            }
+        };
+        let keys: Vec<String> = ids
+            .iter()
+            .zip(&generations)
+            .map(|(id, g)| format!("product:{id}:g{}", generation_of(g.as_ref())))
+            .collect();
+        match self.cache.get_many(&keys).await {
+            Ok(hits) => hits
+                .into_iter()
+                .zip(keys)
+                .map(|(hit, key)| Lookup {
+                    hit,
+                    key: Some(key),
+                })
+                .collect(),
+            Err(error) => {
+                warn("read product entries", &error);
+                none()
+            }
+        }
+    }
+
+    /// The cached page of a listing (`canonical_query` identifies it). Its key is left out,
+    /// so it is not filled, while the listing index may still lag behind a recent write.
+    pub async fn listing(&self, canonical_query: &str) -> (Option<CachedPage>, Lookup) {
+        let keys = [
+            CATALOGUE_GENERATION.to_owned(),
+            CATALOGUE_WRITTEN.to_owned(),
+        ];
+        let (generation, written) = match self.cache.get_many(&keys).await {
+            Ok(values) => (
+                generation_of(values.first().and_then(Option::as_ref)),
+                generation_of(values.get(1).and_then(Option::as_ref)),
+            ),
+            Err(error) => {
+                warn("read catalogue generation", &error);
+                return (None, Lookup::default());
+            }
+        };
+        let key = format!("products:g{generation}:{canonical_query}");
+        let hit = match self.cache.get(&key).await {
+            Ok(hit) => hit,
+            Err(error) => {
+                warn("read listing", &error);
+                return (None, Lookup::default());
+            }
+        };
+        let page = hit.as_deref().and_then(|body| {
+            serde_json::from_str::<CachedPage>(body)
+                .inspect_err(|error| tracing::warn!(%error, "unreadable cached listing ignored"))
+                .ok()
+        });
+        let lag_ms = i64::try_from(self.settings.index_lag.as_millis()).unwrap_or(i64::MAX);
+        let settled = now_millis().saturating_sub(written) >= lag_ms;
+        let key = settled.then_some(key);
+        (page, Lookup { hit, key })
     }
 
     /// Fills the key a lookup missed.
     pub async fn fill(&self, lookup: &Lookup, body: &str) {
         if let Some(key) = &lookup.key
-            && let Err(error) = self.cache.set_ex(key, body, self.ttl).await
+            && let Err(error) = self.cache.set_ex(key, body, self.settings.ttl).await
         {
             warn("fill entry", &error);
         }
     }
 
-    /// Makes every cached read of this product, and every cached listing, unreachable (both
-    /// generations in one round trip).
-    pub async fn invalidate(&self, id: &ProductId) {
-        if let Err(error) = self
-            .cache
-            .incr_all(&[&product_generation(id), CATALOGUE_GENERATION])
-            .await
-        {
-            tracing::error!(%error, product_id = %id, "cache invalidation failed: reads may be stale for up to the TTL");
+    /// Fills several missed keys in one round trip.
+    pub async fn fill_many(&self, entries: &[(String, String)]) {
+        if let Err(error) = self.cache.set_many_ex(entries, self.settings.ttl).await {
+            warn("fill entries", &error);
         }
     }
 
-    /// Makes every cached listing unreachable (a new product appears in them).
-    pub async fn invalidate_listings(&self) {
-        if let Err(error) = self.cache.incr(CATALOGUE_GENERATION).await {
-            tracing::error!(%error, "cache invalidation failed: listings may be stale for up to the TTL");
+    /// Fills a listing page (when its lookup allows it).
+    pub async fn fill_listing(&self, lookup: &Lookup, page: &CachedPage) {
+        match serde_json::to_string(page) {
+            Ok(body) => self.fill(lookup, &body).await,
+            Err(error) => tracing::warn!(%error, "listing page not cached"),
         }
+    }
+
+    async fn bump(&self, counters: &[&str], stamp_catalogue: bool, what: &str) {
+        let now = now_millis();
+        let stamps: &[(&str, i64)] = if stamp_catalogue {
+            &[(CATALOGUE_WRITTEN, now)]
+        } else {
+            &[]
+        };
+        if let Err(error) = self.cache.bump(counters, stamps).await {
+            tracing::error!(
+                %error,
+                what,
+                stale_for_at_most_s = self.settings.ttl.as_secs(),
+                "cache invalidation failed: cached reads may be stale until their TTL"
+            );
+        }
+    }
+
+    /// After a change of the product's stock only: its own entries become unreachable; listing
+    /// pages (which hold ids, not stock) stay.
+    pub async fn invalidate_product(&self, id: &ProductId) {
+        self.bump(&[&product_generation(id)], false, "product")
+            .await;
+    }
+
+    /// After a catalogue change of a product (or its creation): its entries and every listing
+    /// page become unreachable, and listings are not cached while the index catches up.
+    pub async fn invalidate_catalogue(&self, id: &ProductId) {
+        self.bump(
+            &[&product_generation(id), CATALOGUE_GENERATION],
+            true,
+            "catalogue",
+        )
+        .await;
     }
 }

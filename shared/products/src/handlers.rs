@@ -3,13 +3,14 @@
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use zx_domain::{
-    CategoryId, Cursor, Description, ImageUrl, PageLimit, Price, Product, ProductId, ProductName,
-    ProductQuery, ProductReader, ProductRepository, SearchTerm, Stock, Timestamp, ValidationErrors,
+    CategoryId, Cursor, Description, ImageUrl, Page, PageLimit, Price, Product, ProductId,
+    ProductName, ProductQuery, ProductReader, ProductRepository, SearchTerm, Stock, Timestamp,
+    ValidationErrors,
 };
 use zx_http::{ApiError, AuthContext, json_body, json_response, path_param, query_param};
 
-use crate::cache::{CatalogueCache, Lookup};
-use crate::views::{ProductPageView, ProductView};
+use crate::cache::{CachedPage, CatalogueCache, Lookup};
+use crate::views::ProductView;
 
 /// The deepest `page` accepted (seed compatibility; cursors have no limit).
 pub const MAX_PAGE: u32 = 50;
@@ -157,8 +158,61 @@ impl ListRequest {
     }
 }
 
+/// The bodies of these products as `GET /products/{id}` shows them, in order, leaving out
+/// unknown, deleted and (with `query`) non-matching ones. Bodies come from the cache when
+/// `use_cache`, else from strongly consistent reads (which refill the cache). Returns whether
+/// every body was a cache hit.
+async fn product_bodies(
+    products: &dyn ProductReader,
+    cache: Option<&CatalogueCache>,
+    ids: &[ProductId],
+    query: Option<&ProductQuery>,
+    use_cache: bool,
+) -> Result<(Vec<String>, bool), ApiError> {
+    let lookups = match cache {
+        Some(cache) => cache.products(ids).await,
+        None => ids.iter().map(|_| Lookup::default()).collect(),
+    };
+    let missing: Vec<ProductId> = ids
+        .iter()
+        .zip(&lookups)
+        .filter(|(_, lookup)| !use_cache || lookup.hit.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let fresh = if missing.is_empty() {
+        Vec::new()
+    } else {
+        products.find_products(&missing).await?
+    };
+    let mut bodies = Vec::with_capacity(ids.len());
+    let mut fills = Vec::new();
+    for (id, lookup) in ids.iter().zip(lookups) {
+        if use_cache && let Some(body) = lookup.hit {
+            bodies.push(body);
+            continue;
+        }
+        let Some(product) = fresh.iter().find(|p| &p.id == id) else {
+            continue;
+        };
+        let body =
+            serde_json::to_string(&ProductView::from(product)).map_err(ApiError::internal)?;
+        if let Some(key) = lookup.key {
+            fills.push((key, body.clone()));
+        }
+        let shown = product.deleted_at.is_none() && query.is_none_or(|q| q.matches(product));
+        if shown {
+            bodies.push(body);
+        }
+    }
+    if let Some(cache) = cache {
+        cache.fill_many(&fills).await;
+    }
+    Ok((bodies, missing.is_empty()))
+}
+
 /// `GET /products`: newest first, filtered, one page (`cursor`, or `page` for the seed's
-/// clients). Cached.
+/// clients). Cached: the page's product ids under the catalogue's generation, each product's
+/// body under its own (see [`crate::cache`]).
 pub async fn list_products(
     products: &dyn ProductReader,
     cache: Option<&CatalogueCache>,
@@ -166,17 +220,53 @@ pub async fn list_products(
 ) -> Result<Response<Body>, ApiError> {
     let listing = ListRequest::parse(&request)?;
     let canonical = listing.canonical();
-    let lookup = match cache {
+    let (cached, lookup) = match cache {
         Some(cache) => cache.listing(&canonical).await,
-        None => Lookup::default(),
+        None => (None, Lookup::default()),
     };
-    if let Some(body) = lookup.hit {
-        return cached_json(200, body, true);
-    }
-    let mut query = listing.query;
+    let (bodies, next, hit) = match cached {
+        Some(page) => {
+            let ids = page
+                .ids
+                .iter()
+                .map(|id| ProductId::parse(id))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ApiError::internal)?;
+            let (bodies, all_hit) = product_bodies(products, cache, &ids, None, true).await?;
+            (bodies, page.next, all_hit)
+        }
+        None => {
+            let query = listing.query.clone();
+            let page = walk(products, query, listing.page).await?;
+            let ids: Vec<ProductId> = page.items.iter().map(|p| p.id.clone()).collect();
+            let next = page.next.as_ref().map(Cursor::encode);
+            // The index may lag: show (and filter on) the products' current state.
+            let (bodies, _) =
+                product_bodies(products, cache, &ids, Some(&listing.query), false).await?;
+            if let Some(cache) = cache {
+                let page = CachedPage {
+                    ids: ids.iter().map(|id| id.as_str().to_owned()).collect(),
+                    next: next.clone(),
+                };
+                cache.fill_listing(&lookup, &page).await;
+            }
+            (bodies, next, false)
+        }
+    };
+    let next = serde_json::to_string(&next).map_err(ApiError::internal)?;
+    let body = format!(r#"{{"items":[{}],"nextCursor":{next}}}"#, bodies.join(","));
+    cached_json(200, body, hit)
+}
+
+/// The page `page` (1-based) of a listing: walks `page - 1` pages by cursor (bounded by
+/// [`MAX_PAGE`]).
+async fn walk(
+    products: &dyn ProductReader,
+    mut query: ProductQuery,
+    page_number: u32,
+) -> Result<Page<Product>, ApiError> {
     let mut page = products.list_products(&query).await?;
-    // `page=N`: walk N-1 pages by cursor (bounded by MAX_PAGE).
-    for _ in 1..listing.page {
+    for _ in 1..page_number {
         let Some(next) = page.next.take() else {
             page.items.clear();
             break;
@@ -184,15 +274,7 @@ pub async fn list_products(
         query.after = Some(next);
         page = products.list_products(&query).await?;
     }
-    let view = ProductPageView {
-        items: page.items.iter().map(ProductView::from).collect(),
-        next_cursor: page.next.as_ref().map(Cursor::encode),
-    };
-    let body = serde_json::to_string(&view).map_err(ApiError::internal)?;
-    if let Some(cache) = cache {
-        cache.fill(&lookup, &body).await;
-    }
-    cached_json(200, body, false)
+    Ok(page)
 }
 
 #[derive(Deserialize)]
@@ -238,11 +320,9 @@ pub async fn create_product(
     let price = errors.check("price", Price::from_minor(body.price));
     let category = errors.check("categoryId", CategoryId::parse(&body.category_id));
     let images = parse_images(&mut errors, &body.images);
-    if body.stock < 0 {
-        errors.push(zx_domain::FieldError::new("stock", "must not be negative"));
-    }
-    let (Some(name), Some(description), Some(price), Some(category), Some(images)) =
-        (name, description, price, category, images)
+    let stock = errors.check("stock", Stock::parse_units(body.stock));
+    let (Some(name), Some(description), Some(price), Some(category), Some(images), Some(stock)) =
+        (name, description, price, category, images, stock)
     else {
         return Err(errors.into());
     };
@@ -256,7 +336,7 @@ pub async fn create_product(
         category,
         images,
         stock: Stock {
-            available: body.stock,
+            available: stock,
             reserved: 0,
         },
         created_at: now,
@@ -266,7 +346,7 @@ pub async fn create_product(
     };
     products.create_product(&product).await?;
     if let Some(cache) = cache {
-        cache.invalidate_listings().await;
+        cache.invalidate_catalogue(&product.id).await;
     }
     tracing::info!(product_id = %product.id, "product created");
     json_response(201, &ProductView::from(&product))
@@ -354,7 +434,7 @@ pub async fn update_product(
     }
     products.update_product(&current, &next).await?;
     if let Some(cache) = cache {
-        cache.invalidate(&id).await;
+        cache.invalidate_catalogue(&id).await;
     }
     json_response(200, &ProductView::from(&next))
 }
@@ -372,7 +452,7 @@ pub async fn delete_product(
     next.deleted_at = Some(next.updated_at);
     products.update_product(&current, &next).await?;
     if let Some(cache) = cache {
-        cache.invalidate(&id).await;
+        cache.invalidate_catalogue(&id).await;
     }
     tracing::info!(product_id = %id, "product deleted");
     Response::builder()

@@ -6,6 +6,6 @@ pub mod handlers;
 pub mod stock;
 pub mod views;
 
-pub use cache::CatalogueCache;
+pub use cache::{CatalogueCache, CatalogueSettings};
 pub use handlers::{create_product, delete_product, get_product, list_products, update_product};
 pub use stock::{get_stock, put_stock};

@@ -2,7 +2,7 @@
 
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
-use zx_domain::{ProductReader, StockChange, StockWriter};
+use zx_domain::{ProductReader, Stock, StockChange, StockChangeId, StockWriter};
 use zx_http::{ApiError, AuthContext, json_body, json_response, query_param};
 
 use crate::cache::CatalogueCache;
@@ -72,7 +72,9 @@ struct StockView<'a> {
 }
 
 /// `PUT /stock/{productId}` (admin): `{available}` sets, `{delta}` adjusts the available stock;
-/// it never goes below zero (reserved units are untouched).
+/// it stays within 0 and [`Stock::MAX_UNITS`] (reserved units are untouched). An
+/// `Idempotency-Key` header names the change, so a client's retry applies it once (the store
+/// makes retries of its own calls idempotent with a fresh id when there is no key).
 pub async fn put_stock(
     stock: &dyn StockWriter,
     cache: Option<&CatalogueCache>,
@@ -84,16 +86,25 @@ pub async fn put_stock(
     }
     let body: PutBody = json_body(&request)?;
     let id = product_id(&request, "productId")?;
+    let change_id = match request.headers().get("idempotency-key") {
+        None => StockChangeId::generate(),
+        Some(value) => value
+            .to_str()
+            .map_err(|_| "must be visible ASCII".to_owned())
+            .and_then(StockChangeId::parse)
+            .map(|key| key.scoped(caller.user_id.as_str()))
+            .map_err(|message| ApiError::invalid_field("Idempotency-Key", message))?,
+    };
     let change = match (body.available, body.delta) {
-        (Some(available), None) if available < 0 => {
-            return Err(ApiError::invalid_field("available", "must not be negative"));
-        }
-        (Some(available), None) if available > MAX_QUANTITY * 1000 => {
-            return Err(ApiError::invalid_field("available", "is too large"));
-        }
-        (Some(available), None) => StockChange::Set(available),
-        (None, Some(delta)) if delta.unsigned_abs() > (MAX_QUANTITY * 1000).unsigned_abs() => {
-            return Err(ApiError::invalid_field("delta", "is too large"));
+        (Some(available), None) => StockChange::Set(
+            Stock::parse_units(available)
+                .map_err(|message| ApiError::invalid_field("available", message))?,
+        ),
+        (None, Some(delta)) if delta.unsigned_abs() > Stock::MAX_UNITS.unsigned_abs() => {
+            return Err(ApiError::invalid_field(
+                "delta",
+                format!("must be from -{max} to {max}", max = Stock::MAX_UNITS),
+            ));
         }
         (None, Some(delta)) => StockChange::Adjust(delta),
         _ => {
@@ -102,15 +113,16 @@ pub async fn put_stock(
             ));
         }
     };
-    let counters = stock
-        .change_stock(&id, change)
-        .await
-        .map_err(|error| match error {
-            zx_domain::RepositoryError::NotFound => ApiError::not_found("no such product"),
-            other => other.into(),
-        })?;
+    let counters =
+        stock
+            .change_stock(&id, change, &change_id)
+            .await
+            .map_err(|error| match error {
+                zx_domain::RepositoryError::NotFound => ApiError::not_found("no such product"),
+                other => other.into(),
+            })?;
     if let Some(cache) = cache {
-        cache.invalidate(&id).await;
+        cache.invalidate_product(&id).await;
     }
     tracing::info!(product_id = %id, actor = %caller.user_id, available = counters.available, "stock changed");
     json_response(

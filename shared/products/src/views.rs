@@ -34,10 +34,3 @@ impl<'a> From<&'a Product> for ProductView<'a> {
         }
     }
 }
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProductPageView<'a> {
-    pub items: Vec<ProductView<'a>>,
-    pub next_cursor: Option<String>,
-}

@@ -9,12 +9,16 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
+};
 use zx_domain::{
     CategoryId, Cursor, Description, ImageUrl, Page, Price, Product, ProductId, ProductName,
-    ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, StockChange, StockWriter,
-    Timestamp,
+    ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, StockChange, StockChangeId,
+    StockWriter, Timestamp,
 };
 
 mod attr {
@@ -37,6 +41,9 @@ mod attr {
     pub const UPDATED_AT: &str = "updatedAt";
     pub const DELETED_AT: &str = "deletedAt";
     pub const VERSION: &str = "version";
+    /// On stock change records: the product changed, and the TTL attribute.
+    pub const PRODUCT_ID_OF_CHANGE: &str = "changedProductId";
+    pub const EXPIRES_AT: &str = "expiresAt";
 }
 
 const NEWEST_INDEX: &str = "newest";
@@ -226,8 +233,59 @@ impl ProductReader for DynamoProductRepository {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| RepositoryError::unavailable("DynamoDB GetItem", e))?;
+            .map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?;
         output.item.as_ref().map(product_from_item).transpose()
+    }
+
+    async fn find_products(&self, ids: &[ProductId]) -> Result<Vec<Product>, RepositoryError> {
+        let mut wanted: Vec<Item> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let key = HashMap::from([(attr::PK.to_owned(), s(product_key(id)))]);
+            if !wanted.contains(&key) {
+                wanted.push(key);
+            }
+        }
+        let mut products = Vec::with_capacity(wanted.len());
+        let mut attempt = 0;
+        // BatchGetItem reads at most 100 keys per call and may leave some unprocessed
+        // (throttling): ask again for those, with backoff.
+        while !wanted.is_empty() {
+            let batch: Vec<Item> = wanted.drain(..wanted.len().min(100)).collect();
+            let keys = KeysAndAttributes::builder()
+                .set_keys(Some(batch))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| RepositoryError::failed("building a DynamoDB BatchGetItem", e))?;
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, keys)
+                .send()
+                .await
+                .map_err(|e| crate::sdk_error("DynamoDB BatchGetItem", e))?;
+            if let Some(items) = output.responses().and_then(|r| r.get(&self.table)) {
+                for item in items {
+                    products.push(product_from_item(item)?);
+                }
+            }
+            if let Some(left) = output
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .map(|k| k.keys().to_vec())
+                .filter(|k| !k.is_empty())
+            {
+                if attempt >= 5 {
+                    return Err(RepositoryError::unavailable(
+                        "DynamoDB BatchGetItem",
+                        "keys left unprocessed after 5 attempts",
+                    ));
+                }
+                crate::backoff(attempt).await;
+                attempt += 1;
+                wanted.extend(left);
+            }
+        }
+        Ok(products)
     }
 
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, RepositoryError> {
@@ -292,7 +350,7 @@ impl ProductReader for DynamoProductRepository {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| RepositoryError::unavailable("DynamoDB Query", e))?;
+                .map_err(|e| crate::sdk_error("DynamoDB Query", e))?;
             for item in output.items() {
                 let product = product_from_item(item)?;
                 // The index only holds live products; the shared rules are checked once more.
@@ -318,24 +376,34 @@ impl ProductReader for DynamoProductRepository {
 #[async_trait]
 impl ProductWriter for DynamoProductRepository {
     async fn create_product(&self, product: &Product) -> Result<(), RepositoryError> {
-        self.client
+        let result = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(product_item(product)))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", attr::PK)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await
-            .map_err(|e| {
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception())
-                {
-                    RepositoryError::ConcurrentUpdate
-                } else {
-                    RepositoryError::unavailable("DynamoDB PutItem", e)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) => match error.as_service_error() {
+                // Already there: our own earlier attempt (same id and creation time) succeeded.
+                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
+                    let created = product.created_at.to_rfc3339();
+                    let ours = failed.item().is_some_and(|old| {
+                        old.get(attr::CREATED_AT).and_then(|v| v.as_s().ok()) == Some(&created)
+                    });
+                    if ours {
+                        Ok(())
+                    } else {
+                        Err(RepositoryError::ConcurrentUpdate)
+                    }
                 }
-            })?;
-        Ok(())
+                _ => Err(crate::sdk_error("DynamoDB PutItem", error)),
+            },
+        }
     }
 
     async fn update_product(
@@ -392,39 +460,74 @@ impl ProductWriter for DynamoProductRepository {
                 {
                     RepositoryError::ConcurrentUpdate
                 } else {
-                    RepositoryError::unavailable("DynamoDB UpdateItem", e)
+                    crate::sdk_error("DynamoDB UpdateItem", e)
                 }
             })?;
         Ok(())
     }
 }
 
+/// How long a stock change id is remembered (DynamoDB TTL on the change record).
+const CHANGE_RECORD_TTL_SECONDS: i64 = 24 * 3600;
+
+fn change_key(id: &StockChangeId) -> String {
+    format!("STOCKCHANGE#{}", id.as_str())
+}
+
+/// Why a stock update's condition failed, from the item as it was (`ALL_OLD`).
+fn stock_condition_failure(old: Option<&Item>, change: StockChange) -> RepositoryError {
+    let Some(old) = old.filter(|o| o.contains_key(attr::PRODUCT_ID)) else {
+        return RepositoryError::NotFound;
+    };
+    if old.contains_key(attr::DELETED_AT) {
+        return RepositoryError::NotFound;
+    }
+    match change {
+        StockChange::Adjust(delta) if delta > 0 => RepositoryError::StockLimitExceeded,
+        _ => RepositoryError::InsufficientStock,
+    }
+}
+
 #[async_trait]
 impl StockWriter for DynamoProductRepository {
+    /// One transaction: a change record `STOCKCHANGE#<change id>` (conditional on not existing,
+    /// kept 24 h by TTL) and the counter update (conditional on the product being live and the
+    /// result staying within bounds). A retried change finds its record and changes nothing.
     async fn change_stock(
         &self,
         id: &ProductId,
         change: StockChange,
+        change_id: &StockChangeId,
     ) -> Result<Stock, RepositoryError> {
         let live = "attribute_exists(#pk) AND attribute_not_exists(#deleted)";
-        let (update, condition, value) = match change {
+        let (update, condition, value, bound) = match change {
             StockChange::Set(value) if value < 0 => return Err(RepositoryError::InsufficientStock),
-            StockChange::Set(value) => ("SET #available = :value", live.to_owned(), value),
+            StockChange::Set(value) if value > Stock::MAX_UNITS => {
+                return Err(RepositoryError::StockLimitExceeded);
+            }
+            StockChange::Set(value) => ("SET #available = :value", live.to_owned(), value, None),
+            StockChange::Adjust(delta) if delta > Stock::MAX_UNITS => {
+                return Err(RepositoryError::StockLimitExceeded);
+            }
+            StockChange::Adjust(delta) if delta < -Stock::MAX_UNITS => {
+                return Err(RepositoryError::InsufficientStock);
+            }
+            // available + delta <= MAX  <=>  available <= MAX - delta
             StockChange::Adjust(delta) if delta >= 0 => (
                 "SET #available = #available + :value",
-                live.to_owned(),
+                format!("{live} AND #available <= :bound"),
                 delta,
+                Some(Stock::MAX_UNITS - delta),
             ),
             // available + delta >= 0  <=>  available >= -delta
             StockChange::Adjust(delta) => (
                 "SET #available = #available + :value",
-                format!("{live} AND #available >= :needed"),
+                format!("{live} AND #available >= :bound"),
                 delta,
+                Some(-delta),
             ),
         };
-        let mut request = self
-            .client
-            .update_item()
+        let mut counter = Update::builder()
             .table_name(&self.table)
             .key(attr::PK, s(product_key(id)))
             .update_expression(update)
@@ -433,28 +536,42 @@ impl StockWriter for DynamoProductRepository {
             .expression_attribute_names("#deleted", attr::DELETED_AT)
             .expression_attribute_names("#available", attr::AVAILABLE)
             .expression_attribute_values(":value", n(value))
-            .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        if let StockChange::Adjust(delta) = change
-            && delta < 0
-        {
-            request = request.expression_attribute_values(":needed", n(delta.saturating_neg()));
+        if let Some(bound) = bound {
+            counter = counter.expression_attribute_values(":bound", n(bound));
         }
-        match request.send().await {
-            Ok(output) => stock_from_item(output.attributes().ok_or_else(|| {
-                RepositoryError::Corrupt("UpdateItem returned no attributes".into())
-            })?),
-            Err(error) => match error.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
-                    match failed.item() {
-                        Some(old) if !old.contains_key(attr::DELETED_AT) => {
-                            Err(RepositoryError::InsufficientStock)
-                        }
-                        _ => Err(RepositoryError::NotFound),
-                    }
-                }
-                _ => Err(RepositoryError::unavailable("DynamoDB UpdateItem", error)),
-            },
+        let counter = counter
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
+        let expires = Timestamp::now().unix_seconds() + CHANGE_RECORD_TTL_SECONDS;
+        let record = Put::builder()
+            .table_name(&self.table)
+            .item(attr::PK, s(change_key(change_id)))
+            .item(attr::PRODUCT_ID_OF_CHANGE, s(id.as_str()))
+            .item(attr::EXPIRES_AT, n(expires))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
+        let items = vec![
+            TransactWriteItem::builder().put(record).build(),
+            TransactWriteItem::builder().update(counter).build(),
+        ];
+        match crate::transact(&self.client, items).await? {
+            Ok(()) => {}
+            // The change record exists: applied before, this is a retry.
+            Err(reasons) if crate::condition_failed(&reasons, 0) => {
+                tracing::info!(product_id = %id, "stock change already applied");
+            }
+            Err(reasons) => {
+                let old = reasons.get(1).and_then(|r| r.item());
+                return Err(stock_condition_failure(old, change));
+            }
         }
+        let product = self
+            .find_product(id)
+            .await?
+            .ok_or(RepositoryError::NotFound)?;
+        Ok(product.stock)
     }
 }

@@ -7,9 +7,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, CancellationReason, Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 use zx_domain::{
     Email, PasswordHash, RepositoryError, Role, Timestamp, UniqueField, User, UserId, UserReader,
     UserWriter, Username,
@@ -28,7 +26,8 @@ mod attr {
     pub const VERSION: &str = "version";
 }
 
-const MAX_ATTEMPTS: u32 = 6;
+/// The nil UUID: never generated (ids are UUIDv7), read in place of a user for unknown e-mails.
+const NO_USER: &str = "00000000-0000-0000-0000-000000000000";
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -74,7 +73,7 @@ impl DynamoUserRepository {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| RepositoryError::unavailable("DynamoDB GetItem", e))?;
+            .map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?;
         Ok(output.item)
     }
 
@@ -85,7 +84,7 @@ impl DynamoUserRepository {
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", attr::PK)
             .build()
-            .map_err(|e| RepositoryError::unavailable("building a DynamoDB Put", e))?;
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
@@ -94,45 +93,6 @@ impl DynamoUserRepository {
             (attr::PK.to_owned(), s(pk)),
             (attr::USER_ID.to_owned(), s(id.as_str())),
         ])
-    }
-
-    /// Runs a transaction, retrying while it collides with another transaction on the same
-    /// items. Returns the cancellation reasons when a condition failed.
-    async fn transact(
-        &self,
-        items: Vec<TransactWriteItem>,
-    ) -> Result<Result<(), Vec<CancellationReason>>, RepositoryError> {
-        let mut attempt = 0;
-        loop {
-            let result = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await;
-            let error = match result {
-                Ok(_) => return Ok(Ok(())),
-                Err(error) => error,
-            };
-            if let SdkError::ServiceError(service) = &error
-                && let TransactWriteItemsError::TransactionCanceledException(cancelled) =
-                    service.err()
-            {
-                let reasons = cancelled.cancellation_reasons();
-                if crate::is_transaction_conflict(reasons) && attempt + 1 < MAX_ATTEMPTS {
-                    crate::backoff(attempt).await;
-                    attempt += 1;
-                    continue;
-                }
-                if (0..reasons.len()).any(|i| crate::condition_failed(reasons, i)) {
-                    return Ok(Err(reasons.to_vec()));
-                }
-            }
-            return Err(RepositoryError::unavailable(
-                "DynamoDB TransactWriteItems",
-                error,
-            ));
-        }
     }
 }
 
@@ -200,13 +160,18 @@ impl UserReader for DynamoUserRepository {
             .transpose()
     }
 
+    /// Two strongly consistent reads whether or not the e-mail is registered (the guard, then
+    /// the user or, for an unknown e-mail, a user id no one has), so the store calls a login
+    /// makes, and their timing, do not tell which e-mails exist.
     async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepositoryError> {
-        let Some(guard) = self.get(email_key(email)).await? else {
-            return Ok(None);
+        let guard = self.get(email_key(email)).await?;
+        let id = match &guard {
+            Some(guard) => UserId::parse(text(guard, attr::USER_ID)?)
+                .map_err(|e| RepositoryError::Corrupt(format!("email guard: {e}")))?,
+            None => UserId::parse(NO_USER).map_err(RepositoryError::Corrupt)?,
         };
-        let id = UserId::parse(text(&guard, attr::USER_ID)?)
-            .map_err(|e| RepositoryError::Corrupt(format!("email guard: {e}")))?;
-        self.find_by_id(&id).await
+        let user = self.find_by_id(&id).await?;
+        Ok(user.filter(|_| guard.is_some()))
     }
 }
 
@@ -218,7 +183,7 @@ impl UserWriter for DynamoUserRepository {
             self.put_if_absent(self.guard_item(email_key(&user.email), &user.id))?,
             self.put_if_absent(self.guard_item(username_key(&user.username), &user.id))?,
         ];
-        match self.transact(items).await? {
+        match crate::transact(&self.client, items).await? {
             Ok(()) => Ok(()),
             Err(codes) if crate::condition_failed(&codes, 1) => {
                 Err(RepositoryError::Conflict(UniqueField::Email))
@@ -241,7 +206,7 @@ impl UserWriter for DynamoUserRepository {
                 AttributeValue::N(current.version.to_string()),
             )
             .build()
-            .map_err(|e| RepositoryError::unavailable("building a DynamoDB Put", e))?;
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
         let mut items = vec![TransactWriteItem::builder().put(put).build()];
         // Index of the guard Put for each changed unique field, to name the conflict.
         let mut guards: Vec<(usize, UniqueField)> = Vec::new();
@@ -256,7 +221,7 @@ impl UserWriter for DynamoUserRepository {
                     .expression_attribute_names("#uid", attr::USER_ID)
                     .expression_attribute_values(":uid", s(next.id.as_str()))
                     .build()
-                    .map_err(|e| RepositoryError::unavailable("building a DynamoDB Delete", e))?;
+                    .map_err(|e| RepositoryError::failed("building a DynamoDB Delete", e))?;
                 items.push(TransactWriteItem::builder().delete(delete).build());
                 Ok::<_, RepositoryError>(())
             };
@@ -276,7 +241,7 @@ impl UserWriter for DynamoUserRepository {
                 UniqueField::Username,
             )?;
         }
-        match self.transact(items).await? {
+        match crate::transact(&self.client, items).await? {
             Ok(()) => Ok(()),
             Err(codes) => Err(guards
                 .iter()

@@ -10,3 +10,39 @@ pub use migrate::{MigrateError, MigrationSet, migrate};
 pub use pool::{PgSchema, PoolSettings, connect_lazy, ping};
 pub use products::PgProductRepository;
 pub use users::PgUserRepository;
+
+use zx_domain::RepositoryError;
+
+/// Classifies a driver error: no connection in time, I/O and TLS failures, a closed pool,
+/// connection-class (`08`), resource (`53`) and shutdown (`57P`) errors, serialization
+/// failures and deadlocks are transient ([`RepositoryError::Unavailable`], a 503 at the edge);
+/// everything else (a missing table, a constraint we did not expect, a decoding error) is
+/// permanent ([`RepositoryError::Failed`], a 500).
+pub(crate) fn db_error(operation: &'static str, error: sqlx::Error) -> RepositoryError {
+    let transient = match &error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
+    };
+    if transient {
+        RepositoryError::unavailable(operation, error)
+    } else {
+        RepositoryError::failed(operation, error)
+    }
+}
+
+/// `"schema".table`: a table name qualified by a validated schema name, so one pool serves
+/// every service's schema.
+pub(crate) fn qualified(schema: &PgSchema, table: &str) -> String {
+    format!("\"{}\".{table}", schema.as_str())
+}

@@ -25,11 +25,18 @@ pub const USERS: MigrationSet = MigrationSet {
 /// The products service: catalogue and stock (`PRODUCTS_SCHEMA`).
 pub const PRODUCTS: MigrationSet = MigrationSet {
     service: "products",
-    migrations: &[(
-        1,
-        "products",
-        include_str!("../migrations/products/0001_products.sql"),
-    )],
+    migrations: &[
+        (
+            1,
+            "products",
+            include_str!("../migrations/products/0001_products.sql"),
+        ),
+        (
+            2,
+            "stock changes",
+            include_str!("../migrations/products/0002_stock_changes.sql"),
+        ),
+    ],
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +56,8 @@ pub enum MigrateError {
     },
 }
 
-/// Applies every pending migration of `set` to `schema` (created if missing). The pool's
-/// `search_path` must be `schema` (see [`crate::connect_lazy`]). Returns the versions applied now.
+/// Applies every pending migration of `set` to `schema` (created if missing); each runs with
+/// `search_path` set to `schema`. Returns the versions applied now.
 pub async fn migrate(
     pool: &PgPool,
     schema: &PgSchema,

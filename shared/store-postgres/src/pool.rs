@@ -1,5 +1,5 @@
-//! Connection pools: lazy (no I/O at cold start), small, with the seed's timeouts, and bound to
-//! one schema through `search_path`.
+//! The connection pool: lazy (no I/O at cold start), small, with the seed's timeouts. One pool
+//! per instance serves every schema: the repositories qualify their tables with the schema.
 
 use std::fmt;
 use std::str::FromStr;
@@ -60,15 +60,9 @@ impl Default for PoolSettings {
     }
 }
 
-/// A pool that connects on first use, with `search_path` set to `schema`.
-pub fn connect_lazy(
-    url: &str,
-    schema: &PgSchema,
-    settings: &PoolSettings,
-) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?
-        .options([("search_path", schema.as_str())])
-        .application_name("zhixuan");
+/// A pool that connects on first use, at most `settings.max_connections` connections.
+pub fn connect_lazy(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name("zhixuan");
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(0)
@@ -83,7 +77,7 @@ pub async fn ping(pool: &PgPool) -> Result<(), RepositoryError> {
         .execute(pool)
         .await
         .map(|_| ())
-        .map_err(|e| RepositoryError::unavailable("Postgres select 1", e))
+        .map_err(|e| crate::db_error("Postgres select 1", e))
 }
 
 #[cfg(test)]

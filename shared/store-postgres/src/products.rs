@@ -5,29 +5,39 @@
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
+
+use crate::PgSchema;
 use zx_domain::{
     CategoryId, Cursor, Description, ImageUrl, Page, Price, Product, ProductId, ProductName,
-    ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, StockChange, StockWriter,
-    Timestamp,
+    ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, StockChange, StockChangeId,
+    StockWriter, Timestamp,
 };
 
 const COLUMNS: &str = "product_id, name, description, price, category_id, images, available, reserved, \
                        created_at, updated_at, deleted_at, version";
 
-/// The catalogue table of one schema.
+/// The catalogue tables of one schema.
 #[derive(Debug, Clone)]
 pub struct PgProductRepository {
     pool: PgPool,
+    /// `"<schema>".products`
+    products: String,
+    /// `"<schema>".stock_changes`
+    changes: String,
 }
 
 impl PgProductRepository {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, schema: &PgSchema) -> Self {
+        Self {
+            pool,
+            products: crate::qualified(schema, "products"),
+            changes: crate::qualified(schema, "stock_changes"),
+        }
     }
 }
 
-fn unavailable(operation: &'static str) -> impl Fn(sqlx::Error) -> RepositoryError {
-    move |e| RepositoryError::unavailable(operation, e)
+fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> RepositoryError {
+    move |e| crate::db_error(operation, e)
 }
 
 fn product_from_row(row: &PgRow) -> Result<Product, RepositoryError> {
@@ -90,21 +100,37 @@ fn image_texts(product: &Product) -> Vec<String> {
 impl ProductReader for PgProductRepository {
     async fn find_product(&self, id: &ProductId) -> Result<Option<Product>, RepositoryError> {
         sqlx::query(&format!(
-            "select {COLUMNS} from products where product_id = $1"
+            "select {COLUMNS} from {} where product_id = $1",
+            self.products
         ))
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await
-        .map_err(unavailable("Postgres select product"))?
+        .map_err(db("Postgres select product"))?
         .as_ref()
         .map(product_from_row)
         .transpose()
     }
 
+    async fn find_products(&self, ids: &[ProductId]) -> Result<Vec<Product>, RepositoryError> {
+        let ids: Vec<&str> = ids.iter().map(ProductId::as_str).collect();
+        sqlx::query(&format!(
+            "select {COLUMNS} from {} where product_id = any($1)",
+            self.products
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("Postgres select products"))?
+        .iter()
+        .map(product_from_row)
+        .collect()
+    }
+
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, RepositoryError> {
         let limit = query.limit.get();
         let rows = sqlx::query(&format!(
-            "select {COLUMNS} from products
+            "select {COLUMNS} from {products}
              where deleted_at is null
                and ($1::text is null or category_id = $1)
                and ($2::bigint is null or price >= $2)
@@ -112,7 +138,8 @@ impl ProductReader for PgProductRepository {
                and ($4::text is null or strpos(lower(name), $4) > 0 or strpos(lower(description), $4) > 0)
                and ($5::timestamptz is null or (created_at, product_id) < ($5, $6))
              order by created_at desc, product_id desc
-             limit $7"
+             limit $7",
+            products = self.products
         ))
         .bind(query.category.as_ref().map(CategoryId::as_str))
         .bind(query.min_price.map(Price::minor))
@@ -123,7 +150,7 @@ impl ProductReader for PgProductRepository {
         .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
-        .map_err(unavailable("Postgres list products"))?;
+        .map_err(db("Postgres list products"))?;
         let mut items = rows
             .iter()
             .map(product_from_row)
@@ -141,8 +168,11 @@ impl ProductReader for PgProductRepository {
 #[async_trait]
 impl ProductWriter for PgProductRepository {
     async fn create_product(&self, product: &Product) -> Result<(), RepositoryError> {
-        sqlx::query(&format!(
-            "insert into products ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        // A retried create finds its own row (same id and creation time) and succeeds.
+        let result = sqlx::query(&format!(
+            "insert into {} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             on conflict (product_id) do nothing",
+            self.products
         ))
         .bind(product.id.as_str())
         .bind(product.name.as_str())
@@ -158,11 +188,22 @@ impl ProductWriter for PgProductRepository {
         .bind(version(product.version)?)
         .execute(&self.pool)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => RepositoryError::ConcurrentUpdate,
-            _ => RepositoryError::unavailable("Postgres insert product", e),
-        })?;
-        Ok(())
+        .map_err(db("Postgres insert product"))?;
+        if result.rows_affected() == 1 {
+            return Ok(());
+        }
+        let existing: Option<time::OffsetDateTime> = sqlx::query_scalar(&format!(
+            "select created_at from {} where product_id = $1",
+            self.products
+        ))
+        .bind(product.id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("Postgres select product"))?;
+        match existing {
+            Some(at) if Timestamp::from_datetime(at) == product.created_at => Ok(()),
+            _ => Err(RepositoryError::ConcurrentUpdate),
+        }
     }
 
     async fn update_product(
@@ -170,11 +211,12 @@ impl ProductWriter for PgProductRepository {
         current: &Product,
         next: &Product,
     ) -> Result<(), RepositoryError> {
-        let result = sqlx::query(
-            "update products set name = $3, description = $4, price = $5, category_id = $6,
+        let result = sqlx::query(&format!(
+            "update {} set name = $3, description = $4, price = $5, category_id = $6,
                  images = $7, updated_at = $8, deleted_at = $9, version = $10
              where product_id = $1 and version = $2",
-        )
+            self.products
+        ))
         .bind(current.id.as_str())
         .bind(version(current.version)?)
         .bind(next.name.as_str())
@@ -187,7 +229,7 @@ impl ProductWriter for PgProductRepository {
         .bind(version(next.version)?)
         .execute(&self.pool)
         .await
-        .map_err(unavailable("Postgres update product"))?;
+        .map_err(db("Postgres update product"))?;
         if result.rows_affected() == 1 {
             Ok(())
         } else {
@@ -196,48 +238,97 @@ impl ProductWriter for PgProductRepository {
     }
 }
 
+fn stock_from_row(row: &PgRow) -> Result<Stock, RepositoryError> {
+    let get = |name: &str| {
+        row.try_get::<i64, _>(name)
+            .map_err(|e| RepositoryError::Corrupt(format!("{name}: {e}")))
+    };
+    Ok(Stock {
+        available: get("available")?,
+        reserved: get("reserved")?,
+    })
+}
+
 #[async_trait]
 impl StockWriter for PgProductRepository {
+    /// One transaction: record the change id (a retry finds it and changes nothing), then
+    /// update the counter only if the product is live and the result stays within bounds.
     async fn change_stock(
         &self,
         id: &ProductId,
         change: StockChange,
+        change_id: &StockChangeId,
     ) -> Result<Stock, RepositoryError> {
         let (sql, value) = match change {
             StockChange::Set(value) if value < 0 => return Err(RepositoryError::InsufficientStock),
-            StockChange::Set(value) => ("available = $2", value),
-            StockChange::Adjust(delta) => ("available = available + $2", delta),
+            StockChange::Set(value) if value > Stock::MAX_UNITS => {
+                return Err(RepositoryError::StockLimitExceeded);
+            }
+            StockChange::Adjust(delta) if delta > Stock::MAX_UNITS => {
+                return Err(RepositoryError::StockLimitExceeded);
+            }
+            StockChange::Adjust(delta) if delta < -Stock::MAX_UNITS => {
+                return Err(RepositoryError::InsufficientStock);
+            }
+            StockChange::Set(value) => ("$2", value),
+            StockChange::Adjust(delta) => ("available + $2", delta),
         };
+        let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
+        let recorded = sqlx::query(&format!(
+            "insert into {} (change_id, product_id) values ($1, $2) on conflict (change_id) do nothing",
+            self.changes
+        ))
+        .bind(change_id.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("Postgres insert stock change"))?;
+        if recorded.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("Postgres rollback"))?;
+            tracing::info!(product_id = %id, "stock change already applied");
+            let row = sqlx::query(&format!(
+                "select available, reserved from {} where product_id = $1",
+                self.products
+            ))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("Postgres select stock"))?
+            .ok_or(RepositoryError::NotFound)?;
+            return stock_from_row(&row);
+        }
         let row = sqlx::query(&format!(
-            "update products set {sql}
-             where product_id = $1 and deleted_at is null and available + (case when $3 then $2 else 0 end) >= 0
-             returning available, reserved"
+            "update {} set available = {sql}
+             where product_id = $1 and deleted_at is null and {sql} between 0 and $3
+             returning available, reserved",
+            self.products
         ))
         .bind(id.as_str())
         .bind(value)
-        .bind(matches!(change, StockChange::Adjust(_)))
+        .bind(Stock::MAX_UNITS)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("Postgres update stock"))?;
+        if let Some(row) = row {
+            let stock = stock_from_row(&row)?;
+            tx.commit().await.map_err(db("Postgres commit"))?;
+            return Ok(stock);
+        }
+        tx.rollback().await.map_err(db("Postgres rollback"))?;
+        // Nothing updated: a missing or deleted product, or a result out of bounds.
+        let live: Option<bool> = sqlx::query_scalar(&format!(
+            "select deleted_at is null from {} where product_id = $1",
+            self.products
+        ))
+        .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await
-        .map_err(unavailable("Postgres update stock"))?;
-        if let Some(row) = row {
-            let get = |name: &str| {
-                row.try_get::<i64, _>(name)
-                    .map_err(|e| RepositoryError::Corrupt(format!("{name}: {e}")))
-            };
-            return Ok(Stock {
-                available: get("available")?,
-                reserved: get("reserved")?,
-            });
-        }
-        // Nothing updated: a missing/deleted product, or not enough stock.
-        let live: Option<bool> =
-            sqlx::query_scalar("select deleted_at is null from products where product_id = $1")
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable("Postgres select product"))?;
-        match live {
-            Some(true) => Err(RepositoryError::InsufficientStock),
+        .map_err(db("Postgres select product"))?;
+        match (live, change) {
+            (Some(true), StockChange::Adjust(delta)) if delta > 0 => {
+                Err(RepositoryError::StockLimitExceeded)
+            }
+            (Some(true), _) => Err(RepositoryError::InsufficientStock),
             _ => Err(RepositoryError::NotFound),
         }
     }

@@ -1,6 +1,7 @@
 //! Users on Postgres: the `users` table of the service's schema. Uniqueness is the database's
 //! (named constraints, mapped to a domain conflict); updates are conditional on `version`.
 
+use crate::PgSchema;
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -16,11 +17,16 @@ const COLUMNS: &str =
 #[derive(Debug, Clone)]
 pub struct PgUserRepository {
     pool: PgPool,
+    /// `"<schema>".users`
+    table: String,
 }
 
 impl PgUserRepository {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, schema: &PgSchema) -> Self {
+        Self {
+            pool,
+            table: crate::qualified(schema, "users"),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -38,7 +44,7 @@ fn map_write_error(operation: &'static str, error: sqlx::Error) -> RepositoryErr
             _ => {}
         }
     }
-    RepositoryError::unavailable(operation, error)
+    crate::db_error(operation, error)
 }
 
 fn user_from_row(row: &PgRow) -> Result<User, RepositoryError> {
@@ -75,25 +81,31 @@ fn version_param(version: u64) -> Result<i64, RepositoryError> {
 #[async_trait]
 impl UserReader for PgUserRepository {
     async fn find_by_id(&self, id: &UserId) -> Result<Option<User>, RepositoryError> {
-        sqlx::query(&format!("select {COLUMNS} from users where user_id = $1"))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| RepositoryError::unavailable("Postgres select user", e))?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
+        sqlx::query(&format!(
+            "select {COLUMNS} from {} where user_id = $1",
+            self.table
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| crate::db_error("Postgres select user", e))?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
     }
 
     async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepositoryError> {
-        sqlx::query(&format!("select {COLUMNS} from users where email = $1"))
-            .bind(email.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| RepositoryError::unavailable("Postgres select user by email", e))?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
+        sqlx::query(&format!(
+            "select {COLUMNS} from {} where email = $1",
+            self.table
+        ))
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| crate::db_error("Postgres select user by email", e))?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
     }
 }
 
@@ -101,7 +113,8 @@ impl UserReader for PgUserRepository {
 impl UserWriter for PgUserRepository {
     async fn create(&self, user: &User) -> Result<(), RepositoryError> {
         sqlx::query(&format!(
-            "insert into users ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "insert into {} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            self.table
         ))
         .bind(user.id.as_str())
         .bind(user.username.as_str())
@@ -118,11 +131,12 @@ impl UserWriter for PgUserRepository {
     }
 
     async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError> {
-        let result = sqlx::query(
-            "update users set username = $3, email = $4, password_hash = $5, role = $6,
+        let result = sqlx::query(&format!(
+            "update {} set username = $3, email = $4, password_hash = $5, role = $6,
                  updated_at = $7, version = $8
              where user_id = $1 and version = $2",
-        )
+            self.table
+        ))
         .bind(next.id.as_str())
         .bind(version_param(current.version)?)
         .bind(next.username.as_str())

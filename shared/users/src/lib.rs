@@ -1,9 +1,7 @@
-//! The users service: registration, login, token validation, profiles, and the Lambda
-//! authorizer. Handlers are plain async functions over the repository traits.
+//! The users service: registration, login, token validation and profiles. Handlers are plain
+//! async functions over the repository traits; the edge (`zx_http::Edge`) authenticates.
 
-pub mod authorizer;
 pub mod handlers;
 pub mod views;
 
-pub use authorizer::authorize;
 pub use handlers::{get_user, login, me, register, update_user, validate};

@@ -8,7 +8,7 @@ use zx_local_gateway::{Functions, Gateway, RouteTable};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let services = zx_app::start(true).await?;
+    let services = zx_app::start().await?;
     let template_path = std::env::var("TEMPLATE").unwrap_or_else(|_| "template.yaml".into());
     let template = std::fs::read_to_string(&template_path)
         .map_err(|e| format!("cannot read {template_path}: {e}"))?;
@@ -20,7 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|_| "GATEWAY_PORT must be a port number")?
         .unwrap_or(3000);
     let route_count = routes.routes.len();
-    let gateway = Arc::new(Gateway::new(routes, Functions::new(services))?);
+    let gateway = Arc::new(Gateway::new(routes, Functions::new(&services)?)?);
     let (addr, task) = gateway
         .serve(SocketAddr::from(([127, 0, 0, 1], port)))
         .await?;

@@ -1,0 +1,157 @@
+//! The edge every API function runs a request through, the same code locally and deployed:
+//! bearer-token verification (RFC 6750 401s), per-client rate limits counted in the cache
+//! (429 with `Retry-After` and `RateLimit-*`), then the handler, with one log line.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use lambda_http::{Body, Request, Response};
+use zx_auth::TokenVerifier;
+use zx_auth::token::bearer_token;
+use zx_cache::{RateLimiter, Window};
+
+use crate::{ApiError, AuthContext, client_ip, serve};
+
+/// Whether a route needs a valid bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone; a valid token still identifies the client for rate limiting.
+    Public,
+    /// A valid token, else 401.
+    Authenticated,
+}
+
+/// The per-client limit of a group of routes (the seed's Kong services).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLimit {
+    /// `users`, `products`, `orders`: part of the counter's key.
+    pub group: &'static str,
+    /// Requests per client per minute.
+    pub per_minute: u32,
+}
+
+/// Authentication and rate limiting for one function.
+#[derive(Clone)]
+pub struct Edge {
+    access: Access,
+    verifier: Option<Arc<TokenVerifier>>,
+    limit: Option<(RateLimiter, RouteLimit)>,
+}
+
+/// An HTTP function's handler: request in, response out (errors already problem+json).
+pub type HttpHandler =
+    Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+
+impl Edge {
+    /// `verifier` is required for [`Access::Authenticated`] (checked by the caller); without a
+    /// limiter (no cache configured) limits are not enforced.
+    pub fn new(
+        access: Access,
+        verifier: Option<Arc<TokenVerifier>>,
+        limit: Option<(RateLimiter, RouteLimit)>,
+    ) -> Self {
+        Self {
+            access,
+            verifier,
+            limit,
+        }
+    }
+
+    /// Wraps `handler` into an [`HttpHandler`] that runs every request through this edge.
+    pub fn wrap<F, Fut>(self, handler: F) -> HttpHandler
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
+    {
+        let edge = Arc::new(self);
+        let handler = Arc::new(handler);
+        Arc::new(move |request| {
+            let edge = edge.clone();
+            let handler = handler.clone();
+            Box::pin(async move { edge.handle(request, |r| handler(r)).await })
+        })
+    }
+
+    /// The caller a valid bearer token names: `Ok(None)` without a token, `Err` for a token
+    /// that does not verify (the reason is logged, never sent).
+    fn authenticate(&self, request: &Request) -> Result<Option<AuthContext>, ()> {
+        let Some(header) = request.headers().get(http::header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let token = header.to_str().ok().and_then(bearer_token).ok_or(())?;
+        let verifier = self.verifier.as_deref().ok_or(())?;
+        match verifier.verify(token) {
+            Ok(claims) => AuthContext::from_claims(claims).map(Some).ok_or(()),
+            Err(error) => {
+                tracing::info!(reason = %error, "bearer token rejected");
+                Err(())
+            }
+        }
+    }
+
+    /// Runs one request: authenticate, count it for the client, then the handler.
+    pub async fn handle<F, Fut>(&self, request: Request, handler: F) -> Response<Body>
+    where
+        F: FnOnce(Request) -> Fut,
+        Fut: Future<Output = Result<Response<Body>, ApiError>>,
+    {
+        let mut window: Option<Window> = None;
+        let counted = &mut window;
+        let mut response = serve(request, |mut request| async move {
+            let caller = self.authenticate(&request);
+            if let Some((limiter, limit)) = &self.limit {
+                let client = match &caller {
+                    Ok(Some(caller)) => format!("user:{}", caller.user_id),
+                    _ => format!("ip:{}", client_ip(&request)),
+                };
+                let key = format!("{}:{client}", limit.group);
+                *counted = limiter.count(&key, limit.per_minute).await;
+                if let Some(window) = counted.filter(Window::is_exceeded) {
+                    tracing::info!(
+                        group = limit.group,
+                        limit = limit.per_minute,
+                        "rate limited"
+                    );
+                    return Err(ApiError::TooManyRequests {
+                        retry_after: window.reset_in,
+                    });
+                }
+            }
+            match caller {
+                Ok(Some(caller)) => {
+                    request.extensions_mut().insert(caller);
+                }
+                Ok(None) if self.access == Access::Authenticated => {
+                    return Err(ApiError::missing_credentials());
+                }
+                Err(()) if self.access == Access::Authenticated => {
+                    return Err(ApiError::invalid_token());
+                }
+                Ok(None) | Err(()) => {}
+            }
+            handler(request).await
+        })
+        .await;
+        if let Some(window) = window {
+            let headers = response.headers_mut();
+            for (name, value) in [
+                ("ratelimit-limit", u64::from(window.limit)),
+                ("ratelimit-remaining", window.remaining()),
+                ("ratelimit-reset", window.reset_in.as_secs().max(1)),
+            ] {
+                headers.insert(name, http::HeaderValue::from(value));
+            }
+        }
+        response
+    }
+}
+
+/// Serves `handler` as a Lambda function (API Gateway HTTP API events) until the runtime stops.
+pub async fn run(handler: HttpHandler) -> Result<(), lambda_http::Error> {
+    lambda_http::run(lambda_http::service_fn(move |request: Request| {
+        let response = handler(request);
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    }))
+    .await
+}
