@@ -654,6 +654,7 @@ async fn sample_events_run_through_their_handlers() {
             .unwrap()
             .token
     };
+    let bad = bad_credentials(&app.config.token, &event_user.id, &event_user.email);
     // (file, role of the real token for protected events, status with it)
     let expected = [
         ("health.json", None, 200),
@@ -701,6 +702,25 @@ async fn sample_events_run_through_their_handlers() {
                     .contains("invalid_token"),
                 "{file}"
             );
+            // Every other kind of bad token too.
+            for (name, header) in &bad {
+                let mut bad_event = event.clone();
+                match header {
+                    Some(header) => bad_event["headers"]["authorization"] = json!(header),
+                    None => {
+                        bad_event["headers"]
+                            .as_object_mut()
+                            .unwrap()
+                            .remove("authorization");
+                    }
+                }
+                let response = functions.invoke(function, bad_event, "evt").await.unwrap();
+                assert_eq!(response.status(), 401, "{file} with {name}");
+                assert_eq!(
+                    response.headers()["content-type"],
+                    "application/problem+json"
+                );
+            }
             event["headers"]["authorization"] = json!(format!("Bearer {}", token(role)));
         }
         let response = functions.invoke(function, event, "evt").await.unwrap();

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
@@ -133,14 +133,11 @@ impl Gateway {
             return (plain(404, &json!({ "message": "Not Found" })), None);
         };
         let function = Some(route.function.as_str());
-        let body = match Limited::new(body, MAX_PAYLOAD_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return (
-                    plain(413, &json!({ "message": "Request Entity Too Large" })),
-                    function,
-                );
-            }
+        let Some(body) = read_body(body).await else {
+            return (
+                plain(413, &json!({ "message": "Request Entity Too Large" })),
+                function,
+            );
         };
         let event = v2_event(route, &params, &parts, &body, peer, request_id);
         match self
@@ -161,6 +158,28 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The whole body, or `None` when it is larger than [`MAX_PAYLOAD_BYTES`] (or the client
+/// broke off). An oversized body is still read to its end (up to 64 MB), so the client gets
+/// the 413 instead of a reset connection while it is still sending.
+async fn read_body(mut body: Incoming) -> Option<Bytes> {
+    const DRAIN_AT_MOST: usize = 64 * 1024 * 1024;
+    let mut collected = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.ok()?.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > DRAIN_AT_MOST {
+            return None;
+        }
+        if seen <= MAX_PAYLOAD_BYTES {
+            collected.extend_from_slice(&data);
+        }
+    }
+    (seen <= MAX_PAYLOAD_BYTES).then(|| Bytes::from(collected))
 }
 
 fn internal_error() -> HttpResponse {

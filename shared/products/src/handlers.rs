@@ -72,13 +72,14 @@ pub async fn get_product(
 
 /// A listing request, parsed from the query string.
 #[derive(Debug)]
-struct ListRequest {
+pub struct ListRequest {
     query: ProductQuery,
     page: u32,
 }
 
 impl ListRequest {
-    fn parse(request: &Request) -> Result<Self, ApiError> {
+    /// Every known query parameter, validated (400 naming each invalid one).
+    pub fn parse(request: &Request) -> Result<Self, ApiError> {
         let mut errors = ValidationErrors::default();
         let param = |name: &'static str| query_param(request, name);
         let price = |errors: &mut ValidationErrors, name: &'static str| {
@@ -277,9 +278,10 @@ async fn walk(
     Ok(page)
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /products`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct CreateBody {
+pub struct CreateBody {
     name: String,
     #[serde(default)]
     description: String,
@@ -352,9 +354,10 @@ pub async fn create_product(
     json_response(201, &ProductView::from(&product))
 }
 
-#[derive(Deserialize)]
+/// The body of `PUT /products/{id}`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct UpdateBody {
+pub struct UpdateBody {
     name: Option<String>,
     description: Option<String>,
     price: Option<i64>,

@@ -20,14 +20,10 @@ struct Availability<'a> {
     sufficient: bool,
 }
 
-/// `GET /stock/{productId}?quantity=N`: whether N units can be ordered now (N defaults to 1).
-pub async fn get_stock(
-    products: &dyn ProductReader,
-    request: Request,
-) -> Result<Response<Body>, ApiError> {
-    let id = product_id(&request, "productId")?;
-    let requested = match query_param(&request, "quantity") {
-        None => 1,
+/// The `quantity` query parameter: 1 to [`MAX_QUANTITY`], 1 when absent.
+pub fn parse_quantity(text: Option<&str>) -> Result<i64, ApiError> {
+    match text {
+        None => Ok(1),
         Some(text) => text
             .trim()
             .parse::<i64>()
@@ -38,8 +34,17 @@ pub async fn get_stock(
                     "quantity",
                     format!("must be a whole number from 1 to {MAX_QUANTITY}"),
                 )
-            })?,
-    };
+            }),
+    }
+}
+
+/// `GET /stock/{productId}?quantity=N`: whether N units can be ordered now (N defaults to 1).
+pub async fn get_stock(
+    products: &dyn ProductReader,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let id = product_id(&request, "productId")?;
+    let requested = parse_quantity(query_param(&request, "quantity"))?;
     let product = products
         .find_product(&id)
         .await?
@@ -56,9 +61,10 @@ pub async fn get_stock(
     )
 }
 
-#[derive(Deserialize)]
+/// The body of `PUT /stock/{productId}`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PutBody {
+pub struct PutBody {
     available: Option<i64>,
     delta: Option<i64>,
 }

@@ -24,9 +24,10 @@ async fn enforce(limits: &ClientLimits, checks: &[(String, u32)]) -> Result<(), 
 
 use crate::views::{LoginView, TokenInfoView, UserView};
 
-#[derive(Deserialize)]
+/// The body of `POST /users/register`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegisterBody {
+pub struct RegisterBody {
     username: String,
     email: String,
     password: String,
@@ -61,9 +62,10 @@ pub async fn register(
     json_response(201, &UserView::from(&user))
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /users/login`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LoginBody {
+pub struct LoginBody {
     email: String,
     password: String,
 }
@@ -182,9 +184,10 @@ pub async fn get_user(
     json_response(200, &UserView::from(&user))
 }
 
-#[derive(Deserialize)]
+/// The body of `PUT /users/{id}`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct UpdateBody {
+pub struct UpdateBody {
     username: Option<String>,
     email: Option<String>,
     password: Option<String>,
