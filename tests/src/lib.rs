@@ -101,7 +101,17 @@ pub struct ProductBackend {
 
 impl ProductBackend {
     pub async fn dynamodb() -> Self {
-        let client = aws_sdk_dynamodb::Client::new(&aws_config_for(&aws_endpoint()).await);
+        Self::dynamodb_with(|config| config).await
+    }
+
+    /// On DynamoDB, with a client configured further by `configure` (an interceptor, say).
+    pub async fn dynamodb_with(
+        configure: impl FnOnce(aws_sdk_dynamodb::config::Builder) -> aws_sdk_dynamodb::config::Builder,
+    ) -> Self {
+        let aws = aws_config_for(&aws_endpoint()).await;
+        let client = aws_sdk_dynamodb::Client::from_conf(
+            configure(aws_sdk_dynamodb::config::Builder::from(&aws)).build(),
+        );
         let table = create_table(&client, "products").await;
         Self {
             products: Arc::new(DynamoProductRepository::new(client.clone(), table.clone())),
@@ -458,4 +468,58 @@ pub async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         }
     });
     (address, task)
+}
+
+/// The log lines (JSON, as deployed) of this test process, captured from the moment
+/// [`LogCapture::install`] runs. nextest runs each test in its own process, so a test sees only
+/// its own logs.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Installs the capturing subscriber for the whole process (once; later calls get a capture
+    /// that sees nothing).
+    pub fn install() -> Self {
+        let capture = Self::default();
+        let writer = capture.clone();
+        let _already_installed = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(move || writer.clone())
+            .try_init();
+        capture
+    }
+
+    /// Every captured line, parsed.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// The captured lines at `level` (`"ERROR"`, `"WARN"`, ...) whose message contains `text`.
+    pub fn matching(&self, level: &str, text: &str) -> Vec<serde_json::Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| {
+                l["level"] == level && l["message"].as_str().is_some_and(|m| m.contains(text))
+            })
+            .collect()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut buffer) = self.0.lock() {
+            buffer.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -742,6 +742,26 @@ mod catalogue {
             result.unwrap().unwrap();
         }
         assert_eq!(available(products.clone(), item.id.clone()).await, 12);
+
+        // The same id for another change, or for another product: refused, nothing applied.
+        let other = product("Other crate", "", "kitchen", 100, 7);
+        products.create_product(&other).await.unwrap();
+        for (id, change) in [
+            (&item.id, StockChange::Adjust(-4)),
+            (&item.id, StockChange::Set(50)),
+            (&other.id, StockChange::Adjust(-3)),
+        ] {
+            let error = products
+                .change_stock(id, change, &change_id)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, RepositoryError::IdempotencyKeyReused),
+                "{change:?}: {error:?}"
+            );
+        }
+        assert_eq!(available(products.clone(), item.id.clone()).await, 12);
+        assert_eq!(available(products.clone(), other.id.clone()).await, 7);
     }
 
     pub async fn retried_creates_succeed_once(products: Arc<dyn ProductRepository>) {
@@ -796,3 +816,84 @@ contract_suites!(products = zx_tests::ProductBackend, field products, cases crat
     retried_creates_succeed_once,
     find_products_reads_many_at_once,
 );
+
+/// Loses the response of the first `TransactWriteItems` after DynamoDB applied it: the SDK sees
+/// a 500 and retries the very same request, as it would after a dropped connection.
+#[derive(Debug, Clone, Default)]
+struct LoseFirstTransactionResponse {
+    transaction_in_flight: Arc<std::sync::atomic::AtomicBool>,
+    lost: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for LoseFirstTransactionResponse {
+    fn name(&self) -> &'static str {
+        "LoseFirstTransactionResponse"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _config: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let target = context.request().headers().get("x-amz-target");
+        self.transaction_in_flight.store(
+            target.is_some_and(|t| t.ends_with(".TransactWriteItems")),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_sdk_dynamodb::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _config: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let applied = context.response().status().is_success();
+        if self.transaction_in_flight.swap(false, SeqCst)
+            && applied
+            && self.lost.compare_exchange(0, 1, SeqCst, SeqCst).is_ok()
+        {
+            let response = context.response_mut();
+            *response.status_mut() = 500.try_into()?;
+            *response.body_mut() = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"response lost"}"#.into();
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_change_whose_response_is_lost_and_retried_by_the_sdk_applies_once() {
+    use zx_domain::{StockChange, StockChangeId};
+    let lose = LoseFirstTransactionResponse::default();
+    let backend = zx_tests::ProductBackend::dynamodb_with({
+        let lose = lose.clone();
+        move |config| config.interceptor(lose)
+    })
+    .await;
+    let item = zx_tests::sample_product("Retried", "", "kitchen", 100, 10);
+    backend.products.create_product(&item).await.unwrap();
+
+    let stock = backend
+        .products
+        .change_stock(&item.id, StockChange::Adjust(5), &StockChangeId::generate())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        lose.lost.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no response was lost"
+    );
+    assert_eq!(stock.available, 15);
+    let stored = backend
+        .products
+        .find_product(&item.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.stock.available, 15, "the delta was applied twice");
+    backend.cleanup().await;
+}

@@ -89,6 +89,9 @@ pub enum RepositoryError {
     /// The change would take available stock above [`crate::Stock::MAX_UNITS`].
     #[error("stock would exceed the maximum")]
     StockLimitExceeded,
+    /// An idempotency key already named another change (another product or another body).
+    #[error("the idempotency key was already used for another request")]
+    IdempotencyKeyReused,
     /// A transient fault: the store could not be reached in time, throttled the call or is
     /// temporarily unable to serve it. Retrying later may succeed.
     #[error("{operation} failed (transient)")]

@@ -90,6 +90,16 @@ pub enum StockChange {
     Adjust(i64),
 }
 
+impl StockChange {
+    /// What the change does, as stored with its id: a retry must carry the same change.
+    pub fn fingerprint(self) -> String {
+        match self {
+            Self::Set(value) => format!("set:{value}"),
+            Self::Adjust(delta) => format!("adjust:{delta}"),
+        }
+    }
+}
+
 /// Changes stock counters atomically and idempotently.
 #[async_trait]
 pub trait StockWriter: Send + Sync {
@@ -101,7 +111,8 @@ pub trait StockWriter: Send + Sync {
     ///
     /// `change_id` names this change: applying a change with an id already applied (a retry
     /// whose first response was lost) changes nothing and returns the current counters. Ids are
-    /// remembered for at least 24 hours.
+    /// remembered for at least 24 hours. An id already applied to another product or with
+    /// another change is [`RepositoryError::IdempotencyKeyReused`] and changes nothing.
     async fn change_stock(
         &self,
         id: &ProductId,

@@ -115,6 +115,7 @@ impl Edge {
                     );
                     return Err(ApiError::TooManyRequests {
                         retry_after: window.reset_in,
+                        limit: window.limit,
                     });
                 }
             }
@@ -133,7 +134,9 @@ impl Edge {
             handler(request).await
         })
         .await;
-        if let Some(window) = window {
+        // A handler's own, stricter limit (login, register) answers with its own headers.
+        if let Some(window) = window.filter(|_| !response.headers().contains_key("ratelimit-limit"))
+        {
             let headers = response.headers_mut();
             for (name, value) in [
                 ("ratelimit-limit", u64::from(window.limit)),

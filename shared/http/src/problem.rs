@@ -42,9 +42,10 @@ pub enum ApiError {
     /// 415: body is not `application/json`.
     #[error("content type must be application/json")]
     UnsupportedMediaType,
-    /// 429: too many requests from this client.
+    /// 429: too many requests from this client: `limit` a minute, the window resets in
+    /// `retry_after` (sent as `Retry-After` and `RateLimit-*`).
     #[error("too many requests")]
-    TooManyRequests { retry_after: Duration },
+    TooManyRequests { retry_after: Duration, limit: u32 },
     /// 503: a dependency is unavailable; the client may retry.
     #[error("{detail}")]
     Unavailable {
@@ -153,7 +154,7 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::TooManyRequests { retry_after } | Self::Unavailable { retry_after, .. } => {
+            Self::TooManyRequests { retry_after, .. } | Self::Unavailable { retry_after, .. } => {
                 Some(*retry_after)
             }
             _ => None,
@@ -193,6 +194,12 @@ impl ApiError {
         }
         if let Self::Unauthorized { challenge, .. } = self {
             builder = builder.header("www-authenticate", *challenge);
+        }
+        if let Self::TooManyRequests { retry_after, limit } = self {
+            builder = builder
+                .header("ratelimit-limit", *limit)
+                .header("ratelimit-remaining", 0)
+                .header("ratelimit-reset", retry_after.as_secs().max(1));
         }
         builder
             .body(Body::Binary(body))
@@ -249,6 +256,13 @@ impl From<RepositoryError> for ApiError {
                     zx_domain::Stock::MAX_UNITS
                 ),
                 errors: Vec::new(),
+            },
+            RepositoryError::IdempotencyKeyReused => Self::Conflict {
+                detail: "this Idempotency-Key was already used for another request".into(),
+                errors: vec![FieldError::new(
+                    "Idempotency-Key",
+                    "was already used for another request; use a new key",
+                )],
             },
             RepositoryError::Unavailable { .. } => Self::Unavailable {
                 detail: "the data store is unavailable; retry shortly".into(),
@@ -332,8 +346,12 @@ mod tests {
         assert_eq!(body_json(&response)["errors"][0]["field"], "email");
         let response = ApiError::TooManyRequests {
             retry_after: Duration::from_secs(30),
+            limit: 5,
         }
         .to_response("r");
         assert_eq!(response.headers()["retry-after"], "30");
+        assert_eq!(response.headers()["ratelimit-limit"], "5");
+        assert_eq!(response.headers()["ratelimit-remaining"], "0");
+        assert_eq!(response.headers()["ratelimit-reset"], "30");
     }
 }

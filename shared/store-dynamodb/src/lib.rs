@@ -52,12 +52,36 @@ where
     }
 }
 
-/// Whether any cancellation reason of a transaction is a concurrent-transaction conflict (worth
-/// retrying) rather than a failed condition.
-pub(crate) fn is_transaction_conflict(reasons: &[CancellationReason]) -> bool {
-    reasons
-        .iter()
-        .any(|r| r.code() == Some("TransactionConflict"))
+/// Why DynamoDB cancelled a transaction, from its cancellation reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cancellation {
+    /// A condition of ours failed: the domain outcome (conflict, insufficient stock, ...).
+    ConditionFailed,
+    /// Another transaction touched the same items: worth retrying at once.
+    Conflict,
+    /// Throttled: retry later (503).
+    Transient,
+    /// Anything else (a validation error, an item too large): a bug, not a retry (500).
+    Permanent,
+}
+
+/// Cancellation reason codes that mean "throttled, retry later".
+const TRANSIENT_REASONS: &[&str] = &["ThrottlingError", "ProvisionedThroughputExceeded"];
+
+/// Classifies a cancelled transaction. A failed condition wins over everything else (retrying
+/// cannot change it); then a conflict, then throttling; reasons `None` are the items that were
+/// fine.
+pub(crate) fn classify_cancellation(reasons: &[CancellationReason]) -> Cancellation {
+    let codes = || reasons.iter().filter_map(CancellationReason::code);
+    if codes().any(|code| code == "ConditionalCheckFailed") {
+        Cancellation::ConditionFailed
+    } else if codes().any(|code| code == "TransactionConflict") {
+        Cancellation::Conflict
+    } else if codes().any(|code| TRANSIENT_REASONS.contains(&code)) {
+        Cancellation::Transient
+    } else {
+        Cancellation::Permanent
+    }
 }
 
 /// Whether the reason at `index` is a failed condition check.
@@ -70,7 +94,8 @@ const MAX_ATTEMPTS: u32 = 6;
 
 /// Runs a transaction, retrying (with jittered backoff) while it collides with another
 /// transaction on the same items: a `TransactionConflict` is never reported as a failed
-/// condition. Returns the cancellation reasons when a condition failed.
+/// condition. Returns the cancellation reasons when a condition failed; a transaction still
+/// colliding after every attempt, or throttled, is [`RepositoryError::Unavailable`] (503).
 pub(crate) async fn transact(
     client: &aws_sdk_dynamodb::Client,
     items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
@@ -91,13 +116,20 @@ pub(crate) async fn transact(
             && let TransactWriteItemsError::TransactionCanceledException(cancelled) = service.err()
         {
             let reasons = cancelled.cancellation_reasons();
-            if is_transaction_conflict(reasons) && attempt + 1 < MAX_ATTEMPTS {
-                backoff(attempt).await;
-                attempt += 1;
-                continue;
-            }
-            if (0..reasons.len()).any(|i| condition_failed(reasons, i)) {
-                return Ok(Err(reasons.to_vec()));
+            match classify_cancellation(reasons) {
+                Cancellation::ConditionFailed => return Ok(Err(reasons.to_vec())),
+                Cancellation::Conflict if attempt + 1 < MAX_ATTEMPTS => {
+                    backoff(attempt).await;
+                    attempt += 1;
+                    continue;
+                }
+                Cancellation::Conflict | Cancellation::Transient => {
+                    return Err(RepositoryError::unavailable(
+                        "DynamoDB TransactWriteItems",
+                        error,
+                    ));
+                }
+                Cancellation::Permanent => {}
             }
         }
         return Err(sdk_error("DynamoDB TransactWriteItems", error));
@@ -125,4 +157,53 @@ pub async fn ping(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), 
         .await
         .map(|_| ())
         .map_err(|e| sdk_error("DynamoDB DescribeTable", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons(codes: &[&str]) -> Vec<CancellationReason> {
+        codes
+            .iter()
+            .map(|code| CancellationReason::builder().code(*code).build())
+            .collect()
+    }
+
+    #[test]
+    fn cancellations_are_classified_by_their_most_telling_reason() {
+        let cases = [
+            (
+                &["None", "ConditionalCheckFailed"][..],
+                Cancellation::ConditionFailed,
+            ),
+            (
+                &["TransactionConflict", "ConditionalCheckFailed"][..],
+                Cancellation::ConditionFailed,
+            ),
+            (&["None", "TransactionConflict"][..], Cancellation::Conflict),
+            (&["ThrottlingError", "None"][..], Cancellation::Transient),
+            (
+                &["ProvisionedThroughputExceeded"][..],
+                Cancellation::Transient,
+            ),
+            (
+                &["TransactionConflict", "ThrottlingError"][..],
+                Cancellation::Conflict,
+            ),
+            (&["ValidationError", "None"][..], Cancellation::Permanent),
+            (
+                &["ItemCollectionSizeLimitExceeded"][..],
+                Cancellation::Permanent,
+            ),
+            (&[][..], Cancellation::Permanent),
+        ];
+        for (codes, expected) in cases {
+            assert_eq!(
+                classify_cancellation(&reasons(codes)),
+                expected,
+                "{codes:?}"
+            );
+        }
+    }
 }

@@ -41,8 +41,9 @@ mod attr {
     pub const UPDATED_AT: &str = "updatedAt";
     pub const DELETED_AT: &str = "deletedAt";
     pub const VERSION: &str = "version";
-    /// On stock change records: the product changed, and the TTL attribute.
+    /// On stock change records: the product changed, the change, and the TTL attribute.
     pub const PRODUCT_ID_OF_CHANGE: &str = "changedProductId";
+    pub const CHANGE: &str = "change";
     pub const EXPIRES_AT: &str = "expiresAt";
 }
 
@@ -548,9 +549,11 @@ impl StockWriter for DynamoProductRepository {
             .table_name(&self.table)
             .item(attr::PK, s(change_key(change_id)))
             .item(attr::PRODUCT_ID_OF_CHANGE, s(id.as_str()))
+            .item(attr::CHANGE, s(change.fingerprint()))
             .item(attr::EXPIRES_AT, n(expires))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", attr::PK)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
         let items = vec![
@@ -559,8 +562,15 @@ impl StockWriter for DynamoProductRepository {
         ];
         match crate::transact(&self.client, items).await? {
             Ok(()) => {}
-            // The change record exists: applied before, this is a retry.
+            // The change record exists: applied before; a retry if it names the same change.
             Err(reasons) if crate::condition_failed(&reasons, 0) => {
+                let old = reasons.first().and_then(|r| r.item());
+                let recorded = |name: &str| old.and_then(|o| o.get(name)?.as_s().ok());
+                let same_product = recorded(attr::PRODUCT_ID_OF_CHANGE) == Some(&id.to_string());
+                let same_change = recorded(attr::CHANGE) == Some(&change.fingerprint());
+                if !(same_product && same_change) {
+                    return Err(RepositoryError::IdempotencyKeyReused);
+                }
                 tracing::info!(product_id = %id, "stock change already applied");
             }
             Err(reasons) => {

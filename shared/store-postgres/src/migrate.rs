@@ -36,6 +36,11 @@ pub const PRODUCTS: MigrationSet = MigrationSet {
             "stock changes",
             include_str!("../migrations/products/0002_stock_changes.sql"),
         ),
+        (
+            3,
+            "stock change body",
+            include_str!("../migrations/products/0003_stock_change_body.sql"),
+        ),
     ],
 };
 

@@ -275,16 +275,33 @@ impl StockWriter for PgProductRepository {
         };
         let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
         let recorded = sqlx::query(&format!(
-            "insert into {} (change_id, product_id) values ($1, $2) on conflict (change_id) do nothing",
+            "insert into {} (change_id, product_id, change) values ($1, $2, $3)
+             on conflict (change_id) do nothing",
             self.changes
         ))
         .bind(change_id.as_str())
         .bind(id.as_str())
+        .bind(change.fingerprint())
         .execute(&mut *tx)
         .await
         .map_err(db("Postgres insert stock change"))?;
         if recorded.rows_affected() == 0 {
             tx.rollback().await.map_err(db("Postgres rollback"))?;
+            // Applied before; a retry if it names the same change.
+            let same: Option<bool> = sqlx::query_scalar(&format!(
+                "select product_id = $2 and change is not distinct from $3 from {}
+                 where change_id = $1",
+                self.changes
+            ))
+            .bind(change_id.as_str())
+            .bind(id.as_str())
+            .bind(change.fingerprint())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("Postgres select stock change"))?;
+            if same != Some(true) {
+                return Err(RepositoryError::IdempotencyKeyReused);
+            }
             tracing::info!(product_id = %id, "stock change already applied");
             let row = sqlx::query(&format!(
                 "select available, reserved from {} where product_id = $1",

@@ -16,7 +16,10 @@ async fn enforce(limits: &ClientLimits, checks: &[(String, u32)]) -> Result<(), 
     for (key, limit) in checks {
         if let Decision::Limited { retry_after } = limits.check(key, *limit).await {
             tracing::info!(limit = *limit, "rate limited");
-            return Err(ApiError::TooManyRequests { retry_after });
+            return Err(ApiError::TooManyRequests {
+                retry_after,
+                limit: *limit,
+            });
         }
     }
     Ok(())
