@@ -318,7 +318,8 @@ pub fn sample_product(
 }
 
 /// A catalogue whose listing index lags behind its table, like a DynamoDB GSI under load:
-/// while frozen, listings show each product as it was when frozen (reads by id stay current).
+/// while frozen, listings show the frozen products as they were when frozen, in the listings
+/// they were in then (reads by id stay current).
 pub struct LaggingIndex {
     inner: Arc<dyn ProductRepository>,
     frozen: std::sync::Mutex<Option<HashMap<zx_domain::ProductId, zx_domain::Product>>>,
@@ -367,11 +368,16 @@ impl zx_domain::ProductReader for LaggingIndex {
     ) -> Result<zx_domain::Page<zx_domain::Product>, zx_domain::RepositoryError> {
         let mut page = self.inner.list_products(query).await?;
         if let Some(frozen) = self.frozen.lock().expect("lock").as_ref() {
-            for item in &mut page.items {
-                if let Some(old) = frozen.get(&item.id) {
-                    *item = old.clone();
-                }
+            // Frozen products are listed as they were: where they matched then, with the
+            // values they had then (first pages only: the cursor is not applied to them).
+            page.items.retain(|item| !frozen.contains_key(&item.id));
+            if query.after.is_none() {
+                page.items
+                    .extend(frozen.values().filter(|old| query.matches(old)).cloned());
             }
+            page.items
+                .sort_by(|a, b| (b.created_at, b.id.as_str()).cmp(&(a.created_at, a.id.as_str())));
+            page.items.truncate(query.limit.get());
         }
         Ok(page)
     }

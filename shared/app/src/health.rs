@@ -97,6 +97,8 @@ impl HealthCheck for CacheCheck {
 pub struct DependencyStatus {
     pub name: &'static str,
     pub status: &'static str,
+    /// Decides the overall status; not part of the public body.
+    #[serde(skip)]
     pub required: bool,
     pub latency_ms: u64,
 }

@@ -159,3 +159,95 @@ fn from_lambda_response(value: &Value) -> Result<http::Response<Bytes>, String> 
     }
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lambda_http::{Body, Response};
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(body: &str) -> Value {
+        json!({
+            "version": "2.0",
+            "routeKey": "POST /echo",
+            "rawPath": "/echo",
+            "rawQueryString": "",
+            "headers": {"content-type": "application/json"},
+            "requestContext": {
+                "accountId": "000000000000", "apiId": "local", "domainName": "localhost",
+                "domainPrefix": "local", "requestId": "r-1", "routeKey": "POST /echo",
+                "stage": "$default", "time": "25/Nov/2026:08:00:00 +0000", "timeEpoch": 0,
+                "http": {"method": "POST", "path": "/echo", "protocol": "HTTP/1.1",
+                         "sourceIp": "127.0.0.1", "userAgent": "test"}
+            },
+            "body": body,
+            "isBase64Encoded": false
+        })
+    }
+
+    /// A function answering with a binary body, two cookies and a repeated header.
+    fn binary_function() -> HttpHandler {
+        Arc::new(|_request| {
+            Box::pin(async {
+                Response::builder()
+                    .status(201)
+                    .header("content-type", "application/octet-stream")
+                    .header("set-cookie", "a=1; Secure")
+                    .header("set-cookie", "b=2; HttpOnly")
+                    .header("vary", "origin")
+                    .header("vary", "accept")
+                    .body(Body::Binary(vec![0, 159, 146, 150, 255]))
+                    .unwrap_or_default()
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn responses_go_through_lambda_http_serialisation_as_aws_receives_them() {
+        let response = invoke(&binary_function(), event("{}"), "r-1")
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), 201);
+        assert_eq!(response.body().as_ref(), [0, 159, 146, 150, 255]);
+        let cookies: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; Secure", "b=2; HttpOnly"]);
+        // lambda_http 1.3 serialises payload 2.0 `headers` one value per name: a repeated
+        // header other than Set-Cookie reaches AWS with its first value only. Handlers must
+        // join such values themselves.
+        let vary: Vec<_> = response.headers().get_all("vary").iter().collect();
+        assert_eq!(vary, ["origin"]);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/octet-stream"
+        );
+    }
+
+    #[test]
+    fn api_gateway_turns_lambda_json_into_http() {
+        let response = from_lambda_response(&json!({
+            "statusCode": 200,
+            "headers": {"x-one": "1", "x-many": "ignored"},
+            "multiValueHeaders": {"x-many": ["a", "b"]},
+            "cookies": ["c=3"],
+            "body": "aGVsbG8=",
+            "isBase64Encoded": true
+        }))
+        .unwrap();
+        assert_eq!(response.body().as_ref(), b"hello");
+        assert_eq!(response.headers()["x-one"], "1");
+        assert_eq!(response.headers()["x-many"], "a,b");
+        assert_eq!(response.headers()["set-cookie"], "c=3");
+
+        for broken in [
+            json!({"body": "no status"}),
+            json!({"statusCode": 99}),
+            json!({"statusCode": 200, "body": "%%%", "isBase64Encoded": true}),
+        ] {
+            assert!(from_lambda_response(&broken).is_err(), "{broken}");
+        }
+    }
+}

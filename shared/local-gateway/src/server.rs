@@ -140,6 +140,13 @@ impl Gateway {
             );
         };
         let event = v2_event(route, &params, &parts, &body, peer, request_id);
+        // Lambda's limit applies to the whole event, base64-encoded body included.
+        if serde_json::to_vec(&event).map_or(true, |bytes| bytes.len() > MAX_PAYLOAD_BYTES) {
+            return (
+                plain(413, &json!({ "message": "Request Entity Too Large" })),
+                function,
+            );
+        }
         match self
             .functions
             .invoke(&route.function, event, request_id)

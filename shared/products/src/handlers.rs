@@ -159,17 +159,24 @@ impl ListRequest {
     }
 }
 
+/// The products a listing page shows, as `GET /products/{id}` shows them, in order.
+struct Shown {
+    ids: Vec<ProductId>,
+    bodies: Vec<String>,
+    /// Whether every body was a cache hit.
+    all_hit: bool,
+}
+
 /// The bodies of these products as `GET /products/{id}` shows them, in order, leaving out
 /// unknown, deleted and (with `query`) non-matching ones. Bodies come from the cache when
-/// `use_cache`, else from strongly consistent reads (which refill the cache). Returns whether
-/// every body was a cache hit.
+/// `use_cache`, else from strongly consistent reads (which refill the cache).
 async fn product_bodies(
     products: &dyn ProductReader,
     cache: Option<&CatalogueCache>,
     ids: &[ProductId],
     query: Option<&ProductQuery>,
     use_cache: bool,
-) -> Result<(Vec<String>, bool), ApiError> {
+) -> Result<Shown, ApiError> {
     let lookups = match cache {
         Some(cache) => cache.products(ids).await,
         None => ids.iter().map(|_| Lookup::default()).collect(),
@@ -186,10 +193,12 @@ async fn product_bodies(
         products.find_products(&missing).await?
     };
     let mut bodies = Vec::with_capacity(ids.len());
+    let mut shown_ids = Vec::with_capacity(ids.len());
     let mut fills = Vec::new();
     for (id, lookup) in ids.iter().zip(lookups) {
         if use_cache && let Some(body) = lookup.hit {
             bodies.push(body);
+            shown_ids.push(id.clone());
             continue;
         }
         let Some(product) = fresh.iter().find(|p| &p.id == id) else {
@@ -203,12 +212,17 @@ async fn product_bodies(
         let shown = product.deleted_at.is_none() && query.is_none_or(|q| q.matches(product));
         if shown {
             bodies.push(body);
+            shown_ids.push(id.clone());
         }
     }
     if let Some(cache) = cache {
         cache.fill_many(&fills).await;
     }
-    Ok((bodies, missing.is_empty()))
+    Ok(Shown {
+        ids: shown_ids,
+        bodies,
+        all_hit: missing.is_empty(),
+    })
 }
 
 /// `GET /products`: newest first, filtered, one page (`cursor`, or `page` for the seed's
@@ -233,25 +247,26 @@ pub async fn list_products(
                 .map(|id| ProductId::parse(id))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(ApiError::internal)?;
-            let (bodies, all_hit) = product_bodies(products, cache, &ids, None, true).await?;
-            (bodies, page.next, all_hit)
+            let shown = product_bodies(products, cache, &ids, None, true).await?;
+            (shown.bodies, page.next, shown.all_hit)
         }
         None => {
             let query = listing.query.clone();
             let page = walk(products, query, listing.page).await?;
             let ids: Vec<ProductId> = page.items.iter().map(|p| p.id.clone()).collect();
             let next = page.next.as_ref().map(Cursor::encode);
-            // The index may lag: show (and filter on) the products' current state.
-            let (bodies, _) =
-                product_bodies(products, cache, &ids, Some(&listing.query), false).await?;
+            // The index may lag: show (and filter on) the products' current state, and cache
+            // only what that state shows, so a product the index still lists after it left the
+            // listing is never cached as a member.
+            let shown = product_bodies(products, cache, &ids, Some(&listing.query), false).await?;
             if let Some(cache) = cache {
                 let page = CachedPage {
-                    ids: ids.iter().map(|id| id.as_str().to_owned()).collect(),
+                    ids: shown.ids.iter().map(|id| id.as_str().to_owned()).collect(),
                     next: next.clone(),
                 };
                 cache.fill_listing(&lookup, &page).await;
             }
-            (bodies, next, false)
+            (shown.bodies, next, false)
         }
     };
     let next = serde_json::to_string(&next).map_err(ApiError::internal)?;
