@@ -144,6 +144,7 @@ async fn user_journey(store: Store) {
         )
         .await;
     assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
     let login: Value = response.json().await.unwrap();
     assert_eq!(login["user"]["userId"], id.as_str());
     assert_eq!(login["expiresIn"], 86_400);
@@ -370,8 +371,12 @@ async fn bad_tokens_are_rfc6750_401s_on_every_protected_route() {
                 .to_owned();
             let body = problem(response, 401).await;
             assert_eq!(body["title"], "Unauthorized", "{method} {path} {name}");
-            if *name == "missing" {
-                assert_eq!(challenge, r#"Bearer realm="zhixuan""#);
+            // No bearer credentials at all: a challenge without an error code (RFC 6750 §3.1).
+            if matches!(*name, "missing" | "not bearer") {
+                assert_eq!(
+                    challenge, r#"Bearer realm="zhixuan""#,
+                    "{method} {path} {name}"
+                );
             } else {
                 assert!(
                     challenge.contains(r#"error="invalid_token""#),
@@ -1990,4 +1995,78 @@ fn the_template_lets_health_describe_every_table() {
             "health cannot describe {table}: {granted:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_admin_cannot_restore_itself_with_an_old_token() {
+    let api = Api::start(Store::DynamoDb).await;
+    let root = api.admin().await;
+    let (deputy_id, _) = api.customer("deputy").await;
+    let deputy = api.promote(&deputy_id, "deputy@example.com").await;
+    let (victim_id, _) = api.customer("bystander").await;
+    let response = api
+        .put(
+            &format!("/api/v1/users/{deputy_id}"),
+            &root,
+            json!({"role": "customer"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+
+    // The deputy's token still says admin, but the store no longer does.
+    for (path, body) in [
+        (
+            format!("/api/v1/users/{deputy_id}"),
+            json!({"role": "admin"}),
+        ),
+        (
+            format!("/api/v1/users/{victim_id}"),
+            json!({"role": "admin"}),
+        ),
+        (
+            format!("/api/v1/users/{victim_id}"),
+            json!({"username": "renamed"}),
+        ),
+    ] {
+        let response = api.put(&path, &deputy, body.clone()).await;
+        problem(response, 403).await;
+    }
+    let me = api.get_json("/api/v1/users/me", &deputy).await;
+    assert_eq!(me["role"], "customer");
+    let victim = api
+        .get_json(&format!("/api/v1/users/{victim_id}"), &root)
+        .await;
+    assert_eq!(
+        (victim["role"].as_str(), victim["username"].as_str()),
+        (Some("customer"), Some("bystander"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_drops_a_client_that_never_finishes_its_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start(Store::DynamoDb).await;
+    let address = api.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was still open after 20 s");
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_secs(5),
+        "dropped too early: {held:?}"
+    );
 }

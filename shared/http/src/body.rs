@@ -61,10 +61,9 @@ fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     }
     // "missing field `email`": the path is the parent, the field is in backticks. For unknown
     // fields and wrong types the path already ends at the field.
-    let named = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.starts_with("missing field"));
+    let names_field =
+        message.starts_with("missing field") || message.starts_with("duplicate field");
+    let named = message.split('`').nth(1).filter(|_| names_field);
     let field = match (named, path.as_str()) {
         (Some(name), "." | "") => name.to_owned(),
         (Some(name), parent) => format!("{parent}.{name}"),
@@ -75,14 +74,31 @@ fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         "is required".to_owned()
     } else if message.starts_with("unknown field") {
         "is not allowed".to_owned()
+    } else if message.starts_with("duplicate field") {
+        "is given more than once".to_owned()
     } else if let Some((_, expected)) = message.split_once(", expected ") {
         // "invalid type: integer `12345678`, expected a string": never echo the value (it may
         // be a password) into the response or the logs.
-        format!("must be {expected}")
+        format!("must be {}", in_api_terms(expected))
     } else {
         "has an invalid value".to_owned()
     };
     ApiError::invalid_field(&field, message)
+}
+
+/// What serde expected, in the words of a JSON API rather than of Rust types.
+fn in_api_terms(expected: &str) -> &str {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => {
+            "a whole number"
+        }
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a sequence" => "an array",
+        "a map" => "a JSON object",
+        other if other.starts_with("struct ") => "a JSON object",
+        other => other,
+    }
 }
 
 /// A path parameter the route guarantees (`{id}`); absent only if the routing is miswired.
@@ -200,6 +216,54 @@ mod tests {
             detail.contains("password") && detail.contains("must be a string"),
             "{detail}"
         );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Priced {
+        price: i64,
+        tags: Vec<String>,
+        active: bool,
+    }
+
+    #[test]
+    fn messages_speak_json_not_rust() {
+        let message =
+            |body: &str| match json_body::<Priced>(&request(Some("application/json"), body)) {
+                Err(ApiError::BadRequest { errors, .. }) => errors
+                    .first()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .unwrap_or_default(),
+                other => panic!("{body}: {other:?}"),
+            };
+        let cases = [
+            (
+                r#"{"price":"100","tags":[],"active":true}"#,
+                "price: must be a whole number",
+            ),
+            (
+                r#"{"price":1.5,"tags":[],"active":true}"#,
+                "price: must be a whole number",
+            ),
+            (
+                r#"{"price":1,"tags":{},"active":true}"#,
+                "tags: must be an array",
+            ),
+            (
+                r#"{"price":1,"tags":[],"active":"yes"}"#,
+                "active: must be true or false",
+            ),
+            (r#"[]"#, "body: must be a JSON object"),
+            (r#"null"#, "body: must be a JSON object"),
+            (
+                r#"{"price":1,"price":2,"tags":[],"active":true}"#,
+                "price: is given more than once",
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(message(body), expected, "{body}");
+        }
     }
 
     #[test]

@@ -73,13 +73,19 @@ impl Edge {
         })
     }
 
-    /// The caller a valid bearer token names: `Ok(None)` without a token, `Err` for a token
-    /// that does not verify (the reason is logged, never sent).
+    /// The caller a valid bearer token names: `Ok(None)` without bearer credentials (no
+    /// `Authorization`, or another scheme: RFC 6750 §3.1 gives those no error code), `Err` for
+    /// a bearer token that is malformed or does not verify (the reason is logged, never sent).
     fn authenticate(&self, request: &Request) -> Result<Option<AuthContext>, ()> {
         let Some(header) = request.headers().get(http::header::AUTHORIZATION) else {
             return Ok(None);
         };
-        let token = header.to_str().ok().and_then(bearer_token).ok_or(())?;
+        let header = header.to_str().map_err(|_| ())?;
+        let scheme = header.trim().split(' ').next().unwrap_or_default();
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Ok(None);
+        }
+        let token = bearer_token(header).ok_or(())?;
         let verifier = self.verifier.as_deref().ok_or(())?;
         match verifier.verify(token) {
             Ok(claims) => AuthContext::from_claims(claims).map(Some).ok_or(()),

@@ -19,6 +19,9 @@ use serde_json::{Map, Value, json};
 
 use crate::{Functions, Route, RouteTable};
 
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Lambda's synchronous invocation payload limit (the HTTP API itself accepts 10 MB).
 pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
 
@@ -87,7 +90,11 @@ impl Gateway {
                         let gateway = gateway.clone();
                         async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
                     });
+                    // A client that never finishes its headers is dropped (slowloris), as a
+                    // real front door would.
                     if let Err(error) = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), service)
                         .await
                     {

@@ -123,7 +123,7 @@ pub async fn login(
     };
     let issued = tokens.issue(&user).map_err(ApiError::internal)?;
     tracing::info!(user_id = %user.id, "user logged in");
-    json_response(
+    let mut response = json_response(
         200,
         &LoginView {
             user: UserView::from(&user),
@@ -131,7 +131,13 @@ pub async fn login(
             token_type: "Bearer",
             expires_in: issued.expires_in,
         },
-    )
+    )?;
+    // A token must never be kept by a cache on the way (RFC 6749 §5.1).
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 /// `GET /users/validate`: what the caller's bearer token says (the edge verified it; a bad
@@ -242,6 +248,21 @@ pub async fn update_user(
     errors.into_result()?;
     if role.is_some() && !caller.is_admin() {
         return Err(ApiError::forbidden("only an admin may change a role"));
+    }
+    // Acting as an admin on users (a role, or another user's account) is checked against the
+    // stored role too: a token issued before a demotion must not restore itself.
+    if role.is_some() || caller.user_id != current.id {
+        let stored_role = if caller.user_id == current.id {
+            Some(current.role)
+        } else {
+            users.find_by_id(&caller.user_id).await?.map(|u| u.role)
+        };
+        if stored_role != Some(Role::Admin) {
+            tracing::warn!(actor = %caller.user_id, "admin token of a user who is no longer an admin");
+            return Err(ApiError::forbidden(
+                "you are no longer an admin; sign in again",
+            ));
+        }
     }
 
     let mut next = current.next_version();
