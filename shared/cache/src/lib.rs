@@ -110,13 +110,30 @@ impl Cache {
     }
 
     /// Runs a pipeline under the deadline even while the breaker is open: for writes that must
-    /// not be skipped silently (invalidations).
+    /// not be skipped silently (invalidations). A connection error is retried once: after an
+    /// outage the connection manager can hand the first command the failure of its last reconnect
+    /// and only then reconnects, and an invalidation is often that first command (the breaker
+    /// skipped the reads in between).
     pub async fn run_pipeline_always<T: redis::FromRedisValue>(
         &self,
         pipeline: &redis::Pipeline,
     ) -> Result<T, CacheError> {
-        self.attempt(|mut connection| async move { pipeline.query_async(&mut connection).await })
-            .await
+        let run = || {
+            self.attempt(
+                |mut connection| async move { pipeline.query_async(&mut connection).await },
+            )
+        };
+        match run().await {
+            Err(CacheError::Redis(error))
+                if error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_unrecoverable_error() =>
+            {
+                tracing::debug!(%error, "cache connection error; retrying the write once");
+                run().await
+            }
+            outcome => outcome,
+        }
     }
 
     async fn guarded<T, F, Fut>(&self, operation: F) -> Result<T, CacheError>

@@ -76,6 +76,9 @@ fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         "is not allowed".to_owned()
     } else if message.starts_with("duplicate field") {
         "is given more than once".to_owned()
+    } else if message.starts_with("invalid value: integer") {
+        // A whole number too large (or negative) for the field's type.
+        "is out of range".to_owned()
     } else if let Some((_, expected)) = message.split_once(", expected ") {
         // "invalid type: integer `12345678`, expected a string": never echo the value (it may
         // be a password) into the response or the logs.
@@ -245,6 +248,10 @@ mod tests {
             (
                 r#"{"price":1.5,"tags":[],"active":true}"#,
                 "price: must be a whole number",
+            ),
+            (
+                r#"{"price":9223372036854775808,"tags":[],"active":true}"#,
+                "price: is out of range",
             ),
             (
                 r#"{"price":1,"tags":{},"active":true}"#,

@@ -567,7 +567,9 @@ impl StockWriter for DynamoProductRepository {
                 let old = reasons.first().and_then(|r| r.item());
                 let recorded = |name: &str| old.and_then(|o| o.get(name)?.as_s().ok());
                 let same_product = recorded(attr::PRODUCT_ID_OF_CHANGE) == Some(&id.to_string());
-                let same_change = recorded(attr::CHANGE) == Some(&change.fingerprint());
+                // Records from before the change was stored match on the product alone.
+                let same_change =
+                    recorded(attr::CHANGE).is_none_or(|recorded| recorded == &change.fingerprint());
                 if !(same_product && same_change) {
                     return Err(RepositoryError::IdempotencyKeyReused);
                 }

@@ -287,9 +287,10 @@ impl StockWriter for PgProductRepository {
         .map_err(db("Postgres insert stock change"))?;
         if recorded.rows_affected() == 0 {
             tx.rollback().await.map_err(db("Postgres rollback"))?;
-            // Applied before; a retry if it names the same change.
+            // Applied before; a retry if it names the same change (rows recorded before the
+            // change was stored, migration 0003, match on the product alone).
             let same: Option<bool> = sqlx::query_scalar(&format!(
-                "select product_id = $2 and change is not distinct from $3 from {}
+                "select product_id = $2 and (change is null or change = $3) from {}
                  where change_id = $1",
                 self.changes
             ))
