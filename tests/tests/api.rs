@@ -2080,3 +2080,71 @@ async fn the_gateway_drops_a_client_that_never_finishes_its_headers() {
         "dropped too early: {held:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_postgres_pool_per_instance_holds_at_most_pg_max_connections() {
+    // Arrange: this instance's connections carry a name of their own in pg_stat_activity.
+    let name = format!("zxpool{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}?application_name={name}", zx_tests::database_url());
+    let app = TestApp::with(
+        Store::Postgres,
+        &zx_tests::aws_endpoint(),
+        &[
+            ("DATABASE_URL", &url),
+            ("PG_MAX_CONNECTIONS", "2"),
+            ("RATE_LIMIT_USERS", "10000"),
+            ("RATE_LIMIT_PRODUCTS", "10000"),
+        ],
+    )
+    .await;
+    let api = Api::on(app).await;
+    let (_, customer) = api.customer("pooled").await;
+    let admin = api.admin().await;
+    let product = api
+        .create_product(
+            &admin,
+            json!({"name": "Pooled Pan", "price": 100, "stock": 5, "categoryId": "pans"}),
+        )
+        .await;
+    let observer = sqlx::PgPool::connect(&zx_tests::database_url())
+        .await
+        .unwrap();
+    let connections = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity where application_name = $1",
+        )
+        .bind(&name)
+        .fetch_one(&observer)
+        .await
+        .unwrap()
+    };
+
+    // Act: both schemas (users, products) under concurrent load.
+    let load = futures::future::join_all((0..60).map(|i| {
+        let path = if i % 2 == 0 {
+            "/api/v1/users/me".to_owned()
+        } else {
+            format!("/api/v1/stock/{product}?quantity=2")
+        };
+        let (api, customer) = (&api, &customer);
+        async move { api.get(&path, customer).await.status().as_u16() }
+    }));
+    let watch = async {
+        let mut most = 0;
+        for _ in 0..40 {
+            most = most.max(connections().await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        most
+    };
+    let (statuses, most) = tokio::join!(load, watch);
+
+    // Assert
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let most = most.max(connections().await);
+    println!("most connections seen: {most}");
+    assert!(
+        (1..=2).contains(&most),
+        "{most} connections for one instance"
+    );
+}

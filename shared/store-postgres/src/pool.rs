@@ -60,9 +60,14 @@ impl Default for PoolSettings {
     }
 }
 
-/// A pool that connects on first use, at most `settings.max_connections` connections.
+/// A pool that connects on first use, at most `settings.max_connections` connections. Its
+/// connections call themselves `zhixuan` in `pg_stat_activity`, unless the URL names them
+/// (`?application_name=`).
 pub fn connect_lazy(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name("zhixuan");
+    let mut options = PgConnectOptions::from_str(url)?;
+    if options.get_application_name().is_none() {
+        options = options.application_name("zhixuan");
+    }
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(0)
