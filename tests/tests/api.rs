@@ -1274,10 +1274,14 @@ async fn a_client_over_the_login_limit_does_not_affect_other_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limiter_fails_open_when_the_cache_is_down() {
+    let logs = zx_tests::LogCapture::install();
     let app = TestApp::with(
         Store::DynamoDb,
         &zx_tests::aws_endpoint(),
-        &[("CACHE_URL", "redis://127.0.0.1:1")],
+        &[
+            ("CACHE_URL", "redis://127.0.0.1:1"),
+            ("RATE_LIMIT_USERS", "3"),
+        ],
     )
     .await;
     let limit = app.config.rate_limits.login_per_ip_and_email;
@@ -1296,6 +1300,17 @@ async fn the_rate_limiter_fails_open_when_the_cache_is_down() {
             attempt + 1
         );
     }
+    // The per-client route limit (3 a minute here) fails open too, and says so in the log.
+    let (_, token) = api.customer("open_door").await;
+    for attempt in 1..=6 {
+        let response = api.get("/api/v1/users/me", &token).await;
+        assert_eq!(response.status(), 200, "request {attempt}");
+        assert!(response.headers().get("ratelimit-limit").is_none());
+    }
+    assert!(
+        !logs.matching("WARN", "rate limiter unavailable").is_empty(),
+        "fail-open was not logged"
+    );
 }
 
 // ---------------------------------------------------------------- hardening (issue 6)
@@ -1976,6 +1991,35 @@ fn the_template_has_no_authorizer_and_only_users_login_reads_the_private_key() {
         .map(|(name, _)| name.as_str().unwrap().to_owned())
         .collect();
     assert_eq!(holders, ["UsersLoginFunction"]);
+}
+
+#[test]
+fn route_throttles_are_a_global_net_not_the_per_client_limits() {
+    let text = std::fs::read_to_string(zx_tests::repo_root().join("template.yaml")).unwrap();
+    let template: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let settings = &template["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"];
+    for (setting, parameter) in [
+        ("ThrottlingRateLimit", "RouteThrottleRate"),
+        ("ThrottlingBurstLimit", "RouteThrottleBurst"),
+    ] {
+        assert!(
+            serde_yaml::to_string(&settings[setting])
+                .unwrap()
+                .contains(parameter),
+            "{setting} must come from the {parameter} parameter"
+        );
+        // Per second, for all clients together: far above one client's 1000 a minute.
+        let default = template["Parameters"][parameter]["Default"]
+            .as_u64()
+            .unwrap();
+        assert!(default >= 1000, "{parameter} default {default}");
+    }
+    // No per-route throttles (the old translation of the per-client numbers).
+    assert!(
+        template["Resources"]["HttpApi"]["Properties"]
+            .get("RouteSettings")
+            .is_none()
+    );
 }
 
 #[test]
