@@ -418,6 +418,7 @@ impl zx_domain::StockWriter for LaggingIndex {
 pub struct CuttableProxy {
     pub address: SocketAddr,
     cut: tokio::sync::watch::Sender<bool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -428,9 +429,12 @@ impl CuttableProxy {
             .expect("bind proxy");
         let address = listener.local_addr().expect("proxy address");
         let (cut, watch) = tokio::sync::watch::channel(false);
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = refused.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if *watch.borrow() {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     continue; // dropped: closed at once
                 }
                 let mut watch = watch.clone();
@@ -446,11 +450,21 @@ impl CuttableProxy {
                 });
             }
         });
-        Self { address, cut, task }
+        Self {
+            address,
+            cut,
+            refused,
+            task,
+        }
     }
 
     pub fn set_cut(&self, cut: bool) {
         self.cut.send_replace(cut);
+    }
+
+    /// Connections accepted and closed at once while cut, so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

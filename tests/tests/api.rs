@@ -1473,17 +1473,23 @@ async fn products_routes_limit_each_client_separately() {
     assert_eq!(header(&response, "ratelimit-remaining"), Some(19));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listings_never_show_pre_write_values_while_the_index_lags() {
+/// An app whose listing index lags when told to; listing pages are not cached for `lag_ms`
+/// after a catalogue write.
+async fn behind_lagging_index(lag_ms: &str) -> (Api, std::sync::Arc<zx_tests::LaggingIndex>) {
     let mut app = TestApp::with(
         Store::DynamoDb,
         &zx_tests::aws_endpoint(),
-        &[("CACHE_INDEX_LAG_MS", "500")],
+        &[("CACHE_INDEX_LAG_MS", lag_ms)],
     )
     .await;
     let lagging = zx_tests::LaggingIndex::new(app.services.stores.products.clone());
     app.services.stores.products = lagging.clone();
-    let api = Api::on(app).await;
+    (Api::on(app).await, lagging)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_never_show_pre_write_values_while_the_index_lags() {
+    let (api, lagging) = behind_lagging_index("500").await;
     let admin = api.admin().await;
     let id = api
         .create_product(
@@ -1532,11 +1538,7 @@ async fn listings_never_show_pre_write_values_while_the_index_lags() {
         )
         .await;
     let toys = "/api/v1/products?category=toys";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while x_cache(&api.get_public(toys).await) != "HIT" {
-        assert!(Instant::now() < deadline, "toys were never cached");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_cached(&api, toys).await;
     let response = api
         .put(&format!("/api/v1/stock/{id}"), &admin, json!({"delta": 7}))
         .await;
@@ -1578,15 +1580,7 @@ async fn behind_cuttable_cache(settings: &[(&str, &str)]) -> (Api, zx_tests::Cut
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_product_the_lagging_index_still_lists_is_never_cached_as_a_member() {
     // Arrange: a short lag window, so listing pages are cached while the index still lags.
-    let mut app = TestApp::with(
-        Store::DynamoDb,
-        &zx_tests::aws_endpoint(),
-        &[("CACHE_INDEX_LAG_MS", "100")],
-    )
-    .await;
-    let lagging = zx_tests::LaggingIndex::new(app.services.stores.products.clone());
-    app.services.stores.products = lagging.clone();
-    let api = Api::on(app).await;
+    let (api, lagging) = behind_lagging_index("100").await;
     let admin = api.admin().await;
     let body = |name: &str| json!({"name": name, "price": 100, "stock": 5, "categoryId": "mugs"});
     let moving = api.create_product(&admin, body("Moving Mug")).await;
@@ -1686,6 +1680,46 @@ async fn staleness_after_an_unreachable_cache_is_bounded_by_the_ttl() {
         "no stale entry was ever served from the cache"
     );
     assert!(fresh_after_bound > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_cache_write_after_an_outage_lands() {
+    let proxy = zx_tests::CuttableProxy::start(
+        zx_tests::cache_url()
+            .trim_start_matches("redis://")
+            .to_owned(),
+    )
+    .await;
+    let prefix = format!("zx-test-{}:", uuid::Uuid::new_v4().simple());
+    let settings = |url: String| zx_cache::CacheSettings {
+        url,
+        timeout: Duration::from_millis(500),
+        key_prefix: prefix.clone(),
+    };
+    let cache = zx_cache::Cache::new(settings(format!("redis://{}", proxy.address))).unwrap();
+    let direct = zx_cache::Cache::new(settings(zx_tests::cache_url())).unwrap();
+    cache.bump(&["counter"], &[]).await.unwrap();
+
+    // Arrange: an outage during which the client's reconnect attempts all fail.
+    proxy.set_cut(true);
+    assert!(cache.get("counter").await.is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.refused() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the client never tried to reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.set_cut(false);
+
+    // Act: the first command after the outage is an invalidation (the breaker skipped the
+    // reads in between), so it must not get the failure of the client's last reconnect.
+    let bumped = cache.bump(&["counter"], &[]).await;
+
+    // Assert
+    assert!(bumped.is_ok(), "{bumped:?}");
+    assert_eq!(direct.get("counter").await.unwrap().as_deref(), Some("2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

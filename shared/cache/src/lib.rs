@@ -110,35 +110,18 @@ impl Cache {
     }
 
     /// Runs a pipeline under the deadline even while the breaker is open: for writes that must
-    /// not be skipped silently (invalidations). A connection error is retried once: after an
-    /// outage the connection manager can hand the first command the failure of its last reconnect
-    /// and only then reconnects, and an invalidation is often that first command (the breaker
-    /// skipped the reads in between).
+    /// not be skipped silently (invalidations).
     pub async fn run_pipeline_always<T: redis::FromRedisValue>(
         &self,
         pipeline: &redis::Pipeline,
     ) -> Result<T, CacheError> {
-        let run = || {
-            self.attempt(
-                |mut connection| async move { pipeline.query_async(&mut connection).await },
-            )
-        };
-        match run().await {
-            Err(CacheError::Redis(error))
-                if error.is_io_error()
-                    || error.is_connection_dropped()
-                    || error.is_unrecoverable_error() =>
-            {
-                tracing::debug!(%error, "cache connection error; retrying the write once");
-                run().await
-            }
-            outcome => outcome,
-        }
+        self.attempt(|mut connection| async move { pipeline.query_async(&mut connection).await })
+            .await
     }
 
     async fn guarded<T, F, Fut>(&self, operation: F) -> Result<T, CacheError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if now_millis() < self.broken_until.load(Ordering::Relaxed) {
@@ -147,18 +130,34 @@ impl Cache {
         self.attempt(operation).await
     }
 
-    /// One operation under the deadline; a failure opens the breaker.
+    /// One operation under the deadline; a failure opens the breaker. A connection error is
+    /// tried once more within the same deadline: after an outage the connection manager hands
+    /// the first command the failure of its last reconnect and only then reconnects (redis
+    /// 1.8, `reconnect_if_io_error!`), and that first command is often an invalidation, since
+    /// the breaker skipped the reads in between.
     async fn attempt<T, F, Fut>(&self, operation: F) -> Result<T, CacheError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let outcome =
-            match tokio::time::timeout(self.timeout, operation(self.connection.clone())).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error)) => CacheError::Redis(error),
-                Err(_) => CacheError::Timeout(self.timeout),
-            };
+        let tries = async {
+            match operation(self.connection.clone()).await {
+                Err(error)
+                    if error.is_io_error()
+                        || error.is_connection_dropped()
+                        || error.is_unrecoverable_error() =>
+                {
+                    tracing::debug!(%error, "cache connection error; trying once more");
+                    operation(self.connection.clone()).await
+                }
+                outcome => outcome,
+            }
+        };
+        let outcome = match tokio::time::timeout(self.timeout, tries).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => CacheError::Redis(error),
+            Err(_) => CacheError::Timeout(self.timeout),
+        };
         let until =
             now_millis().saturating_add(u64::try_from(BREAK_FOR.as_millis()).unwrap_or(u64::MAX));
         self.broken_until.store(until, Ordering::Relaxed);

@@ -70,7 +70,18 @@ impl Functions {
         request_id: &str,
     ) -> Result<http::Response<Bytes>, InvokeError> {
         let handler = self.handler(binary).ok_or(InvokeError::UnknownFunction)?;
-        invoke(handler, event, request_id).await
+        invoke(handler, serde_json::from_value(event)?, request_id).await
+    }
+
+    /// [`Functions::invoke`] with the event as the JSON bytes Lambda would receive.
+    pub async fn invoke_json(
+        &self,
+        binary: &str,
+        event: &[u8],
+        request_id: &str,
+    ) -> Result<http::Response<Bytes>, InvokeError> {
+        let handler = self.handler(binary).ok_or(InvokeError::UnknownFunction)?;
+        invoke(handler, serde_json::from_slice(event)?, request_id).await
     }
 }
 
@@ -79,10 +90,9 @@ impl Functions {
 /// then API Gateway's side turns that JSON into an HTTP response.
 async fn invoke(
     handler: &HttpHandler,
-    event: Value,
+    payload: LambdaRequest,
     request_id: &str,
 ) -> Result<http::Response<Bytes>, InvokeError> {
-    let payload: LambdaRequest = serde_json::from_value(event)?;
     let mut context = Context::default();
     context.request_id = format!("local-{request_id}");
     let handler = handler.clone();
@@ -207,9 +217,8 @@ mod tests {
 
     #[tokio::test]
     async fn responses_go_through_lambda_http_serialisation_as_aws_receives_them() {
-        let response = invoke(&binary_function(), event("{}"), "r-1")
-            .await
-            .unwrap();
+        let event = serde_json::from_value(event("{}")).unwrap();
+        let response = invoke(&binary_function(), event, "r-1").await.unwrap();
 
         assert_eq!(response.status(), 201);
         assert_eq!(response.body().as_ref(), [0, 159, 146, 150, 255]);

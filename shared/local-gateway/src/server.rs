@@ -147,16 +147,20 @@ impl Gateway {
             );
         };
         let event = v2_event(route, &params, &parts, &body, peer, request_id);
-        // Lambda's limit applies to the whole event, base64-encoded body included.
-        if serde_json::to_vec(&event).map_or(true, |bytes| bytes.len() > MAX_PAYLOAD_BYTES) {
-            return (
-                plain(413, &json!({ "message": "Request Entity Too Large" })),
-                function,
-            );
-        }
+        // Lambda's limit applies to the whole event, base64-encoded body included; the
+        // function gets the very bytes measured.
+        let event = match serde_json::to_vec(&event) {
+            Ok(bytes) if bytes.len() <= MAX_PAYLOAD_BYTES => bytes,
+            _ => {
+                return (
+                    plain(413, &json!({ "message": "Request Entity Too Large" })),
+                    function,
+                );
+            }
+        };
         match self
             .functions
-            .invoke(&route.function, event, request_id)
+            .invoke_json(&route.function, &event, request_id)
             .await
         {
             Ok(response) => {

@@ -565,11 +565,14 @@ impl StockWriter for DynamoProductRepository {
             // The change record exists: applied before; a retry if it names the same change.
             Err(reasons) if crate::condition_failed(&reasons, 0) => {
                 let old = reasons.first().and_then(|r| r.item());
-                let recorded = |name: &str| old.and_then(|o| o.get(name)?.as_s().ok());
-                let same_product = recorded(attr::PRODUCT_ID_OF_CHANGE) == Some(&id.to_string());
+                let recorded = |name: &str| {
+                    old.and_then(|o| o.get(name)?.as_s().ok())
+                        .map(String::as_str)
+                };
+                let same_product = recorded(attr::PRODUCT_ID_OF_CHANGE) == Some(id.as_str());
                 // Records from before the change was stored match on the product alone.
                 let same_change =
-                    recorded(attr::CHANGE).is_none_or(|recorded| recorded == &change.fingerprint());
+                    recorded(attr::CHANGE).is_none_or(|recorded| recorded == change.fingerprint());
                 if !(same_product && same_change) {
                     return Err(RepositoryError::IdempotencyKeyReused);
                 }

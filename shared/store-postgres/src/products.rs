@@ -288,11 +288,14 @@ impl StockWriter for PgProductRepository {
         if recorded.rows_affected() == 0 {
             tx.rollback().await.map_err(db("Postgres rollback"))?;
             // Applied before; a retry if it names the same change (rows recorded before the
-            // change was stored, migration 0003, match on the product alone).
-            let same: Option<bool> = sqlx::query_scalar(&format!(
-                "select product_id = $2 and (change is null or change = $3) from {}
-                 where change_id = $1",
-                self.changes
+            // change was stored, migration 0003, match on the product alone). One round trip
+            // for the verdict and the counters.
+            let row = sqlx::query(&format!(
+                "select c.product_id = $2 and (c.change is null or c.change = $3) as same,
+                        p.available, p.reserved
+                 from {} c left join {} p on p.product_id = c.product_id
+                 where c.change_id = $1",
+                self.changes, self.products
             ))
             .bind(change_id.as_str())
             .bind(id.as_str())
@@ -300,20 +303,16 @@ impl StockWriter for PgProductRepository {
             .fetch_optional(&self.pool)
             .await
             .map_err(db("Postgres select stock change"))?;
-            if same != Some(true) {
+            let same = row.as_ref().and_then(|r| r.try_get::<bool, _>("same").ok());
+            let (Some(row), Some(true)) = (row, same) else {
                 return Err(RepositoryError::IdempotencyKeyReused);
-            }
+            };
             tracing::info!(product_id = %id, "stock change already applied");
-            let row = sqlx::query(&format!(
-                "select available, reserved from {} where product_id = $1",
-                self.products
-            ))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("Postgres select stock"))?
-            .ok_or(RepositoryError::NotFound)?;
-            return stock_from_row(&row);
+            return match row.try_get::<Option<i64>, _>("available") {
+                Ok(Some(_)) => stock_from_row(&row),
+                Ok(None) => Err(RepositoryError::NotFound),
+                Err(e) => Err(RepositoryError::Corrupt(format!("available: {e}"))),
+            };
         }
         let row = sqlx::query(&format!(
             "update {} set available = {sql}
