@@ -73,7 +73,30 @@ def create_queues():
         print(f"queue {prefix + queue['name']} (dlq {prefix + queue['deadLetterQueue']}): ready")
 
 
+def create_topics():
+    """The order-events topic, with a queue subscribed (raw delivery) so events can be read
+    locally the way a downstream consumer would."""
+    sns, sqs = client("sns"), client("sqs")
+    prefix = os.environ.get("ZX_QUEUE_PREFIX", "")
+    spec = json.loads((HERE / "sqs" / "queues.json").read_text())
+    for topic in spec.get("topics", []):
+        arn = sns.create_topic(Name=prefix + topic["name"])["TopicArn"]
+        queue_url = sqs.create_queue(QueueName=prefix + topic["subscriberQueue"])["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        sns.subscribe(
+            TopicArn=arn,
+            Protocol="sqs",
+            Endpoint=queue_arn,
+            Attributes={"RawMessageDelivery": "true"},
+            ReturnSubscriptionArn=True,
+        )
+        print(f"topic {arn} -> queue {prefix + topic['subscriberQueue']}: ready")
+
+
 # Runs on import too: LocalStack's ready hooks execute the file, whatever its __name__.
 create_tables()
 create_queues()
+create_topics()
 sys.stdout.flush()

@@ -16,6 +16,8 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 USER_ID = "0192f0c4-6a8e-7b3c-9d2e-1f4a5b6c7d8e"
 PRODUCT_ID = "0192f0c4-7000-7abc-8def-0123456789ab"
+ORDER_ID = "0192f0c4-8000-7abc-8def-0123456789ab"
+CANCEL_ORDER_ID = "0192f0c4-8001-7abc-8def-0123456789ab"
 TOKEN_HEADER = {"authorization": "Bearer REPLACE-WITH-A-TOKEN-FROM-POST-api-v1-users-login"}
 
 
@@ -75,7 +77,52 @@ EVENTS = {
         path_params={"productId": PRODUCT_ID}, query={"quantity": "3"}),
     "stock-put": event("PUT", f"/api/v1/stock/{PRODUCT_ID}", "/api/v1/stock/{productId}",
         path_params={"productId": PRODUCT_ID}, headers=TOKEN_HEADER, body=json.dumps({"delta": 5})),
+    "orders-create": event("POST", "/api/v1/orders", "/api/v1/orders",
+        headers={**TOKEN_HEADER, "idempotency-key": "checkout-2026-11-24-0001"},
+        body=json.dumps({"items": [{"productId": PRODUCT_ID, "quantity": 2}],
+                         "shippingAddress": "No. 1 Zhongguancun Street, Haidian, Beijing"})),
+    "orders-get": event("GET", f"/api/v1/orders/{ORDER_ID}", "/api/v1/orders/{id}",
+        path_params={"id": ORDER_ID}, headers=TOKEN_HEADER),
+    "orders-list": event("GET", "/api/v1/orders", "/api/v1/orders", headers=TOKEN_HEADER,
+        query={"limit": "10"}),
+    "orders-cancel": event("POST", f"/api/v1/orders/{CANCEL_ORDER_ID}/cancel", "/api/v1/orders/{id}/cancel",
+        path_params={"id": CANCEL_ORDER_ID}, headers=TOKEN_HEADER),
+    "orders-update-status": event("PATCH", f"/api/v1/orders/{ORDER_ID}/status", "/api/v1/orders/{id}/status",
+        path_params={"id": ORDER_ID}, headers=TOKEN_HEADER, body=json.dumps({"status": "paid"})),
 }
+
+
+def envelope(kind, data):
+    return json.dumps({"id": "0192f0c4-9000-7abc-8def-0123456789ab", "type": kind, "version": 1,
+                       "occurredAt": "2026-11-24T08:00:00.000Z", "data": data})
+
+
+def sqs_event(queue, body):
+    """An SQS event as a Lambda event source mapping delivers it (one record)."""
+    return {"Records": [{
+        "messageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
+        "receiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...",
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795420800000",
+                       "SenderId": "AIDAIENQZJOLO23YVJ4VO", "ApproximateFirstReceiveTimestamp": "1795420800001"},
+        "messageAttributes": {},
+        "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
+        "awsRegion": "us-east-1"}]}
+
+
+# Non-HTTP functions: the SQS workers and the scheduled relay (tests/tests/orders.rs runs them).
+WORKER_EVENTS = {
+    "inventory-worker": sqs_event("zhixuan-inventory", envelope("inventory.reserve",
+        {"orderId": ORDER_ID, "items": [{"productId": PRODUCT_ID, "quantity": 1}]})),
+    "order-worker": sqs_event("zhixuan-orders", envelope("inventory.reserved", {"orderId": ORDER_ID})),
+    "outbox-relay": {"version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event", "source": "aws.events", "account": "123456789012",
+        "time": "2026-11-24T08:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/zhixuan-outbox-relay"], "detail": {}},
+}
+EVENTS.update(WORKER_EVENTS)
 
 for name, e in EVENTS.items():
     (ROOT / "events" / f"{name}.json").write_text(json.dumps(e, indent=2, ensure_ascii=False) + "\n")

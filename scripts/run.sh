@@ -68,6 +68,7 @@ cat <<EOF
 
   Try:  curl http://127.0.0.1:$GATEWAY_PORT/health
         curl 'http://127.0.0.1:$GATEWAY_PORT/api/v1/products?category=phones&limit=3'
+        Orders: see README.md, "Place an order" (queues polled, relay every minute)
   Stop: Ctrl-C
 
 EOF

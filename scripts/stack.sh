@@ -104,14 +104,14 @@ stop_redis() {
 ls_env() {
   export OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT=$LS/fs GATEWAY_LISTEN=127.0.0.1:$LS_PORT \
     GATEWAY_SERVER=hypercorn LOCALSTACK_HOST=127.0.0.1:$LS_PORT SQS_ENDPOINT_STRATEGY=path \
-    SERVICES=sqs,dynamodb EAGER_SERVICE_LOADING=1 DYNAMODB_IN_MEMORY=1 DNS_ADDRESS=0 \
+    SERVICES=sqs,dynamodb,sns EAGER_SERVICE_LOADING=1 DYNAMODB_IN_MEMORY=1 DNS_ADDRESS=0 \
     DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 LOCALSTACK_TELEMETRY_DISABLED=1
 }
 
 ls_ready() {
   local health
   health=$(curl -sf --max-time 2 "http://127.0.0.1:$LS_PORT/_localstack/health" 2>/dev/null) || return 1
-  python3 -c 'import json,sys; s=json.loads(sys.argv[1])["services"]; sys.exit(0 if s.get("dynamodb") in ("running","available") and s.get("sqs") in ("running","available") else 1)' "$health" 2>/dev/null
+  python3 -c 'import json,sys; s=json.loads(sys.argv[1])["services"]; sys.exit(0 if s.get("dynamodb") in ("running","available") and s.get("sqs") in ("running","available") and s.get("sns") in ("running","available") else 1)' "$health" 2>/dev/null
 }
 
 install_localstack() {
@@ -191,6 +191,9 @@ export AWS_ACCESS_KEY_ID=\${AWS_ACCESS_KEY_ID:-test}
 export AWS_SECRET_ACCESS_KEY=\${AWS_SECRET_ACCESS_KEY:-test}
 export DATABASE_URL=\${DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/$PG_DB}
 export CACHE_URL=\${CACHE_URL:-redis://127.0.0.1:$REDIS_PORT}
+export INVENTORY_QUEUE_URL=\${INVENTORY_QUEUE_URL:-http://127.0.0.1:$LS_PORT/queue/us-east-1/000000000000/zhixuan-inventory}
+export ORDER_QUEUE_URL=\${ORDER_QUEUE_URL:-http://127.0.0.1:$LS_PORT/queue/us-east-1/000000000000/zhixuan-orders}
+export ORDER_EVENTS_TOPIC_ARN=\${ORDER_EVENTS_TOPIC_ARN:-arn:aws:sns:us-east-1:000000000000:zhixuan-order-events}
 EOF
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use zx_app::config::Source;
 use zx_app::{Config, Services};
 use zx_domain::{ProductRepository, UserRepository};
-use zx_local_gateway::{Functions, Gateway, RouteTable};
+use zx_local_gateway::{Functions, Gateway, Pollers, RouteTable, Workers, sources_from_template};
 use zx_store_dynamodb::{DynamoProductRepository, DynamoUserRepository, TableSpec};
 use zx_store_postgres::{PgProductRepository, PgSchema, PgUserRepository, PoolSettings};
 
@@ -132,6 +132,82 @@ impl ProductBackend {
     }
 }
 
+/// The repositories the orders saga uses, of one backend.
+#[derive(Clone)]
+pub struct OrderStores {
+    pub orders: Arc<dyn zx_domain::OrderRepository>,
+    pub outbox: Arc<dyn zx_domain::Outbox>,
+    pub products: Arc<dyn ProductRepository>,
+    pub inventory: Arc<dyn zx_domain::InventoryRepository>,
+}
+
+/// Isolated orders and catalogue storage (tables or schemas), removed by
+/// [`OrderBackend::cleanup`].
+pub struct OrderBackend {
+    pub stores: OrderStores,
+    cleanup: Vec<Cleanup>,
+}
+
+impl OrderBackend {
+    pub async fn dynamodb() -> Self {
+        let client = aws_sdk_dynamodb::Client::new(&aws_config_for(&aws_endpoint()).await);
+        let products_table = create_table(&client, "products").await;
+        let orders_table = create_table(&client, "orders").await;
+        let products = Arc::new(DynamoProductRepository::new(
+            client.clone(),
+            products_table.clone(),
+        ));
+        let orders = Arc::new(zx_store_dynamodb::DynamoOrderRepository::new(
+            client.clone(),
+            orders_table.clone(),
+        ));
+        Self {
+            stores: OrderStores {
+                orders: orders.clone(),
+                outbox: orders,
+                products: products.clone(),
+                inventory: products,
+            },
+            cleanup: vec![
+                Cleanup::Table(client.clone(), products_table),
+                Cleanup::Table(client, orders_table),
+            ],
+        }
+    }
+
+    pub async fn postgres() -> Self {
+        let (products_schema, products_pool) =
+            create_schema(&zx_store_postgres::migrate::PRODUCTS).await;
+        let (orders_schema, orders_pool) = create_schema(&zx_store_postgres::migrate::ORDERS).await;
+        let products = Arc::new(PgProductRepository::new(
+            products_pool.clone(),
+            &products_schema,
+        ));
+        let orders = Arc::new(zx_store_postgres::PgOrderRepository::new(
+            orders_pool.clone(),
+            &orders_schema,
+        ));
+        Self {
+            stores: OrderStores {
+                orders: orders.clone(),
+                outbox: orders,
+                products: products.clone(),
+                inventory: products,
+            },
+            cleanup: vec![
+                Cleanup::Schema(products_pool, products_schema),
+                Cleanup::Schema(orders_pool, orders_schema),
+            ],
+        }
+    }
+
+    pub async fn cleanup(self) {
+        for cleanup in self.cleanup {
+            cleanup.run().await;
+        }
+    }
+}
+
 /// One isolated repository backend, removed by [`Backend::cleanup`].
 pub struct Backend {
     pub users: Arc<dyn UserRepository>,
@@ -202,6 +278,114 @@ pub struct TestApp {
     pub config: Config,
     pub table: Option<String>,
     pub schema: Option<PgSchema>,
+    pub queues: TestQueues,
+    pub aws: aws_config::SdkConfig,
+}
+
+/// Queues and a topic of one test app: the inventory and order queues with their dead-letter
+/// queues (redrive after 5 receives; visibility 2 s, so redeliveries come quickly), and the
+/// order-events topic with a queue subscribed.
+#[derive(Debug, Clone)]
+pub struct TestQueues {
+    pub inventory: String,
+    pub inventory_dlq: String,
+    pub orders: String,
+    pub orders_dlq: String,
+    pub topic: String,
+    pub events: String,
+}
+
+/// Visibility timeout of test queues.
+pub const TEST_VISIBILITY_SECONDS: u32 = 2;
+
+impl TestQueues {
+    pub async fn create(aws: &aws_config::SdkConfig) -> Self {
+        let sqs = aws_sdk_sqs::Client::new(aws);
+        let sns = aws_sdk_sns::Client::new(aws);
+        let prefix = format!("zx-test-{}", unique());
+        let arn = |url: &str| {
+            format!(
+                "arn:aws:sqs:us-east-1:000000000000:{}",
+                url.rsplit('/').next().unwrap_or_default()
+            )
+        };
+        let mut urls = Vec::new();
+        for name in ["inventory", "orders"] {
+            let dlq = sqs
+                .create_queue()
+                .queue_name(format!("{prefix}-{name}-dlq"))
+                .send()
+                .await
+                .expect("create dlq")
+                .queue_url
+                .expect("dlq url");
+            let redrive =
+                serde_json::json!({"deadLetterTargetArn": arn(&dlq), "maxReceiveCount": "5"});
+            let queue = sqs
+                .create_queue()
+                .queue_name(format!("{prefix}-{name}"))
+                .attributes(
+                    aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+                    redrive.to_string(),
+                )
+                .attributes(
+                    aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+                    TEST_VISIBILITY_SECONDS.to_string(),
+                )
+                .send()
+                .await
+                .expect("create queue")
+                .queue_url
+                .expect("queue url");
+            urls.push((queue, dlq));
+        }
+        let topic = sns
+            .create_topic()
+            .name(format!("{prefix}-order-events"))
+            .send()
+            .await
+            .expect("create topic")
+            .topic_arn
+            .expect("topic arn");
+        let events = sqs
+            .create_queue()
+            .queue_name(format!("{prefix}-order-events"))
+            .send()
+            .await
+            .expect("create events queue")
+            .queue_url
+            .expect("events url");
+        sns.subscribe()
+            .topic_arn(&topic)
+            .protocol("sqs")
+            .endpoint(arn(&events))
+            .attributes("RawMessageDelivery", "true")
+            .send()
+            .await
+            .expect("subscribe");
+        let [(inventory, inventory_dlq), (orders, orders_dlq)] =
+            <[(String, String); 2]>::try_from(urls).expect("two queues");
+        Self {
+            inventory,
+            inventory_dlq,
+            orders,
+            orders_dlq,
+            topic,
+            events,
+        }
+    }
+
+    fn unreachable(endpoint: &str) -> Self {
+        let url = |name: &str| format!("{endpoint}/queue/us-east-1/000000000000/{name}");
+        Self {
+            inventory: url("inventory"),
+            inventory_dlq: url("inventory-dlq"),
+            orders: url("orders"),
+            orders_dlq: url("orders-dlq"),
+            topic: "arn:aws:sns:us-east-1:000000000000:unreachable".into(),
+            events: url("events"),
+        }
+    }
 }
 
 impl TestApp {
@@ -225,24 +409,36 @@ impl TestApp {
             ("CACHE_INDEX_LAG_MS".into(), "1".into()),
         ]);
         let (mut table, mut schema) = (None, None);
+        let reachable = aws_endpoint == self::aws_endpoint();
+        let queues = if reachable {
+            TestQueues::create(&aws).await
+        } else {
+            TestQueues::unreachable(aws_endpoint)
+        };
+        vars.insert("INVENTORY_QUEUE_URL".into(), queues.inventory.clone());
+        vars.insert("ORDER_QUEUE_URL".into(), queues.orders.clone());
+        vars.insert("ORDER_EVENTS_TOPIC_ARN".into(), queues.topic.clone());
+        vars.insert("OUTBOX_RELAY_DELAY_MS".into(), "1".into());
         match store {
             Store::DynamoDb => {
-                let reachable = aws_endpoint == self::aws_endpoint();
                 let client = aws_sdk_dynamodb::Client::new(&aws);
-                let (users, products) = if reachable {
+                let (users, products, orders) = if reachable {
                     (
                         create_table(&client, "users").await,
                         create_table(&client, "products").await,
+                        create_table(&client, "orders").await,
                     )
                 } else {
                     (
                         "unreachable-users".to_owned(),
                         "unreachable-products".to_owned(),
+                        "unreachable-orders".to_owned(),
                     )
                 };
                 vars.insert("STORE".into(), "dynamodb".into());
                 vars.insert("USERS_TABLE".into(), users.clone());
                 vars.insert("PRODUCTS_TABLE".into(), products);
+                vars.insert("ORDERS_TABLE".into(), orders);
                 table = Some(users);
             }
             Store::Postgres => {
@@ -250,10 +446,13 @@ impl TestApp {
                 pool.close().await;
                 let (products, pool) = create_schema(&zx_store_postgres::migrate::PRODUCTS).await;
                 pool.close().await;
+                let (orders, pool) = create_schema(&zx_store_postgres::migrate::ORDERS).await;
+                pool.close().await;
                 vars.insert("STORE".into(), "postgres".into());
                 vars.insert("DATABASE_URL".into(), database_url());
                 vars.insert("USERS_SCHEMA".into(), users.to_string());
                 vars.insert("PRODUCTS_SCHEMA".into(), products.to_string());
+                vars.insert("ORDERS_SCHEMA".into(), orders.to_string());
                 schema = Some(users);
             }
         }
@@ -269,7 +468,34 @@ impl TestApp {
             config,
             table,
             schema,
+            queues,
+            aws,
         }
+    }
+
+    /// The workers and the relay of this app, built as at their cold starts.
+    pub fn workers(&self) -> Workers {
+        Workers::new(&self.services).expect("every worker starts")
+    }
+
+    /// Polls this app's queues for the workers named in `functions` (all when empty), as the
+    /// template's event source mappings do; stops when dropped. The relay is left to the test.
+    pub fn start_pollers(&self, workers: &Workers, functions: &[&str]) -> Pollers {
+        let template =
+            std::fs::read_to_string(repo_root().join("template.yaml")).expect("template.yaml");
+        let (queues, _) = sources_from_template(&template).expect("event sources");
+        let queues: Vec<_> = queues
+            .into_iter()
+            .filter(|q| functions.is_empty() || functions.contains(&q.function.as_str()))
+            .collect();
+        Pollers::start(
+            workers,
+            &self.services,
+            aws_sdk_sqs::Client::new(&self.aws),
+            &queues,
+            &[],
+        )
+        .expect("pollers")
     }
 
     /// Starts the local gateway for this app on a free port and returns its base URL.
@@ -542,4 +768,64 @@ impl std::io::Write for LogCapture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Stores an order of one line (2 units of `product`) for `user` under `id`, pending or
+/// confirmed, as placing it would (with its idempotency record).
+pub async fn store_order(
+    orders: &Arc<dyn zx_domain::OrderRepository>,
+    id: zx_domain::OrderId,
+    user: &zx_domain::UserId,
+    product: &zx_domain::Product,
+    confirmed: bool,
+) -> zx_domain::Order {
+    use zx_domain::{
+        IdempotencyKey, IdempotencyRecord, Order, OrderLine, OrderStatus, StatusChange, Timestamp,
+    };
+    let now = Timestamp::now();
+    let order = Order {
+        id,
+        user_id: user.clone(),
+        status: OrderStatus::Pending,
+        lines: vec![OrderLine {
+            product_id: product.id.clone(),
+            name: product.name.as_str().to_owned(),
+            unit_price: product.price.minor(),
+            quantity: 2,
+        }],
+        total: product.price.minor() * 2,
+        shipping_address: None,
+        history: vec![StatusChange {
+            from: None,
+            to: OrderStatus::Pending,
+            at: now,
+            actor: format!("user:{user}"),
+            reason: None,
+        }],
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let record = IdempotencyRecord {
+        user_id: user.clone(),
+        key: IdempotencyKey::parse(&unique()).expect("key"),
+        fingerprint: "stored-by-test".into(),
+        order_id: order.id.clone(),
+        expires_at: Timestamp::from_unix_millis(now.unix_millis() + 3_600_000).expect("time"),
+    };
+    orders
+        .create_order(&order, &record, &[])
+        .await
+        .expect("store order");
+    if !confirmed {
+        return order;
+    }
+    let next = order
+        .transitioned(OrderStatus::Confirmed, "system", None, Timestamp::now())
+        .expect("pending -> confirmed");
+    orders
+        .update_order(&order, &next, &[])
+        .await
+        .expect("confirm order");
+    next
 }

@@ -897,3 +897,498 @@ async fn a_stock_change_whose_response_is_lost_and_retried_by_the_sdk_applies_on
     assert_eq!(stored.stock.available, 15, "the delta was applied twice");
     backend.cleanup().await;
 }
+
+// ---------------------------------------------------------------- orders, outbox, inventory
+
+mod saga {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use zx_domain::{
+        IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderId, OrderLine, OrderQuery,
+        OrderStatus, PageLimit, ProductId, Release, RepositoryError, Reservation, ReserveLine,
+        StatusChange, Timestamp, UserId,
+    };
+    use zx_orders::messages;
+    use zx_tests::{OrderStores, sample_product};
+
+    fn order(user: &UserId, created_at: Timestamp, lines: &[(&ProductId, u32)]) -> Order {
+        let lines: Vec<OrderLine> = lines
+            .iter()
+            .map(|(id, quantity)| OrderLine {
+                product_id: (*id).clone(),
+                name: "thing".into(),
+                unit_price: 250,
+                quantity: *quantity,
+            })
+            .collect();
+        Order {
+            id: OrderId::generate(),
+            user_id: user.clone(),
+            status: OrderStatus::Pending,
+            total: lines.iter().map(|l| l.line_total().unwrap()).sum(),
+            lines,
+            shipping_address: None,
+            history: vec![StatusChange {
+                from: None,
+                to: OrderStatus::Pending,
+                at: created_at,
+                actor: format!("user:{user}"),
+                reason: None,
+            }],
+            created_at,
+            updated_at: created_at,
+            version: 1,
+        }
+    }
+
+    fn key(order: &Order, key: &str, fingerprint: &str) -> IdempotencyRecord {
+        IdempotencyRecord {
+            user_id: order.user_id.clone(),
+            key: IdempotencyKey::parse(key).unwrap(),
+            fingerprint: fingerprint.into(),
+            order_id: order.id.clone(),
+            expires_at: Timestamp::from_unix_millis(
+                Timestamp::now().unix_millis() + 24 * 3600 * 1000,
+            )
+            .unwrap(),
+        }
+    }
+
+    async fn place(stores: &OrderStores, order: &Order) {
+        let outcome = stores
+            .orders
+            .create_order(
+                order,
+                &key(order, &order.id.to_string(), "f"),
+                &[messages::reserve(order)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, OrderCreation::Created);
+    }
+
+    fn ago(seconds: i64) -> Timestamp {
+        Timestamp::from_unix_millis(Timestamp::now().unix_millis() - seconds * 1000).unwrap()
+    }
+
+    fn query(user: Option<&UserId>, status: Option<OrderStatus>, limit: &str) -> OrderQuery {
+        OrderQuery {
+            user_id: user.cloned(),
+            status,
+            limit: PageLimit::parse(limit).unwrap(),
+            after: None,
+        }
+    }
+
+    /// An order, its key and its messages are stored together; the key taken again stores
+    /// nothing and says what it was used for.
+    pub async fn orders_keys_and_outbox_are_written_together(stores: OrderStores) {
+        let user = UserId::generate();
+        let first = order(&user, Timestamp::now(), &[(&ProductId::generate(), 2)]);
+        let record = key(&first, "key-1", "fingerprint-a");
+        let sent = [messages::reserve(&first), messages::order_created(&first)];
+        let outcome = stores
+            .orders
+            .create_order(&first, &record, &sent)
+            .await
+            .unwrap();
+        assert_eq!(outcome, OrderCreation::Created);
+        assert_eq!(
+            stores.orders.find_order(&first.id).await.unwrap(),
+            Some(first.clone())
+        );
+        let found = stores
+            .orders
+            .find_idempotency(&user, &record.key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (found.order_id, found.fingerprint.as_str()),
+            (first.id.clone(), "fingerprint-a")
+        );
+        // Another customer's identical key is another key.
+        assert_eq!(
+            stores
+                .orders
+                .find_idempotency(&UserId::generate(), &record.key)
+                .await
+                .unwrap(),
+            None
+        );
+
+        let second = order(&user, Timestamp::now(), &[(&ProductId::generate(), 1)]);
+        let outcome = stores
+            .orders
+            .create_order(
+                &second,
+                &key(&second, "key-1", "fingerprint-b"),
+                &[messages::reserve(&second)],
+            )
+            .await
+            .unwrap();
+        match outcome {
+            OrderCreation::KeyTaken(existing) => {
+                assert_eq!(existing.order_id, first.id);
+                assert_eq!(existing.fingerprint, "fingerprint-a");
+            }
+            other => panic!("expected KeyTaken, got {other:?}"),
+        }
+        assert_eq!(stores.orders.find_order(&second.id).await.unwrap(), None);
+        let unsent = stores
+            .outbox
+            .unsent(
+                Timestamp::from_unix_millis(Timestamp::now().unix_millis() + 1000).unwrap(),
+                100,
+            )
+            .await
+            .unwrap();
+        let ids: HashSet<_> = unsent.iter().map(|m| m.id.clone()).collect();
+        assert_eq!(ids, sent.iter().map(|m| m.id.clone()).collect());
+        assert!(unsent.iter().all(|m| m.order_id == first.id));
+        assert_eq!(unsent[0].body, sent[0].body);
+
+        stores.outbox.mark_sent(&unsent[..1]).await.unwrap();
+        let rest = stores
+            .outbox
+            .unsent(
+                Timestamp::from_unix_millis(Timestamp::now().unix_millis() + 1000).unwrap(),
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_ne!(rest[0].id, unsent[0].id);
+        // Messages younger than the cutoff are left for their first send.
+        assert!(stores.outbox.unsent(ago(60), 100).await.unwrap().is_empty());
+    }
+
+    pub async fn ten_concurrent_creations_with_one_key_store_one_order(stores: OrderStores) {
+        let user = UserId::generate();
+        let product = ProductId::generate();
+        let attempts = (0..10).map(|_| {
+            let stores = stores.clone();
+            let candidate = order(&user, Timestamp::now(), &[(&product, 1)]);
+            let record = key(&candidate, "same-key", "same");
+            tokio::spawn(async move {
+                let outcome = stores
+                    .orders
+                    .create_order(&candidate, &record, &[messages::reserve(&candidate)])
+                    .await
+                    .unwrap();
+                (candidate.id, outcome)
+            })
+        });
+        let results = futures::future::join_all(attempts).await;
+        let created: Vec<OrderId> = results
+            .iter()
+            .filter_map(|r| match r.as_ref().unwrap() {
+                (id, OrderCreation::Created) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created.len(), 1, "{results:?}");
+        for result in &results {
+            if let (_, OrderCreation::KeyTaken(record)) = result.as_ref().unwrap() {
+                assert_eq!(record.order_id, created[0]);
+            }
+        }
+        let page = stores
+            .orders
+            .list_orders(&query(Some(&user), None, "100"))
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+    }
+
+    /// Transitions are conditional on status and version: a stale one changes nothing, and of
+    /// racing ones exactly one wins.
+    pub async fn transitions_are_conditional_and_one_of_racing_ones_wins(stores: OrderStores) {
+        let placed = order(
+            &UserId::generate(),
+            Timestamp::now(),
+            &[(&ProductId::generate(), 1)],
+        );
+        place(&stores, &placed).await;
+        let confirmed = placed
+            .transitioned(OrderStatus::Confirmed, "system", None, Timestamp::now())
+            .unwrap();
+        stores
+            .orders
+            .update_order(
+                &placed,
+                &confirmed,
+                &[messages::status_changed(placed.status, &confirmed)],
+            )
+            .await
+            .unwrap();
+        let stale = placed
+            .transitioned(
+                OrderStatus::Cancelled,
+                "system",
+                Some("timeout"),
+                Timestamp::now(),
+            )
+            .unwrap();
+        assert!(matches!(
+            stores.orders.update_order(&placed, &stale, &[]).await,
+            Err(RepositoryError::ConcurrentUpdate)
+        ));
+        let stored = stores.orders.find_order(&placed.id).await.unwrap().unwrap();
+        assert_eq!(stored, confirmed);
+        assert_eq!(stored.history.len(), 2);
+
+        let racers = [OrderStatus::Paid, OrderStatus::Cancelled].map(|to| {
+            let stores = stores.clone();
+            let current = stored.clone();
+            tokio::spawn(async move {
+                let next = current
+                    .transitioned(to, "user:x", None, Timestamp::now())
+                    .unwrap();
+                stores.orders.update_order(&current, &next, &[]).await
+            })
+        });
+        let results = futures::future::join_all(racers).await;
+        let wins = results
+            .iter()
+            .filter(|r| r.as_ref().unwrap().is_ok())
+            .count();
+        assert_eq!(wins, 1, "{results:?}");
+        let after = stores.orders.find_order(&placed.id).await.unwrap().unwrap();
+        assert_eq!(after.version, 3);
+        assert_eq!(after.history.len(), 3);
+    }
+
+    /// Listings: newest first, paginated without gaps or repeats, by customer and by status,
+    /// over every shard; stale pending orders oldest first.
+    pub async fn listings_are_newest_first_by_customer_and_status(stores: OrderStores) {
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let product = ProductId::generate();
+        let mut placed = Vec::new();
+        for i in 0..24 {
+            let owner = if i % 3 == 0 { &bob } else { &alice };
+            let created = Timestamp::from_unix_millis(
+                Timestamp::now().unix_millis() - 3_600_000 + i64::from(i) * 1000,
+            )
+            .unwrap();
+            let o = order(owner, created, &[(&product, 1)]);
+            place(&stores, &o).await;
+            placed.push(o);
+        }
+        // Three of bob's are confirmed.
+        for o in placed.iter().filter(|o| o.user_id == bob).take(3) {
+            let next = o
+                .transitioned(OrderStatus::Confirmed, "system", None, Timestamp::now())
+                .unwrap();
+            stores.orders.update_order(o, &next, &[]).await.unwrap();
+        }
+        let newest_first = |owner: Option<&UserId>| -> Vec<OrderId> {
+            let mut orders: Vec<_> = placed
+                .iter()
+                .filter(|o| owner.is_none_or(|u| &o.user_id == u))
+                .collect();
+            orders
+                .sort_by(|a, b| (b.created_at, b.id.as_str()).cmp(&(a.created_at, a.id.as_str())));
+            orders.iter().map(|o| o.id.clone()).collect()
+        };
+        for owner in [Some(&alice), Some(&bob), None] {
+            let mut seen = Vec::new();
+            let mut q = query(owner, None, "5");
+            loop {
+                let page = stores.orders.list_orders(&q).await.unwrap();
+                assert!(page.items.len() <= 5);
+                seen.extend(page.items.iter().map(|o| o.id.clone()));
+                match page.next {
+                    Some(next) => q.after = Some(next),
+                    None => break,
+                }
+            }
+            // Shop-wide listings may hold other tests' orders only on a shared table: ours
+            // are isolated, so the walk is exactly ours.
+            assert_eq!(seen, newest_first(owner), "owner {owner:?}");
+        }
+        let confirmed = stores
+            .orders
+            .list_orders(&query(None, Some(OrderStatus::Confirmed), "100"))
+            .await
+            .unwrap();
+        assert_eq!(confirmed.items.len(), 3);
+        assert!(
+            confirmed
+                .items
+                .iter()
+                .all(|o| o.user_id == bob && o.status == OrderStatus::Confirmed)
+        );
+        let bobs_pending = stores
+            .orders
+            .list_orders(&query(Some(&bob), Some(OrderStatus::Pending), "100"))
+            .await
+            .unwrap();
+        assert_eq!(bobs_pending.items.len(), 5);
+
+        let stale = stores.orders.stale_pending(ago(3_590), 100).await.unwrap();
+        let expected: Vec<_> = placed
+            .iter()
+            .filter(|o| o.created_at < ago(3_590))
+            .filter(|o| {
+                !(o.user_id == bob
+                    && placed
+                        .iter()
+                        .filter(|p| p.user_id == bob)
+                        .take(3)
+                        .any(|p| p.id == o.id))
+            })
+            .map(|o| o.id.clone())
+            .collect();
+        assert_eq!(
+            stale.iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
+            expected
+        );
+        assert!(stale.windows(2).all(|w| w[0].created_at <= w[1].created_at));
+    }
+
+    async fn stock(stores: &OrderStores, id: &ProductId) -> (i64, i64) {
+        let p = stores.products.find_product(id).await.unwrap().unwrap();
+        (p.stock.available, p.stock.reserved)
+    }
+
+    async fn product(stores: &OrderStores, available: i64) -> ProductId {
+        let p = sample_product("Widget", "a widget", "tools", 250, available);
+        stores.products.create_product(&p).await.unwrap();
+        p.id
+    }
+
+    fn line(id: &ProductId, quantity: u32) -> ReserveLine {
+        ReserveLine {
+            product_id: id.clone(),
+            quantity,
+        }
+    }
+
+    /// All lines or none; a redelivered reserve or release changes stock once; a release that
+    /// comes first leaves a tombstone so the late reserve takes nothing.
+    pub async fn reservations_are_all_or_nothing_and_idempotent(stores: OrderStores) {
+        let (a, b) = (product(&stores, 5).await, product(&stores, 1).await);
+        let short = OrderId::generate();
+        let outcome = stores
+            .inventory
+            .reserve(&short, &[line(&a, 2), line(&b, 2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Reservation::Rejected {
+                product_id: b.clone(),
+                reason: "out_of_stock"
+            }
+        );
+        assert_eq!(stock(&stores, &a).await, (5, 0));
+        assert_eq!(stock(&stores, &b).await, (1, 0));
+
+        let ok = OrderId::generate();
+        for _ in 0..2 {
+            assert_eq!(
+                stores
+                    .inventory
+                    .reserve(&ok, &[line(&a, 3), line(&b, 1)])
+                    .await
+                    .unwrap(),
+                Reservation::Held
+            );
+        }
+        assert_eq!(stock(&stores, &a).await, (2, 3));
+        assert_eq!(stock(&stores, &b).await, (0, 1));
+        assert!(
+            matches!(stores.inventory.release(&ok).await.unwrap(), Release::Restored(ids) if ids.len() == 2)
+        );
+        assert_eq!(
+            stores.inventory.release(&ok).await.unwrap(),
+            Release::Nothing
+        );
+        assert_eq!(stock(&stores, &a).await, (5, 0));
+        assert_eq!(stock(&stores, &b).await, (1, 0));
+
+        let early = OrderId::generate();
+        assert_eq!(
+            stores.inventory.release(&early).await.unwrap(),
+            Release::Nothing
+        );
+        assert_eq!(
+            stores
+                .inventory
+                .reserve(&early, &[line(&a, 1)])
+                .await
+                .unwrap(),
+            Reservation::AlreadyReleased
+        );
+        assert_eq!(stock(&stores, &a).await, (5, 0));
+
+        let missing = ProductId::generate();
+        assert_eq!(
+            stores
+                .inventory
+                .reserve(&OrderId::generate(), &[line(&missing, 1)])
+                .await
+                .unwrap(),
+            Reservation::Rejected {
+                product_id: missing,
+                reason: "unavailable"
+            }
+        );
+    }
+
+    /// 50 concurrent one-unit reservations of a product with 10: exactly 10 are held, and
+    /// stock never goes below zero.
+    pub async fn concurrent_reservations_never_oversell(stores: OrderStores) {
+        let id = product(&stores, 10).await;
+        let attempts = (0..50).map(|_| {
+            let stores = stores.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(5);
+                loop {
+                    match stores
+                        .inventory
+                        .reserve(&OrderId::generate(), &[line(&id, 1)])
+                        .await
+                    {
+                        Err(e) if e.is_transient() => {
+                            tokio::time::sleep(delay).await;
+                            delay *= 2;
+                        }
+                        other => return other.unwrap(),
+                    }
+                }
+            })
+        });
+        let results = futures::future::join_all(attempts).await;
+        let held = results
+            .iter()
+            .filter(|r| matches!(r.as_ref().unwrap(), Reservation::Held))
+            .count();
+        let rejected = results
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.as_ref().unwrap(),
+                    Reservation::Rejected {
+                        reason: "out_of_stock",
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!((held, rejected), (10, 40));
+        assert_eq!(stock(&stores, &id).await, (0, 10));
+    }
+}
+
+contract_suites!(orders = zx_tests::OrderBackend, field stores, cases crate::saga:
+    orders_keys_and_outbox_are_written_together,
+    ten_concurrent_creations_with_one_key_store_one_order,
+    transitions_are_conditional_and_one_of_racing_ones_wins,
+    listings_are_newest_first_by_customer_and_status,
+    reservations_are_all_or_nothing_and_idempotent,
+    concurrent_reservations_never_oversell,
+);

@@ -120,6 +120,38 @@ pub struct Config {
     pub signing_key: Option<SigningKey>,
     /// `JWT_PUBLIC_KEYS`: every function that verifies tokens.
     pub public_keys: Option<Vec<PublicKey>>,
+    pub orders_table: String,
+    pub orders_schema: PgSchema,
+    /// `INVENTORY_QUEUE_URL`, `ORDER_QUEUE_URL`, `ORDER_EVENTS_TOPIC_ARN`: all or none; the
+    /// functions that send messages refuse to start without them.
+    pub destinations: Option<zx_messaging::Destinations>,
+    /// `ORDER_PENDING_TIMEOUT` (default 15m) and `OUTBOX_RELAY_DELAY_MS` (default 10000).
+    pub saga: zx_orders::usecases::SagaSettings,
+}
+
+fn destinations(source: &Source) -> Result<Option<zx_messaging::Destinations>, ConfigError> {
+    let vars = [
+        "INVENTORY_QUEUE_URL",
+        "ORDER_QUEUE_URL",
+        "ORDER_EVENTS_TOPIC_ARN",
+    ];
+    let values: Vec<Option<String>> = vars.iter().map(|v| source.get(v)).collect();
+    match values.as_slice() {
+        [Some(inventory), Some(orders), Some(topic)] => Ok(Some(zx_messaging::Destinations {
+            inventory_queue_url: inventory.clone(),
+            order_queue_url: orders.clone(),
+            order_events_topic_arn: topic.clone(),
+        })),
+        [None, None, None] => Ok(None),
+        _ => {
+            let missing = vars
+                .iter()
+                .zip(&values)
+                .find(|(_, value)| value.is_none())
+                .map_or("INVENTORY_QUEUE_URL", |(var, _)| var);
+            Err(ConfigError::Missing(missing))
+        }
+    }
 }
 
 fn per_minute(text: &str) -> Result<u32, String> {
@@ -284,6 +316,29 @@ impl Config {
                     var: "JWT_PRIVATE_KEY",
                     reason,
                 })?,
+            orders_table: source
+                .get("ORDERS_TABLE")
+                .unwrap_or_else(|| "zhixuan-orders".into()),
+            orders_schema: schema(source, "ORDERS_SCHEMA", "orders")?,
+            destinations: destinations(source)?,
+            saga: zx_orders::usecases::SagaSettings {
+                pending_timeout: parse_or(
+                    source,
+                    "ORDER_PENDING_TIMEOUT",
+                    Duration::from_secs(15 * 60),
+                    |v| {
+                        parse_ttl(v).map_err(|_| {
+                            format!("must look like 900, 15m or 1h (at most 30 days), got {v:?}")
+                        })
+                    },
+                )?,
+                relay_delay: parse_or(
+                    source,
+                    "OUTBOX_RELAY_DELAY_MS",
+                    Duration::from_secs(10),
+                    millis,
+                )?,
+            },
             public_keys: source
                 .get("JWT_PUBLIC_KEYS")
                 .map(|keys| PublicKey::parse_list(&keys))
@@ -361,12 +416,20 @@ mod tests {
             ("STORE_TIMEOUT_MS", "0"),
             ("CACHE_TTL_SECONDS", "forever"),
             ("JWT_EXPIRES_IN", "1y"),
+            ("ORDERS_SCHEMA", "Orders"),
+            ("ORDER_PENDING_TIMEOUT", "soon"),
+            ("OUTBOX_RELAY_DELAY_MS", "0"),
         ] {
             let err = Config::from_source(&source(&[(var, value)]))
                 .unwrap_err()
                 .to_string();
             assert!(err.starts_with(var), "{err}");
         }
+        let err = Config::from_source(&source(&[("ORDER_QUEUE_URL", "http://q")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "INVENTORY_QUEUE_URL is required but not set"
+        );
         let err = Config::from_source(&source(&[("STORE", "postgres")])).unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"));
     }

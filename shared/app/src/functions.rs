@@ -33,6 +33,11 @@ pub const HTTP_FUNCTIONS: &[(&str, Builder)] = &[
     ("products-delete", products_delete),
     ("stock-get", stock_get),
     ("stock-put", stock_put),
+    ("orders-create", orders_create),
+    ("orders-get", orders_get),
+    ("orders-list", orders_list),
+    ("orders-cancel", orders_cancel),
+    ("orders-update-status", orders_update_status),
 ];
 
 /// The builder of the function named `binary`.
@@ -48,6 +53,7 @@ pub fn builder(binary: &str) -> Option<Builder> {
 enum Group {
     Users,
     Products,
+    Orders,
 }
 
 /// The edge of a function: it verifies bearer tokens (required for `access: Authenticated`,
@@ -63,6 +69,10 @@ fn edge(services: &Services, access: Access, group: Group) -> Result<Edge, Confi
         Group::Products => RouteLimit {
             group: "products",
             per_minute: limits.products_per_client,
+        },
+        Group::Orders => RouteLimit {
+            group: "orders",
+            per_minute: limits.orders_per_client,
         },
     };
     let limiter = services.limits.limiter.clone().map(|l| (l, limit));
@@ -213,3 +223,46 @@ pub fn stock_get(services: &Services) -> Result<HttpHandler, ConfigError> {
         |products, _, request| async move { zx_products::get_stock(&*products, request).await },
     )
 }
+
+/// An orders function: authenticated, counted against the orders limit; `handler` gets the
+/// saga's dependencies and the request.
+fn orders<F, Fut>(services: &Services, handler: F) -> Result<HttpHandler, ConfigError>
+where
+    F: Fn(Arc<zx_orders::Saga>, Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
+{
+    let saga = Arc::new(services.saga()?);
+    Ok(edge(services, Access::Authenticated, Group::Orders)?
+        .wrap(move |request| handler(saga.clone(), request)))
+}
+
+/// An orders function whose handler takes (saga, request).
+macro_rules! orders_function {
+    ($(#[$doc:meta])* $name:ident, $handler:path) => {
+        $(#[$doc])*
+        pub fn $name(services: &Services) -> Result<HttpHandler, ConfigError> {
+            orders(services, |saga, request| async move { $handler(&saga, request).await })
+        }
+    };
+}
+
+orders_function!(
+    /// `POST /orders`
+    orders_create, zx_orders::http::create_order
+);
+orders_function!(
+    /// `GET /orders/{id}`
+    orders_get, zx_orders::http::get_order
+);
+orders_function!(
+    /// `GET /orders`
+    orders_list, zx_orders::http::list_orders
+);
+orders_function!(
+    /// `POST /orders/{id}/cancel`
+    orders_cancel, zx_orders::http::cancel_order
+);
+orders_function!(
+    /// `PATCH /orders/{id}/status` (admin)
+    orders_update_status, zx_orders::http::update_status
+);

@@ -7,7 +7,9 @@ pub mod discovery;
 pub mod functions;
 pub mod health;
 pub mod wiring;
+pub mod workers;
 
 pub use config::{Config, ConfigError, StoreKind};
 pub use health::{HealthCheck, HealthReport, health_handler};
 pub use wiring::{Services, Stores, build_cache, build_stores, run_http, start};
+pub use workers::{run_scheduled, run_sqs};

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use zx_auth::{PasswordHasher, TokenIssuer, TokenVerifier};
 use zx_cache::Cache;
-use zx_domain::{ProductRepository, UserRepository};
-use zx_store_dynamodb::{DynamoProductRepository, DynamoUserRepository};
-use zx_store_postgres::{PgProductRepository, PgUserRepository};
+use zx_domain::{
+    InventoryRepository, MessageSender, OrderRepository, Outbox, ProductRepository, UserRepository,
+};
+use zx_store_dynamodb::{DynamoOrderRepository, DynamoProductRepository, DynamoUserRepository};
+use zx_store_postgres::{PgOrderRepository, PgProductRepository, PgUserRepository};
 
 use crate::health::{CacheCheck, DynamoCheck, HealthCheck, PostgresCheck};
 use crate::{Config, ConfigError, StoreKind};
@@ -17,7 +19,29 @@ use crate::{Config, ConfigError, StoreKind};
 pub struct Stores {
     pub users: Arc<dyn UserRepository>,
     pub products: Arc<dyn ProductRepository>,
+    pub orders: Arc<dyn OrderRepository>,
+    pub outbox: Arc<dyn Outbox>,
+    pub inventory: Arc<dyn InventoryRepository>,
     pub checks: Vec<Arc<dyn HealthCheck>>,
+}
+
+/// Every repository of one backend (one value per instance, shared by the trait objects).
+fn repositories<U, P, O>(users: U, products: P, orders: O) -> Stores
+where
+    U: UserRepository + 'static,
+    P: ProductRepository + InventoryRepository + 'static,
+    O: OrderRepository + Outbox + 'static,
+{
+    let products = Arc::new(products);
+    let orders = Arc::new(orders);
+    Stores {
+        users: Arc::new(users),
+        products: products.clone(),
+        orders: orders.clone(),
+        outbox: orders,
+        inventory: products,
+        checks: Vec::new(),
+    }
 }
 
 /// Loads the AWS configuration (region, credentials chain, `AWS_ENDPOINT_URL*`) once.
@@ -61,45 +85,38 @@ pub async fn build_stores(
             })
         })
         .transpose()?;
-    let (users, products): (Arc<dyn UserRepository>, Arc<dyn ProductRepository>) =
-        match (config.store, &pool) {
-            (StoreKind::DynamoDb, _) => {
-                let client = dynamodb_client(config, aws);
-                checks.push(Arc::new(DynamoCheck {
-                    client: client.clone(),
-                    tables: vec![config.users_table.clone(), config.products_table.clone()],
-                }));
-                (
-                    Arc::new(DynamoUserRepository::new(
-                        client.clone(),
-                        config.users_table.clone(),
-                    )),
-                    Arc::new(DynamoProductRepository::new(
-                        client,
-                        config.products_table.clone(),
-                    )),
-                )
-            }
-            (StoreKind::Postgres, Some(pool)) => (
-                Arc::new(PgUserRepository::new(pool.clone(), &config.users_schema)),
-                Arc::new(PgProductRepository::new(
-                    pool.clone(),
-                    &config.products_schema,
-                )),
-            ),
-            (StoreKind::Postgres, None) => return Err(ConfigError::Missing("DATABASE_URL")),
-        };
+    let mut stores = match (config.store, &pool) {
+        (StoreKind::DynamoDb, _) => {
+            let client = dynamodb_client(config, aws);
+            checks.push(Arc::new(DynamoCheck {
+                client: client.clone(),
+                tables: vec![
+                    config.users_table.clone(),
+                    config.products_table.clone(),
+                    config.orders_table.clone(),
+                ],
+            }));
+            repositories(
+                DynamoUserRepository::new(client.clone(), config.users_table.clone()),
+                DynamoProductRepository::new(client.clone(), config.products_table.clone()),
+                DynamoOrderRepository::new(client, config.orders_table.clone()),
+            )
+        }
+        (StoreKind::Postgres, Some(pool)) => repositories(
+            PgUserRepository::new(pool.clone(), &config.users_schema),
+            PgProductRepository::new(pool.clone(), &config.products_schema),
+            PgOrderRepository::new(pool.clone(), &config.orders_schema),
+        ),
+        (StoreKind::Postgres, None) => return Err(ConfigError::Missing("DATABASE_URL")),
+    };
     if let Some(pool) = pool {
         checks.push(Arc::new(PostgresCheck {
             pool,
             required: config.store == StoreKind::Postgres,
         }));
     }
-    Ok(Stores {
-        users,
-        products,
-        checks,
-    })
+    stores.checks = checks;
+    Ok(stores)
 }
 
 /// The cache: at `CACHE_URL`, or else at the endpoint of the ElastiCache named `CACHE_NAME`
@@ -153,6 +170,11 @@ pub struct Services {
     /// Per-client limits, enforced when the cache is configured.
     pub limits: zx_cache::ClientLimits,
     pub catalogue: zx_products::CatalogueSettings,
+    /// Present when the queues and the topic are configured.
+    pub sender: Option<Arc<dyn MessageSender>>,
+    /// Where messages go (the local gateway polls these queues).
+    pub destinations: Option<zx_messaging::Destinations>,
+    pub saga: zx_orders::usecases::SagaSettings,
 }
 
 impl Services {
@@ -188,6 +210,33 @@ impl Services {
                 ttl: config.cache_ttl,
                 index_lag: config.index_lag,
             },
+            sender: config.destinations.clone().map(|destinations| {
+                Arc::new(zx_messaging::AwsSender::new(
+                    aws_sdk_sqs::Client::new(aws),
+                    aws_sdk_sns::Client::new(aws),
+                    destinations,
+                )) as Arc<dyn MessageSender>
+            }),
+            destinations: config.destinations.clone(),
+            saga: config.saga,
+        })
+    }
+
+    /// The saga's use cases' dependencies, for the functions that place or move orders.
+    pub fn saga(&self) -> Result<zx_orders::Saga, ConfigError> {
+        Ok(zx_orders::Saga {
+            orders: self.stores.orders.clone(),
+            outbox: self.stores.outbox.clone(),
+            catalogue: self.stores.products.clone(),
+            inventory: self.stores.inventory.clone(),
+            sender: self
+                .sender
+                .clone()
+                .ok_or(ConfigError::Missing("INVENTORY_QUEUE_URL"))?,
+            views: self
+                .catalogue_cache()
+                .map(|cache| Arc::new(cache) as Arc<dyn zx_orders::StaleViews>),
+            settings: self.saga,
         })
     }
 

@@ -2,19 +2,26 @@
 //! traits the adapters implement. No AWS, database or HTTP types live here.
 
 pub mod error;
+pub mod order;
 pub mod product;
 pub mod repository;
 pub mod timestamp;
 pub mod user;
 
 pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors, cause_chain};
+pub use order::{
+    Destination, Driver, Envelope, IdempotencyKey, IdempotencyRecord, Order, OrderCursor, OrderId,
+    OrderLine, OrderPage, OrderQuery, OrderStatus, OutboxMessage, Release, Reservation,
+    ReservationState, ReserveLine, ShippingAddress, StatusChange,
+};
 pub use product::{
     CategoryId, Cursor, Description, ImageUrl, Page, PageLimit, Price, Product, ProductId,
     ProductName, ProductQuery, SearchTerm, Stock, StockChangeId,
 };
 pub use repository::{
-    ProductReader, ProductRepository, ProductWriter, StockChange, StockWriter, UserReader,
-    UserRepository, UserWriter,
+    InventoryRepository, MessageSender, OrderCreation, OrderRepository, Outbox, ProductReader,
+    ProductRepository, ProductWriter, StockChange, StockWriter, UserReader, UserRepository,
+    UserWriter,
 };
 pub use timestamp::Timestamp;
 pub use user::{Email, Password, PasswordHash, Role, User, UserId, Username};

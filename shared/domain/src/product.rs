@@ -34,6 +34,13 @@ impl fmt::Display for ProductId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for ProductId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Names one stock change so that a retried request applies it once: a client's
 /// `Idempotency-Key` (1–64 characters of `A-Za-z0-9-_.:`), or a fresh random id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -4,8 +4,9 @@
 use async_trait::async_trait;
 
 use crate::{
-    Email, Page, Product, ProductId, ProductQuery, RepositoryError, Stock, StockChangeId, User,
-    UserId,
+    Email, IdempotencyKey, IdempotencyRecord, Order, OrderId, OrderPage, OrderQuery, OutboxMessage,
+    Page, Product, ProductId, ProductQuery, Release, RepositoryError, Reservation, ReserveLine,
+    Stock, StockChangeId, Timestamp, User, UserId,
 };
 
 /// Reads users. Reads are strongly consistent: a user stored a moment ago is found.
@@ -125,3 +126,101 @@ pub trait StockWriter: Send + Sync {
 pub trait ProductRepository: ProductReader + ProductWriter + StockWriter {}
 
 impl<T: ProductReader + ProductWriter + StockWriter> ProductRepository for T {}
+
+/// The outcome of storing a new order under an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderCreation {
+    /// The order, its key and its messages are stored.
+    Created,
+    /// The key was already used (and has not expired): nothing was stored. The record says
+    /// for what.
+    KeyTaken(IdempotencyRecord),
+}
+
+/// Orders, their idempotency keys and their outbox: one store, so that an order and the
+/// messages it sends are written in one atomic write (the transactional outbox).
+#[async_trait]
+pub trait OrderRepository: Send + Sync {
+    /// The order with this id, if any. Strongly consistent.
+    async fn find_order(&self, id: &OrderId) -> Result<Option<Order>, RepositoryError>;
+
+    /// Orders passing `query`'s filters, newest first (`created_at`, then id, descending),
+    /// at most `query.limit`, starting after `query.after`; `next` is set when more may follow.
+    /// Listings come from indexes that may lag a moment behind the latest writes.
+    async fn list_orders(&self, query: &OrderQuery) -> Result<OrderPage, RepositoryError>;
+
+    /// What `key` was used for by `user`, unless it has expired.
+    async fn find_idempotency(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, RepositoryError>;
+
+    /// Stores a new order, its idempotency record and its outgoing messages atomically: all of
+    /// them, or (when the key is taken) none. Of concurrent creations with one key exactly one
+    /// is [`OrderCreation::Created`].
+    async fn create_order(
+        &self,
+        order: &Order,
+        key: &IdempotencyRecord,
+        messages: &[OutboxMessage],
+    ) -> Result<OrderCreation, RepositoryError>;
+
+    /// Replaces `current` with `next` (a transition: `next.version == current.version + 1`)
+    /// and stores `messages`, atomically, only if the stored order still has `current`'s status
+    /// and version; otherwise [`RepositoryError::ConcurrentUpdate`] and nothing is written.
+    async fn update_order(
+        &self,
+        current: &Order,
+        next: &Order,
+        messages: &[OutboxMessage],
+    ) -> Result<(), RepositoryError>;
+
+    /// Orders still `pending` that were created before `cutoff`, oldest first, at most `limit`.
+    async fn stale_pending(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Order>, RepositoryError>;
+}
+
+/// The outbox: messages stored with the writes that caused them, until they are sent.
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Unsent messages created before `cutoff`, oldest first, at most `limit`.
+    async fn unsent(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, RepositoryError>;
+
+    /// Forgets sent messages (unknown ones are ignored).
+    async fn mark_sent(&self, messages: &[OutboxMessage]) -> Result<(), RepositoryError>;
+}
+
+/// Stock reservations: the inventory side of the saga. The reservation record of an order is
+/// the idempotency key of both operations.
+#[async_trait]
+pub trait InventoryRepository: Send + Sync {
+    /// Takes every line's quantity from `available` into `reserved`, all or none, each only if
+    /// `available >= quantity` (lines of one product must be summed by the caller), and records
+    /// the reservation in the same atomic write. A reservation already recorded for `order`
+    /// (a redelivery) changes nothing and reports what it is. Collisions with other
+    /// transactions are retried; only a failed stock condition is [`Reservation::Rejected`].
+    async fn reserve(
+        &self,
+        order: &OrderId,
+        lines: &[ReserveLine],
+    ) -> Result<Reservation, RepositoryError>;
+
+    /// Gives a held reservation back (`reserved` to `available`) exactly once. Without a
+    /// reservation, records a released one so that a later reserve takes nothing.
+    async fn release(&self, order: &OrderId) -> Result<Release, RepositoryError>;
+}
+
+/// Sends outgoing messages to their destination (a queue or the events topic).
+#[async_trait]
+pub trait MessageSender: Send + Sync {
+    /// Sends one message. Failing is [`RepositoryError::Unavailable`] when retrying may help.
+    async fn send(&self, message: &OutboxMessage) -> Result<(), RepositoryError>;
+}

@@ -44,6 +44,20 @@ impl Timestamp {
         self.0.unix_timestamp()
     }
 
+    /// Milliseconds since the epoch (what sort keys and cursors carry).
+    pub fn unix_millis(&self) -> i64 {
+        i64::try_from(self.0.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    }
+
+    /// This instant moved by `delta` (saturating at the representable range).
+    pub fn minus(&self, delta: std::time::Duration) -> Self {
+        Self(
+            self.0
+                .checked_sub(time::Duration::try_from(delta).unwrap_or(time::Duration::MAX))
+                .unwrap_or(self.0),
+        )
+    }
+
     pub fn to_rfc3339(&self) -> String {
         // Formatting a UTC datetime in RFC 3339 cannot fail for years 0..=9999.
         self.0.format(&Rfc3339).unwrap_or_default()

@@ -21,10 +21,14 @@ pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> 
     if !is_json(request.headers().get(http::header::CONTENT_TYPE)) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(ApiError::bad_request(
             "request body is empty; a JSON object is required",
         ));
+    };
+    // serde reads a struct from an array too (by position): only objects are bodies here.
+    if *first != b'{' {
+        return Err(ApiError::invalid_field("body", "must be a JSON object"));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(describe)?;
@@ -263,6 +267,8 @@ mod tests {
             ),
             (r#"[]"#, "body: must be a JSON object"),
             (r#"null"#, "body: must be a JSON object"),
+            (r#"[1,2]"#, "body: must be a JSON object"),
+            (r#" "x""#, "body: must be a JSON object"),
             (
                 r#"{"price":1,"price":2,"tags":[],"active":true}"#,
                 "price: is given more than once",

@@ -1,10 +1,12 @@
 //! DynamoDB adapters for the repository traits, and the table definitions (read from the same
 //! `localstack/dynamodb/*.json` files the local stack creates tables from).
 
+pub mod orders;
 pub mod products;
 pub mod schema;
 pub mod users;
 
+pub use orders::DynamoOrderRepository;
 pub use products::DynamoProductRepository;
 pub use schema::{TableSpec, create_table};
 pub use users::DynamoUserRepository;

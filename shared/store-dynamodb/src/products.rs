@@ -590,3 +590,199 @@ impl StockWriter for DynamoProductRepository {
         Ok(product.stock)
     }
 }
+
+/// Reservation records live beside the products they hold stock of, so a reservation and its
+/// stock changes are one transaction: `pk = RESERVATION#<order id>`, `state` (`held` or
+/// `released`), `lines` (JSON).
+mod reservation {
+    pub const STATE: &str = "state";
+    pub const LINES: &str = "lines";
+
+    pub fn key(order: &zx_domain::OrderId) -> String {
+        format!("RESERVATION#{order}")
+    }
+}
+
+impl DynamoProductRepository {
+    async fn reservation(
+        &self,
+        order: &zx_domain::OrderId,
+    ) -> Result<Option<(zx_domain::ReservationState, Vec<zx_domain::ReserveLine>)>, RepositoryError>
+    {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(reservation::key(order)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?
+            .item;
+        item.map(|item| {
+            let state = zx_domain::ReservationState::parse(text(&item, reservation::STATE)?)
+                .map_err(RepositoryError::Corrupt)?;
+            let lines = serde_json::from_str(text(&item, reservation::LINES)?)
+                .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
+            Ok((state, lines))
+        })
+        .transpose()
+    }
+
+    fn stock_move(
+        &self,
+        line: &zx_domain::ReserveLine,
+        take: bool,
+    ) -> Result<TransactWriteItem, RepositoryError> {
+        let mut update = if take {
+            Update::builder()
+                .update_expression("SET #available = #available - :q, #reserved = #reserved + :q")
+                .condition_expression(
+                    "attribute_exists(#pk) AND attribute_not_exists(#deleted) AND #available >= :q",
+                )
+                .expression_attribute_names("#deleted", attr::DELETED_AT)
+        } else {
+            // Given back even to a product deleted meanwhile (its counters stay true).
+            Update::builder()
+                .update_expression("SET #available = #available + :q, #reserved = #reserved - :q")
+                .condition_expression("attribute_exists(#pk)")
+        };
+        update = update
+            .table_name(&self.table)
+            .key(attr::PK, s(product_key(&line.product_id)))
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#available", attr::AVAILABLE)
+            .expression_attribute_names("#reserved", attr::RESERVED)
+            .expression_attribute_values(":q", n(i64::from(line.quantity)));
+        let update = update
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+}
+
+#[async_trait]
+impl zx_domain::InventoryRepository for DynamoProductRepository {
+    #[tracing::instrument(skip_all, fields(order_id = %order))]
+    async fn reserve(
+        &self,
+        order: &zx_domain::OrderId,
+        lines: &[zx_domain::ReserveLine],
+    ) -> Result<zx_domain::Reservation, RepositoryError> {
+        use zx_domain::{Reservation, ReservationState};
+        let record = Put::builder()
+            .table_name(&self.table)
+            .item(attr::PK, s(reservation::key(order)))
+            .item(reservation::STATE, s(ReservationState::Held.as_str()))
+            .item(
+                reservation::LINES,
+                s(serde_json::to_string(lines)
+                    .map_err(|e| RepositoryError::failed("serialising a reservation", e))?),
+            )
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
+        let mut items = vec![TransactWriteItem::builder().put(record).build()];
+        for line in lines {
+            items.push(self.stock_move(line, true)?);
+        }
+        let reasons = match crate::transact(&self.client, items).await? {
+            Ok(()) => return Ok(Reservation::Held),
+            Err(reasons) => reasons,
+        };
+        if crate::condition_failed(&reasons, 0) {
+            // Recorded before: a redelivery, or a release that came first.
+            return match self.reservation(order).await? {
+                Some((ReservationState::Held, _)) => Ok(Reservation::Held),
+                Some((ReservationState::Released, _)) => Ok(Reservation::AlreadyReleased),
+                None => Err(RepositoryError::ConcurrentUpdate),
+            };
+        }
+        let short = (0..lines.len())
+            .find(|i| crate::condition_failed(&reasons, i + 1))
+            .and_then(|i| lines.get(i))
+            .ok_or_else(|| {
+                RepositoryError::failed("DynamoDB reserve", "cancelled without a failed condition")
+            })?;
+        let live = self
+            .find_product(&short.product_id)
+            .await?
+            .is_some_and(|p| p.deleted_at.is_none());
+        Ok(Reservation::Rejected {
+            product_id: short.product_id.clone(),
+            reason: if live { "out_of_stock" } else { "unavailable" },
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %order))]
+    async fn release(
+        &self,
+        order: &zx_domain::OrderId,
+    ) -> Result<zx_domain::Release, RepositoryError> {
+        use zx_domain::{Release, ReservationState};
+        // Twice at most: a reserve that landed between our read and our tombstone.
+        for _ in 0..2 {
+            match self.reservation(order).await? {
+                Some((ReservationState::Released, _)) => return Ok(Release::Nothing),
+                None => {
+                    let tombstone = self
+                        .client
+                        .put_item()
+                        .table_name(&self.table)
+                        .item(attr::PK, s(reservation::key(order)))
+                        .item(reservation::STATE, s(ReservationState::Released.as_str()))
+                        .item(reservation::LINES, s("[]"))
+                        .condition_expression("attribute_not_exists(#pk)")
+                        .expression_attribute_names("#pk", attr::PK)
+                        .send()
+                        .await;
+                    match tombstone {
+                        Ok(_) => return Ok(Release::Nothing),
+                        Err(error)
+                            if error.as_service_error().is_some_and(
+                                PutItemError::is_conditional_check_failed_exception,
+                            ) =>
+                        {
+                            continue;
+                        }
+                        Err(error) => return Err(crate::sdk_error("DynamoDB PutItem", error)),
+                    }
+                }
+                Some((ReservationState::Held, lines)) => {
+                    let record = Update::builder()
+                        .table_name(&self.table)
+                        .key(attr::PK, s(reservation::key(order)))
+                        .update_expression("SET #state = :released")
+                        .condition_expression("#state = :held")
+                        .expression_attribute_names("#state", reservation::STATE)
+                        .expression_attribute_values(
+                            ":released",
+                            s(ReservationState::Released.as_str()),
+                        )
+                        .expression_attribute_values(":held", s(ReservationState::Held.as_str()))
+                        .build()
+                        .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
+                    let mut items = vec![TransactWriteItem::builder().update(record).build()];
+                    for line in &lines {
+                        items.push(self.stock_move(line, false)?);
+                    }
+                    return match crate::transact(&self.client, items).await? {
+                        Ok(()) => Ok(Release::Restored(
+                            lines.into_iter().map(|l| l.product_id).collect(),
+                        )),
+                        // Released by a concurrent delivery.
+                        Err(reasons) if crate::condition_failed(&reasons, 0) => {
+                            Ok(Release::Nothing)
+                        }
+                        Err(_) => Err(RepositoryError::failed(
+                            "DynamoDB release",
+                            "a product of the reservation no longer exists",
+                        )),
+                    };
+                }
+            }
+        }
+        Err(RepositoryError::ConcurrentUpdate)
+    }
+}

@@ -2,11 +2,13 @@
 //! Lambda instance, migrations embedded in the binary and applied by an explicit command.
 
 pub mod migrate;
+pub mod orders;
 pub mod pool;
 pub mod products;
 pub mod users;
 
 pub use migrate::{MigrateError, MigrationSet, migrate};
+pub use orders::PgOrderRepository;
 pub use pool::{PgSchema, PoolSettings, connect_lazy, ping};
 pub use products::PgProductRepository;
 pub use users::PgUserRepository;

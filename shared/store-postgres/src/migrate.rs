@@ -41,7 +41,22 @@ pub const PRODUCTS: MigrationSet = MigrationSet {
             "stock change body",
             include_str!("../migrations/products/0003_stock_change_body.sql"),
         ),
+        (
+            4,
+            "reservations",
+            include_str!("../migrations/products/0004_reservations.sql"),
+        ),
     ],
+};
+
+/// The orders service: orders, idempotency keys and the outbox (`ORDERS_SCHEMA`).
+pub const ORDERS: MigrationSet = MigrationSet {
+    service: "orders",
+    migrations: &[(
+        1,
+        "orders",
+        include_str!("../migrations/orders/0001_orders.sql"),
+    )],
 };
 
 #[derive(Debug, thiserror::Error)]

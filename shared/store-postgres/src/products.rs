@@ -24,6 +24,8 @@ pub struct PgProductRepository {
     products: String,
     /// `"<schema>".stock_changes`
     changes: String,
+    /// `"<schema>".reservations`
+    reservations: String,
 }
 
 impl PgProductRepository {
@@ -32,6 +34,7 @@ impl PgProductRepository {
             pool,
             products: crate::qualified(schema, "products"),
             changes: crate::qualified(schema, "stock_changes"),
+            reservations: crate::qualified(schema, "reservations"),
         }
     }
 }
@@ -348,5 +351,157 @@ impl StockWriter for PgProductRepository {
             (Some(true), _) => Err(RepositoryError::InsufficientStock),
             _ => Err(RepositoryError::NotFound),
         }
+    }
+}
+
+#[async_trait]
+impl zx_domain::InventoryRepository for PgProductRepository {
+    #[tracing::instrument(skip_all, fields(order_id = %order))]
+    async fn reserve(
+        &self,
+        order: &zx_domain::OrderId,
+        lines: &[zx_domain::ReserveLine],
+    ) -> Result<zx_domain::Reservation, RepositoryError> {
+        use zx_domain::{Reservation, ReservationState};
+        let mut sorted = lines.to_vec();
+        // One lock order for every transaction: no deadlocks between two orders.
+        sorted.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+        let lines_json = serde_json::to_string(&sorted)
+            .map_err(|e| RepositoryError::failed("serialising a reservation", e))?;
+        let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
+        let recorded = sqlx::query(&format!(
+            "insert into {} (order_id, state, lines) values ($1, 'held', $2)
+             on conflict (order_id) do nothing",
+            self.reservations
+        ))
+        .bind(order.as_str())
+        .bind(&lines_json)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("Postgres insert reservation"))?;
+        if recorded.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("Postgres rollback"))?;
+            let state: String = sqlx::query_scalar(&format!(
+                "select state from {} where order_id = $1",
+                self.reservations
+            ))
+            .bind(order.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("Postgres select reservation"))?;
+            return match ReservationState::parse(&state).map_err(RepositoryError::Corrupt)? {
+                ReservationState::Held => Ok(Reservation::Held),
+                ReservationState::Released => Ok(Reservation::AlreadyReleased),
+            };
+        }
+        for line in &sorted {
+            let quantity = i64::from(line.quantity);
+            let updated = sqlx::query(&format!(
+                "update {} set available = available - $2, reserved = reserved + $2
+                 where product_id = $1 and deleted_at is null and available >= $2",
+                self.products
+            ))
+            .bind(line.product_id.as_str())
+            .bind(quantity)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("Postgres reserve stock"))?;
+            if updated.rows_affected() == 0 {
+                tx.rollback().await.map_err(db("Postgres rollback"))?;
+                let live: Option<bool> = sqlx::query_scalar(&format!(
+                    "select deleted_at is null from {} where product_id = $1",
+                    self.products
+                ))
+                .bind(line.product_id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("Postgres select product"))?;
+                return Ok(Reservation::Rejected {
+                    product_id: line.product_id.clone(),
+                    reason: if live == Some(true) {
+                        "out_of_stock"
+                    } else {
+                        "unavailable"
+                    },
+                });
+            }
+        }
+        tx.commit().await.map_err(db("Postgres commit"))?;
+        Ok(Reservation::Held)
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %order))]
+    async fn release(
+        &self,
+        order: &zx_domain::OrderId,
+    ) -> Result<zx_domain::Release, RepositoryError> {
+        use zx_domain::{Release, ReservationState, ReserveLine};
+        // Twice at most: a reserve that committed between our read and our tombstone.
+        for _ in 0..2 {
+            let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
+            let row = sqlx::query(&format!(
+                "select state, lines from {} where order_id = $1 for update",
+                self.reservations
+            ))
+            .bind(order.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("Postgres select reservation"))?;
+            let Some(row) = row else {
+                let inserted = sqlx::query(&format!(
+                    "insert into {} (order_id, state, lines) values ($1, 'released', '[]')
+                     on conflict (order_id) do nothing",
+                    self.reservations
+                ))
+                .bind(order.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db("Postgres insert reservation"))?;
+                tx.commit().await.map_err(db("Postgres commit"))?;
+                if inserted.rows_affected() == 1 {
+                    return Ok(Release::Nothing);
+                }
+                continue;
+            };
+            let state: String = row
+                .try_get("state")
+                .map_err(|e| RepositoryError::Corrupt(format!("reservation state: {e}")))?;
+            if ReservationState::parse(&state).map_err(RepositoryError::Corrupt)?
+                == ReservationState::Released
+            {
+                tx.rollback().await.map_err(db("Postgres rollback"))?;
+                return Ok(Release::Nothing);
+            }
+            let lines: String = row
+                .try_get("lines")
+                .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
+            let lines: Vec<ReserveLine> = serde_json::from_str(&lines)
+                .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
+            for line in &lines {
+                sqlx::query(&format!(
+                    "update {} set available = available + $2, reserved = reserved - $2
+                     where product_id = $1",
+                    self.products
+                ))
+                .bind(line.product_id.as_str())
+                .bind(i64::from(line.quantity))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("Postgres release stock"))?;
+            }
+            sqlx::query(&format!(
+                "update {} set state = 'released', updated_at = now() where order_id = $1",
+                self.reservations
+            ))
+            .bind(order.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("Postgres update reservation"))?;
+            tx.commit().await.map_err(db("Postgres commit"))?;
+            return Ok(Release::Restored(
+                lines.into_iter().map(|l| l.product_id).collect(),
+            ));
+        }
+        Err(RepositoryError::ConcurrentUpdate)
     }
 }

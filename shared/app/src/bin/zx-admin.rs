@@ -1,7 +1,7 @@
 //! Operator commands (run by a person or a deploy step, never by an API function):
 //!
 //!   zx-admin migrate                 apply pending Postgres migrations of every service
-//!                                    (DATABASE_URL; USERS_SCHEMA, PRODUCTS_SCHEMA)
+//!                                    (DATABASE_URL; USERS_SCHEMA, PRODUCTS_SCHEMA, ORDERS_SCHEMA)
 //!   zx-admin ensure-admin EMAIL USERNAME
 //!                                    create that admin, or make the existing user an admin with
 //!                                    that password; the password is read from ADMIN_PASSWORD
@@ -72,6 +72,7 @@ async fn migrate() -> Outcome {
             &config.products_schema,
             zx_store_postgres::migrate::PRODUCTS,
         ),
+        (&config.orders_schema, zx_store_postgres::migrate::ORDERS),
     ] {
         let pool = zx_store_postgres::connect_lazy(url.expose(), &config.pool)?;
         let applied = zx_store_postgres::migrate(&pool, schema, &set).await?;

@@ -1,10 +1,11 @@
 //! `local-gateway`: serves the API of `template.yaml` on 127.0.0.1 (`GATEWAY_PORT`, default
-//! 3000) with every function in-process, configured from the environment like the functions.
+//! 3000) with every function in-process, configured from the environment like the functions;
+//! polls the queues for the workers and runs the relay on its schedule.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use zx_local_gateway::{Functions, Gateway, RouteTable};
+use zx_local_gateway::{Functions, Gateway, Pollers, RouteTable, Workers, sources_from_template};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,6 +22,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(3000);
     let route_count = routes.routes.len();
     let gateway = Arc::new(Gateway::new(routes, Functions::new(&services)?)?);
+    // The workers and the relay, fed as their event source mappings and schedule would.
+    let (queues, schedules) = sources_from_template(&template)?;
+    let workers = Workers::new(&services)?;
+    let sqs = aws_sdk_sqs::Client::new(&zx_app::wiring::aws_config().await);
+    let _pollers = Pollers::start(&workers, &services, sqs, &queues, &schedules)?;
+    tracing::info!(
+        queues = queues.len(),
+        schedules = schedules.len(),
+        "local event sources running"
+    );
     let (addr, task) = gateway
         .serve(SocketAddr::from(([127, 0, 0, 1], port)))
         .await?;

@@ -1,0 +1,161 @@
+//! The non-HTTP functions: the SQS-triggered workers (partial batch responses) and the
+//! scheduled outbox relay. Like the HTTP functions, each is built by one builder, called by its
+//! `main.rs` and by the local gateway alike.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use lambda_runtime::{LambdaEvent, service_fn};
+use tracing::Instrument;
+use zx_orders::usecases::RelayReport;
+use zx_orders::workers::{QueueMessage, Worker};
+
+use crate::{ConfigError, Services};
+
+/// An SQS-triggered function: a batch in, the records that failed out.
+pub type SqsHandler =
+    Arc<dyn Fn(SqsEvent) -> Pin<Box<dyn Future<Output = SqsBatchResponse> + Send>> + Send + Sync>;
+
+/// Builds an SQS function's handler from the services of its cold start.
+pub type SqsBuilder = fn(&Services) -> Result<SqsHandler, ConfigError>;
+
+/// The scheduled relay: one run, its report (or why it failed).
+pub type ScheduledHandler = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<RelayReport, String>> + Send>> + Send + Sync,
+>;
+
+/// Every SQS-triggered function by binary name.
+pub const SQS_FUNCTIONS: &[(&str, SqsBuilder)] = &[
+    ("inventory-worker", inventory_worker),
+    ("order-worker", order_worker),
+];
+
+fn worker(services: &Services, worker: Worker) -> Result<SqsHandler, ConfigError> {
+    let saga = Arc::new(services.saga()?);
+    Ok(Arc::new(move |event: SqsEvent| {
+        let saga = saga.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let mut unidentified = 0usize;
+            let messages: Vec<QueueMessage> = event
+                .records
+                .into_iter()
+                .filter_map(|record| match record.message_id {
+                    Some(id) => Some(QueueMessage {
+                        id,
+                        body: record.body.unwrap_or_default(),
+                    }),
+                    None => {
+                        unidentified += 1;
+                        None
+                    }
+                })
+                .collect();
+            let failed = zx_orders::workers::process_batch(&saga, worker, &messages).await;
+            tracing::info!(
+                worker = worker.name(),
+                records = messages.len() + unidentified,
+                failed = failed.len(),
+                unidentified,
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "batch processed"
+            );
+            let mut response = SqsBatchResponse::default();
+            response.batch_item_failures = failed
+                .into_iter()
+                .map(|id| {
+                    let mut failure = BatchItemFailure::default();
+                    failure.item_identifier = id;
+                    failure
+                })
+                .collect();
+            response
+        })
+    }))
+}
+
+/// `inventory-worker`: reserve and release stock.
+pub fn inventory_worker(services: &Services) -> Result<SqsHandler, ConfigError> {
+    worker(services, Worker::Inventory)
+}
+
+/// `order-worker`: confirm or cancel orders on the inventory's answer.
+pub fn order_worker(services: &Services) -> Result<SqsHandler, ConfigError> {
+    worker(services, Worker::Order)
+}
+
+/// `outbox-relay`: resend unsent messages, expire stale pending orders.
+pub fn outbox_relay(services: &Services) -> Result<ScheduledHandler, ConfigError> {
+    let saga = Arc::new(services.saga()?);
+    Ok(Arc::new(move || {
+        let saga = saga.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = zx_orders::usecases::run_relay(&saga).await;
+            match &result {
+                Ok(report) => tracing::info!(
+                    relayed = report.relayed,
+                    failed = report.failed,
+                    expired = report.expired,
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "relay run"
+                ),
+                Err(error) => {
+                    tracing::error!(error = %zx_domain::cause_chain(error), "relay run failed")
+                }
+            }
+            result.map_err(|e| zx_domain::cause_chain(&e))
+        })
+    }))
+}
+
+/// The builder of the SQS function named `binary`.
+pub fn sqs_builder(binary: &str) -> Option<SqsBuilder> {
+    SQS_FUNCTIONS
+        .iter()
+        .find(|(name, _)| *name == binary)
+        .map(|(_, build)| *build)
+}
+
+fn refuse(error: ConfigError) -> ConfigError {
+    tracing::error!(%error, "refusing to start: invalid configuration");
+    error
+}
+
+/// An SQS function's `main`: cold start, build with `build`, serve batches with partial batch
+/// responses.
+pub async fn run_sqs(build: SqsBuilder) -> Result<(), lambda_runtime::Error> {
+    let services = crate::start().await?;
+    let handler = build(&services).map_err(refuse)?;
+    drop(services);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let handler = handler.clone();
+        let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
+        async move { Ok::<_, std::convert::Infallible>(handler(event.payload).await) }
+            .instrument(span)
+    }))
+    .await
+}
+
+/// The relay's `main`: each scheduled event is one run; a failed run fails the invocation
+/// (retried by EventBridge, and counted by the errors alarm).
+pub async fn run_scheduled() -> Result<(), lambda_runtime::Error> {
+    let services = crate::start().await?;
+    let handler = outbox_relay(&services).map_err(refuse)?;
+    drop(services);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let handler = handler.clone();
+        let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
+        async move {
+            handler()
+                .await
+                .map(|report| serde_json::to_value(report).unwrap_or_default())
+                .map_err(lambda_runtime::Error::from)
+        }
+        .instrument(span)
+    }))
+    .await
+}

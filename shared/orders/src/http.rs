@@ -1,0 +1,263 @@
+//! The orders HTTP handlers: parse and validate, check the caller, call a use case, render.
+
+use lambda_http::{Body, Request, Response};
+use serde::{Deserialize, Serialize};
+use zx_domain::{
+    FieldError, IdempotencyKey, OrderCursor, OrderId, OrderQuery, OrderStatus, PageLimit,
+    ProductId, ShippingAddress, UserId, ValidationErrors,
+};
+use zx_http::{ApiError, AuthContext, json_body, json_response, path_param, query_param};
+
+use crate::usecases::{self, Actor, MAX_LINES, MAX_QUANTITY, OrderError, OrderRequest, Saga};
+use crate::views::OrderView;
+
+impl From<OrderError> for ApiError {
+    fn from(error: OrderError) -> Self {
+        match error {
+            OrderError::UnknownProducts(ids) => {
+                let errors: Vec<FieldError> = ids
+                    .iter()
+                    .map(|id| FieldError::new("items", format!("unknown product {id}")))
+                    .collect();
+                ApiError::BadRequest {
+                    detail: format!(
+                        "unknown or deleted products: {}",
+                        ids.iter()
+                            .map(ProductId::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    errors,
+                }
+            }
+            OrderError::KeyReused => zx_domain::RepositoryError::IdempotencyKeyReused.into(),
+            OrderError::NotFound => ApiError::not_found("no such order"),
+            OrderError::InvalidTransition { from, to } => ApiError::Conflict {
+                detail: format!("an order that is {from} cannot become {to}"),
+                errors: vec![FieldError::new(
+                    "status",
+                    format!("{to} is not reachable from {from}"),
+                )],
+            },
+            OrderError::Conflict => ApiError::Conflict {
+                detail: "the order was changed by another request; read it again".into(),
+                errors: Vec::new(),
+            },
+            OrderError::TotalTooLarge => ApiError::bad_request("the order total is too large"),
+            OrderError::Repository(error) => error.into(),
+        }
+    }
+}
+
+fn actor(request: &Request) -> Result<Actor, ApiError> {
+    let caller = AuthContext::from_request(request)?;
+    let admin = caller.is_admin();
+    Ok(Actor::user(caller.user_id, admin))
+}
+
+/// The `{id}` of the route; a malformed id is simply not found.
+fn order_id(request: &Request) -> Result<OrderId, ApiError> {
+    OrderId::parse(path_param(request, "id")?).map_err(|_| ApiError::not_found("no such order"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateBody {
+    items: Vec<ItemBody>,
+    #[serde(default)]
+    shipping_address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ItemBody {
+    product_id: String,
+    quantity: i64,
+}
+
+/// Validates a create body: 1 to [`MAX_LINES`] lines, product ids, quantities 1 to
+/// [`MAX_QUANTITY`], an optional address.
+pub fn parse_order_request(body: CreateBody) -> Result<OrderRequest, ApiError> {
+    let mut errors = ValidationErrors::default();
+    if body.items.is_empty() || body.items.len() > MAX_LINES {
+        errors.push(FieldError::new(
+            "items",
+            format!("must have 1 to {MAX_LINES} lines"),
+        ));
+    }
+    let mut lines = Vec::with_capacity(body.items.len());
+    for (i, item) in body.items.iter().take(MAX_LINES).enumerate() {
+        let id = errors.check(
+            &format!("items[{i}].productId"),
+            ProductId::parse(&item.product_id),
+        );
+        let quantity = errors.check(
+            &format!("items[{i}].quantity"),
+            u32::try_from(item.quantity)
+                .ok()
+                .filter(|q| (1..=MAX_QUANTITY).contains(q))
+                .ok_or_else(|| format!("must be a whole number from 1 to {MAX_QUANTITY}")),
+        );
+        if let (Some(id), Some(quantity)) = (id, quantity) {
+            lines.push((id, quantity));
+        }
+    }
+    let shipping_address = body
+        .shipping_address
+        .as_deref()
+        .and_then(|a| errors.check("shippingAddress", ShippingAddress::parse(a)));
+    if !errors.is_empty() {
+        return Err(errors.into());
+    }
+    Ok(OrderRequest {
+        lines,
+        shipping_address,
+    })
+}
+
+fn idempotency_key(request: &Request) -> Result<IdempotencyKey, ApiError> {
+    let value = request.headers().get("idempotency-key").ok_or_else(|| {
+        ApiError::invalid_field(
+            "Idempotency-Key",
+            "this header is required: a unique key per order, reused only to retry it",
+        )
+    })?;
+    value
+        .to_str()
+        .map_err(|_| "must be 1 to 255 visible ASCII characters".to_owned())
+        .and_then(IdempotencyKey::parse)
+        .map_err(|message| ApiError::invalid_field("Idempotency-Key", message))
+}
+
+fn order_response(
+    status: u16,
+    view: &OrderView<'_>,
+    replayed: bool,
+) -> Result<Response<Body>, ApiError> {
+    let mut response = json_response(status, view)?;
+    let headers = response.headers_mut();
+    if let Ok(location) = http::HeaderValue::from_str(&format!("/api/v1/orders/{}", view.order_id))
+    {
+        headers.insert(http::header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert(
+            "idempotent-replayed",
+            http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
+}
+
+/// `POST /orders`: 202 with the pending order (server prices). Same key and request → the
+/// same answer; same key, other request → 409.
+pub async fn create_order(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+    let caller = AuthContext::from_request(&request)?;
+    let key = idempotency_key(&request)?;
+    let order_request = parse_order_request(json_body(&request)?)?;
+    let placed = usecases::place_order(saga, &caller.user_id, key, &order_request).await?;
+    order_response(202, &OrderView::as_created(&placed.order), placed.replayed)
+}
+
+/// `GET /orders/{id}`: the owner's or, for an admin, any order; others → 404.
+pub async fn get_order(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+    let actor = actor(&request)?;
+    let id = order_id(&request)?;
+    let order = usecases::get_order(saga, &actor, &id).await?;
+    json_response(200, &OrderView::current(&order))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListView<'a> {
+    items: Vec<OrderView<'a>>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /orders`: customers their own, admins all (`?userId=`, `?status=`), newest first.
+pub async fn list_orders(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+    let actor = actor(&request)?;
+    let mut errors = ValidationErrors::default();
+    let limit = query_param(&request, "limit")
+        .map(|v| errors.check("limit", PageLimit::parse(v)))
+        .unwrap_or(Some(PageLimit::DEFAULT));
+    let after = query_param(&request, "cursor")
+        .map(|v| errors.check("cursor", OrderCursor::decode(v)).map(Some))
+        .unwrap_or(Some(None));
+    let status = query_param(&request, "status")
+        .map(|v| errors.check("status", OrderStatus::parse(v)).map(Some))
+        .unwrap_or(Some(None));
+    let user_id = query_param(&request, "userId")
+        .map(|v| errors.check("userId", UserId::parse(v)).map(Some))
+        .unwrap_or(Some(None));
+    let (Some(limit), Some(after), Some(status), Some(user_id)) = (limit, after, status, user_id)
+    else {
+        return Err(errors.into());
+    };
+    let page = usecases::list_orders(
+        saga,
+        &actor,
+        OrderQuery {
+            user_id,
+            status,
+            limit,
+            after,
+        },
+    )
+    .await?;
+    json_response(
+        200,
+        &ListView {
+            items: page.items.iter().map(OrderView::current).collect(),
+            next_cursor: page.next.as_ref().map(OrderCursor::encode),
+        },
+    )
+}
+
+/// `POST /orders/{id}/cancel`: the owner (pending or confirmed) or an admin.
+pub async fn cancel_order(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+    let actor = actor(&request)?;
+    let id = order_id(&request)?;
+    let reason = if actor.driver == zx_domain::Driver::Admin {
+        "cancelled_by_admin"
+    } else {
+        "cancelled_by_customer"
+    };
+    let order =
+        usecases::change_status(saga, &actor, &id, OrderStatus::Cancelled, Some(reason)).await?;
+    json_response(200, &OrderView::current(&order))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `PATCH /orders/{id}/status` (admin): `{status, reason?}` along the state machine.
+pub async fn update_status(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+    let actor = actor(&request)?;
+    if actor.driver != zx_domain::Driver::Admin {
+        return Err(ApiError::forbidden(
+            "only an admin may change an order's status",
+        ));
+    }
+    let body: StatusBody = json_body(&request)?;
+    let to = OrderStatus::parse(&body.status)
+        .map_err(|message| ApiError::invalid_field("status", message))?;
+    if let Some(reason) = &body.reason
+        && (reason.is_empty()
+            || reason.chars().count() > 200
+            || reason.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid_field(
+            "reason",
+            "must be 1 to 200 characters without control characters",
+        ));
+    }
+    let id = order_id(&request)?;
+    let order = usecases::change_status(saga, &actor, &id, to, body.reason.as_deref()).await?;
+    json_response(200, &OrderView::current(&order))
+}

@@ -1,0 +1,592 @@
+//! Orders on DynamoDB: one table (`pk`, `sk`) holding orders, idempotency keys and the outbox.
+//!
+//! - Order: `pk = ORDER#<id>`, `sk = ORDER`; lines and history as JSON. Three GSIs, all sorted
+//!   by `createdKey = <created millis, 13 digits>#<id>`:
+//!   `by-user` (`userKey = <user id>`): a customer's orders;
+//!   `by-shard` (`shardKey = ALL#<shard>`): every order, spread over [`OrderId::SHARDS`]
+//!   partitions so a sale day's writes never land on one partition;
+//!   `by-status` (`statusKey = <status>#<shard>`): orders by status, spread the same way.
+//!   Shop-wide listings query every shard and merge (a page costs one query per shard).
+//! - Idempotency key: `pk = IDEMPOTENCY#<user id>#<key>`, `sk = KEY`, with a TTL (`expiresAt`).
+//! - Outbox message: `pk = OUTBOX#<shard of its order>`, `sk = <created millis>#<message id>`;
+//!   deleted once sent. The relay queries every shard, oldest first.
+//!
+//! An order, its key and its messages are one `TransactWriteItems`; a transition is one too
+//! (the order's update conditioned on status and version, plus its messages).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use futures::future::try_join_all;
+use zx_domain::{
+    Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderId,
+    OrderPage, OrderQuery, OrderRepository, OrderStatus, Outbox, OutboxMessage, RepositoryError,
+    ShippingAddress, Timestamp, UserId,
+};
+
+type Item = HashMap<String, AttributeValue>;
+
+mod attr {
+    pub const PK: &str = "pk";
+    pub const SK: &str = "sk";
+    pub const USER_KEY: &str = "userKey";
+    pub const SHARD_KEY: &str = "shardKey";
+    pub const STATUS_KEY: &str = "statusKey";
+    pub const CREATED_KEY: &str = "createdKey";
+    pub const ORDER_ID: &str = "orderId";
+    pub const USER_ID: &str = "userId";
+    pub const STATUS: &str = "status";
+    pub const LINES: &str = "lines";
+    pub const HISTORY: &str = "history";
+    pub const TOTAL: &str = "total";
+    pub const ADDRESS: &str = "shippingAddress";
+    pub const CREATED_AT: &str = "createdAt";
+    pub const UPDATED_AT: &str = "updatedAt";
+    pub const VERSION: &str = "version";
+    pub const FINGERPRINT: &str = "fingerprint";
+    pub const EXPIRES_AT: &str = "expiresAt";
+    pub const MESSAGE_ID: &str = "messageId";
+    pub const DESTINATION: &str = "destination";
+    pub const BODY: &str = "body";
+}
+
+const BY_USER: &str = "by-user";
+const BY_SHARD: &str = "by-shard";
+const BY_STATUS: &str = "by-status";
+const ORDER_SK: &str = "ORDER";
+const KEY_SK: &str = "KEY";
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn order_pk(id: &OrderId) -> String {
+    format!("ORDER#{id}")
+}
+
+fn key_pk(user: &UserId, key: &IdempotencyKey) -> String {
+    format!("IDEMPOTENCY#{user}#{}", key.as_str())
+}
+
+fn outbox_pk(shard: u8) -> String {
+    format!("OUTBOX#{shard:02}")
+}
+
+fn millis_key(at: &Timestamp) -> String {
+    format!("{:013}", at.unix_millis().max(0))
+}
+
+fn created_key(at: &Timestamp, id: &OrderId) -> String {
+    format!("{}#{id}", millis_key(at))
+}
+
+fn status_key(status: OrderStatus, id: &OrderId) -> String {
+    format!("{status}#{:02}", id.shard())
+}
+
+fn corrupt(what: &str) -> RepositoryError {
+    RepositoryError::Corrupt(format!("order item: {what}"))
+}
+
+fn text<'a>(item: &'a Item, name: &str) -> Result<&'a str, RepositoryError> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .ok_or_else(|| corrupt(&format!("lacks string attribute {name}")))
+}
+
+fn number(item: &Item, name: &str) -> Result<i64, RepositoryError> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| corrupt(&format!("lacks numeric attribute {name}")))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, RepositoryError> {
+    serde_json::to_string(value).map_err(|e| RepositoryError::failed("serialising an order", e))
+}
+
+fn order_item(order: &Order) -> Result<Item, RepositoryError> {
+    let mut item = HashMap::from([
+        (attr::PK.to_owned(), s(order_pk(&order.id))),
+        (attr::SK.to_owned(), s(ORDER_SK)),
+        (attr::USER_KEY.to_owned(), s(order.user_id.as_str())),
+        (
+            attr::SHARD_KEY.to_owned(),
+            s(format!("ALL#{:02}", order.id.shard())),
+        ),
+        (
+            attr::STATUS_KEY.to_owned(),
+            s(status_key(order.status, &order.id)),
+        ),
+        (
+            attr::CREATED_KEY.to_owned(),
+            s(created_key(&order.created_at, &order.id)),
+        ),
+        (attr::ORDER_ID.to_owned(), s(order.id.as_str())),
+        (attr::USER_ID.to_owned(), s(order.user_id.as_str())),
+        (attr::STATUS.to_owned(), s(order.status.as_str())),
+        (attr::LINES.to_owned(), s(json(&order.lines)?)),
+        (attr::HISTORY.to_owned(), s(json(&order.history)?)),
+        (attr::TOTAL.to_owned(), n(order.total)),
+        (
+            attr::CREATED_AT.to_owned(),
+            s(order.created_at.to_rfc3339()),
+        ),
+        (
+            attr::UPDATED_AT.to_owned(),
+            s(order.updated_at.to_rfc3339()),
+        ),
+        (attr::VERSION.to_owned(), n(order.version)),
+    ]);
+    if let Some(address) = &order.shipping_address {
+        item.insert(attr::ADDRESS.to_owned(), s(address.as_str()));
+    }
+    Ok(item)
+}
+
+fn order_from_item(item: &Item) -> Result<Order, RepositoryError> {
+    let time = |name: &str| Timestamp::parse_rfc3339(text(item, name)?).map_err(|e| corrupt(&e));
+    Ok(Order {
+        id: OrderId::parse(text(item, attr::ORDER_ID)?).map_err(|e| corrupt(&e))?,
+        user_id: UserId::parse(text(item, attr::USER_ID)?).map_err(|e| corrupt(&e))?,
+        status: OrderStatus::parse(text(item, attr::STATUS)?).map_err(|e| corrupt(&e))?,
+        lines: serde_json::from_str(text(item, attr::LINES)?)
+            .map_err(|e| corrupt(&e.to_string()))?,
+        history: serde_json::from_str(text(item, attr::HISTORY)?)
+            .map_err(|e| corrupt(&e.to_string()))?,
+        total: number(item, attr::TOTAL)?,
+        shipping_address: item
+            .get(attr::ADDRESS)
+            .and_then(|v| v.as_s().ok())
+            .map(|a| ShippingAddress::parse(a))
+            .transpose()
+            .map_err(|e| corrupt(&e))?,
+        created_at: time(attr::CREATED_AT)?,
+        updated_at: time(attr::UPDATED_AT)?,
+        version: u64::try_from(number(item, attr::VERSION)?)
+            .map_err(|_| corrupt("negative version"))?,
+    })
+}
+
+fn message_item(message: &OutboxMessage) -> Item {
+    HashMap::from([
+        (attr::PK.to_owned(), s(outbox_pk(message.order_id.shard()))),
+        (
+            attr::SK.to_owned(),
+            s(format!(
+                "{}#{}",
+                millis_key(&message.created_at),
+                message.id
+            )),
+        ),
+        (attr::MESSAGE_ID.to_owned(), s(&message.id)),
+        (attr::ORDER_ID.to_owned(), s(message.order_id.as_str())),
+        (
+            attr::DESTINATION.to_owned(),
+            s(message.destination.as_str()),
+        ),
+        (attr::BODY.to_owned(), s(&message.body)),
+        (
+            attr::CREATED_AT.to_owned(),
+            s(message.created_at.to_rfc3339()),
+        ),
+    ])
+}
+
+fn message_from_item(item: &Item) -> Result<OutboxMessage, RepositoryError> {
+    Ok(OutboxMessage {
+        id: text(item, attr::MESSAGE_ID)?.to_owned(),
+        order_id: OrderId::parse(text(item, attr::ORDER_ID)?).map_err(|e| corrupt(&e))?,
+        destination: Destination::parse(text(item, attr::DESTINATION)?).map_err(|e| corrupt(&e))?,
+        body: text(item, attr::BODY)?.to_owned(),
+        created_at: Timestamp::parse_rfc3339(text(item, attr::CREATED_AT)?)
+            .map_err(|e| corrupt(&e))?,
+    })
+}
+
+fn put(table: &str, item: Item) -> Result<TransactWriteItem, RepositoryError> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .build()
+        .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+/// The orders table.
+#[derive(Debug, Clone)]
+pub struct DynamoOrderRepository {
+    client: Client,
+    table: String,
+}
+
+impl DynamoOrderRepository {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// Up to `limit` items of one index partition with sort keys below (newest first) or
+    /// above (oldest first) `bound`, passing `filter` on `status` when given.
+    async fn query_partition(
+        &self,
+        index: Option<&str>,
+        key: (&str, String),
+        sort: (&str, Option<String>),
+        newest_first: bool,
+        limit: usize,
+        status: Option<OrderStatus>,
+    ) -> Result<Vec<Item>, RepositoryError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut condition = "#k = :k".to_owned();
+            let mut request = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .set_index_name(index.map(str::to_owned))
+                .expression_attribute_names("#k", key.0)
+                .expression_attribute_values(":k", s(key.1.clone()))
+                .scan_index_forward(!newest_first)
+                .limit(i32::try_from(limit.clamp(1, 100)).unwrap_or(100))
+                .set_exclusive_start_key(start.take());
+            if let Some(bound) = &sort.1 {
+                // Below the bound either way: newest first from a cursor, or oldest first up to
+                // a cutoff.
+                condition.push_str(" AND #s < :s");
+                request = request
+                    .expression_attribute_names("#s", sort.0)
+                    .expression_attribute_values(":s", s(bound.clone()));
+            }
+            if let Some(status) = status {
+                request = request
+                    .filter_expression("#status = :status")
+                    .expression_attribute_names("#status", attr::STATUS)
+                    .expression_attribute_values(":status", s(status.as_str()));
+            }
+            let output = request
+                .key_condition_expression(condition)
+                .send()
+                .await
+                .map_err(|e| crate::sdk_error("DynamoDB Query", e))?;
+            items.extend(output.items.unwrap_or_default());
+            match output.last_evaluated_key {
+                Some(key) if items.len() < limit => start = Some(key),
+                _ => break,
+            }
+        }
+        items.truncate(limit);
+        Ok(items)
+    }
+
+    /// Orders of one index, newest first, merged over `partitions`.
+    async fn list_merged(
+        &self,
+        index: &str,
+        key_attr: &str,
+        partitions: Vec<String>,
+        query: &OrderQuery,
+        status_filter: Option<OrderStatus>,
+    ) -> Result<OrderPage, RepositoryError> {
+        let limit = query.limit.get();
+        let bound = query
+            .after
+            .as_ref()
+            .map(|after| created_key(&after.created_at, &after.id));
+        let pages = try_join_all(partitions.into_iter().map(|partition| {
+            self.query_partition(
+                Some(index),
+                (key_attr, partition),
+                (attr::CREATED_KEY, bound.clone()),
+                true,
+                limit + 1,
+                status_filter,
+            )
+        }))
+        .await?;
+        let mut orders = pages
+            .iter()
+            .flatten()
+            .map(order_from_item)
+            .collect::<Result<Vec<_>, _>>()?;
+        orders.sort_by(|a, b| (b.created_at, b.id.as_str()).cmp(&(a.created_at, a.id.as_str())));
+        let next = if orders.len() > limit {
+            orders.truncate(limit);
+            orders.last().map(OrderCursor::after)
+        } else {
+            None
+        };
+        Ok(OrderPage {
+            items: orders,
+            next,
+        })
+    }
+
+    fn shards(prefix: &str) -> Vec<String> {
+        (0..OrderId::SHARDS)
+            .map(|shard| format!("{prefix}#{shard:02}"))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl OrderRepository for DynamoOrderRepository {
+    #[tracing::instrument(skip_all, fields(order_id = %id))]
+    async fn find_order(&self, id: &OrderId) -> Result<Option<Order>, RepositoryError> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(order_pk(id)))
+            .key(attr::SK, s(ORDER_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?
+            .item
+            .as_ref()
+            .map(order_from_item)
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_orders(&self, query: &OrderQuery) -> Result<OrderPage, RepositoryError> {
+        match (&query.user_id, query.status) {
+            (Some(user), status) => {
+                self.list_merged(
+                    BY_USER,
+                    attr::USER_KEY,
+                    vec![user.as_str().to_owned()],
+                    query,
+                    status,
+                )
+                .await
+            }
+            (None, Some(status)) => {
+                self.list_merged(
+                    BY_STATUS,
+                    attr::STATUS_KEY,
+                    Self::shards(status.as_str()),
+                    query,
+                    None,
+                )
+                .await
+            }
+            (None, None) => {
+                self.list_merged(BY_SHARD, attr::SHARD_KEY, Self::shards("ALL"), query, None)
+                    .await
+            }
+        }
+    }
+
+    async fn find_idempotency(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, RepositoryError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(key_pk(user, key)))
+            .key(attr::SK, s(KEY_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?
+            .item;
+        let Some(item) = item else { return Ok(None) };
+        let expires = number(&item, attr::EXPIRES_AT)?;
+        // TTL deletion is lazy: an expired key is gone even while the item lingers.
+        if expires <= Timestamp::now().unix_seconds() {
+            return Ok(None);
+        }
+        Ok(Some(IdempotencyRecord {
+            user_id: user.clone(),
+            key: key.clone(),
+            fingerprint: text(&item, attr::FINGERPRINT)?.to_owned(),
+            order_id: OrderId::parse(text(&item, attr::ORDER_ID)?).map_err(|e| corrupt(&e))?,
+            expires_at: Timestamp::from_unix_millis(expires.saturating_mul(1000))
+                .ok_or_else(|| corrupt("expiresAt"))?,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %order.id))]
+    async fn create_order(
+        &self,
+        order: &Order,
+        key: &IdempotencyRecord,
+        messages: &[OutboxMessage],
+    ) -> Result<OrderCreation, RepositoryError> {
+        let order_put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(order_item(order)?))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
+        let key_put = Put::builder()
+            .table_name(&self.table)
+            .item(attr::PK, s(key_pk(&key.user_id, &key.key)))
+            .item(attr::SK, s(KEY_SK))
+            .item(attr::FINGERPRINT, s(&key.fingerprint))
+            .item(attr::ORDER_ID, s(key.order_id.as_str()))
+            .item(attr::EXPIRES_AT, n(key.expires_at.unix_seconds()))
+            .condition_expression("attribute_not_exists(#pk) OR #expires <= :now")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":now", n(Timestamp::now().unix_seconds()))
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
+        let mut items = vec![
+            TransactWriteItem::builder().put(key_put).build(),
+            TransactWriteItem::builder().put(order_put).build(),
+        ];
+        for message in messages {
+            items.push(put(&self.table, message_item(message))?);
+        }
+        match crate::transact(&self.client, items).await? {
+            Ok(()) => Ok(OrderCreation::Created),
+            Err(reasons) if crate::condition_failed(&reasons, 0) => {
+                match self.find_idempotency(&key.user_id, &key.key).await? {
+                    Some(existing) => Ok(OrderCreation::KeyTaken(existing)),
+                    None => Err(RepositoryError::ConcurrentUpdate),
+                }
+            }
+            Err(_) => Err(RepositoryError::failed(
+                "DynamoDB create order",
+                "an order with this id exists",
+            )),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %current.id, to = %next.status))]
+    async fn update_order(
+        &self,
+        current: &Order,
+        next: &Order,
+        messages: &[OutboxMessage],
+    ) -> Result<(), RepositoryError> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key(attr::PK, s(order_pk(&current.id)))
+            .key(attr::SK, s(ORDER_SK))
+            .update_expression(
+                "SET #status = :to, #statusKey = :statusKey, #history = :history, \
+                 #updated = :updated, #version = :next",
+            )
+            .condition_expression("#status = :from AND #version = :version")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#statusKey", attr::STATUS_KEY)
+            .expression_attribute_names("#history", attr::HISTORY)
+            .expression_attribute_names("#updated", attr::UPDATED_AT)
+            .expression_attribute_names("#version", attr::VERSION)
+            .expression_attribute_values(":to", s(next.status.as_str()))
+            .expression_attribute_values(":statusKey", s(status_key(next.status, &next.id)))
+            .expression_attribute_values(":history", s(json(&next.history)?))
+            .expression_attribute_values(":updated", s(next.updated_at.to_rfc3339()))
+            .expression_attribute_values(":next", n(next.version))
+            .expression_attribute_values(":from", s(current.status.as_str()))
+            .expression_attribute_values(":version", n(current.version))
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        for message in messages {
+            items.push(put(&self.table, message_item(message))?);
+        }
+        match crate::transact(&self.client, items).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(RepositoryError::ConcurrentUpdate),
+        }
+    }
+
+    async fn stale_pending(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Order>, RepositoryError> {
+        let pages = try_join_all(Self::shards(OrderStatus::Pending.as_str()).into_iter().map(
+            |partition| {
+                self.query_partition(
+                    Some(BY_STATUS),
+                    (attr::STATUS_KEY, partition),
+                    (attr::CREATED_KEY, Some(millis_key(&cutoff))),
+                    false,
+                    limit,
+                    None,
+                )
+            },
+        ))
+        .await?;
+        let mut orders = pages
+            .iter()
+            .flatten()
+            .map(order_from_item)
+            .collect::<Result<Vec<_>, _>>()?;
+        orders.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
+        orders.truncate(limit);
+        Ok(orders)
+    }
+}
+
+#[async_trait]
+impl Outbox for DynamoOrderRepository {
+    async fn unsent(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, RepositoryError> {
+        let pages = try_join_all((0..OrderId::SHARDS).map(|shard| {
+            self.query_partition(
+                None,
+                (attr::PK, outbox_pk(shard)),
+                (attr::SK, Some(millis_key(&cutoff))),
+                false,
+                limit,
+                None,
+            )
+        }))
+        .await?;
+        let mut messages = pages
+            .iter()
+            .flatten()
+            .map(message_from_item)
+            .collect::<Result<Vec<_>, _>>()?;
+        messages.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        messages.truncate(limit);
+        Ok(messages)
+    }
+
+    async fn mark_sent(&self, messages: &[OutboxMessage]) -> Result<(), RepositoryError> {
+        try_join_all(messages.iter().map(|message| {
+            let item = message_item(message);
+            let request = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(
+                    item.into_iter()
+                        .filter(|(name, _)| name == attr::PK || name == attr::SK)
+                        .collect(),
+                ));
+            async move {
+                request
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| crate::sdk_error("DynamoDB DeleteItem", e))
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+}
