@@ -63,13 +63,18 @@ def create_queues():
         redrive = json.dumps(
             {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(spec["maxReceiveCount"])}
         )
-        sqs.create_queue(
-            QueueName=prefix + queue["name"],
-            Attributes={
-                "RedrivePolicy": redrive,
-                "VisibilityTimeout": str(queue["visibilityTimeout"]),
-            },
-        )
+        attributes = {
+            "RedrivePolicy": redrive,
+            "VisibilityTimeout": str(queue["visibilityTimeout"]),
+        }
+        try:
+            sqs.create_queue(QueueName=prefix + queue["name"], Attributes=attributes)
+        except ClientError as err:
+            if err.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
+                raise
+            # Created by an earlier version of this file: bring it up to date.
+            url = sqs.get_queue_url(QueueName=prefix + queue["name"])["QueueUrl"]
+            sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
         print(f"queue {prefix + queue['name']} (dlq {prefix + queue['deadLetterQueue']}): ready")
 
 

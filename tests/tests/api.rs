@@ -1647,8 +1647,15 @@ async fn staleness_after_an_unreachable_cache_is_bounded_by_the_ttl() {
     // A TTL longer than the breaker's pause (3 s), so stale entries are read from the cache
     // again once the breaker closes, until the TTL ends them.
     let ttl = Duration::from_secs(10);
-    let (api, proxy) =
-        behind_cuttable_cache(&[("CACHE_TTL_SECONDS", "10"), ("CACHE_INDEX_LAG_MS", "100")]).await;
+    // A generous cache deadline: on a loaded machine (the orders tests run alongside) a slow
+    // call must not reopen the breaker and send every read to the store, which would hide the
+    // stale entries this test is about. The cut itself fails fast (connections are closed).
+    let (api, proxy) = behind_cuttable_cache(&[
+        ("CACHE_TTL_SECONDS", "10"),
+        ("CACHE_INDEX_LAG_MS", "100"),
+        ("CACHE_TIMEOUT_MS", "1000"),
+    ])
+    .await;
     let admin = api.admin().await;
     let id = api
         .create_product(

@@ -261,6 +261,11 @@ async fn happy_path(store: Store) {
     let _pollers = shop.pollers(&[]);
     let (lamp, bulb) = (shop.product(10, 1999).await, shop.product(100, 250).await);
     let (_, token) = shop.customer();
+    // The product's view is cached before the order...
+    let lamp_path = format!("/api/v1/products/{lamp}");
+    shop.get(&lamp_path, &token).await;
+    let cached = shop.get(&lamp_path, &token).await;
+    assert_eq!(cached.headers()["x-cache"], "HIT");
     let response = shop
         .order(
             &token,
@@ -307,6 +312,10 @@ async fn happy_path(store: Store) {
     assert_eq!(confirmed["statusHistory"][1]["actor"], "system");
     assert_eq!(shop.stock(&lamp).await, (7, 3));
     assert_eq!(shop.stock(&bulb).await, (97, 3));
+    // ...and the reservation made it stale: the next read shows the new stock.
+    let fresh = shop.get(&lamp_path, &token).await;
+    assert_eq!(fresh.headers()["x-cache"], "MISS");
+    assert_eq!(fresh.json::<Value>().await.unwrap()["stock"], 7);
 
     // Downstream consumers see order.created and order.status_changed.
     let sqs = aws_sdk_sqs::Client::new(&shop.app.aws);
@@ -546,7 +555,7 @@ async fn orders_survive_an_sqs_outage(store: Store) {
         .services
         .stores
         .outbox
-        .unsent(Timestamp::now(), 100)
+        .unsent(Timestamp::now(), None, 100)
         .await
         .unwrap();
     assert_eq!(
@@ -561,6 +570,10 @@ async fn orders_survive_an_sqs_outage(store: Store) {
     proxy.set_cut(false);
     let report = shop.workers.run_relay().await.unwrap();
     assert_eq!((report.relayed, report.failed), (2, 0));
+    assert!(
+        report.expiry_postponed,
+        "orders whose messages were stuck get time first"
+    );
     shop.wait_for(&id, &token, "confirmed").await;
     shop.drain().await;
     assert_eq!(shop.stock(&product).await, (3, 2));

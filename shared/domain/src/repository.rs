@@ -187,10 +187,13 @@ pub trait OrderRepository: Send + Sync {
 /// The outbox: messages stored with the writes that caused them, until they are sent.
 #[async_trait]
 pub trait Outbox: Send + Sync {
-    /// Unsent messages created before `cutoff`, oldest first, at most `limit`.
+    /// Unsent messages created before `cutoff`, oldest first (by creation time, then id),
+    /// after `after` when given (so a reader can page past messages it cannot send), at most
+    /// `limit`.
     async fn unsent(
         &self,
         cutoff: Timestamp,
+        after: Option<&OutboxMessage>,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>, RepositoryError>;
 

@@ -263,7 +263,10 @@ impl Pollers {
 }
 
 /// The `SqsEvent` Lambda would deliver for these messages.
-pub fn sqs_event(queue_arn: &str, messages: &[aws_sdk_sqs::types::Message]) -> SqsEvent {
+pub fn sqs_event(
+    queue_arn: &str,
+    messages: &[aws_sdk_sqs::types::Message],
+) -> Result<SqsEvent, serde_json::Error> {
     let records: Vec<_> = messages
         .iter()
         .map(|m| {
@@ -282,7 +285,7 @@ pub fn sqs_event(queue_arn: &str, messages: &[aws_sdk_sqs::types::Message]) -> S
             })
         })
         .collect();
-    serde_json::from_value(json!({ "Records": records })).unwrap_or_default()
+    serde_json::from_value(json!({ "Records": records }))
 }
 
 async fn poll(sqs: aws_sdk_sqs::Client, url: String, source: QueueSource, handler: SqsHandler) {
@@ -320,7 +323,15 @@ async fn poll(sqs: aws_sdk_sqs::Client, url: String, source: QueueSource, handle
             continue;
         }
         let invoked = Instant::now();
-        let response = handler(sqs_event(&arn, &batch)).await;
+        let event = match sqs_event(&arn, &batch) {
+            Ok(event) => event,
+            Err(error) => {
+                // Nothing is deleted: the batch comes back after the visibility timeout.
+                tracing::error!(function = %source.function, %error, "cannot build the SQS event; batch left for redelivery");
+                continue;
+            }
+        };
+        let response = handler(event).await;
         let failed: HashSet<String> = response
             .batch_item_failures
             .into_iter()

@@ -284,8 +284,11 @@ pub async fn place_order(
         key,
         fingerprint: fingerprint.clone(),
         order_id: order.id.clone(),
-        expires_at: Timestamp::from_unix_millis(now.unix_millis() + 24 * 3600 * 1000)
-            .unwrap_or(now),
+        expires_at: Timestamp::from_unix_millis(
+            now.unix_millis()
+                + i64::try_from(IDEMPOTENCY_TTL.as_millis()).unwrap_or(24 * 3600 * 1000),
+        )
+        .unwrap_or(now),
     };
     let outgoing = [messages::reserve(&order), messages::order_created(&order)];
     match saga.orders.create_order(&order, &record, &outgoing).await? {
@@ -505,19 +508,30 @@ pub async fn handle_order_message(saga: &Saga, body: &str) -> Result<(), Message
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RelayReport {
+    /// Outbox messages sent (and forgotten).
     pub relayed: usize,
+    /// Outbox messages that could not be sent (left for the next run).
     pub failed: usize,
+    /// Pending orders cancelled with reason `timeout`.
     pub expired: usize,
+    /// Pending orders that could not be expired (left for the next run).
+    pub expiry_failed: usize,
+    /// Whether expiry was skipped because the outbox held stuck messages.
+    pub expiry_postponed: bool,
 }
 
-/// The scheduled relay: resends outbox messages older than the relay delay, then cancels
-/// orders pending longer than the timeout (reason `timeout`, releasing what was reserved).
+/// The scheduled relay: resends outbox messages older than the relay delay, paging past the
+/// ones it cannot send; then, if the outbox held nothing stuck, cancels orders pending longer
+/// than the timeout (reason `timeout`, releasing what was reserved). Expiry waits for a run
+/// that finds the outbox clear: right after an SQS outage the orders whose messages were
+/// stuck get a run's interval to be confirmed before they can time out.
 #[tracing::instrument(skip_all)]
 pub async fn run_relay(saga: &Saga) -> Result<RelayReport, OrderError> {
     let mut report = RelayReport::default();
+    let cutoff = Timestamp::now().minus(saga.settings.relay_delay);
+    let mut after: Option<OutboxMessage> = None;
     for _ in 0..MAX_BATCHES {
-        let cutoff = Timestamp::now().minus(saga.settings.relay_delay);
-        let batch = saga.outbox.unsent(cutoff, BATCH).await?;
+        let batch = saga.outbox.unsent(cutoff, after.as_ref(), BATCH).await?;
         let results = join_all(batch.iter().map(|m| saga.sender.send(m))).await;
         let mut sent = Vec::new();
         for (message, result) in batch.iter().zip(results) {
@@ -525,36 +539,54 @@ pub async fn run_relay(saga: &Saga) -> Result<RelayReport, OrderError> {
                 Ok(()) => sent.push(message.clone()),
                 Err(error) => {
                     report.failed += 1;
-                    tracing::warn!(message_id = %message.id, error = %zx_domain::cause_chain(&error), "relay could not send");
+                    tracing::warn!(message_id = %message.id, destination = message.destination.as_str(), error = %zx_domain::cause_chain(&error), "relay could not send");
                 }
             }
         }
-        saga.outbox.mark_sent(&sent).await?;
+        if let Err(error) = saga.outbox.mark_sent(&sent).await {
+            // Sent but not forgotten: the next run sends them again (consumers are idempotent).
+            tracing::warn!(error = %zx_domain::cause_chain(&error), "relayed messages not marked sent");
+        }
         report.relayed += sent.len();
-        if batch.len() < BATCH || sent.is_empty() {
+        if batch.len() < BATCH {
             break;
         }
+        after = batch.last().cloned();
     }
-    report.expired = expire_pending(saga).await?;
+    if report.relayed == 0 && report.failed == 0 {
+        let (expired, failed) = expire_pending(saga).await?;
+        report.expired = expired;
+        report.expiry_failed = failed;
+    } else {
+        report.expiry_postponed = true;
+    }
     Ok(report)
 }
 
-/// Cancels orders pending for longer than the timeout; returns how many.
-pub async fn expire_pending(saga: &Saga) -> Result<usize, OrderError> {
-    let mut expired = 0;
+/// Cancels orders pending for longer than the timeout; returns how many were cancelled and
+/// how many could not be (each logged; they are tried again next run).
+pub async fn expire_pending(saga: &Saga) -> Result<(usize, usize), OrderError> {
+    let (mut expired, mut failed) = (0, 0);
     for _ in 0..MAX_BATCHES {
         let cutoff = Timestamp::now().minus(saga.settings.pending_timeout);
         let stale = saga.orders.stale_pending(cutoff, BATCH).await?;
+        let mut progressed = false;
         for order in &stale {
-            if settle_pending(saga, &order.id, OrderStatus::Cancelled, Some("timeout")).await?
-                == OrderStatus::Cancelled
-            {
-                expired += 1;
+            match settle_pending(saga, &order.id, OrderStatus::Cancelled, Some("timeout")).await {
+                Ok(OrderStatus::Cancelled) => {
+                    expired += 1;
+                    progressed = true;
+                }
+                Ok(_) => progressed = true,
+                Err(error) => {
+                    failed += 1;
+                    tracing::error!(order_id = %order.id, error = %zx_domain::cause_chain(&error), "could not expire a pending order");
+                }
             }
         }
-        if stale.len() < BATCH {
+        if stale.len() < BATCH || !progressed {
             break;
         }
     }
-    Ok(expired)
+    Ok((expired, failed))
 }

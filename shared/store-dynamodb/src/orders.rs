@@ -220,6 +220,18 @@ fn put(table: &str, item: Item) -> Result<TransactWriteItem, RepositoryError> {
     Ok(TransactWriteItem::builder().put(put).build())
 }
 
+/// One partition's query: `(attribute, value)` of the partition key, `(attribute, upper
+/// bound)` of the sort key.
+struct PartitionQuery<'a> {
+    index: Option<&'a str>,
+    key: (&'a str, String),
+    sort: (&'a str, Option<String>),
+    lower: Option<String>,
+    newest_first: bool,
+    limit: usize,
+    status: Option<OrderStatus>,
+}
+
 /// The orders table.
 #[derive(Debug, Clone)]
 pub struct DynamoOrderRepository {
@@ -235,17 +247,19 @@ impl DynamoOrderRepository {
         }
     }
 
-    /// Up to `limit` items of one index partition with sort keys below (newest first) or
-    /// above (oldest first) `bound`, passing `filter` on `status` when given.
-    async fn query_partition(
-        &self,
-        index: Option<&str>,
-        key: (&str, String),
-        sort: (&str, Option<String>),
-        newest_first: bool,
-        limit: usize,
-        status: Option<OrderStatus>,
-    ) -> Result<Vec<Item>, RepositoryError> {
+    /// Up to `q.limit` items of one partition (of the table or an index) with sort keys below
+    /// `q.sort`'s bound (and from `q.lower`, inclusive), newest or oldest first, passing the
+    /// `status` filter when given.
+    async fn query_partition(&self, q: PartitionQuery<'_>) -> Result<Vec<Item>, RepositoryError> {
+        let PartitionQuery {
+            index,
+            key,
+            sort,
+            lower,
+            newest_first,
+            limit,
+            status,
+        } = q;
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -260,13 +274,23 @@ impl DynamoOrderRepository {
                 .scan_index_forward(!newest_first)
                 .limit(i32::try_from(limit.clamp(1, 100)).unwrap_or(100))
                 .set_exclusive_start_key(start.take());
-            if let Some(bound) = &sort.1 {
+            match (&sort.1, &lower) {
                 // Below the bound either way: newest first from a cursor, or oldest first up to
-                // a cutoff.
-                condition.push_str(" AND #s < :s");
-                request = request
-                    .expression_attribute_names("#s", sort.0)
-                    .expression_attribute_values(":s", s(bound.clone()));
+                // a cutoff; from `lower` (inclusive) when given.
+                (Some(bound), Some(lower)) => {
+                    condition.push_str(" AND #s BETWEEN :lo AND :s");
+                    request = request
+                        .expression_attribute_names("#s", sort.0)
+                        .expression_attribute_values(":s", s(bound.clone()))
+                        .expression_attribute_values(":lo", s(lower.clone()));
+                }
+                (Some(bound), None) => {
+                    condition.push_str(" AND #s < :s");
+                    request = request
+                        .expression_attribute_names("#s", sort.0)
+                        .expression_attribute_values(":s", s(bound.clone()));
+                }
+                (None, _) => {}
             }
             if let Some(status) = status {
                 request = request
@@ -304,14 +328,15 @@ impl DynamoOrderRepository {
             .as_ref()
             .map(|after| created_key(&after.created_at, &after.id));
         let pages = try_join_all(partitions.into_iter().map(|partition| {
-            self.query_partition(
-                Some(index),
-                (key_attr, partition),
-                (attr::CREATED_KEY, bound.clone()),
-                true,
-                limit + 1,
-                status_filter,
-            )
+            self.query_partition(PartitionQuery {
+                index: Some(index),
+                key: (key_attr, partition),
+                sort: (attr::CREATED_KEY, bound.clone()),
+                lower: None,
+                newest_first: true,
+                limit: limit + 1,
+                status: status_filter,
+            })
         }))
         .await?;
         let mut orders = pages
@@ -516,14 +541,15 @@ impl OrderRepository for DynamoOrderRepository {
     ) -> Result<Vec<Order>, RepositoryError> {
         let pages = try_join_all(Self::shards(OrderStatus::Pending.as_str()).into_iter().map(
             |partition| {
-                self.query_partition(
-                    Some(BY_STATUS),
-                    (attr::STATUS_KEY, partition),
-                    (attr::CREATED_KEY, Some(millis_key(&cutoff))),
-                    false,
+                self.query_partition(PartitionQuery {
+                    index: Some(BY_STATUS),
+                    key: (attr::STATUS_KEY, partition),
+                    sort: (attr::CREATED_KEY, Some(millis_key(&cutoff))),
+                    lower: None,
+                    newest_first: false,
                     limit,
-                    None,
-                )
+                    status: None,
+                })
             },
         ))
         .await?;
@@ -543,23 +569,28 @@ impl Outbox for DynamoOrderRepository {
     async fn unsent(
         &self,
         cutoff: Timestamp,
+        after: Option<&OutboxMessage>,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>, RepositoryError> {
+        // `BETWEEN` includes its lower bound: the `after` message itself is dropped below.
+        let lower = after.map(|m| format!("{}#{}", millis_key(&m.created_at), m.id));
         let pages = try_join_all((0..OrderId::SHARDS).map(|shard| {
-            self.query_partition(
-                None,
-                (attr::PK, outbox_pk(shard)),
-                (attr::SK, Some(millis_key(&cutoff))),
-                false,
-                limit,
-                None,
-            )
+            self.query_partition(PartitionQuery {
+                index: None,
+                key: (attr::PK, outbox_pk(shard)),
+                sort: (attr::SK, Some(millis_key(&cutoff))),
+                lower: lower.clone(),
+                newest_first: false,
+                limit: limit + 1,
+                status: None,
+            })
         }))
         .await?;
         let mut messages = pages
             .iter()
             .flatten()
             .map(message_from_item)
+            .filter(|m| !matches!((m, after), (Ok(m), Some(after)) if m.id == after.id))
             .collect::<Result<Vec<_>, _>>()?;
         messages.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         messages.truncate(limit);

@@ -705,6 +705,13 @@ impl zx_domain::InventoryRepository for DynamoProductRepository {
             .ok_or_else(|| {
                 RepositoryError::failed("DynamoDB reserve", "cancelled without a failed condition")
             })?;
+        // A duplicate delivery racing this one may have taken the stock (and recorded the
+        // reservation) while only our stock condition was reported: answer what is recorded.
+        match self.reservation(order).await? {
+            Some((ReservationState::Held, _)) => return Ok(Reservation::Held),
+            Some((ReservationState::Released, _)) => return Ok(Reservation::AlreadyReleased),
+            None => {}
+        }
         let live = self
             .find_product(&short.product_id)
             .await?

@@ -320,15 +320,23 @@ impl Outbox for PgOrderRepository {
     async fn unsent(
         &self,
         cutoff: Timestamp,
+        after: Option<&OutboxMessage>,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>, RepositoryError> {
+        // Without `after`, from the start: before the epoch, below every id.
+        let (after_at, after_id) = after.map_or((time::OffsetDateTime::UNIX_EPOCH, ""), |m| {
+            (at(m.created_at), m.id.as_str())
+        });
         let rows = sqlx::query(&format!(
             "select message_id, order_id, destination, body, created_at from {}
-             where created_at < $1 order by created_at, message_id limit $2",
+             where created_at < $1 and (created_at, message_id) > ($3, $4)
+             order by created_at, message_id limit $2",
             self.outbox
         ))
         .bind(at(cutoff))
         .bind(i64::try_from(limit).unwrap_or(100))
+        .bind(after_at)
+        .bind(after_id)
         .fetch_all(&self.pool)
         .await
         .map_err(db("Postgres select outbox"))?;
