@@ -4,7 +4,8 @@
 //!
 //! Parsers covered: the listing cursor and every listing query parameter, the stock quantity,
 //! path ids, the `Idempotency-Key` header, the `Authorization` header and bearer tokens, the
-//! `Content-Type` check and every JSON request body, and the domain values inside the bodies.
+//! `Content-Type` check and every JSON request body, and the domain values inside the bodies;
+//! the orders cursor, filters and bodies, and every queue message the workers parse.
 
 use lambda_http::{Body, Request, RequestExt};
 use proptest::prelude::*;
@@ -205,6 +206,10 @@ fn prop_json_bodies_never_panic() {
             let _ = zx_http::json_body::<zx_products::handlers::CreateBody>(&request);
             let _ = zx_http::json_body::<zx_products::handlers::UpdateBody>(&request);
             let _ = zx_http::json_body::<zx_products::stock::PutBody>(&request);
+            if let Ok(body) = zx_http::json_body::<zx_orders::http::CreateBody>(&request) {
+                let _ = zx_orders::http::parse_order_request(body);
+            }
+            let _ = zx_http::json_body::<zx_orders::http::StatusBody>(&request);
             Ok(())
         },
     );
@@ -278,6 +283,72 @@ fn prop_tokens_never_panic_and_forgeries_never_verify() {
                 // Only base64 padding bits can change without changing the token's meaning.
                 prop_assert_eq!(claims, issued.claims.clone());
             }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn prop_order_inputs_never_panic() {
+    check("order fields", text(), |value| {
+        let _ = zx_domain::OrderCursor::decode(&value);
+        let _ = zx_domain::OrderStatus::parse(&value);
+        let _ = zx_domain::IdempotencyKey::parse(&value);
+        let _ = zx_domain::ShippingAddress::parse(&value);
+        let _ = zx_domain::OrderId::parse(&value);
+        Ok(())
+    });
+}
+
+/// Queue messages: arbitrary text, and envelopes with arbitrary types, versions and data.
+#[test]
+fn prop_queue_messages_never_panic() {
+    let envelope = (text(), any::<u32>(), json_object()).prop_map(|(kind, version, data)| {
+        serde_json::json!({
+            "id": "m", "type": kind, "version": version % 3,
+            "occurredAt": "2026-11-25T00:00:00Z",
+            "data": serde_json::from_slice::<serde_json::Value>(&data).unwrap_or_default(),
+        })
+        .to_string()
+    });
+    let body = prop_oneof![text(), envelope];
+    check("queue messages", body, |body| {
+        let _ = zx_orders::messages::InventoryCommand::parse(&body);
+        let _ = zx_orders::messages::InventoryOutcome::parse(&body);
+        Ok(())
+    });
+}
+
+/// The idempotency fingerprint names the normalised request: the same products and summed
+/// quantities in any order or split give the same fingerprint; another total does not.
+#[test]
+fn prop_order_fingerprints_ignore_order_and_splits() {
+    let ids: Vec<ProductId> = (0..5).map(|_| ProductId::generate()).collect();
+    let lines = proptest::collection::vec((0usize..5, 1u32..=100), 1..20);
+    check(
+        "order fingerprints",
+        (lines, any::<u64>()),
+        |(lines, seed)| {
+            let request = |lines: &[(usize, u32)]| zx_orders::usecases::OrderRequest {
+                lines: lines.iter().map(|(i, q)| (ids[*i].clone(), *q)).collect(),
+                shipping_address: None,
+            };
+            let mut shuffled = lines.clone();
+            // A deterministic shuffle from the seed.
+            let len = shuffled.len();
+            for i in 0..len {
+                let j = usize::try_from((seed >> (i % 60)) % len as u64).unwrap_or(0);
+                shuffled.swap(i, j);
+            }
+            let (a, b) = (request(&lines), request(&shuffled));
+            prop_assert_eq!(a.fingerprint(), b.fingerprint());
+            prop_assert_eq!(a.normalised(), b.normalised());
+            let total: u32 = lines.iter().map(|(_, q)| q).sum();
+            let summed: u32 = a.normalised().iter().map(|(_, q)| q).sum();
+            prop_assert_eq!(total, summed);
+            let mut more = lines.clone();
+            more.push((0, 1));
+            prop_assert_ne!(request(&more).fingerprint(), a.fingerprint());
             Ok(())
         },
     );

@@ -230,7 +230,7 @@ pub async fn cancel_order(saga: &Saga, request: Request) -> Result<Response<Body
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StatusBody {
+pub struct StatusBody {
     status: String,
     #[serde(default)]
     reason: Option<String>,
