@@ -905,9 +905,9 @@ mod saga {
     use std::time::Duration;
 
     use zx_domain::{
-        IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderId, OrderLine, OrderQuery,
-        OrderStatus, PageLimit, ProductId, Release, RepositoryError, Reservation, ReserveLine,
-        StatusChange, Timestamp, UserId,
+        Commit, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderId, OrderLine,
+        OrderQuery, OrderStatus, PageLimit, ProductId, Release, RepositoryError, Reservation,
+        ReserveLine, StatusChange, Timestamp, UserId,
     };
     use zx_orders::messages;
     use zx_tests::{OrderStores, sample_product};
@@ -1316,6 +1316,54 @@ mod saga {
         );
         assert_eq!(stock(&stores, &a).await, (5, 0));
         assert_eq!(stock(&stores, &b).await, (1, 0));
+
+        // Shipping commits a held reservation: `reserved` drops for good, once; nothing is
+        // released afterwards, and a late reserve takes nothing.
+        let shipped = OrderId::generate();
+        assert_eq!(
+            stores
+                .inventory
+                .reserve(&shipped, &[line(&a, 2)])
+                .await
+                .unwrap(),
+            Reservation::Held
+        );
+        assert_eq!(stock(&stores, &a).await, (3, 2));
+        assert_eq!(
+            stores.inventory.commit(&shipped).await.unwrap(),
+            Commit::Committed(vec![a.clone()])
+        );
+        assert_eq!(
+            stores.inventory.commit(&shipped).await.unwrap(),
+            Commit::Nothing
+        );
+        assert_eq!(
+            stores.inventory.release(&shipped).await.unwrap(),
+            Release::Nothing
+        );
+        assert_eq!(
+            stores
+                .inventory
+                .reserve(&shipped, &[line(&a, 2)])
+                .await
+                .unwrap(),
+            Reservation::Held
+        );
+        assert_eq!(stock(&stores, &a).await, (3, 0));
+        assert_eq!(
+            stores.inventory.commit(&OrderId::generate()).await.unwrap(),
+            Commit::Nothing
+        );
+        // Back to 5 for what follows.
+        stores
+            .products
+            .change_stock(
+                &a,
+                zx_domain::StockChange::Adjust(2),
+                &zx_domain::StockChangeId::generate(),
+            )
+            .await
+            .unwrap();
 
         let early = OrderId::generate();
         assert_eq!(

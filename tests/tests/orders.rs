@@ -741,6 +741,35 @@ async fn racing_transitions(store: Store) {
     assert_eq!(shop.stock(&product).await, (before.0 + 1, before.1 - 1));
     // A customer may not cancel a refunded order, nor drive statuses.
     assert_eq!(shop.cancel(&id, &token).await.status(), 409);
+
+    // Shipping takes the units out of `reserved` for good; a refund after delivery does not
+    // restock.
+    let id = shop.place(&token, &[(&product, 2)]).await;
+    shop.wait_for(&id, &token, "confirmed").await;
+    let before = shop.stock(&product).await;
+    for to in ["paid", "shipped"] {
+        assert_eq!(shop.set_status(&id, &admin, to).await.status(), 200, "{to}");
+    }
+    shop.drain().await;
+    assert_eq!(shop.stock(&product).await, (before.0, before.1 - 2));
+    for to in ["delivered", "refunded"] {
+        assert_eq!(shop.set_status(&id, &admin, to).await.status(), 200, "{to}");
+    }
+    shop.drain().await;
+    assert_eq!(shop.stock(&product).await, (before.0, before.1 - 2));
+    let order = shop.order_json(&id, &token).await;
+    let statuses: Vec<String> = history(&order).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(
+        statuses,
+        [
+            "pending",
+            "confirmed",
+            "paid",
+            "shipped",
+            "delivered",
+            "refunded"
+        ]
+    );
 }
 
 /// Another customer's order is not found (get, cancel); customers may not set statuses;

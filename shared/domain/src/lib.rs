@@ -10,8 +10,8 @@ pub mod user;
 
 pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors, cause_chain};
 pub use order::{
-    Destination, Driver, Envelope, IdempotencyKey, IdempotencyRecord, Order, OrderCursor, OrderId,
-    OrderLine, OrderPage, OrderQuery, OrderStatus, OutboxMessage, Release, Reservation,
+    Commit, Destination, Driver, Envelope, IdempotencyKey, IdempotencyRecord, Order, OrderCursor,
+    OrderId, OrderLine, OrderPage, OrderQuery, OrderStatus, OutboxMessage, Release, Reservation,
     ReservationState, ReserveLine, ShippingAddress, StatusChange,
 };
 pub use product::{

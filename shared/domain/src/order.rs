@@ -153,6 +153,12 @@ impl OrderStatus {
         }
     }
 
+    /// Whether entering `to` from `self` takes the reserved units out of stock for good (they
+    /// ship).
+    pub fn commits_stock(self, to: Self) -> bool {
+        matches!((self, to), (Self::Paid, Self::Shipped))
+    }
+
     /// Whether entering `to` from `self` gives reserved stock back (a cancellation before
     /// shipping, a refund before delivery). `delivered → refunded` does not restock.
     pub fn releases_stock(self, to: Self) -> bool {
@@ -371,6 +377,8 @@ pub enum ReservationState {
     Held,
     /// Given back (or never taken: a release that came before its reserve).
     Released,
+    /// Shipped: the units left the warehouse (taken out of `reserved` for good).
+    Committed,
 }
 
 impl ReservationState {
@@ -378,6 +386,7 @@ impl ReservationState {
         match self {
             Self::Held => "held",
             Self::Released => "released",
+            Self::Committed => "committed",
         }
     }
 
@@ -385,6 +394,7 @@ impl ReservationState {
         match text {
             "held" => Ok(Self::Held),
             "released" => Ok(Self::Released),
+            "committed" => Ok(Self::Committed),
             other => Err(format!("unknown reservation state {other:?}")),
         }
     }
@@ -410,8 +420,17 @@ pub enum Reservation {
 pub enum Release {
     /// The held stock of these products went back to `available` now.
     Restored(Vec<ProductId>),
-    /// Nothing to do: released before (a redelivery), or nothing was ever held (a tombstone is
-    /// left, so a reserve arriving later takes nothing).
+    /// Nothing to do: released before (a redelivery), shipped (no restock), or nothing was
+    /// ever held (a tombstone is left, so a reserve arriving later takes nothing).
+    Nothing,
+}
+
+/// The outcome of committing an order's stock when it ships.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// The held units of these products left `reserved` now.
+    Committed(Vec<ProductId>),
+    /// Nothing held: committed before (a redelivery), released, or never reserved.
     Nothing,
 }
 
@@ -485,6 +504,7 @@ mod tests {
         assert!(Confirmed.allowed(Paid, Driver::Admin));
         assert!(!Paid.allowed(Shipped, Driver::System));
         assert!(Paid.releases_stock(Refunded) && !Delivered.releases_stock(Refunded));
+        assert!(Paid.commits_stock(Shipped) && !Shipped.commits_stock(Delivered));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use async_trait::async_trait;
 
 use crate::{
-    Email, IdempotencyKey, IdempotencyRecord, Order, OrderId, OrderPage, OrderQuery, OutboxMessage,
-    Page, Product, ProductId, ProductQuery, Release, RepositoryError, Reservation, ReserveLine,
-    Stock, StockChangeId, Timestamp, User, UserId,
+    Commit, Email, IdempotencyKey, IdempotencyRecord, Order, OrderId, OrderPage, OrderQuery,
+    OutboxMessage, Page, Product, ProductId, ProductQuery, Release, RepositoryError, Reservation,
+    ReserveLine, Stock, StockChangeId, Timestamp, User, UserId,
 };
 
 /// Reads users. Reads are strongly consistent: a user stored a moment ago is found.
@@ -217,8 +217,13 @@ pub trait InventoryRepository: Send + Sync {
     ) -> Result<Reservation, RepositoryError>;
 
     /// Gives a held reservation back (`reserved` to `available`) exactly once. Without a
-    /// reservation, records a released one so that a later reserve takes nothing.
+    /// reservation, records a released one so that a later reserve takes nothing. A committed
+    /// (shipped) reservation is not given back.
     async fn release(&self, order: &OrderId) -> Result<Release, RepositoryError>;
+
+    /// Takes a held reservation out of `reserved` for good (the order shipped), exactly once.
+    /// Anything but a held reservation is [`Commit::Nothing`].
+    async fn commit(&self, order: &OrderId) -> Result<Commit, RepositoryError>;
 }
 
 /// Sends outgoing messages to their destination (a queue or the events topic).

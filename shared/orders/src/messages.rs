@@ -9,6 +9,7 @@ use zx_domain::{
 
 pub const RESERVE: &str = "inventory.reserve";
 pub const RELEASE: &str = "inventory.release";
+pub const COMMIT: &str = "inventory.commit";
 pub const RESERVED: &str = "inventory.reserved";
 pub const REJECTED: &str = "inventory.rejected";
 pub const ORDER_CREATED: &str = "order.created";
@@ -66,6 +67,8 @@ struct StatusChangedData<'a> {
 pub enum InventoryCommand {
     Reserve(ReserveData),
     Release(OrderRef),
+    /// The order shipped: its reserved units leave stock for good.
+    Commit(OrderRef),
 }
 
 /// A message for the order worker.
@@ -116,6 +119,7 @@ impl InventoryCommand {
         match (envelope.kind.as_str(), envelope.version) {
             (RESERVE, VERSION) => data(envelope).map(Self::Reserve),
             (RELEASE, VERSION) => data(envelope).map(Self::Release),
+            (COMMIT, VERSION) => data(envelope).map(Self::Commit),
             _ => Err(unsupported(&envelope)),
         }
     }
@@ -184,6 +188,17 @@ pub fn release(order_id: &OrderId) -> OutboxMessage {
     message(
         Destination::InventoryQueue,
         RELEASE,
+        order_id,
+        OrderRef {
+            order_id: order_id.clone(),
+        },
+    )
+}
+
+pub fn commit(order_id: &OrderId) -> OutboxMessage {
+    message(
+        Destination::InventoryQueue,
+        COMMIT,
         order_id,
         OrderRef {
             order_id: order_id.clone(),

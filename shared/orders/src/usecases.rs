@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use zx_domain::{
-    Driver, IdempotencyKey, IdempotencyRecord, InventoryRepository, MessageSender, Order,
+    Commit, Driver, IdempotencyKey, IdempotencyRecord, InventoryRepository, MessageSender, Order,
     OrderCreation, OrderId, OrderLine, OrderPage, OrderQuery, OrderRepository, OrderStatus, Outbox,
     OutboxMessage, ProductId, ProductReader, Release, RepositoryError, Reservation, ReserveLine,
     ShippingAddress, StatusChange, Timestamp, UserId,
@@ -362,6 +362,9 @@ async fn transition(
     if order.status.releases_stock(to) {
         outgoing.push(messages::release(&order.id));
     }
+    if order.status.commits_stock(to) {
+        outgoing.push(messages::commit(&order.id));
+    }
     match saga.orders.update_order(order, &next, &outgoing).await {
         Ok(()) => {}
         Err(RepositoryError::ConcurrentUpdate) => return Err(OrderError::Conflict),
@@ -457,6 +460,13 @@ pub async fn handle_inventory_message(saga: &Saga, body: &str) -> Result<(), Mes
             if let Release::Restored(products) = saga.inventory.release(&data.order_id).await? {
                 stock_changed(saga, &products).await;
                 tracing::info!(order_id = %data.order_id, "stock released");
+            }
+            Ok(())
+        }
+        // Only `reserved` changes: no cached view shows it, so nothing is invalidated.
+        InventoryCommand::Commit(data) => {
+            if let Commit::Committed(_) = saga.inventory.commit(&data.order_id).await? {
+                tracing::info!(order_id = %data.order_id, "reserved stock shipped");
             }
             Ok(())
         }

@@ -694,7 +694,9 @@ impl zx_domain::InventoryRepository for DynamoProductRepository {
         if crate::condition_failed(&reasons, 0) {
             // Recorded before: a redelivery, or a release that came first.
             return match self.reservation(order).await? {
-                Some((ReservationState::Held, _)) => Ok(Reservation::Held),
+                Some((ReservationState::Held | ReservationState::Committed, _)) => {
+                    Ok(Reservation::Held)
+                }
                 Some((ReservationState::Released, _)) => Ok(Reservation::AlreadyReleased),
                 None => Err(RepositoryError::ConcurrentUpdate),
             };
@@ -708,7 +710,9 @@ impl zx_domain::InventoryRepository for DynamoProductRepository {
         // A duplicate delivery racing this one may have taken the stock (and recorded the
         // reservation) while only our stock condition was reported: answer what is recorded.
         match self.reservation(order).await? {
-            Some((ReservationState::Held, _)) => return Ok(Reservation::Held),
+            Some((ReservationState::Held | ReservationState::Committed, _)) => {
+                return Ok(Reservation::Held);
+            }
             Some((ReservationState::Released, _)) => return Ok(Reservation::AlreadyReleased),
             None => {}
         }
@@ -731,7 +735,10 @@ impl zx_domain::InventoryRepository for DynamoProductRepository {
         // Twice at most: a reserve that landed between our read and our tombstone.
         for _ in 0..2 {
             match self.reservation(order).await? {
-                Some((ReservationState::Released, _)) => return Ok(Release::Nothing),
+                // Released before, or shipped (no restock).
+                Some((ReservationState::Released | ReservationState::Committed, _)) => {
+                    return Ok(Release::Nothing);
+                }
                 None => {
                     let tombstone = self
                         .client
@@ -791,5 +798,51 @@ impl zx_domain::InventoryRepository for DynamoProductRepository {
             }
         }
         Err(RepositoryError::ConcurrentUpdate)
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %order))]
+    async fn commit(
+        &self,
+        order: &zx_domain::OrderId,
+    ) -> Result<zx_domain::Commit, RepositoryError> {
+        use zx_domain::{Commit, ReservationState};
+        let Some((ReservationState::Held, lines)) = self.reservation(order).await? else {
+            return Ok(Commit::Nothing);
+        };
+        let record = Update::builder()
+            .table_name(&self.table)
+            .key(attr::PK, s(reservation::key(order)))
+            .update_expression("SET #state = :committed")
+            .condition_expression("#state = :held")
+            .expression_attribute_names("#state", reservation::STATE)
+            .expression_attribute_values(":committed", s(ReservationState::Committed.as_str()))
+            .expression_attribute_values(":held", s(ReservationState::Held.as_str()))
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
+        let mut items = vec![TransactWriteItem::builder().update(record).build()];
+        for line in &lines {
+            let update = Update::builder()
+                .table_name(&self.table)
+                .key(attr::PK, s(product_key(&line.product_id)))
+                .update_expression("SET #reserved = #reserved - :q")
+                .condition_expression("attribute_exists(#pk)")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_names("#reserved", attr::RESERVED)
+                .expression_attribute_values(":q", n(i64::from(line.quantity)))
+                .build()
+                .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
+            items.push(TransactWriteItem::builder().update(update).build());
+        }
+        match crate::transact(&self.client, items).await? {
+            Ok(()) => Ok(Commit::Committed(
+                lines.into_iter().map(|l| l.product_id).collect(),
+            )),
+            // Committed (or released) by a concurrent delivery.
+            Err(reasons) if crate::condition_failed(&reasons, 0) => Ok(Commit::Nothing),
+            Err(_) => Err(RepositoryError::failed(
+                "DynamoDB commit",
+                "a product of the reservation no longer exists",
+            )),
+        }
     }
 }

@@ -46,6 +46,11 @@ pub const PRODUCTS: MigrationSet = MigrationSet {
             "reservations",
             include_str!("../migrations/products/0004_reservations.sql"),
         ),
+        (
+            5,
+            "reservation commit",
+            include_str!("../migrations/products/0005_reservation_commit.sql"),
+        ),
     ],
 };
 

@@ -390,7 +390,7 @@ impl zx_domain::InventoryRepository for PgProductRepository {
             .await
             .map_err(db("Postgres select reservation"))?;
             return match ReservationState::parse(&state).map_err(RepositoryError::Corrupt)? {
-                ReservationState::Held => Ok(Reservation::Held),
+                ReservationState::Held | ReservationState::Committed => Ok(Reservation::Held),
                 ReservationState::Released => Ok(Reservation::AlreadyReleased),
             };
         }
@@ -466,8 +466,9 @@ impl zx_domain::InventoryRepository for PgProductRepository {
             let state: String = row
                 .try_get("state")
                 .map_err(|e| RepositoryError::Corrupt(format!("reservation state: {e}")))?;
+            // Released before, or shipped (no restock).
             if ReservationState::parse(&state).map_err(RepositoryError::Corrupt)?
-                == ReservationState::Released
+                != ReservationState::Held
             {
                 tx.rollback().await.map_err(db("Postgres rollback"))?;
                 return Ok(Release::Nothing);
@@ -503,5 +504,64 @@ impl zx_domain::InventoryRepository for PgProductRepository {
             ));
         }
         Err(RepositoryError::ConcurrentUpdate)
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %order))]
+    async fn commit(
+        &self,
+        order: &zx_domain::OrderId,
+    ) -> Result<zx_domain::Commit, RepositoryError> {
+        use zx_domain::{Commit, ReservationState, ReserveLine};
+        let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
+        let row = sqlx::query(&format!(
+            "select state, lines from {} where order_id = $1 for update",
+            self.reservations
+        ))
+        .bind(order.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("Postgres select reservation"))?;
+        let held = match &row {
+            Some(row) => {
+                let state: String = row
+                    .try_get("state")
+                    .map_err(|e| RepositoryError::Corrupt(format!("reservation state: {e}")))?;
+                ReservationState::parse(&state).map_err(RepositoryError::Corrupt)?
+                    == ReservationState::Held
+            }
+            None => false,
+        };
+        let (Some(row), true) = (row, held) else {
+            tx.rollback().await.map_err(db("Postgres rollback"))?;
+            return Ok(Commit::Nothing);
+        };
+        let lines: String = row
+            .try_get("lines")
+            .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
+        let lines: Vec<ReserveLine> = serde_json::from_str(&lines)
+            .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
+        for line in &lines {
+            sqlx::query(&format!(
+                "update {} set reserved = reserved - $2 where product_id = $1",
+                self.products
+            ))
+            .bind(line.product_id.as_str())
+            .bind(i64::from(line.quantity))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("Postgres commit stock"))?;
+        }
+        sqlx::query(&format!(
+            "update {} set state = 'committed', updated_at = now() where order_id = $1",
+            self.reservations
+        ))
+        .bind(order.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("Postgres update reservation"))?;
+        tx.commit().await.map_err(db("Postgres commit"))?;
+        Ok(Commit::Committed(
+            lines.into_iter().map(|l| l.product_id).collect(),
+        ))
     }
 }
