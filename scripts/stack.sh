@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Local AWS stack without Docker: LocalStack (SQS + DynamoDB on 127.0.0.1:4566), Redis, PostgreSQL.
+# Local AWS stack without Docker: LocalStack (SQS, SNS and DynamoDB on 127.0.0.1:4566), Redis, PostgreSQL.
 #
 #   scripts/stack.sh up      install what is missing, start what is not running, create resources
 #   scripts/stack.sh down    stop only what `up` started

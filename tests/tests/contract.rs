@@ -1235,10 +1235,12 @@ mod saga {
             .unwrap();
         assert_eq!(bobs_pending.items.len(), 5);
 
-        let stale = stores.orders.stale_pending(ago(3_590), 100).await.unwrap();
+        // One cutoff for the query and the expectation (orders sit a second apart around it).
+        let cutoff = ago(3_590);
+        let stale = stores.orders.stale_pending(cutoff, 100).await.unwrap();
         let expected: Vec<_> = placed
             .iter()
-            .filter(|o| o.created_at < ago(3_590))
+            .filter(|o| o.created_at < cutoff)
             .filter(|o| {
                 !(o.user_id == bob
                     && placed

@@ -528,7 +528,14 @@ async fn poison_messages_reach_the_dead_letter_queue(store: Store) {
 /// With SQS unreachable, POST /orders still stores the order (202, pending); once SQS is back
 /// the relay sends it, and it is confirmed once with stock decreased once.
 async fn orders_survive_an_sqs_outage(store: Store) {
-    let mut app = TestApp::new(store).await;
+    // A 1 s pending timeout: the order is stale by the time SQS is back, and still must not
+    // time out in the relay run that finally sends its reserve.
+    let mut app = TestApp::with(
+        store,
+        &zx_tests::aws_endpoint(),
+        &[("ORDER_PENDING_TIMEOUT", "1")],
+    )
+    .await;
     let proxy = zx_tests::CuttableProxy::start(
         zx_tests::aws_endpoint()
             .trim_start_matches("http://")
@@ -568,11 +575,21 @@ async fn orders_survive_an_sqs_outage(store: Store) {
     assert_eq!((report.relayed, report.failed), (0, 2));
 
     proxy.set_cut(false);
+    let created = Timestamp::parse_rfc3339(
+        shop.order_json(&id, &token).await["createdAt"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    while Timestamp::now().unix_millis() - created.unix_millis() < 1_500 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let report = shop.workers.run_relay().await.unwrap();
     assert_eq!((report.relayed, report.failed), (2, 0));
-    assert!(
-        report.expiry_postponed,
-        "orders whose messages were stuck get time first"
+    assert_eq!(
+        (report.expired, report.expiry_deferred),
+        (0, 1),
+        "the stale order whose messages were stuck gets time first"
     );
     shop.wait_for(&id, &token, "confirmed").await;
     shop.drain().await;

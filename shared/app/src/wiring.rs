@@ -51,16 +51,20 @@ pub async fn aws_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// The DynamoDB client: one per instance, every call bounded by `STORE_TIMEOUT_MS` (retries
-/// included), so a store that does not answer is a 503, not a Lambda timeout.
-fn dynamodb_client(config: &Config, aws: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+/// Deadlines of one AWS call, retries included (`STORE_TIMEOUT_MS`).
+fn sdk_timeouts(config: &Config) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(config.store_timeout.min(std::time::Duration::from_secs(1)))
         .operation_attempt_timeout(config.store_timeout)
         .operation_timeout(config.store_timeout)
-        .build();
+        .build()
+}
+
+/// The DynamoDB client: one per instance, every call bounded by `STORE_TIMEOUT_MS` (retries
+/// included), so a store that does not answer is a 503, not a Lambda timeout.
+fn dynamodb_client(config: &Config, aws: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
     let dynamodb = aws_sdk_dynamodb::config::Builder::from(aws)
-        .timeout_config(timeouts)
+        .timeout_config(sdk_timeouts(config))
         .build();
     aws_sdk_dynamodb::Client::from_conf(dynamodb)
 }
@@ -211,9 +215,20 @@ impl Services {
                 index_lag: config.index_lag,
             },
             sender: config.destinations.clone().map(|destinations| {
+                // Every send bounded like a store call: a destination that does not answer
+                // fails the send (the message stays in the outbox), never the Lambda timeout.
+                let timeouts = sdk_timeouts(config);
                 Arc::new(zx_messaging::AwsSender::new(
-                    aws_sdk_sqs::Client::new(aws),
-                    aws_sdk_sns::Client::new(aws),
+                    aws_sdk_sqs::Client::from_conf(
+                        aws_sdk_sqs::config::Builder::from(aws)
+                            .timeout_config(timeouts.clone())
+                            .build(),
+                    ),
+                    aws_sdk_sns::Client::from_conf(
+                        aws_sdk_sns::config::Builder::from(aws)
+                            .timeout_config(timeouts)
+                            .build(),
+                    ),
                     destinations,
                 )) as Arc<dyn MessageSender>
             }),

@@ -100,8 +100,8 @@ pub fn outbox_relay(services: &Services) -> Result<ScheduledHandler, ConfigError
                     relayed = report.relayed,
                     failed = report.failed,
                     expired = report.expired,
+                    expiry_deferred = report.expiry_deferred,
                     expiry_failed = report.expiry_failed,
-                    expiry_postponed = report.expiry_postponed,
                     latency_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "relay run"
                 ),

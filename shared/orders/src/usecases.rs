@@ -1,7 +1,7 @@
 //! The use cases of orders and inventory, over the repository traits only: the HTTP handlers,
 //! the queue workers and the relay call these, and tests can call them without either.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -524,31 +524,37 @@ pub struct RelayReport {
     pub failed: usize,
     /// Pending orders cancelled with reason `timeout`.
     pub expired: usize,
-    /// Pending orders that could not be expired (left for the next run).
+    /// Stale pending orders left for the next run because this run relayed (or failed to
+    /// relay) their messages.
+    pub expiry_deferred: usize,
+    /// Stale pending orders that could not be expired (logged; tried again next run).
     pub expiry_failed: usize,
-    /// Whether expiry was skipped because the outbox held stuck messages.
-    pub expiry_postponed: bool,
 }
 
 /// The scheduled relay: resends outbox messages older than the relay delay, paging past the
-/// ones it cannot send; then, if the outbox held nothing stuck, cancels orders pending longer
-/// than the timeout (reason `timeout`, releasing what was reserved). Expiry waits for a run
-/// that finds the outbox clear: right after an SQS outage the orders whose messages were
-/// stuck get a run's interval to be confirmed before they can time out.
+/// ones it cannot send (and stopping when a whole page fails for a transient reason: the
+/// destination is down); then cancels orders pending longer than the timeout (reason
+/// `timeout`, releasing what was reserved), except those whose messages this run had to
+/// relay: right after an SQS outage they get a run's interval to be confirmed instead of
+/// timing out in the run that finally sent their reserve.
 #[tracing::instrument(skip_all)]
 pub async fn run_relay(saga: &Saga) -> Result<RelayReport, OrderError> {
     let mut report = RelayReport::default();
     let cutoff = Timestamp::now().minus(saga.settings.relay_delay);
     let mut after: Option<OutboxMessage> = None;
+    let mut touched: HashSet<OrderId> = HashSet::new();
     for _ in 0..MAX_BATCHES {
         let batch = saga.outbox.unsent(cutoff, after.as_ref(), BATCH).await?;
         let results = join_all(batch.iter().map(|m| saga.sender.send(m))).await;
         let mut sent = Vec::new();
+        let mut transient = 0;
         for (message, result) in batch.iter().zip(results) {
+            touched.insert(message.order_id.clone());
             match result {
                 Ok(()) => sent.push(message.clone()),
                 Err(error) => {
                     report.failed += 1;
+                    transient += usize::from(error.is_transient());
                     tracing::warn!(message_id = %message.id, destination = message.destination.as_str(), error = %zx_domain::cause_chain(&error), "relay could not send");
                 }
             }
@@ -558,45 +564,60 @@ pub async fn run_relay(saga: &Saga) -> Result<RelayReport, OrderError> {
             tracing::warn!(error = %zx_domain::cause_chain(&error), "relayed messages not marked sent");
         }
         report.relayed += sent.len();
-        if batch.len() < BATCH {
+        if batch.len() < BATCH || transient == batch.len() {
             break;
         }
         after = batch.last().cloned();
     }
-    if report.relayed == 0 && report.failed == 0 {
-        let (expired, failed) = expire_pending(saga).await?;
-        report.expired = expired;
-        report.expiry_failed = failed;
-    } else {
-        report.expiry_postponed = true;
-    }
+    let expiry = expire_pending(saga, &touched).await?;
+    report.expired = expiry.expired;
+    report.expiry_deferred = expiry.deferred;
+    report.expiry_failed = expiry.failed;
     Ok(report)
 }
 
-/// Cancels orders pending for longer than the timeout; returns how many were cancelled and
-/// how many could not be (each logged; they are tried again next run).
-pub async fn expire_pending(saga: &Saga) -> Result<(usize, usize), OrderError> {
-    let (mut expired, mut failed) = (0, 0);
+/// What one expiry pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expiry {
+    pub expired: usize,
+    pub deferred: usize,
+    pub failed: usize,
+}
+
+/// Cancels orders pending for longer than the timeout, except those in `defer`. An order that
+/// cannot be expired is logged, counted once and left for the next run.
+pub async fn expire_pending(saga: &Saga, defer: &HashSet<OrderId>) -> Result<Expiry, OrderError> {
+    let mut expiry = Expiry::default();
+    let mut skipped: HashSet<OrderId> = HashSet::new();
     for _ in 0..MAX_BATCHES {
         let cutoff = Timestamp::now().minus(saga.settings.pending_timeout);
         let stale = saga.orders.stale_pending(cutoff, BATCH).await?;
         let mut progressed = false;
         for order in &stale {
+            if skipped.contains(&order.id) {
+                continue;
+            }
+            if defer.contains(&order.id) {
+                expiry.deferred += 1;
+                skipped.insert(order.id.clone());
+                continue;
+            }
             match settle_pending(saga, &order.id, OrderStatus::Cancelled, Some("timeout")).await {
-                Ok(OrderStatus::Cancelled) => {
-                    expired += 1;
+                Ok(status) => {
+                    expiry.expired += usize::from(status == OrderStatus::Cancelled);
                     progressed = true;
                 }
-                Ok(_) => progressed = true,
                 Err(error) => {
-                    failed += 1;
+                    expiry.failed += 1;
+                    skipped.insert(order.id.clone());
                     tracing::error!(order_id = %order.id, error = %zx_domain::cause_chain(&error), "could not expire a pending order");
                 }
             }
         }
+        // Orders left pending (deferred, failed) come first again: stop when nothing moved.
         if stale.len() < BATCH || !progressed {
             break;
         }
     }
-    Ok((expired, failed))
+    Ok(expiry)
 }

@@ -572,6 +572,10 @@ impl Outbox for DynamoOrderRepository {
         after: Option<&OutboxMessage>,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>, RepositoryError> {
+        if after.is_some_and(|m| m.created_at >= cutoff) {
+            // Nothing lies between (and `BETWEEN` refuses a lower bound above the upper).
+            return Ok(Vec::new());
+        }
         // `BETWEEN` includes its lower bound: the `after` message itself is dropped below.
         let lower = after.map(|m| format!("{}#{}", millis_key(&m.created_at), m.id));
         let pages = try_join_all((0..OrderId::SHARDS).map(|shard| {

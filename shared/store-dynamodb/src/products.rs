@@ -825,7 +825,7 @@ impl zx_domain::InventoryRepository for DynamoProductRepository {
                 .table_name(&self.table)
                 .key(attr::PK, s(product_key(&line.product_id)))
                 .update_expression("SET #reserved = #reserved - :q")
-                .condition_expression("attribute_exists(#pk)")
+                .condition_expression("attribute_exists(#pk) AND #reserved >= :q")
                 .expression_attribute_names("#pk", attr::PK)
                 .expression_attribute_names("#reserved", attr::RESERVED)
                 .expression_attribute_values(":q", n(i64::from(line.quantity)))
@@ -839,10 +839,9 @@ impl zx_domain::InventoryRepository for DynamoProductRepository {
             )),
             // Committed (or released) by a concurrent delivery.
             Err(reasons) if crate::condition_failed(&reasons, 0) => Ok(Commit::Nothing),
-            Err(_) => Err(RepositoryError::failed(
-                "DynamoDB commit",
-                "a product of the reservation no longer exists",
-            )),
+            Err(_) => Err(RepositoryError::Corrupt(format!(
+                "reservation of order {order}: a product is gone or holds fewer reserved units"
+            ))),
         }
     }
 }
