@@ -266,6 +266,7 @@ async fn happy_path(store: Store) {
     shop.get(&lamp_path, &token).await;
     let cached = shop.get(&lamp_path, &token).await;
     assert_eq!(cached.headers()["x-cache"], "HIT");
+    let placed_at = Instant::now();
     let response = shop
         .order(
             &token,
@@ -302,6 +303,11 @@ async fn happy_path(store: Store) {
     );
     let id = created["orderId"].as_str().unwrap();
     let confirmed = shop.wait_for(id, &token, "confirmed").await;
+    assert!(
+        placed_at.elapsed() < Duration::from_secs(10),
+        "confirmed after {:?}",
+        placed_at.elapsed()
+    );
     assert_eq!(
         history(&confirmed),
         [
