@@ -435,73 +435,46 @@ impl zx_domain::InventoryRepository for PgProductRepository {
         &self,
         order: &zx_domain::OrderId,
     ) -> Result<zx_domain::Release, RepositoryError> {
-        use zx_domain::{Release, ReservationState, ReserveLine};
+        use zx_domain::{Release, ReservationState};
         // Twice at most: a reserve that committed between our read and our tombstone.
         for _ in 0..2 {
             let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
-            let row = sqlx::query(&format!(
-                "select state, lines from {} where order_id = $1 for update",
-                self.reservations
-            ))
-            .bind(order.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("Postgres select reservation"))?;
-            let Some(row) = row else {
-                let inserted = sqlx::query(&format!(
-                    "insert into {} (order_id, state, lines) values ($1, 'released', '[]')
-                     on conflict (order_id) do nothing",
-                    self.reservations
-                ))
-                .bind(order.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(db("Postgres insert reservation"))?;
-                tx.commit().await.map_err(db("Postgres commit"))?;
-                if inserted.rows_affected() == 1 {
+            match self.locked_reservation(&mut tx, order).await? {
+                Some((ReservationState::Held, lines)) => {
+                    let counters = "available = available + $2, reserved = reserved - $2";
+                    self.settle_reservation(
+                        tx,
+                        order,
+                        &lines,
+                        counters,
+                        ReservationState::Released,
+                    )
+                    .await?;
+                    return Ok(Release::Restored(
+                        lines.into_iter().map(|l| l.product_id).collect(),
+                    ));
+                }
+                // Released before, or shipped (no restock).
+                Some(_) => {
+                    tx.rollback().await.map_err(db("Postgres rollback"))?;
                     return Ok(Release::Nothing);
                 }
-                continue;
-            };
-            let state: String = row
-                .try_get("state")
-                .map_err(|e| RepositoryError::Corrupt(format!("reservation state: {e}")))?;
-            // Released before, or shipped (no restock).
-            if ReservationState::parse(&state).map_err(RepositoryError::Corrupt)?
-                != ReservationState::Held
-            {
-                tx.rollback().await.map_err(db("Postgres rollback"))?;
-                return Ok(Release::Nothing);
+                None => {
+                    let inserted = sqlx::query(&format!(
+                        "insert into {} (order_id, state, lines) values ($1, 'released', '[]')
+                         on conflict (order_id) do nothing",
+                        self.reservations
+                    ))
+                    .bind(order.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("Postgres insert reservation"))?;
+                    tx.commit().await.map_err(db("Postgres commit"))?;
+                    if inserted.rows_affected() == 1 {
+                        return Ok(Release::Nothing);
+                    }
+                }
             }
-            let lines: String = row
-                .try_get("lines")
-                .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
-            let lines: Vec<ReserveLine> = serde_json::from_str(&lines)
-                .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
-            for line in &lines {
-                sqlx::query(&format!(
-                    "update {} set available = available + $2, reserved = reserved - $2
-                     where product_id = $1",
-                    self.products
-                ))
-                .bind(line.product_id.as_str())
-                .bind(i64::from(line.quantity))
-                .execute(&mut *tx)
-                .await
-                .map_err(db("Postgres release stock"))?;
-            }
-            sqlx::query(&format!(
-                "update {} set state = 'released', updated_at = now() where order_id = $1",
-                self.reservations
-            ))
-            .bind(order.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("Postgres update reservation"))?;
-            tx.commit().await.map_err(db("Postgres commit"))?;
-            return Ok(Release::Restored(
-                lines.into_iter().map(|l| l.product_id).collect(),
-            ));
         }
         Err(RepositoryError::ConcurrentUpdate)
     }
@@ -511,57 +484,83 @@ impl zx_domain::InventoryRepository for PgProductRepository {
         &self,
         order: &zx_domain::OrderId,
     ) -> Result<zx_domain::Commit, RepositoryError> {
-        use zx_domain::{Commit, ReservationState, ReserveLine};
+        use zx_domain::{Commit, ReservationState};
         let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
+        match self.locked_reservation(&mut tx, order).await? {
+            Some((ReservationState::Held, lines)) => {
+                let counters = "reserved = reserved - $2";
+                self.settle_reservation(tx, order, &lines, counters, ReservationState::Committed)
+                    .await?;
+                Ok(Commit::Committed(
+                    lines.into_iter().map(|l| l.product_id).collect(),
+                ))
+            }
+            _ => {
+                tx.rollback().await.map_err(db("Postgres rollback"))?;
+                Ok(Commit::Nothing)
+            }
+        }
+    }
+}
+
+impl PgProductRepository {
+    /// The order's reservation (state and lines), locked until `tx` ends.
+    async fn locked_reservation(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        order: &zx_domain::OrderId,
+    ) -> Result<Option<(zx_domain::ReservationState, Vec<zx_domain::ReserveLine>)>, RepositoryError>
+    {
+        let corrupt = |e: String| RepositoryError::Corrupt(format!("reservation: {e}"));
         let row = sqlx::query(&format!(
             "select state, lines from {} where order_id = $1 for update",
             self.reservations
         ))
         .bind(order.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(db("Postgres select reservation"))?;
-        let held = match &row {
-            Some(row) => {
-                let state: String = row
-                    .try_get("state")
-                    .map_err(|e| RepositoryError::Corrupt(format!("reservation state: {e}")))?;
-                ReservationState::parse(&state).map_err(RepositoryError::Corrupt)?
-                    == ReservationState::Held
-            }
-            None => false,
-        };
-        let (Some(row), true) = (row, held) else {
-            tx.rollback().await.map_err(db("Postgres rollback"))?;
-            return Ok(Commit::Nothing);
-        };
-        let lines: String = row
-            .try_get("lines")
-            .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
-        let lines: Vec<ReserveLine> = serde_json::from_str(&lines)
-            .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
-        for line in &lines {
+        row.map(|row| {
+            let state: String = row.try_get("state").map_err(|e| corrupt(e.to_string()))?;
+            let lines: String = row.try_get("lines").map_err(|e| corrupt(e.to_string()))?;
+            Ok((
+                zx_domain::ReservationState::parse(&state).map_err(corrupt)?,
+                serde_json::from_str(&lines).map_err(|e| corrupt(e.to_string()))?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Applies `counters` (an SQL `set` list, `$2` the line's quantity) to every line's
+    /// product, marks the reservation `state`, and commits `tx`.
+    async fn settle_reservation(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        order: &zx_domain::OrderId,
+        lines: &[zx_domain::ReserveLine],
+        counters: &str,
+        state: zx_domain::ReservationState,
+    ) -> Result<(), RepositoryError> {
+        for line in lines {
             sqlx::query(&format!(
-                "update {} set reserved = reserved - $2 where product_id = $1",
+                "update {} set {counters} where product_id = $1",
                 self.products
             ))
             .bind(line.product_id.as_str())
             .bind(i64::from(line.quantity))
             .execute(&mut *tx)
             .await
-            .map_err(db("Postgres commit stock"))?;
+            .map_err(db("Postgres move reserved stock"))?;
         }
         sqlx::query(&format!(
-            "update {} set state = 'committed', updated_at = now() where order_id = $1",
+            "update {} set state = $2, updated_at = now() where order_id = $1",
             self.reservations
         ))
         .bind(order.as_str())
+        .bind(state.as_str())
         .execute(&mut *tx)
         .await
         .map_err(db("Postgres update reservation"))?;
-        tx.commit().await.map_err(db("Postgres commit"))?;
-        Ok(Commit::Committed(
-            lines.into_iter().map(|l| l.product_id).collect(),
-        ))
+        tx.commit().await.map_err(db("Postgres commit"))
     }
 }
