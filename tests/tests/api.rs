@@ -2254,3 +2254,91 @@ async fn one_postgres_pool_per_instance_holds_at_most_pg_max_connections() {
         "{most} connections for one instance"
     );
 }
+
+/// The template, the crates and the builders agree: every function of `template.yaml` is a
+/// crate under `functions/` (its `BuildProperties.Binary`) and every crate is a function; every
+/// function with routes has an HTTP builder, every SQS-triggered one an SQS builder, the
+/// scheduled one is the relay, and no builder lacks its function; no two routes are the same
+/// method and path; every function has a sample event.
+#[test]
+fn template_crates_builders_and_events_agree() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let root = zx_tests::repo_root();
+    let text = std::fs::read_to_string(root.join("template.yaml")).unwrap();
+    let template: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    // binary -> event types
+    let mut functions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut routes: Vec<(String, String)> = Vec::new();
+    for (name, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let binary = resource["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name:?} has no BuildProperties.Binary"))
+            .to_owned();
+        let mut kinds = BTreeSet::new();
+        for (_, event) in resource["Properties"]["Events"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+        {
+            let kind = event["Type"].as_str().unwrap().to_owned();
+            if kind == "HttpApi" {
+                routes.push((
+                    event["Properties"]["Method"].as_str().unwrap().to_owned(),
+                    event["Properties"]["Path"].as_str().unwrap().to_owned(),
+                ));
+            }
+            kinds.insert(kind);
+        }
+        assert!(
+            functions.insert(binary.clone(), kinds).is_none(),
+            "{binary} is two functions"
+        );
+    }
+    let crates: BTreeSet<String> = std::fs::read_dir(root.join("functions"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let binaries: BTreeSet<String> = functions.keys().cloned().collect();
+    assert_eq!(binaries, crates, "template functions vs functions/ crates");
+
+    for (binary, kinds) in &functions {
+        let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+        match kinds.as_slice() {
+            ["HttpApi"] => assert!(
+                zx_app::functions::builder(binary).is_some(),
+                "{binary}: no HTTP builder"
+            ),
+            ["SQS"] => assert!(
+                zx_app::workers::sqs_builder(binary).is_some(),
+                "{binary}: no SQS builder"
+            ),
+            ["Schedule"] => assert_eq!(binary, "outbox-relay"),
+            other => panic!("{binary}: unexpected events {other:?}"),
+        }
+    }
+    for (name, _) in zx_app::functions::HTTP_FUNCTIONS {
+        assert_eq!(
+            functions.get(*name).map(|k| k.iter().next().cloned()),
+            Some(Some("HttpApi".to_owned())),
+            "{name}"
+        );
+    }
+    for (name, _) in zx_app::workers::SQS_FUNCTIONS {
+        assert!(functions.contains_key(*name), "{name}");
+    }
+
+    let unique: BTreeSet<_> = routes.iter().collect();
+    assert_eq!(unique.len(), routes.len(), "a method and path routed twice");
+
+    let events: BTreeSet<String> = std::fs::read_dir(root.join("events"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter_map(|name| name.split('.').next().map(str::to_owned))
+        .collect();
+    for binary in functions.keys() {
+        assert!(events.contains(binary), "{binary} has no sample event");
+    }
+}
