@@ -724,7 +724,7 @@ async fn racing_transitions(store: Store) {
     let shop = Arc::new(Shop::start(store).await);
     let _pollers = shop.pollers(&[]);
     let product = shop.product(10, 100).await;
-    let (_, token) = shop.customer();
+    let (customer, token) = shop.customer();
     let admin = shop.admin();
     let id = shop.place(&token, &[(&product, 4)]).await;
     shop.wait_for(&id, &token, "confirmed").await;
@@ -792,6 +792,20 @@ async fn racing_transitions(store: Store) {
             "delivered",
             "refunded"
         ]
+    );
+    // The customer sees who moved it as `admin`; admins see the user id.
+    assert_eq!(order["statusHistory"][2]["actor"], "admin");
+    assert_eq!(
+        order["statusHistory"][0]["actor"],
+        format!("user:{customer}")
+    );
+    assert_eq!(order["statusHistory"][1]["actor"], "system");
+    let seen_by_admin = shop.order_json(&id, &admin).await;
+    assert!(
+        seen_by_admin["statusHistory"][2]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("user:")
     );
 }
 

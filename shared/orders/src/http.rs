@@ -49,6 +49,14 @@ impl From<OrderError> for ApiError {
     }
 }
 
+/// The order as `actor` may see it (customers do not see admins' ids).
+fn view<'a>(actor: &Actor, order: &'a zx_domain::Order) -> OrderView<'a> {
+    match (&actor.driver, &actor.user_id) {
+        (zx_domain::Driver::Customer, Some(viewer)) => OrderView::for_customer(order, viewer),
+        _ => OrderView::current(order),
+    }
+}
+
 fn actor(request: &Request) -> Result<Actor, ApiError> {
     let caller = AuthContext::from_request(request)?;
     let admin = caller.is_admin();
@@ -164,7 +172,7 @@ pub async fn get_order(saga: &Saga, request: Request) -> Result<Response<Body>, 
     let actor = actor(&request)?;
     let id = order_id(&request)?;
     let order = usecases::get_order(saga, &actor, &id).await?;
-    json_response(200, &OrderView::current(&order))
+    json_response(200, &view(&actor, &order))
 }
 
 #[derive(Serialize)]
@@ -208,7 +216,7 @@ pub async fn list_orders(saga: &Saga, request: Request) -> Result<Response<Body>
     json_response(
         200,
         &ListView {
-            items: page.items.iter().map(OrderView::current).collect(),
+            items: page.items.iter().map(|order| view(&actor, order)).collect(),
             next_cursor: page.next.as_ref().map(OrderCursor::encode),
         },
     )
@@ -225,7 +233,7 @@ pub async fn cancel_order(saga: &Saga, request: Request) -> Result<Response<Body
     };
     let order =
         usecases::change_status(saga, &actor, &id, OrderStatus::Cancelled, Some(reason)).await?;
-    json_response(200, &OrderView::current(&order))
+    json_response(200, &view(&actor, &order))
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,7 +1,9 @@
 //! What clients see of an order.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
-use zx_domain::{Order, OrderLine, OrderStatus, StatusChange, Timestamp};
+use zx_domain::{Order, OrderLine, OrderStatus, StatusChange, Timestamp, UserId};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -39,7 +41,7 @@ pub struct OrderView<'a> {
     pub shipping_address: Option<&'a str>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
-    pub status_history: &'a [StatusChange],
+    pub status_history: Cow<'a, [StatusChange]>,
 }
 
 impl<'a> OrderView<'a> {
@@ -54,7 +56,28 @@ impl<'a> OrderView<'a> {
             shipping_address: order.shipping_address.as_ref().map(|a| a.as_str()),
             created_at: order.created_at,
             updated_at: order.updated_at,
-            status_history: &order.history,
+            status_history: Cow::Borrowed(&order.history),
+        }
+    }
+
+    /// The order as its customer `viewer` sees it: other people in its history (the admins who
+    /// moved it) appear as `admin`, without their user ids.
+    pub fn for_customer(order: &'a Order, viewer: &UserId) -> Self {
+        let own = format!("user:{viewer}");
+        let history = order
+            .history
+            .iter()
+            .map(|change| {
+                let mut change = change.clone();
+                if change.actor != own && change.actor != "system" {
+                    change.actor = "admin".into();
+                }
+                change
+            })
+            .collect();
+        Self {
+            status_history: Cow::Owned(history),
+            ..Self::current(order)
         }
     }
 
@@ -65,7 +88,7 @@ impl<'a> OrderView<'a> {
         Self {
             status: OrderStatus::Pending,
             updated_at: order.created_at,
-            status_history: order.history.get(..1).unwrap_or(&[]),
+            status_history: Cow::Borrowed(order.history.get(..1).unwrap_or(&[])),
             ..Self::current(order)
         }
     }
