@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All tests: brings the local stack up (reusing services already running), then
-# cargo fmt --check, cargo clippy -D warnings, cfn-lint on template.yaml, and every test
+# cargo fmt --check, cargo clippy -D warnings, cfn-lint and sam validate --lint on template.yaml,
+# and every test
 # (unit, the repository contract suite on DynamoDB and Postgres, end-to-end through the local
 # gateway) with cargo-nextest.
 # Prints "N passed, M failed" and exits non-zero on any failure. Stops what it started.
@@ -32,14 +33,10 @@ cargo fmt --all -- --check || failed_checks+=(fmt)
 echo "[test] cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings || failed_checks+=(clippy)
 
-echo "[test] cfn-lint template.yaml"
-CACHE=${ZX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/zhixuan}
-CFN_LINT=$CACHE/cfn-lint-1.58.0/bin/cfn-lint
-if [ ! -x "$CFN_LINT" ]; then
-  python3 -m venv "$CACHE/cfn-lint-1.58.0" && "$CACHE/cfn-lint-1.58.0/bin/pip" install -q --disable-pip-version-check 'cfn-lint==1.58.0' \
-    || rm -rf "$CACHE/cfn-lint-1.58.0"
-fi
-AWS_DEFAULT_REGION=us-east-1 "$CFN_LINT" template.yaml || failed_checks+=(template)
+echo "[test] cfn-lint template.yaml, sam validate --lint"
+CHECK_TOOLS=$(scripts/venv.sh check) || { echo "cannot install cfn-lint and aws-sam-cli from PyPI"; CHECK_TOOLS=/nonexistent; }
+AWS_DEFAULT_REGION=us-east-1 "$CHECK_TOOLS/cfn-lint" template.yaml || failed_checks+=(template)
+AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 "$CHECK_TOOLS/sam" validate --lint -t template.yaml || failed_checks+=(template)
 
 echo "[test] cargo nextest run (unit, contract, end-to-end)"
 log=$(mktemp)

@@ -42,7 +42,8 @@ async fn create_to_confirmed(store: Store, orders: usize) {
     let product = zx_tests::sample_product("Bench", "bench item", "bench", 100, 1_000_000);
     app.services
         .stores
-        .products
+        .products()
+        .unwrap()
         .create_product(&product)
         .await
         .expect("product");
@@ -112,7 +113,8 @@ async fn reservations_per_second(store: Store, reservations: usize) {
             zx_tests::sample_product(&format!("Bench {i}"), "bench item", "bench", 100, 1_000_000);
         app.services
             .stores
-            .products
+            .products()
+            .unwrap()
             .create_product(&product)
             .await
             .expect("product");

@@ -104,7 +104,7 @@ impl Api {
 
     /// Makes `id` an admin in the store, as `zx-admin ensure-admin` does, and logs in again.
     async fn promote(&self, id: &str, email: &str) -> String {
-        let users = &self.app.services.stores.users;
+        let users = &self.app.services.stores.users().unwrap();
         let current = users
             .find_by_id(&UserId::parse(id).unwrap())
             .await
@@ -641,13 +641,20 @@ async fn sample_events_run_through_their_handlers() {
             Role::Customer,
         )
     };
-    app.services.stores.users.create(&event_user).await.unwrap();
+    app.services
+        .stores
+        .users()
+        .unwrap()
+        .create(&event_user)
+        .await
+        .unwrap();
     let mut event_product =
         zx_tests::sample_product("Phone X", "flagship phone", "phones", 399_900, 10);
     event_product.id = zx_domain::ProductId::parse("0192f0c4-7000-7abc-8def-0123456789ab").unwrap();
     app.services
         .stores
-        .products
+        .products()
+        .unwrap()
         .create_product(&event_product)
         .await
         .unwrap();
@@ -657,7 +664,7 @@ async fn sample_events_run_through_their_handlers() {
         ("0192f0c4-8001-7abc-8def-0123456789ab", false),
     ] {
         zx_tests::store_order(
-            &app.services.stores.orders,
+            &app.services.stores.orders().unwrap(),
             zx_domain::OrderId::parse(id).unwrap(),
             &event_user.id,
             &event_product,
@@ -709,7 +716,7 @@ async fn sample_events_run_through_their_handlers() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         // The workers' and the relay's events are run by tests/tests/orders.rs.
-        let http = zx_app::functions::builder(name.split('.').next().unwrap()).is_some();
+        let http = zx_app::functions::function(name.split('.').next().unwrap()).is_some();
         if name.ends_with(".json") && http {
             seen.push(name);
         }
@@ -1136,7 +1143,8 @@ async fn reads_stay_fast_with_cache_at(cache_url: &str) {
     let product = zx_tests::sample_product("Lamp", "desk lamp", "home", 5_900, 2);
     app.services
         .stores
-        .products
+        .products()
+        .unwrap()
         .create_product(&product)
         .await
         .unwrap();
@@ -1503,8 +1511,8 @@ async fn behind_lagging_index(lag_ms: &str) -> (Api, std::sync::Arc<zx_tests::La
         &[("CACHE_INDEX_LAG_MS", lag_ms)],
     )
     .await;
-    let lagging = zx_tests::LaggingIndex::new(app.services.stores.products.clone());
-    app.services.stores.products = lagging.clone();
+    let lagging = zx_tests::LaggingIndex::new(app.services.stores.products().unwrap().clone());
+    app.services.stores.products = Some(lagging.clone());
     (Api::on(app).await, lagging)
 }
 
@@ -1985,9 +1993,8 @@ async fn login_costs_the_same_whether_or_not_the_email_exists() {
             .interceptor(calls.clone())
             .build(),
     );
-    app.services.stores.users = std::sync::Arc::new(zx_store_dynamodb::DynamoUserRepository::new(
-        client,
-        app.config.users_table.clone(),
+    app.services.stores.users = Some(std::sync::Arc::new(
+        zx_store_dynamodb::DynamoUserRepository::new(client, app.config.users_table.clone()),
     ));
     let api = Api::on(app).await;
     api.customer("timing").await;
@@ -2309,26 +2316,28 @@ fn template_crates_builders_and_events_agree() {
         let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
         match kinds.as_slice() {
             ["HttpApi"] => assert!(
-                zx_app::functions::builder(binary).is_some(),
+                zx_app::functions::function(binary).is_some(),
                 "{binary}: no HTTP builder"
             ),
             ["SQS"] => assert!(
-                zx_app::workers::sqs_builder(binary).is_some(),
+                zx_app::workers::sqs_function(binary).is_some(),
                 "{binary}: no SQS builder"
             ),
             ["Schedule"] => assert_eq!(binary, "outbox-relay"),
             other => panic!("{binary}: unexpected events {other:?}"),
         }
     }
-    for (name, _) in zx_app::functions::HTTP_FUNCTIONS {
+    for function in zx_app::functions::HTTP_FUNCTIONS {
+        let name = function.name;
         assert_eq!(
-            functions.get(*name).map(|k| k.iter().next().cloned()),
+            functions.get(name).map(|k| k.iter().next().cloned()),
             Some(Some("HttpApi".to_owned())),
             "{name}"
         );
     }
-    for (name, _) in zx_app::workers::SQS_FUNCTIONS {
-        assert!(functions.contains_key(*name), "{name}");
+    for function in zx_app::workers::SQS_FUNCTIONS {
+        let name = function.name;
+        assert!(functions.contains_key(name), "{name}");
     }
 
     let unique: BTreeSet<_> = routes.iter().collect();
@@ -2342,4 +2351,244 @@ fn template_crates_builders_and_events_agree() {
     for binary in functions.keys() {
         assert!(events.contains(binary), "{binary} has no sample event");
     }
+}
+
+/// A template value with its intrinsic functions, as the consistency tests read it.
+fn template() -> serde_yaml::Value {
+    let text = std::fs::read_to_string(zx_tests::repo_root().join("template.yaml")).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+/// Each deployed function's resource in the template, by binary name.
+fn template_functions(template: &serde_yaml::Value) -> Vec<(String, serde_yaml::Value)> {
+    template["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+        .map(|(_, r)| {
+            let binary = r["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
+            (binary.to_owned(), r.clone())
+        })
+        .collect()
+}
+
+/// A policy resource as a logical id (`UsersTable`, `UsersTable/index/*`, `Cache`).
+fn logical_resource(value: &serde_yaml::Value) -> String {
+    let serde_yaml::Value::Tagged(tagged) = value else {
+        panic!("policy resource without an intrinsic function: {value:?}");
+    };
+    let text = tagged.value.as_str().unwrap_or_default();
+    match tagged.tag.to_string().as_str() {
+        "!GetAtt" => text
+            .trim_end_matches(".Arn")
+            .trim_end_matches(".ARN")
+            .to_owned(),
+        "!Ref" => text.to_owned(),
+        "!Sub" if text.ends_with("/index/*") => {
+            let table = text.trim_start_matches("${").split(".Arn}").next().unwrap();
+            format!("{table}/index/*")
+        }
+        "!Sub" if text.ends_with(":replicationgroup:${Cache}") => "Cache".to_owned(),
+        other => panic!("unexpected policy resource {other} {text}"),
+    }
+}
+
+/// Every IAM action a function's code calls is granted to it, on the resources it uses, and
+/// nothing else: the template's policies equal what `zx_app::permissions` derives from the
+/// function's declared needs (whose adapters' actions are checked against their source).
+#[test]
+fn every_function_is_granted_exactly_the_actions_its_code_calls() {
+    let template = template();
+    let functions = template_functions(&template);
+    let derived: std::collections::BTreeMap<&str, _> = zx_app::permissions::functions()
+        .into_iter()
+        .map(|(name, needs)| (name, zx_app::permissions::permissions(&needs)))
+        .collect();
+    assert_eq!(
+        functions.len(),
+        derived.len(),
+        "template functions vs functions with needs"
+    );
+    for (binary, resource) in &functions {
+        let mut granted = zx_app::permissions::Permissions::new();
+        let policies = resource["Properties"]["Policies"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default();
+        for policy in &policies {
+            let statements = policy["Statement"]
+                .as_sequence()
+                .unwrap_or_else(|| panic!("{binary}: only inline statements, got {policy:?}"));
+            for statement in statements {
+                assert_eq!(statement["Effect"], "Allow", "{binary}");
+                let actions: Vec<String> = match &statement["Action"] {
+                    serde_yaml::Value::String(a) => vec![a.clone()],
+                    serde_yaml::Value::Sequence(s) => {
+                        s.iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+                    }
+                    other => panic!("{binary}: action {other:?}"),
+                };
+                let resources = match &statement["Resource"] {
+                    serde_yaml::Value::Sequence(s) => s.clone(),
+                    single => vec![single.clone()],
+                };
+                for r in &resources {
+                    let entry = granted.entry(logical_resource(r)).or_default();
+                    for action in &actions {
+                        let known = zx_app::permissions::permissions(&zx_app::wiring::Needs::ALL)
+                            .values()
+                            .flatten()
+                            .find(|a| **a == action.as_str())
+                            .copied()
+                            .unwrap_or_else(|| {
+                                panic!("{binary}: {action} is called by no adapter")
+                            });
+                        entry.insert(known);
+                    }
+                }
+            }
+        }
+        let expected = derived
+            .get(binary.as_str())
+            .unwrap_or_else(|| panic!("{binary} has no declared needs"));
+        assert_eq!(&granted, expected, "{binary}: template policy vs code");
+    }
+}
+
+/// A stand-in for each intrinsic the functions' environment uses, as CloudFormation would
+/// resolve it with the parameters' defaults (a required parameter gets a valid sample).
+fn resolve_env(
+    value: &serde_yaml::Value,
+    template: &serde_yaml::Value,
+    key: &zx_auth::SigningKey,
+) -> Option<String> {
+    match value {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Tagged(tagged) => {
+            let text = tagged.value.as_str().unwrap_or_default();
+            match (tagged.tag.to_string().as_str(), text) {
+                ("!Ref", "JwtPublicKeys") => Some(key.public_key().encoded().to_owned()),
+                ("!Ref", "InventoryQueue" | "OrderQueue") => {
+                    Some(format!("https://sqs.us-east-1.amazonaws.com/1/{text}"))
+                }
+                ("!Ref", "OrderEventsTopic") => Some("arn:aws:sns:us-east-1:1:events".into()),
+                ("!Ref", name) => {
+                    let parameter = &template["Parameters"][name];
+                    if parameter.is_mapping() {
+                        resolve_env(&parameter["Default"], template, key)
+                    } else {
+                        assert!(
+                            template["Resources"][name].is_mapping(),
+                            "!Ref {name}: no such parameter or resource"
+                        );
+                        Some(format!("sample-{name}"))
+                    }
+                }
+                ("!Sub", s) if s.starts_with("{{resolve:secretsmanager:") => Some(key.to_base64()),
+                // !If [IsPostgres, ..., AWS::NoValue] with the default Store (dynamodb).
+                ("!If", _) => None,
+                (tag, _) => panic!("unexpected {tag} in a function's environment"),
+            }
+        }
+        other => panic!("unexpected environment value {other:?}"),
+    }
+}
+
+/// Every environment variable the configuration reads is set for every function (a
+/// conditional one counts: DATABASE_URL with Store=postgres), except the private key outside
+/// users-login; every variable the template sets is one the code reads; and each function
+/// starts (configuration, wiring, builder) with exactly the environment the template gives it.
+#[tokio::test]
+async fn every_function_starts_with_the_environment_the_template_sets() {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::{Arc, Mutex};
+
+    let read: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let log = read.clone();
+    zx_app::Config::from_source(&zx_app::config::Source::from_fn(move |name| {
+        log.lock().unwrap().insert(name.to_owned());
+        None
+    }))
+    .unwrap();
+    let read = read.lock().unwrap().clone();
+    assert!(
+        read.contains("JWT_PUBLIC_KEYS") && read.len() > 20,
+        "{read:?}"
+    );
+
+    let template = template();
+    let key = zx_auth::SigningKey::generate().unwrap();
+    let globals = template["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping()
+        .unwrap()
+        .clone();
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "AKIDTEST", "secret", None, None, "test",
+        ))
+        .load()
+        .await;
+    let mut started = 0;
+    for (binary, resource) in template_functions(&template) {
+        let mut set = globals.clone();
+        if let Some(own) = resource["Properties"]["Environment"]["Variables"].as_mapping() {
+            set.extend(own.clone());
+        }
+        let names: BTreeSet<String> = set.keys().map(|k| k.as_str().unwrap().to_owned()).collect();
+        let mut expected = read.clone();
+        if binary != "users-login" {
+            expected.remove("JWT_PRIVATE_KEY");
+        }
+        // The cache is named (CACHE_NAME, resolved at cold start); CACHE_URL is the local
+        // alternative to it.
+        if names.contains("CACHE_NAME") {
+            expected.remove("CACHE_URL");
+        }
+        // Read by the tracing filter, not the configuration.
+        let extra: Vec<_> = names
+            .difference(&expected)
+            .filter(|n| *n != "RUST_LOG")
+            .collect();
+        let missing: Vec<_> = expected.difference(&names).collect();
+        assert!(
+            missing.is_empty(),
+            "{binary}: read but not set: {missing:?}"
+        );
+        assert!(extra.is_empty(), "{binary}: set but never read: {extra:?}");
+
+        let mut env: HashMap<String, String> = set
+            .iter()
+            .filter_map(|(k, v)| {
+                resolve_env(v, &template, &key).map(|v| (k.as_str().unwrap().to_owned(), v))
+            })
+            .collect();
+        // The cache's endpoint as CACHE_NAME would resolve it (no ElastiCache API here).
+        env.insert("CACHE_URL".into(), "rediss://127.0.0.1:1".into());
+        let config = zx_app::Config::from_source(&zx_app::config::Source::map(env))
+            .unwrap_or_else(|e| panic!("{binary}: {e}"));
+        let wiring = if let Some(f) = zx_app::functions::function(&binary) {
+            f.wiring
+        } else if let Some(f) = zx_app::workers::sqs_function(&binary) {
+            f.wiring
+        } else {
+            assert_eq!(binary, "outbox-relay");
+            zx_app::workers::OUTBOX_RELAY
+        };
+        let services = zx_app::Services::build_wired(&config, &aws, &wiring)
+            .await
+            .unwrap_or_else(|e| panic!("{binary}: {e}"));
+        let built = if let Some(f) = zx_app::functions::function(&binary) {
+            (f.build)(&services).map(drop)
+        } else if let Some(f) = zx_app::workers::sqs_function(&binary) {
+            (f.build)(&services).map(drop)
+        } else {
+            zx_app::workers::outbox_relay(&services).map(drop)
+        };
+        built.unwrap_or_else(|e| panic!("{binary} refuses to start: {e}"));
+        started += 1;
+    }
+    assert_eq!(started, zx_app::permissions::functions().len());
 }

@@ -77,7 +77,8 @@ impl Shop {
         self.app
             .services
             .stores
-            .products
+            .products()
+            .unwrap()
             .create_product(&product)
             .await
             .unwrap();
@@ -89,7 +90,8 @@ impl Shop {
             .app
             .services
             .stores
-            .products
+            .products()
+            .unwrap()
             .find_product(id)
             .await
             .unwrap()
@@ -439,14 +441,15 @@ async fn redelivery_changes_stock_once(store: Store) {
     let product = shop.product(10, 100).await;
     let (user, _) = shop.customer();
     let order = zx_tests::store_order(
-        &shop.app.services.stores.orders,
+        &shop.app.services.stores.orders().unwrap(),
         OrderId::generate(),
         &user,
         &shop
             .app
             .services
             .stores
-            .products
+            .products()
+            .unwrap()
             .find_product(&product)
             .await
             .unwrap()
@@ -567,7 +570,8 @@ async fn orders_survive_an_sqs_outage(store: Store) {
         .app
         .services
         .stores
-        .outbox
+        .outbox()
+        .unwrap()
         .unsent(Timestamp::now(), None, 100)
         .await
         .unwrap();

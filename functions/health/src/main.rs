@@ -1,7 +1,7 @@
 //! Lambda function `health`: GET /health and GET /api/v1/{service}/health.
-//! Its handler is built by `zx_app::functions::health`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::health` (wiring: `zx_app::functions::HEALTH`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::health).await
+    zx_app::run_http(&zx_app::functions::HEALTH).await
 }

@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    zx_app::run_sqs(zx_app::workers::inventory_worker).await
+    zx_app::run_sqs(&zx_app::workers::INVENTORY_WORKER).await
 }

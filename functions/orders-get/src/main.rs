@@ -1,7 +1,7 @@
 //! Lambda function `orders-get`: GET /api/v1/orders/{id}.
-//! Its handler is built by `zx_app::functions::orders_get`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::orders_get` (wiring: `zx_app::functions::ORDERS_GET`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::orders_get).await
+    zx_app::run_http(&zx_app::functions::ORDERS_GET).await
 }

@@ -1,7 +1,7 @@
 //! Lambda function `products-create`: POST /api/v1/products.
-//! Its handler is built by `zx_app::functions::products_create`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::products_create` (wiring: `zx_app::functions::PRODUCTS_CREATE`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::products_create).await
+    zx_app::run_http(&zx_app::functions::PRODUCTS_CREATE).await
 }

@@ -1,7 +1,7 @@
 //! Lambda function `products-delete`: DELETE /api/v1/products/{id}.
-//! Its handler is built by `zx_app::functions::products_delete`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::products_delete` (wiring: `zx_app::functions::PRODUCTS_DELETE`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::products_delete).await
+    zx_app::run_http(&zx_app::functions::PRODUCTS_DELETE).await
 }

@@ -1,7 +1,7 @@
 //! Lambda function `products-get`: GET /api/v1/products/{id}.
-//! Its handler is built by `zx_app::functions::products_get`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::products_get` (wiring: `zx_app::functions::PRODUCTS_GET`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::products_get).await
+    zx_app::run_http(&zx_app::functions::PRODUCTS_GET).await
 }

@@ -1,7 +1,7 @@
 //! Lambda function `products-list`: GET /api/v1/products.
-//! Its handler is built by `zx_app::functions::products_list`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::products_list` (wiring: `zx_app::functions::PRODUCTS_LIST`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::products_list).await
+    zx_app::run_http(&zx_app::functions::PRODUCTS_LIST).await
 }

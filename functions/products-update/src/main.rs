@@ -1,7 +1,7 @@
 //! Lambda function `products-update`: PUT /api/v1/products/{id}.
-//! Its handler is built by `zx_app::functions::products_update`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::products_update` (wiring: `zx_app::functions::PRODUCTS_UPDATE`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::products_update).await
+    zx_app::run_http(&zx_app::functions::PRODUCTS_UPDATE).await
 }

@@ -1,7 +1,7 @@
 //! Lambda function `stock-get`: GET /api/v1/stock/{productId}.
-//! Its handler is built by `zx_app::functions::stock_get`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::stock_get` (wiring: `zx_app::functions::STOCK_GET`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::stock_get).await
+    zx_app::run_http(&zx_app::functions::STOCK_GET).await
 }

@@ -1,7 +1,7 @@
 //! Lambda function `stock-put`: PUT /api/v1/stock/{productId}.
-//! Its handler is built by `zx_app::functions::stock_put`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::stock_put` (wiring: `zx_app::functions::STOCK_PUT`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::stock_put).await
+    zx_app::run_http(&zx_app::functions::STOCK_PUT).await
 }

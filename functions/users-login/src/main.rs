@@ -1,7 +1,7 @@
 //! Lambda function `users-login`: POST /api/v1/users/login.
-//! Its handler is built by `zx_app::functions::users_login`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::users_login` (wiring: `zx_app::functions::USERS_LOGIN`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::users_login).await
+    zx_app::run_http(&zx_app::functions::USERS_LOGIN).await
 }

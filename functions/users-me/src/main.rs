@@ -1,7 +1,7 @@
 //! Lambda function `users-me`: GET /api/v1/users/me.
-//! Its handler is built by `zx_app::functions::users_me`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::users_me` (wiring: `zx_app::functions::USERS_ME`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::users_me).await
+    zx_app::run_http(&zx_app::functions::USERS_ME).await
 }

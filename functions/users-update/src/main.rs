@@ -1,7 +1,7 @@
 //! Lambda function `users-update`: PUT /api/v1/users/{id}.
-//! Its handler is built by `zx_app::functions::users_update`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::users_update` (wiring: `zx_app::functions::USERS_UPDATE`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::users_update).await
+    zx_app::run_http(&zx_app::functions::USERS_UPDATE).await
 }

@@ -1,7 +1,7 @@
 //! Lambda function `users-validate`: GET /api/v1/users/validate.
-//! Its handler is built by `zx_app::functions::users_validate`, which the local gateway calls too.
+//! Its handler is built by `zx_app::functions::users_validate` (wiring: `zx_app::functions::USERS_VALIDATE`), which the local gateway calls too.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    zx_app::run_http(zx_app::functions::users_validate).await
+    zx_app::run_http(&zx_app::functions::USERS_VALIDATE).await
 }

@@ -13,6 +13,10 @@ use zx_store_postgres::{PgSchema, PoolSettings};
 pub enum ConfigError {
     #[error("{0} is required but not set")]
     Missing(&'static str),
+    /// A builder asked for a store its function's `Needs` do not declare (a bug, caught by
+    /// the test that builds every function with its own wiring).
+    #[error("this function is not wired with the {0} store")]
+    NotWired(&'static str),
     #[error("{var} is invalid: {reason}")]
     Invalid { var: &'static str, reason: String },
 }
@@ -49,6 +53,11 @@ pub struct Source(Box<Lookup>);
 impl Source {
     pub fn env() -> Self {
         Self(Box::new(|name| std::env::var(name).ok()))
+    }
+
+    /// Any lookup (the consistency tests record which variables the configuration reads).
+    pub fn from_fn(lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Box::new(lookup))
     }
 
     pub fn map(values: HashMap<String, String>) -> Self {

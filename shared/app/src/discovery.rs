@@ -94,6 +94,12 @@ pub async fn resolve_cache_url(client: &Client, name: &str) -> Result<String, Di
     }
 }
 
+/// The IAM actions resolving `CACHE_NAME` calls (`crate::permissions`).
+pub const ACTIONS: &[&str] = &[
+    "elasticache:DescribeServerlessCaches",
+    "elasticache:DescribeReplicationGroups",
+];
+
 #[cfg(test)]
 pub(crate) mod tests {
     use aws_sdk_elasticache::config::{BehaviorVersion, Credentials, Region};

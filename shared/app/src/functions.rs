@@ -11,41 +11,148 @@ use zx_domain::{ProductRepository, UserRepository};
 use zx_http::{Access, ApiError, Edge, HttpHandler, RouteLimit};
 use zx_products::CatalogueCache;
 
+use crate::wiring::{Needs, Sends, Use, Wiring};
 use crate::{ConfigError, Services};
 
 /// Builds a function's handler from the services of its cold start.
 pub type Builder = fn(&Services) -> Result<HttpHandler, ConfigError>;
 
-/// Every HTTP function by binary name (the crate under `functions/`, `BuildProperties.Binary`
-/// in `template.yaml`).
-pub const HTTP_FUNCTIONS: &[(&str, Builder)] = &[
-    ("health", health),
-    ("users-register", users_register),
-    ("users-login", users_login),
-    ("users-validate", users_validate),
-    ("users-me", users_me),
-    ("users-get", users_get),
-    ("users-update", users_update),
-    ("products-list", products_list),
-    ("products-get", products_get),
-    ("products-create", products_create),
-    ("products-update", products_update),
-    ("products-delete", products_delete),
-    ("stock-get", stock_get),
-    ("stock-put", stock_put),
-    ("orders-create", orders_create),
-    ("orders-get", orders_get),
-    ("orders-list", orders_list),
-    ("orders-cancel", orders_cancel),
-    ("orders-update-status", orders_update_status),
+/// One HTTP function: its binary name (the crate under `functions/`, `BuildProperties.Binary`
+/// in `template.yaml`), its builder, and what its cold start builds.
+pub struct HttpFunction {
+    pub name: &'static str,
+    pub build: Builder,
+    pub wiring: Wiring,
+}
+
+impl HttpFunction {
+    const fn new(name: &'static str, build: Builder, needs: Needs) -> Self {
+        Self {
+            name,
+            build,
+            wiring: needs.wiring(),
+        }
+    }
+}
+
+/// Every HTTP function uses the cache (per-client limits).
+const fn needs_users(users: Use) -> Needs {
+    Needs {
+        users,
+        cache: true,
+        ..Needs::NONE
+    }
+}
+const fn needs_catalogue(products: Use) -> Needs {
+    Needs {
+        products,
+        cache: true,
+        ..Needs::NONE
+    }
+}
+const fn needs_orders(orders: Use) -> Needs {
+    Needs {
+        orders,
+        cache: true,
+        ..Needs::NONE
+    }
+}
+
+pub const HEALTH: HttpFunction = HttpFunction::new(
+    "health",
+    health,
+    Needs {
+        health: true,
+        cache: true,
+        ..Needs::NONE
+    },
+);
+pub const USERS_REGISTER: HttpFunction =
+    HttpFunction::new("users-register", users_register, needs_users(Use::Write));
+pub const USERS_LOGIN: HttpFunction =
+    HttpFunction::new("users-login", users_login, needs_users(Use::Read));
+pub const USERS_VALIDATE: HttpFunction = HttpFunction::new(
+    "users-validate",
+    users_validate,
+    Needs {
+        cache: true,
+        ..Needs::NONE
+    },
+);
+pub const USERS_ME: HttpFunction = HttpFunction::new("users-me", users_me, needs_users(Use::Read));
+pub const USERS_GET: HttpFunction =
+    HttpFunction::new("users-get", users_get, needs_users(Use::Read));
+pub const USERS_UPDATE: HttpFunction =
+    HttpFunction::new("users-update", users_update, needs_users(Use::Write));
+pub const PRODUCTS_LIST: HttpFunction =
+    HttpFunction::new("products-list", products_list, needs_catalogue(Use::Read));
+pub const PRODUCTS_GET: HttpFunction =
+    HttpFunction::new("products-get", products_get, needs_catalogue(Use::Read));
+pub const PRODUCTS_CREATE: HttpFunction = HttpFunction::new(
+    "products-create",
+    products_create,
+    needs_catalogue(Use::Write),
+);
+pub const PRODUCTS_UPDATE: HttpFunction = HttpFunction::new(
+    "products-update",
+    products_update,
+    needs_catalogue(Use::Write),
+);
+pub const PRODUCTS_DELETE: HttpFunction = HttpFunction::new(
+    "products-delete",
+    products_delete,
+    needs_catalogue(Use::Write),
+);
+pub const STOCK_GET: HttpFunction =
+    HttpFunction::new("stock-get", stock_get, needs_catalogue(Use::Read));
+pub const STOCK_PUT: HttpFunction =
+    HttpFunction::new("stock-put", stock_put, needs_catalogue(Use::Write));
+pub const ORDERS_CREATE: HttpFunction = HttpFunction::new(
+    "orders-create",
+    orders_create,
+    Needs::saga(Sends::ORDER_MOVES),
+);
+pub const ORDERS_GET: HttpFunction =
+    HttpFunction::new("orders-get", orders_get, needs_orders(Use::Read));
+pub const ORDERS_LIST: HttpFunction =
+    HttpFunction::new("orders-list", orders_list, needs_orders(Use::Read));
+pub const ORDERS_CANCEL: HttpFunction = HttpFunction::new(
+    "orders-cancel",
+    orders_cancel,
+    Needs::saga(Sends::ORDER_MOVES),
+);
+pub const ORDERS_UPDATE_STATUS: HttpFunction = HttpFunction::new(
+    "orders-update-status",
+    orders_update_status,
+    Needs::saga(Sends::ORDER_MOVES),
+);
+
+/// Every HTTP function (the local gateway builds them all; each `main.rs` names its own).
+pub const HTTP_FUNCTIONS: &[HttpFunction] = &[
+    HEALTH,
+    USERS_REGISTER,
+    USERS_LOGIN,
+    USERS_VALIDATE,
+    USERS_ME,
+    USERS_GET,
+    USERS_UPDATE,
+    PRODUCTS_LIST,
+    PRODUCTS_GET,
+    PRODUCTS_CREATE,
+    PRODUCTS_UPDATE,
+    PRODUCTS_DELETE,
+    STOCK_GET,
+    STOCK_PUT,
+    ORDERS_CREATE,
+    ORDERS_GET,
+    ORDERS_LIST,
+    ORDERS_CANCEL,
+    ORDERS_UPDATE_STATUS,
 ];
 
-/// The builder of the function named `binary`.
-pub fn builder(binary: &str) -> Option<Builder> {
-    HTTP_FUNCTIONS
-        .iter()
-        .find(|(name, _)| *name == binary)
-        .map(|(_, build)| *build)
+/// The HTTP function named `binary`.
+pub fn function(binary: &str) -> Option<&'static HttpFunction> {
+    HTTP_FUNCTIONS.iter().find(|f| f.name == binary)
 }
 
 /// The seed's Kong services: which per-client limit a route counts against.
@@ -91,7 +198,7 @@ pub fn health(services: &Services) -> Result<HttpHandler, ConfigError> {
 
 pub fn users_register(services: &Services) -> Result<HttpHandler, ConfigError> {
     let (users, hasher, limits) = (
-        services.stores.users.clone(),
+        services.stores.users()?,
         services.hasher.clone(),
         services.limits.clone(),
     );
@@ -107,7 +214,7 @@ pub fn users_register(services: &Services) -> Result<HttpHandler, ConfigError> {
 pub fn users_login(services: &Services) -> Result<HttpHandler, ConfigError> {
     let issuer = services.issuer()?;
     let (users, hasher, limits) = (
-        services.stores.users.clone(),
+        services.stores.users()?,
         services.hasher.clone(),
         services.limits.clone(),
     );
@@ -134,7 +241,7 @@ where
     F: Fn(Arc<dyn UserRepository>, Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
-    let users = services.stores.users.clone();
+    let users = services.stores.users()?;
     Ok(edge(services, Access::Authenticated, Group::Users)?
         .wrap(move |request| handler(users.clone(), request)))
 }
@@ -152,7 +259,7 @@ pub fn users_get(services: &Services) -> Result<HttpHandler, ConfigError> {
 }
 
 pub fn users_update(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let (users, hasher) = (services.stores.users.clone(), services.hasher.clone());
+    let (users, hasher) = (services.stores.users()?, services.hasher.clone());
     Ok(
         edge(services, Access::Authenticated, Group::Users)?.wrap(move |request| {
             let (users, hasher) = (users.clone(), hasher.clone());
@@ -174,7 +281,7 @@ where
         + 'static,
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
-    let (products, cache) = (services.stores.products.clone(), services.catalogue_cache());
+    let (products, cache) = (services.stores.products()?, services.catalogue_cache());
     Ok(edge(services, access, Group::Products)?
         .wrap(move |request| handler(products.clone(), cache.clone(), request)))
 }
@@ -250,14 +357,30 @@ orders_function!(
     /// `POST /orders`
     orders_create, zx_orders::http::create_order
 );
-orders_function!(
-    /// `GET /orders/{id}`
-    orders_get, zx_orders::http::get_order
-);
-orders_function!(
-    /// `GET /orders`
-    orders_list, zx_orders::http::list_orders
-);
+/// An order read: authenticated, counted against the orders limit, the orders store only.
+fn order_read<F, Fut>(services: &Services, handler: F) -> Result<HttpHandler, ConfigError>
+where
+    F: Fn(Arc<dyn zx_domain::OrderRepository>, Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
+{
+    let orders = services.stores.orders()?;
+    Ok(edge(services, Access::Authenticated, Group::Orders)?
+        .wrap(move |request| handler(orders.clone(), request)))
+}
+
+/// `GET /orders/{id}`
+pub fn orders_get(services: &Services) -> Result<HttpHandler, ConfigError> {
+    order_read(services, |orders, request| async move {
+        zx_orders::http::get_order(&*orders, request).await
+    })
+}
+
+/// `GET /orders`
+pub fn orders_list(services: &Services) -> Result<HttpHandler, ConfigError> {
+    order_read(services, |orders, request| async move {
+        zx_orders::http::list_orders(&*orders, request).await
+    })
+}
 orders_function!(
     /// `POST /orders/{id}/cancel`
     orders_cancel, zx_orders::http::cancel_order
@@ -266,3 +389,114 @@ orders_function!(
     /// `PATCH /orders/{id}/status` (admin)
     orders_update_status, zx_orders::http::update_status
 );
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use aws_sdk_elasticache::config::Credentials;
+    use zx_auth::SigningKey;
+
+    use super::*;
+    use crate::config::Source;
+    use crate::workers::{OUTBOX_RELAY, SQS_FUNCTIONS, outbox_relay};
+    use crate::{Config, StoreKind};
+
+    async fn aws() -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+            .load()
+            .await
+    }
+
+    fn config() -> Config {
+        let key = SigningKey::generate().unwrap();
+        let vars = [
+            ("JWT_PRIVATE_KEY", key.to_base64()),
+            ("JWT_PUBLIC_KEYS", key.public_key().encoded().to_owned()),
+            ("CACHE_URL", "redis://127.0.0.1:1".to_owned()),
+            ("INVENTORY_QUEUE_URL", "http://127.0.0.1:1/q/i".to_owned()),
+            ("ORDER_QUEUE_URL", "http://127.0.0.1:1/q/o".to_owned()),
+            (
+                "ORDER_EVENTS_TOPIC_ARN",
+                "arn:aws:sns:us-east-1:1:t".to_owned(),
+            ),
+        ];
+        let config = Config::from_source(&Source::map(
+            vars.into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<HashMap<_, _>>(),
+        ))
+        .unwrap();
+        assert_eq!(config.store, StoreKind::DynamoDb);
+        config
+    }
+
+    /// Each function's cold start builds only what its `Needs` declare, and its builder finds
+    /// everything it uses there (the local gateway, wired with everything, cannot show this).
+    #[tokio::test]
+    async fn every_function_builds_with_only_what_its_needs_declare() {
+        let (config, aws) = (config(), aws().await);
+        for function in HTTP_FUNCTIONS {
+            let services = Services::build_wired(&config, &aws, &function.wiring)
+                .await
+                .unwrap();
+            let needs = function.wiring.needs;
+            assert_eq!(
+                services.stores.users.is_some(),
+                needs.users.any(),
+                "{}",
+                function.name
+            );
+            assert_eq!(
+                services.stores.orders.is_some(),
+                needs.orders.any(),
+                "{}",
+                function.name
+            );
+            assert_eq!(
+                services.sender.is_some(),
+                needs.sends.any(),
+                "{}",
+                function.name
+            );
+            if let Err(error) = (function.build)(&services) {
+                panic!(
+                    "{} does not build with its own wiring: {error}",
+                    function.name
+                );
+            }
+        }
+        for function in SQS_FUNCTIONS {
+            let services = Services::build_wired(&config, &aws, &function.wiring)
+                .await
+                .unwrap();
+            assert!((function.build)(&services).is_ok(), "{}", function.name);
+        }
+        let services = Services::build_wired(&config, &aws, &OUTBOX_RELAY)
+            .await
+            .unwrap();
+        assert!(outbox_relay(&services).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_builder_without_its_store_names_it() {
+        let (config, aws) = (config(), aws().await);
+        let wiring = Needs {
+            cache: true,
+            ..Needs::NONE
+        }
+        .wiring();
+        let services = Services::build_wired(&config, &aws, &wiring).await.unwrap();
+        let error = products_get(&services).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "this function is not wired with the products store"
+        );
+        assert!(matches!(
+            orders_create(&services),
+            Err(ConfigError::NotWired(_))
+        ));
+    }
+}

@@ -52,11 +52,13 @@ impl HealthCheck for DynamoCheck {
     }
 }
 
+#[cfg(feature = "postgres")]
 pub struct PostgresCheck {
     pub pool: sqlx::PgPool,
     pub required: bool,
 }
 
+#[cfg(feature = "postgres")]
 #[async_trait]
 impl HealthCheck for PostgresCheck {
     fn name(&self) -> &'static str {

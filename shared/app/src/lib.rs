@@ -6,6 +6,7 @@ pub mod config;
 pub mod discovery;
 pub mod functions;
 pub mod health;
+pub mod permissions;
 pub mod wiring;
 pub mod workers;
 

@@ -1,5 +1,10 @@
 //! Builds the adapters once per cold start. Nothing here does network I/O: the SDK client,
 //! the Postgres pool and the cache connect on first use.
+//!
+//! What a function builds is chosen at compile time: each function's [`Needs`] becomes a
+//! [`Wiring`] of constructor pointers in a `const`, so a function's binary references (and,
+//! after LTO, links) only the adapters it uses. The Postgres adapter is linked only with the
+//! `postgres` feature (a `Store=postgres` build).
 
 use std::sync::Arc;
 
@@ -9,38 +14,381 @@ use zx_domain::{
     InventoryRepository, MessageSender, OrderRepository, Outbox, ProductRepository, UserRepository,
 };
 use zx_store_dynamodb::{DynamoOrderRepository, DynamoProductRepository, DynamoUserRepository};
-use zx_store_postgres::{PgOrderRepository, PgProductRepository, PgUserRepository};
 
-use crate::health::{CacheCheck, DynamoCheck, HealthCheck, PostgresCheck};
+use crate::health::{CacheCheck, DynamoCheck, HealthCheck};
 use crate::{Config, ConfigError, StoreKind};
 
-/// The repositories of the configured backend, and health checks for every configured store.
-#[derive(Clone)]
+/// The repositories a function was built with, and health checks for every configured store.
+/// A repository the function does not use is absent: asking for it is a wiring error.
+#[derive(Clone, Default)]
 pub struct Stores {
-    pub users: Arc<dyn UserRepository>,
-    pub products: Arc<dyn ProductRepository>,
-    pub orders: Arc<dyn OrderRepository>,
-    pub outbox: Arc<dyn Outbox>,
-    pub inventory: Arc<dyn InventoryRepository>,
+    pub users: Option<Arc<dyn UserRepository>>,
+    pub products: Option<Arc<dyn ProductRepository>>,
+    pub inventory: Option<Arc<dyn InventoryRepository>>,
+    pub orders: Option<Arc<dyn OrderRepository>>,
+    pub outbox: Option<Arc<dyn Outbox>>,
     pub checks: Vec<Arc<dyn HealthCheck>>,
 }
 
-/// Every repository of one backend (one value per instance, shared by the trait objects).
-fn repositories<U, P, O>(users: U, products: P, orders: O) -> Stores
-where
-    U: UserRepository + 'static,
-    P: ProductRepository + InventoryRepository + 'static,
-    O: OrderRepository + Outbox + 'static,
-{
-    let products = Arc::new(products);
-    let orders = Arc::new(orders);
-    Stores {
-        users: Arc::new(users),
-        products: products.clone(),
-        orders: orders.clone(),
-        outbox: orders,
-        inventory: products,
-        checks: Vec::new(),
+fn wired<T: ?Sized>(store: &Option<Arc<T>>, name: &'static str) -> Result<Arc<T>, ConfigError> {
+    store.clone().ok_or(ConfigError::NotWired(name))
+}
+
+impl Stores {
+    pub fn users(&self) -> Result<Arc<dyn UserRepository>, ConfigError> {
+        wired(&self.users, "users")
+    }
+    pub fn products(&self) -> Result<Arc<dyn ProductRepository>, ConfigError> {
+        wired(&self.products, "products")
+    }
+    pub fn inventory(&self) -> Result<Arc<dyn InventoryRepository>, ConfigError> {
+        wired(&self.inventory, "inventory")
+    }
+    pub fn orders(&self) -> Result<Arc<dyn OrderRepository>, ConfigError> {
+        wired(&self.orders, "orders")
+    }
+    pub fn outbox(&self) -> Result<Arc<dyn Outbox>, ConfigError> {
+        wired(&self.outbox, "outbox")
+    }
+}
+
+/// How a function uses a store: the IAM actions it is granted follow from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Use {
+    #[default]
+    No,
+    Read,
+    Write,
+}
+
+impl Use {
+    pub const fn any(self) -> bool {
+        !matches!(self, Use::No)
+    }
+}
+
+/// What a function uses, declared next to its builder (`crate::functions`, `crate::workers`).
+/// Its cold start builds only this, and the consistency tests derive its IAM permissions from
+/// it (`zx_app::permissions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    pub users: Use,
+    /// The catalogue (products table).
+    pub products: Use,
+    /// Reservations (products table): reserve, release, commit.
+    pub inventory: Use,
+    pub orders: Use,
+    /// The outbox (orders table).
+    pub outbox: Use,
+    /// Where it sends messages (SQS queues, the SNS topic).
+    pub sends: Sends,
+    /// The cache (catalogue views, per-client limits).
+    pub cache: bool,
+    /// `DescribeTable` on every table, and the other stores' pings.
+    pub health: bool,
+}
+
+impl Needs {
+    pub const NONE: Needs = Needs {
+        users: Use::No,
+        products: Use::No,
+        inventory: Use::No,
+        orders: Use::No,
+        outbox: Use::No,
+        sends: Sends::NONE,
+        cache: false,
+        health: false,
+    };
+    /// Everything: the local gateway and the tests, which run every function in one process.
+    pub const ALL: Needs = Needs {
+        users: Use::Write,
+        products: Use::Write,
+        inventory: Use::Write,
+        orders: Use::Write,
+        outbox: Use::Write,
+        sends: Sends::ALL,
+        cache: true,
+        health: true,
+    };
+    /// The saga's dependencies, for a function that sends to `sends`.
+    pub const fn saga(sends: Sends) -> Needs {
+        Needs {
+            products: Use::Read,
+            inventory: Use::Write,
+            orders: Use::Write,
+            outbox: Use::Write,
+            sends,
+            cache: true,
+            ..Needs::NONE
+        }
+    }
+
+    /// The constructors these needs select, chosen at compile time when used in a `const`.
+    pub const fn wiring(self) -> Wiring {
+        Wiring {
+            needs: self,
+            users: if self.users.any() {
+                wire::users
+            } else {
+                wire::none
+            },
+            products: if self.products.any() {
+                wire::products
+            } else {
+                wire::none
+            },
+            inventory: if self.inventory.any() {
+                wire::inventory
+            } else {
+                wire::none
+            },
+            orders: if self.orders.any() {
+                wire::orders
+            } else {
+                wire::none
+            },
+            outbox: if self.outbox.any() {
+                wire::outbox
+            } else {
+                wire::none
+            },
+            sender: if self.sends.any() {
+                wire::sender
+            } else {
+                wire::no_sender
+            },
+            checks: if self.health {
+                wire::checks
+            } else {
+                wire::no_checks
+            },
+        }
+    }
+}
+
+/// The destinations a function sends to (the relay resends to all of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sends {
+    /// `inventory.reserve`, `inventory.release`, `inventory.commit`.
+    pub inventory_queue: bool,
+    /// `inventory.reserved`, `inventory.failed`.
+    pub order_queue: bool,
+    /// `order.created`, `order.status_changed`.
+    pub order_events: bool,
+}
+
+impl Sends {
+    pub const NONE: Sends = Sends {
+        inventory_queue: false,
+        order_queue: false,
+        order_events: false,
+    };
+    pub const ALL: Sends = Sends {
+        inventory_queue: true,
+        order_queue: true,
+        order_events: true,
+    };
+    /// What moving an order sends: the inventory command and the order event.
+    pub const ORDER_MOVES: Sends = Sends {
+        inventory_queue: true,
+        order_events: true,
+        order_queue: false,
+    };
+    pub const fn any(self) -> bool {
+        self.inventory_queue || self.order_queue || self.order_events
+    }
+}
+
+/// Constructor pointers for one function: only those its [`Needs`] selected are referenced.
+#[derive(Clone, Copy)]
+pub struct Wiring {
+    pub needs: Needs,
+    users: fn(&Backend) -> Option<Arc<dyn UserRepository>>,
+    products: fn(&Backend) -> Option<Arc<dyn ProductRepository>>,
+    inventory: fn(&Backend) -> Option<Arc<dyn InventoryRepository>>,
+    orders: fn(&Backend) -> Option<Arc<dyn OrderRepository>>,
+    outbox: fn(&Backend) -> Option<Arc<dyn Outbox>>,
+    sender: fn(&Config, &aws_config::SdkConfig) -> Option<Arc<dyn MessageSender>>,
+    checks: fn(&Backend) -> Vec<Arc<dyn HealthCheck>>,
+}
+
+/// The configured backend's connections (lazy), shared by the repositories built on it.
+pub struct Backend {
+    config: Config,
+    dynamodb: Option<aws_sdk_dynamodb::Client>,
+    #[cfg(feature = "postgres")]
+    pool: Option<sqlx::PgPool>,
+}
+
+impl Backend {
+    /// The backend of `config.store`: a DynamoDB client, or a lazy Postgres pool (one pool
+    /// serves every schema: at most `PG_MAX_CONNECTIONS` per instance). With DynamoDB as the
+    /// store, a configured `DATABASE_URL` is still checked by health.
+    pub fn new(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+        #[cfg(feature = "postgres")]
+        let pool = config
+            .database_url
+            .as_ref()
+            .map(|url| {
+                zx_store_postgres::connect_lazy(url.expose(), &config.pool).map_err(|e| {
+                    ConfigError::Invalid {
+                        var: "DATABASE_URL",
+                        reason: e.to_string(),
+                    }
+                })
+            })
+            .transpose()?;
+        let dynamodb = match config.store {
+            StoreKind::DynamoDb => Some(dynamodb_client(config, aws)),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres if pool.is_some() => None,
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => return Err(ConfigError::Missing("DATABASE_URL")),
+            #[cfg(not(feature = "postgres"))]
+            StoreKind::Postgres => {
+                return Err(ConfigError::Invalid {
+                    var: "STORE",
+                    reason: "this build has no Postgres adapter (build with --features postgres)"
+                        .into(),
+                });
+            }
+        };
+        Ok(Self {
+            config: config.clone(),
+            dynamodb,
+            #[cfg(feature = "postgres")]
+            pool,
+        })
+    }
+}
+
+/// The constructors a [`Wiring`] points at.
+mod wire {
+    use super::*;
+
+    pub fn none<T: ?Sized>(_: &Backend) -> Option<Arc<T>> {
+        None
+    }
+
+    pub fn no_sender(_: &Config, _: &aws_config::SdkConfig) -> Option<Arc<dyn MessageSender>> {
+        None
+    }
+
+    pub fn no_checks(_: &Backend) -> Vec<Arc<dyn HealthCheck>> {
+        Vec::new()
+    }
+
+    /// The repository of the configured store: `$dynamo` over the DynamoDB client and
+    /// `config`, or `$pg` over the Postgres pool and `config` (with the `postgres` feature).
+    macro_rules! repository {
+        ($backend:expr, $trait:ty, |$client:ident, $config:ident| $dynamo:expr, |$pool:ident| $pg:expr) => {{
+            let backend: &Backend = $backend;
+            let $config = &backend.config;
+            match (&backend.dynamodb, $config.store) {
+                (Some($client), StoreKind::DynamoDb) => {
+                    let client = $client.clone();
+                    let $client = client;
+                    Some(Arc::new($dynamo) as Arc<$trait>)
+                }
+                #[cfg(feature = "postgres")]
+                (_, StoreKind::Postgres) => backend
+                    .pool
+                    .clone()
+                    .map(|$pool| Arc::new($pg) as Arc<$trait>),
+                _ => None,
+            }
+        }};
+    }
+
+    pub fn users(backend: &Backend) -> Option<Arc<dyn UserRepository>> {
+        repository!(
+            backend,
+            dyn UserRepository,
+            |client, config| DynamoUserRepository::new(client, config.users_table.clone()),
+            |pool| zx_store_postgres::PgUserRepository::new(pool, &config.users_schema)
+        )
+    }
+
+    pub fn products(backend: &Backend) -> Option<Arc<dyn ProductRepository>> {
+        repository!(
+            backend,
+            dyn ProductRepository,
+            |client, config| DynamoProductRepository::new(client, config.products_table.clone()),
+            |pool| zx_store_postgres::PgProductRepository::new(pool, &config.products_schema)
+        )
+    }
+
+    pub fn inventory(backend: &Backend) -> Option<Arc<dyn InventoryRepository>> {
+        repository!(
+            backend,
+            dyn InventoryRepository,
+            |client, config| DynamoProductRepository::new(client, config.products_table.clone()),
+            |pool| zx_store_postgres::PgProductRepository::new(pool, &config.products_schema)
+        )
+    }
+
+    pub fn orders(backend: &Backend) -> Option<Arc<dyn OrderRepository>> {
+        repository!(
+            backend,
+            dyn OrderRepository,
+            |client, config| DynamoOrderRepository::new(client, config.orders_table.clone()),
+            |pool| zx_store_postgres::PgOrderRepository::new(pool, &config.orders_schema)
+        )
+    }
+
+    pub fn outbox(backend: &Backend) -> Option<Arc<dyn Outbox>> {
+        repository!(
+            backend,
+            dyn Outbox,
+            |client, config| DynamoOrderRepository::new(client, config.orders_table.clone()),
+            |pool| zx_store_postgres::PgOrderRepository::new(pool, &config.orders_schema)
+        )
+    }
+
+    pub fn sender(config: &Config, aws: &aws_config::SdkConfig) -> Option<Arc<dyn MessageSender>> {
+        config.destinations.clone().map(|destinations| {
+            // Every send bounded like a store call: a destination that does not answer fails
+            // the send (the message stays in the outbox), never the Lambda timeout.
+            let timeouts = sdk_timeouts(config);
+            Arc::new(zx_messaging::AwsSender::new(
+                aws_sdk_sqs::Client::from_conf(
+                    aws_sdk_sqs::config::Builder::from(aws)
+                        .timeout_config(timeouts.clone())
+                        .build(),
+                ),
+                aws_sdk_sns::Client::from_conf(
+                    aws_sdk_sns::config::Builder::from(aws)
+                        .timeout_config(timeouts)
+                        .build(),
+                ),
+                destinations,
+            )) as Arc<dyn MessageSender>
+        })
+    }
+
+    /// DynamoDB is checked when it is the store; Postgres whenever `DATABASE_URL` is set, and
+    /// required when it is the store.
+    pub fn checks(backend: &Backend) -> Vec<Arc<dyn HealthCheck>> {
+        let config = &backend.config;
+        let mut checks: Vec<Arc<dyn HealthCheck>> = Vec::new();
+        if let Some(client) = &backend.dynamodb {
+            checks.push(Arc::new(DynamoCheck {
+                client: client.clone(),
+                tables: vec![
+                    config.users_table.clone(),
+                    config.products_table.clone(),
+                    config.orders_table.clone(),
+                ],
+            }));
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(pool) = &backend.pool {
+            checks.push(Arc::new(crate::health::PostgresCheck {
+                pool: pool.clone(),
+                required: config.store == StoreKind::Postgres,
+            }));
+        }
+        checks
     }
 }
 
@@ -69,58 +417,21 @@ fn dynamodb_client(config: &Config, aws: &aws_config::SdkConfig) -> aws_sdk_dyna
     aws_sdk_dynamodb::Client::from_conf(dynamodb)
 }
 
-/// Builds the repositories for `config.store`. DynamoDB is always checked by health when it is
-/// the store; Postgres is checked whenever `DATABASE_URL` is set, and required when it is the
-/// store. One Postgres pool serves both schemas: at most `PG_MAX_CONNECTIONS` per instance.
-pub async fn build_stores(
+/// The repositories `wiring` selects, on the backend of `config.store`.
+pub fn build_stores(
     config: &Config,
     aws: &aws_config::SdkConfig,
+    wiring: &Wiring,
 ) -> Result<Stores, ConfigError> {
-    let mut checks: Vec<Arc<dyn HealthCheck>> = Vec::new();
-    let pool = config
-        .database_url
-        .as_ref()
-        .map(|url| {
-            zx_store_postgres::connect_lazy(url.expose(), &config.pool).map_err(|e| {
-                ConfigError::Invalid {
-                    var: "DATABASE_URL",
-                    reason: e.to_string(),
-                }
-            })
-        })
-        .transpose()?;
-    let mut stores = match (config.store, &pool) {
-        (StoreKind::DynamoDb, _) => {
-            let client = dynamodb_client(config, aws);
-            checks.push(Arc::new(DynamoCheck {
-                client: client.clone(),
-                tables: vec![
-                    config.users_table.clone(),
-                    config.products_table.clone(),
-                    config.orders_table.clone(),
-                ],
-            }));
-            repositories(
-                DynamoUserRepository::new(client.clone(), config.users_table.clone()),
-                DynamoProductRepository::new(client.clone(), config.products_table.clone()),
-                DynamoOrderRepository::new(client, config.orders_table.clone()),
-            )
-        }
-        (StoreKind::Postgres, Some(pool)) => repositories(
-            PgUserRepository::new(pool.clone(), &config.users_schema),
-            PgProductRepository::new(pool.clone(), &config.products_schema),
-            PgOrderRepository::new(pool.clone(), &config.orders_schema),
-        ),
-        (StoreKind::Postgres, None) => return Err(ConfigError::Missing("DATABASE_URL")),
-    };
-    if let Some(pool) = pool {
-        checks.push(Arc::new(PostgresCheck {
-            pool,
-            required: config.store == StoreKind::Postgres,
-        }));
-    }
-    stores.checks = checks;
-    Ok(stores)
+    let backend = Backend::new(config, aws)?;
+    Ok(Stores {
+        users: (wiring.users)(&backend),
+        products: (wiring.products)(&backend),
+        inventory: (wiring.inventory)(&backend),
+        orders: (wiring.orders)(&backend),
+        outbox: (wiring.outbox)(&backend),
+        checks: (wiring.checks)(&backend),
+    })
 }
 
 /// The cache: at `CACHE_URL`, or else at the endpoint of the ElastiCache named `CACHE_NAME`
@@ -181,6 +492,9 @@ pub struct Services {
     pub saga: zx_orders::usecases::SagaSettings,
 }
 
+/// Everything, for the local gateway and the tests (every function in one process).
+pub const ALL: Wiring = Needs::ALL.wiring();
+
 impl Services {
     /// Builds every service with the AWS configuration of the environment.
     pub async fn build(config: &Config) -> Result<Self, ConfigError> {
@@ -192,9 +506,22 @@ impl Services {
         config: &Config,
         aws: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        let cache = build_cache(config, aws).await?;
+        Self::build_wired(config, aws, &ALL).await
+    }
+
+    /// Builds what `wiring` selects (one function's cold start).
+    pub async fn build_wired(
+        config: &Config,
+        aws: &aws_config::SdkConfig,
+        wiring: &Wiring,
+    ) -> Result<Self, ConfigError> {
+        let cache = if wiring.needs.cache {
+            build_cache(config, aws).await?
+        } else {
+            None
+        };
         Ok(Self {
-            stores: build_stores(config, aws).await?,
+            stores: build_stores(config, aws, wiring)?,
             limits: zx_cache::ClientLimits {
                 limiter: cache.clone().map(zx_cache::RateLimiter::new),
                 limits: config.rate_limits,
@@ -214,24 +541,7 @@ impl Services {
                 ttl: config.cache_ttl,
                 index_lag: config.index_lag,
             },
-            sender: config.destinations.clone().map(|destinations| {
-                // Every send bounded like a store call: a destination that does not answer
-                // fails the send (the message stays in the outbox), never the Lambda timeout.
-                let timeouts = sdk_timeouts(config);
-                Arc::new(zx_messaging::AwsSender::new(
-                    aws_sdk_sqs::Client::from_conf(
-                        aws_sdk_sqs::config::Builder::from(aws)
-                            .timeout_config(timeouts.clone())
-                            .build(),
-                    ),
-                    aws_sdk_sns::Client::from_conf(
-                        aws_sdk_sns::config::Builder::from(aws)
-                            .timeout_config(timeouts)
-                            .build(),
-                    ),
-                    destinations,
-                )) as Arc<dyn MessageSender>
-            }),
+            sender: (wiring.sender)(config, aws),
             destinations: config.destinations.clone(),
             saga: config.saga,
         })
@@ -240,10 +550,10 @@ impl Services {
     /// The saga's use cases' dependencies, for the functions that place or move orders.
     pub fn saga(&self) -> Result<zx_orders::Saga, ConfigError> {
         Ok(zx_orders::Saga {
-            orders: self.stores.orders.clone(),
-            outbox: self.stores.outbox.clone(),
-            catalogue: self.stores.products.clone(),
-            inventory: self.stores.inventory.clone(),
+            orders: self.stores.orders()?,
+            outbox: self.stores.outbox()?,
+            catalogue: self.stores.products()?,
+            inventory: self.stores.inventory()?,
             sender: self
                 .sender
                 .clone()
@@ -290,10 +600,10 @@ impl Services {
 
 /// Cold start of an API function: JSON logging, configuration, services. A configuration error
 /// is logged and returned, so the function refuses to start with a message naming the variable.
-pub async fn start() -> Result<Services, ConfigError> {
+pub async fn start(wiring: &Wiring) -> Result<Services, ConfigError> {
     zx_http::init_tracing();
     let built = match Config::from_env() {
-        Ok(config) => Services::build(&config).await,
+        Ok(config) => Services::build_wired(&config, &aws_config().await, wiring).await,
         Err(error) => Err(error),
     };
     if let Err(error) = &built {
@@ -304,9 +614,9 @@ pub async fn start() -> Result<Services, ConfigError> {
 
 /// A function's `main`: cold start, build its handler with `build` (the same builder the local
 /// gateway calls), then serve Lambda invocations.
-pub async fn run_http(build: crate::functions::Builder) -> Result<(), lambda_http::Error> {
-    let services = start().await?;
-    let handler = build(&services).inspect_err(|error| {
+pub async fn run_http(function: &crate::functions::HttpFunction) -> Result<(), lambda_http::Error> {
+    let services = start(&function.wiring).await?;
+    let handler = (function.build)(&services).inspect_err(|error| {
         tracing::error!(%error, "refusing to start: invalid configuration");
     })?;
     drop(services);

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use zx_orders::usecases::RelayReport;
 use zx_orders::workers::{QueueMessage, Worker};
 
+use crate::wiring::{Needs, Sends, Wiring};
 use crate::{ConfigError, Services};
 
 /// An SQS-triggered function: a batch in, the records that failed out.
@@ -27,11 +28,33 @@ pub type ScheduledHandler = Arc<
     dyn Fn() -> Pin<Box<dyn Future<Output = Result<RelayReport, String>> + Send>> + Send + Sync,
 >;
 
-/// Every SQS-triggered function by binary name.
-pub const SQS_FUNCTIONS: &[(&str, SqsBuilder)] = &[
-    ("inventory-worker", inventory_worker),
-    ("order-worker", order_worker),
-];
+/// One SQS-triggered function: binary name, builder, what its cold start builds.
+pub struct SqsFunction {
+    pub name: &'static str,
+    pub build: SqsBuilder,
+    pub wiring: Wiring,
+}
+
+pub const INVENTORY_WORKER: SqsFunction = SqsFunction {
+    name: "inventory-worker",
+    build: inventory_worker,
+    wiring: Needs::saga(Sends {
+        order_queue: true,
+        ..Sends::NONE
+    })
+    .wiring(),
+};
+pub const ORDER_WORKER: SqsFunction = SqsFunction {
+    name: "order-worker",
+    build: order_worker,
+    wiring: Needs::saga(Sends::ORDER_MOVES).wiring(),
+};
+
+/// Every SQS-triggered function.
+pub const SQS_FUNCTIONS: &[SqsFunction] = &[INVENTORY_WORKER, ORDER_WORKER];
+
+/// What the relay's cold start builds.
+pub const OUTBOX_RELAY: Wiring = Needs::saga(Sends::ALL).wiring();
 
 fn worker(services: &Services, worker: Worker) -> Result<SqsHandler, ConfigError> {
     let saga = Arc::new(services.saga()?);
@@ -114,12 +137,9 @@ pub fn outbox_relay(services: &Services) -> Result<ScheduledHandler, ConfigError
     }))
 }
 
-/// The builder of the SQS function named `binary`.
-pub fn sqs_builder(binary: &str) -> Option<SqsBuilder> {
-    SQS_FUNCTIONS
-        .iter()
-        .find(|(name, _)| *name == binary)
-        .map(|(_, build)| *build)
+/// The SQS function named `binary`.
+pub fn sqs_function(binary: &str) -> Option<&'static SqsFunction> {
+    SQS_FUNCTIONS.iter().find(|f| f.name == binary)
 }
 
 fn refuse(error: ConfigError) -> ConfigError {
@@ -129,9 +149,9 @@ fn refuse(error: ConfigError) -> ConfigError {
 
 /// An SQS function's `main`: cold start, build with `build`, serve batches with partial batch
 /// responses.
-pub async fn run_sqs(build: SqsBuilder) -> Result<(), lambda_runtime::Error> {
-    let services = crate::start().await?;
-    let handler = build(&services).map_err(refuse)?;
+pub async fn run_sqs(function: &SqsFunction) -> Result<(), lambda_runtime::Error> {
+    let services = crate::start(&function.wiring).await?;
+    let handler = (function.build)(&services).map_err(refuse)?;
     drop(services);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let handler = handler.clone();
@@ -145,7 +165,7 @@ pub async fn run_sqs(build: SqsBuilder) -> Result<(), lambda_runtime::Error> {
 /// The relay's `main`: each scheduled event is one run; a failed run fails the invocation
 /// (retried by EventBridge, and counted by the errors alarm).
 pub async fn run_scheduled() -> Result<(), lambda_runtime::Error> {
-    let services = crate::start().await?;
+    let services = crate::start(&OUTBOX_RELAY).await?;
     let handler = outbox_relay(&services).map_err(refuse)?;
     drop(services);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {

@@ -44,11 +44,11 @@ impl Functions {
     pub fn new(services: &Services) -> Result<Self, StartError> {
         let handlers = zx_app::functions::HTTP_FUNCTIONS
             .iter()
-            .map(|(name, build)| {
-                build(services)
-                    .map(|handler| (*name, handler))
+            .map(|function| {
+                (function.build)(services)
+                    .map(|handler| (function.name, handler))
                     .map_err(|source| StartError {
-                        function: name,
+                        function: function.name,
                         source,
                     })
             })

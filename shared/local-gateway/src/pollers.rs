@@ -163,11 +163,11 @@ impl Workers {
     pub fn new(services: &Services) -> Result<Self, crate::StartError> {
         let sqs = zx_app::workers::SQS_FUNCTIONS
             .iter()
-            .map(|(name, build)| {
-                build(services)
-                    .map(|handler| (*name, handler))
+            .map(|function| {
+                (function.build)(services)
+                    .map(|handler| (function.name, handler))
                     .map_err(|source| crate::StartError {
-                        function: name,
+                        function: function.name,
                         source,
                     })
             })

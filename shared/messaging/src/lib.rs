@@ -13,6 +13,11 @@ pub struct Destinations {
     pub order_events_topic_arn: String,
 }
 
+/// The IAM actions the sender calls (`zx_app::permissions`): on the queues it sends to, and on
+/// the topic.
+pub const SQS_ACTIONS: &[&str] = &["sqs:SendMessage"];
+pub const SNS_ACTIONS: &[&str] = &["sns:Publish"];
+
 /// Sends with one SQS and one SNS client per instance.
 #[derive(Debug, Clone)]
 pub struct AwsSender {
@@ -114,5 +119,35 @@ impl MessageSender for AwsSender {
                     .map_err(|e| classify("SNS Publish", e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod iam_tests {
+    #[test]
+    fn the_declared_actions_are_the_calls() {
+        let code: String = include_str!("lib.rs")
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let calls: Vec<&str> = code
+            .match_indices("()")
+            .map(|(i, _)| &code[..i])
+            .filter_map(|s| s.rsplit('.').next())
+            .filter(|m| {
+                [
+                    "send_message",
+                    "publish",
+                    "send_message_batch",
+                    "publish_batch",
+                ]
+                .contains(m)
+            })
+            .collect();
+        assert_eq!(calls, ["send_message", "publish"]);
+        assert_eq!(super::SQS_ACTIONS, ["sqs:SendMessage"]);
+        assert_eq!(super::SNS_ACTIONS, ["sns:Publish"]);
     }
 }

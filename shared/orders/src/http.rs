@@ -3,8 +3,8 @@
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
 use zx_domain::{
-    FieldError, IdempotencyKey, OrderCursor, OrderId, OrderQuery, OrderStatus, PageLimit,
-    ProductId, ShippingAddress, UserId, ValidationErrors,
+    FieldError, IdempotencyKey, OrderCursor, OrderId, OrderQuery, OrderRepository, OrderStatus,
+    PageLimit, ProductId, ShippingAddress, UserId, ValidationErrors,
 };
 use zx_http::{ApiError, AuthContext, json_body, json_response, path_param, query_param};
 
@@ -168,10 +168,13 @@ pub async fn create_order(saga: &Saga, request: Request) -> Result<Response<Body
 }
 
 /// `GET /orders/{id}`: the owner's or, for an admin, any order; others → 404.
-pub async fn get_order(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+pub async fn get_order(
+    orders: &dyn OrderRepository,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
     let actor = actor(&request)?;
     let id = order_id(&request)?;
-    let order = usecases::get_order(saga, &actor, &id).await?;
+    let order = usecases::get_order(orders, &actor, &id).await?;
     json_response(200, &view(&actor, &order))
 }
 
@@ -183,7 +186,10 @@ struct ListView<'a> {
 }
 
 /// `GET /orders`: customers their own, admins all (`?userId=`, `?status=`), newest first.
-pub async fn list_orders(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+pub async fn list_orders(
+    orders: &dyn OrderRepository,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
     let actor = actor(&request)?;
     let mut errors = ValidationErrors::default();
     let limit = query_param(&request, "limit")
@@ -203,7 +209,7 @@ pub async fn list_orders(saga: &Saga, request: Request) -> Result<Response<Body>
         return Err(errors.into());
     };
     let page = usecases::list_orders(
-        saga,
+        orders,
         &actor,
         OrderQuery {
             user_id,

@@ -304,8 +304,13 @@ pub async fn place_order(
 }
 
 /// The order `id` if `actor` may see it (others' orders are [`OrderError::NotFound`]).
-pub async fn get_order(saga: &Saga, actor: &Actor, id: &OrderId) -> Result<Order, OrderError> {
-    saga.orders
+/// Reads only: the functions that serve it are granted reads only.
+pub async fn get_order(
+    orders: &dyn OrderRepository,
+    actor: &Actor,
+    id: &OrderId,
+) -> Result<Order, OrderError> {
+    orders
         .find_order(id)
         .await?
         .filter(|order| actor.may_see(order))
@@ -314,14 +319,14 @@ pub async fn get_order(saga: &Saga, actor: &Actor, id: &OrderId) -> Result<Order
 
 /// A page of orders: customers see only their own, whatever they ask for.
 pub async fn list_orders(
-    saga: &Saga,
+    orders: &dyn OrderRepository,
     actor: &Actor,
     mut query: OrderQuery,
 ) -> Result<OrderPage, OrderError> {
     if actor.driver == Driver::Customer {
         query.user_id = actor.user_id.clone();
     }
-    Ok(saga.orders.list_orders(&query).await?)
+    Ok(orders.list_orders(&query).await?)
 }
 
 /// Moves order `id` to `to` for `actor`: a conditional write on the current status and
@@ -336,7 +341,7 @@ pub async fn change_status(
     to: OrderStatus,
     reason: Option<&str>,
 ) -> Result<Order, OrderError> {
-    let order = get_order(saga, actor, id).await?;
+    let order = get_order(&*saga.orders, actor, id).await?;
     let next = transition(saga, actor, &order, to, reason).await?;
     Ok(next)
 }
@@ -385,7 +390,7 @@ async fn settle_pending(
 ) -> Result<OrderStatus, OrderError> {
     let system = Actor::system();
     for _ in 0..3 {
-        let order = get_order(saga, &system, id).await?;
+        let order = get_order(&*saga.orders, &system, id).await?;
         if order.status != OrderStatus::Pending {
             return Ok(order.status);
         }

@@ -1,6 +1,7 @@
 //! DynamoDB adapters for the repository traits, and the table definitions (read from the same
 //! `localstack/dynamodb/*.json` files the local stack creates tables from).
 
+pub mod iam;
 pub mod orders;
 pub mod products;
 pub mod schema;

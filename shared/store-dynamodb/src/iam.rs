@@ -1,0 +1,108 @@
+//! The IAM actions each repository calls, by role: what a function using it must be granted
+//! (`zx_app::permissions` maps a function's needs to these). `TransactWriteItems` is not an IAM
+//! action: each item is authorised as its own `PutItem`, `UpdateItem`, `DeleteItem`. A `Query`
+//! grant covers the table's indexes too. The test below reads this crate's source and fails
+//! when a module calls an action its lists do not name.
+
+pub const USERS_READ: &[&str] = &["dynamodb:GetItem"];
+pub const USERS_WRITE: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:DeleteItem",
+];
+
+pub const CATALOGUE_READ: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:Query",
+];
+pub const CATALOGUE_WRITE: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:Query",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+];
+/// Reservations: reserve, release, commit (products table).
+pub const INVENTORY: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+];
+
+pub const ORDERS_READ: &[&str] = &["dynamodb:GetItem", "dynamodb:Query"];
+pub const ORDERS_WRITE: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:Query",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+];
+/// Unsent messages are queried and deleted once sent (they are written with their order).
+pub const OUTBOX: &[&str] = &["dynamodb:Query", "dynamodb:DeleteItem"];
+
+/// The health check's `DescribeTable`.
+pub const HEALTH: &[&str] = &["dynamodb:DescribeTable"];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The IAM actions a module's source calls: client operations, and transaction items.
+    fn called(source: &str) -> BTreeSet<String> {
+        let flat: String = source.split_whitespace().collect();
+        let mut actions = BTreeSet::new();
+        for (pattern, action) in [
+            (".get_item()", "GetItem"),
+            (".batch_get_item()", "BatchGetItem"),
+            (".put_item()", "PutItem"),
+            (".update_item()", "UpdateItem"),
+            (".delete_item()", "DeleteItem"),
+            (".query()", "Query"),
+            (".scan()", "Scan"),
+            (".describe_table()", "DescribeTable"),
+            ("Put::builder()", "PutItem"),
+            ("Update::builder()", "UpdateItem"),
+            ("Delete::builder()", "DeleteItem"),
+            ("ConditionCheck::builder()", "ConditionCheckItem"),
+        ] {
+            if flat.contains(pattern) {
+                actions.insert(format!("dynamodb:{action}"));
+            }
+        }
+        actions
+    }
+
+    fn declared(lists: &[&[&str]]) -> BTreeSet<String> {
+        lists
+            .iter()
+            .flat_map(|l| l.iter().map(|a| (*a).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn every_call_in_a_repository_is_declared_and_every_declared_action_is_called() {
+        use super::*;
+        for (module, source, lists) in [
+            (
+                "users",
+                include_str!("users.rs"),
+                vec![USERS_READ, USERS_WRITE],
+            ),
+            (
+                "products",
+                include_str!("products.rs"),
+                vec![CATALOGUE_READ, CATALOGUE_WRITE, INVENTORY],
+            ),
+            (
+                "orders",
+                include_str!("orders.rs"),
+                vec![ORDERS_READ, ORDERS_WRITE, OUTBOX],
+            ),
+            ("lib", include_str!("lib.rs"), vec![HEALTH]),
+        ] {
+            // Only the code: the unit tests below a module do not run in a function.
+            let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+            assert_eq!(called(code), declared(&lists), "{module}.rs");
+        }
+    }
+}
