@@ -153,7 +153,7 @@ start_localstack() {
   install_localstack
   mkdir -p "$STATE"
   log "localstack: starting (log: $STATE/localstack.log)"
-  (ls_env; cd "$STATE" && exec setsid "$LS/venv/bin/python" -m localstack.runtime.main \
+  (ls_env; cd "$STATE" && exec setsid "$LS/venv/bin/python" "$ROOT/localstack/keepalive.py" \
       > "$STATE/localstack.log" 2>&1 < /dev/null) &
   echo $! > "$STATE/localstack.pid"
   mark_started localstack

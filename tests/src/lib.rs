@@ -731,7 +731,7 @@ impl LogCapture {
         let _already_installed = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
             .with_writer(move || writer.clone())
             .try_init();
         capture

@@ -2277,6 +2277,7 @@ fn template_crates_builders_and_events_agree() {
     // binary -> event types
     let mut functions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut routes: Vec<(String, String)> = Vec::new();
+    let mut routes_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (name, resource) in template["Resources"].as_mapping().unwrap() {
         if resource["Type"] != "AWS::Serverless::Function" {
             continue;
@@ -2293,10 +2294,15 @@ fn template_crates_builders_and_events_agree() {
         {
             let kind = event["Type"].as_str().unwrap().to_owned();
             if kind == "HttpApi" {
-                routes.push((
+                let route = (
                     event["Properties"]["Method"].as_str().unwrap().to_owned(),
                     event["Properties"]["Path"].as_str().unwrap().to_owned(),
-                ));
+                );
+                routes_of
+                    .entry(binary.clone())
+                    .or_default()
+                    .insert(format!("{} {}", route.0, route.1));
+                routes.push(route);
             }
             kinds.insert(kind);
         }
@@ -2350,6 +2356,23 @@ fn template_crates_builders_and_events_agree() {
         .collect();
     for binary in functions.keys() {
         assert!(events.contains(binary), "{binary} has no sample event");
+    }
+    // Each HTTP function's sample events are requests for one of its own routes (and the
+    // sample-events test shows its handler serves them).
+    for entry in std::fs::read_dir(root.join("events")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let binary = name.split('.').next().unwrap();
+        let Some(own) = routes_of.get(binary) else {
+            continue;
+        };
+        let event: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let route_key = event["routeKey"].as_str().unwrap_or_default();
+        assert!(
+            own.contains(route_key),
+            "{name}: routeKey {route_key:?} is not a route of {binary} ({own:?})"
+        );
     }
 }
 

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod functions;
 pub mod health;
 pub mod permissions;
+pub mod unwired;
 pub mod wiring;
 pub mod workers;
 

@@ -16,6 +16,7 @@ use zx_domain::{
 use zx_store_dynamodb::{DynamoOrderRepository, DynamoProductRepository, DynamoUserRepository};
 
 use crate::health::{CacheCheck, DynamoCheck, HealthCheck};
+use crate::unwired::Unwired;
 use crate::{Config, ConfigError, StoreKind};
 
 /// The repositories a function was built with, and health checks for every configured store.
@@ -110,19 +111,6 @@ impl Needs {
         cache: true,
         health: true,
     };
-    /// The saga's dependencies, for a function that sends to `sends`.
-    pub const fn saga(sends: Sends) -> Needs {
-        Needs {
-            products: Use::Read,
-            inventory: Use::Write,
-            orders: Use::Write,
-            outbox: Use::Write,
-            sends,
-            cache: true,
-            ..Needs::NONE
-        }
-    }
-
     /// The constructors these needs select, chosen at compile time when used in a `const`.
     pub const fn wiring(self) -> Wiring {
         Wiring {
@@ -208,7 +196,7 @@ pub struct Wiring {
     inventory: fn(&Backend) -> Option<Arc<dyn InventoryRepository>>,
     orders: fn(&Backend) -> Option<Arc<dyn OrderRepository>>,
     outbox: fn(&Backend) -> Option<Arc<dyn Outbox>>,
-    sender: fn(&Config, &aws_config::SdkConfig) -> Option<Arc<dyn MessageSender>>,
+    sender: fn(&Config, &aws_config::SdkConfig, Sends) -> Option<Arc<dyn MessageSender>>,
     checks: fn(&Backend) -> Vec<Arc<dyn HealthCheck>>,
 }
 
@@ -270,7 +258,11 @@ mod wire {
         None
     }
 
-    pub fn no_sender(_: &Config, _: &aws_config::SdkConfig) -> Option<Arc<dyn MessageSender>> {
+    pub fn no_sender(
+        _: &Config,
+        _: &aws_config::SdkConfig,
+        _: Sends,
+    ) -> Option<Arc<dyn MessageSender>> {
         None
     }
 
@@ -345,12 +337,16 @@ mod wire {
         )
     }
 
-    pub fn sender(config: &Config, aws: &aws_config::SdkConfig) -> Option<Arc<dyn MessageSender>> {
+    pub fn sender(
+        config: &Config,
+        aws: &aws_config::SdkConfig,
+        sends: Sends,
+    ) -> Option<Arc<dyn MessageSender>> {
         config.destinations.clone().map(|destinations| {
             // Every send bounded like a store call: a destination that does not answer fails
             // the send (the message stays in the outbox), never the Lambda timeout.
             let timeouts = sdk_timeouts(config);
-            Arc::new(zx_messaging::AwsSender::new(
+            let inner = Arc::new(zx_messaging::AwsSender::new(
                 aws_sdk_sqs::Client::from_conf(
                     aws_sdk_sqs::config::Builder::from(aws)
                         .timeout_config(timeouts.clone())
@@ -362,7 +358,8 @@ mod wire {
                         .build(),
                 ),
                 destinations,
-            )) as Arc<dyn MessageSender>
+            ));
+            Arc::new(crate::unwired::RestrictedSender { inner, sends }) as Arc<dyn MessageSender>
         })
     }
 
@@ -392,7 +389,30 @@ mod wire {
     }
 }
 
-/// Loads the AWS configuration (region, credentials chain, `AWS_ENDPOINT_URL*`) once.
+/// The AWS configuration of a function on Lambda, built without I/O: region and credentials
+/// from the variables Lambda sets (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`), and `AWS_ENDPOINT_URL` for the local stack. Not the SDK's default
+/// chain: profiles, SSO, STS web identity, IMDS and ECS never apply on Lambda, and linking them
+/// costs every function an STS client and ~1 MB (see docs/benchmarks.md), and a cold start a
+/// look for profile files. Operators' tools use [`aws_config`].
+pub fn lambda_aws_config() -> aws_config::SdkConfig {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let mut builder = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+        ));
+    if let Some(region) = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")) {
+        builder = builder.region(aws_config::Region::new(region));
+    }
+    if let Some(url) = var("AWS_ENDPOINT_URL") {
+        builder = builder.endpoint_url(url);
+    }
+    builder.build()
+}
+
+/// Loads the AWS configuration with the SDK's default chain (profiles, SSO, ...): for
+/// operators' tools (`zx-admin`) and tests, not for functions.
 pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
@@ -541,7 +561,7 @@ impl Services {
                 ttl: config.cache_ttl,
                 index_lag: config.index_lag,
             },
-            sender: (wiring.sender)(config, aws),
+            sender: (wiring.sender)(config, aws, wiring.needs.sends),
             destinations: config.destinations.clone(),
             saga: config.saga,
         })
@@ -549,11 +569,27 @@ impl Services {
 
     /// The saga's use cases' dependencies, for the functions that place or move orders.
     pub fn saga(&self) -> Result<zx_orders::Saga, ConfigError> {
+        // What the function does not use is a stand-in that refuses (crate::unwired).
         Ok(zx_orders::Saga {
-            orders: self.stores.orders()?,
-            outbox: self.stores.outbox()?,
-            catalogue: self.stores.products()?,
-            inventory: self.stores.inventory()?,
+            orders: self
+                .stores
+                .orders
+                .clone()
+                .unwrap_or_else(|| Arc::new(Unwired("orders"))),
+            outbox: self
+                .stores
+                .outbox
+                .clone()
+                .unwrap_or_else(|| Arc::new(Unwired("outbox"))),
+            catalogue: match &self.stores.products {
+                Some(products) => products.clone(),
+                None => Arc::new(Unwired("products")),
+            },
+            inventory: self
+                .stores
+                .inventory
+                .clone()
+                .unwrap_or_else(|| Arc::new(Unwired("inventory"))),
             sender: self
                 .sender
                 .clone()
@@ -563,6 +599,43 @@ impl Services {
                 .map(|cache| Arc::new(cache) as Arc<dyn zx_orders::StaleViews>),
             settings: self.saga,
         })
+    }
+
+    /// These services cut down to `needs`, as one function's cold start would build them:
+    /// the local gateway runs every function through this, so a function that uses what it
+    /// does not declare fails in the end-to-end tests (it would lack the IAM grant on AWS).
+    pub fn restricted(&self, needs: &Needs) -> Services {
+        fn keep<T: ?Sized>(store: &Option<Arc<T>>, usage: Use) -> Option<Arc<T>> {
+            store.clone().filter(|_| usage.any())
+        }
+        let mut services = self.clone();
+        services.stores = Stores {
+            users: keep(&self.stores.users, needs.users),
+            products: keep(&self.stores.products, needs.products),
+            inventory: keep(&self.stores.inventory, needs.inventory),
+            orders: keep(&self.stores.orders, needs.orders),
+            outbox: keep(&self.stores.outbox, needs.outbox),
+            checks: if needs.health {
+                self.stores.checks.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        if !needs.cache {
+            services.cache = None;
+            services.limits.limiter = None;
+        }
+        services.sender = self
+            .sender
+            .clone()
+            .filter(|_| needs.sends.any())
+            .map(|inner| {
+                Arc::new(crate::unwired::RestrictedSender {
+                    inner,
+                    sends: needs.sends,
+                }) as Arc<dyn MessageSender>
+            });
+        services
     }
 
     /// The token issuer, for the function that signs tokens.
@@ -603,7 +676,7 @@ impl Services {
 pub async fn start(wiring: &Wiring) -> Result<Services, ConfigError> {
     zx_http::init_tracing();
     let built = match Config::from_env() {
-        Ok(config) => Services::build_wired(&config, &aws_config().await, wiring).await,
+        Ok(config) => Services::build_wired(&config, &lambda_aws_config(), wiring).await,
         Err(error) => Err(error),
     };
     if let Err(error) = &built {

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use zx_orders::usecases::RelayReport;
 use zx_orders::workers::{QueueMessage, Worker};
 
-use crate::wiring::{Needs, Sends, Wiring};
+use crate::wiring::{Needs, Sends, Use, Wiring};
 use crate::{ConfigError, Services};
 
 /// An SQS-triggered function: a batch in, the records that failed out.
@@ -38,23 +38,39 @@ pub struct SqsFunction {
 pub const INVENTORY_WORKER: SqsFunction = SqsFunction {
     name: "inventory-worker",
     build: inventory_worker,
-    wiring: Needs::saga(Sends {
-        order_queue: true,
-        ..Sends::NONE
-    })
+    // Reserves, releases and commits stock, answers on the order queue directly (no outbox),
+    // and marks the products' cached views stale.
+    wiring: Needs {
+        inventory: Use::Write,
+        sends: Sends {
+            order_queue: true,
+            ..Sends::NONE
+        },
+        cache: true,
+        ..Needs::NONE
+    }
     .wiring(),
 };
 pub const ORDER_WORKER: SqsFunction = SqsFunction {
     name: "order-worker",
     build: order_worker,
-    wiring: Needs::saga(Sends::ORDER_MOVES).wiring(),
+    wiring: ORDER_MOVES.wiring(),
 };
 
 /// Every SQS-triggered function.
 pub const SQS_FUNCTIONS: &[SqsFunction] = &[INVENTORY_WORKER, ORDER_WORKER];
 
 /// What the relay's cold start builds.
-pub const OUTBOX_RELAY: Wiring = Needs::saga(Sends::ALL).wiring();
+/// Moving orders without a client: the order worker's transitions and the relay's expiry and
+/// resends (no message on the order queue ever goes through the outbox).
+const ORDER_MOVES: Needs = Needs {
+    orders: Use::Write,
+    outbox: Use::Write,
+    sends: Sends::ORDER_MOVES,
+    ..Needs::NONE
+};
+
+pub const OUTBOX_RELAY: Wiring = ORDER_MOVES.wiring();
 
 fn worker(services: &Services, worker: Worker) -> Result<SqsHandler, ConfigError> {
     let saga = Arc::new(services.saga()?);
