@@ -1,7 +1,8 @@
 //! Lambda function `inventory-worker`: the inventory queue's consumer (reserve, release), triggered by SQS with partial batch responses.
 //! Its handler is built by `zx_app::workers::inventory_worker`, which the local gateway calls too.
 
-#[tokio::main]
+// One invocation at a time per instance: one thread, no worker pool to start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     zx_app::run_sqs(&zx_app::workers::INVENTORY_WORKER).await
 }

@@ -1,7 +1,8 @@
 //! Lambda function `order-worker`: the order queue's consumer (confirm, cancel), triggered by SQS with partial batch responses.
 //! Its handler is built by `zx_app::workers::order_worker`, which the local gateway calls too.
 
-#[tokio::main]
+// One invocation at a time per instance: one thread, no worker pool to start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     zx_app::run_sqs(&zx_app::workers::ORDER_WORKER).await
 }

@@ -1,7 +1,8 @@
 //! Lambda function `orders-create`: POST /api/v1/orders.
 //! Its handler is built by `zx_app::functions::orders_create` (wiring: `zx_app::functions::ORDERS_CREATE`), which the local gateway calls too.
 
-#[tokio::main]
+// One invocation at a time per instance: one thread, no worker pool to start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     zx_app::run_http(&zx_app::functions::ORDERS_CREATE).await
 }

@@ -1,7 +1,8 @@
 //! Lambda function `orders-update-status`: PATCH /api/v1/orders/{id}/status.
 //! Its handler is built by `zx_app::functions::orders_update_status` (wiring: `zx_app::functions::ORDERS_UPDATE_STATUS`), which the local gateway calls too.
 
-#[tokio::main]
+// One invocation at a time per instance: one thread, no worker pool to start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     zx_app::run_http(&zx_app::functions::ORDERS_UPDATE_STATUS).await
 }

@@ -1,7 +1,8 @@
 //! Lambda function `stock-get`: GET /api/v1/stock/{productId}.
 //! Its handler is built by `zx_app::functions::stock_get` (wiring: `zx_app::functions::STOCK_GET`), which the local gateway calls too.
 
-#[tokio::main]
+// One invocation at a time per instance: one thread, no worker pool to start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     zx_app::run_http(&zx_app::functions::STOCK_GET).await
 }

@@ -1,7 +1,8 @@
 //! Lambda function `users-login`: POST /api/v1/users/login.
 //! Its handler is built by `zx_app::functions::users_login` (wiring: `zx_app::functions::USERS_LOGIN`), which the local gateway calls too.
 
-#[tokio::main]
+// One invocation at a time per instance: one thread, no worker pool to start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     zx_app::run_http(&zx_app::functions::USERS_LOGIN).await
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod discovery;
 pub mod functions;
 pub mod health;
+pub mod http_client;
 pub mod permissions;
 pub mod unwired;
 pub mod wiring;

@@ -212,7 +212,11 @@ impl Backend {
     /// The backend of `config.store`: a DynamoDB client, or a lazy Postgres pool (one pool
     /// serves every schema: at most `PG_MAX_CONNECTIONS` per instance). With DynamoDB as the
     /// store, a configured `DATABASE_URL` is still checked by health.
-    pub fn new(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: &Config,
+        aws: &aws_config::SdkConfig,
+        needs: &Needs,
+    ) -> Result<Self, ConfigError> {
         #[cfg(feature = "postgres")]
         let pool = config
             .database_url
@@ -226,8 +230,16 @@ impl Backend {
                 })
             })
             .transpose()?;
+        // A function without stores or health checks (users-validate) builds no client.
+        let uses_a_store = needs.users.any()
+            || needs.products.any()
+            || needs.inventory.any()
+            || needs.orders.any()
+            || needs.outbox.any()
+            || needs.health;
         let dynamodb = match config.store {
-            StoreKind::DynamoDb => Some(dynamodb_client(config, aws)),
+            StoreKind::DynamoDb if uses_a_store => Some(dynamodb_client(config, aws)),
+            StoreKind::DynamoDb => None,
             #[cfg(feature = "postgres")]
             StoreKind::Postgres if pool.is_some() => None,
             #[cfg(feature = "postgres")]
@@ -399,6 +411,7 @@ pub fn lambda_aws_config() -> aws_config::SdkConfig {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let mut builder = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
+        .http_client(crate::http_client::LazyTlsClient::shared())
         .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
             aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
         ));
@@ -443,7 +456,7 @@ pub fn build_stores(
     aws: &aws_config::SdkConfig,
     wiring: &Wiring,
 ) -> Result<Stores, ConfigError> {
-    let backend = Backend::new(config, aws)?;
+    let backend = Backend::new(config, aws, &wiring.needs)?;
     Ok(Stores {
         users: (wiring.users)(&backend),
         products: (wiring.products)(&backend),
