@@ -100,8 +100,40 @@ def create_topics():
         print(f"topic {arn} -> queue {prefix + topic['subscriberQueue']}: ready")
 
 
+def delete_prefixed():
+    """Deletes what a prefixed run created (ZX_TABLE_PREFIX / ZX_QUEUE_PREFIX must be set):
+    the benchmark's own copies of the tables, queues and topic."""
+    table_prefix = os.environ.get("ZX_TABLE_PREFIX", "")
+    queue_prefix = os.environ.get("ZX_QUEUE_PREFIX", "")
+    if not table_prefix or not queue_prefix:
+        sys.exit("--delete needs ZX_TABLE_PREFIX and ZX_QUEUE_PREFIX (it never deletes the shop's own)")
+    ddb, sqs, sns = client("dynamodb"), client("sqs"), client("sns")
+    for path in sorted((HERE / "dynamodb").glob("*.json")):
+        name = table_prefix + json.loads(path.read_text())["TableName"]
+        try:
+            ddb.delete_table(TableName=name)
+        except ClientError:
+            pass
+    spec = json.loads((HERE / "sqs" / "queues.json").read_text())
+    names = [q[k] for q in spec["queues"] for k in ("name", "deadLetterQueue")]
+    names += [t["subscriberQueue"] for t in spec.get("topics", [])]
+    for name in names:
+        try:
+            sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=queue_prefix + name)["QueueUrl"])
+        except ClientError:
+            pass
+    for topic in spec.get("topics", []):
+        for existing in sns.list_topics().get("Topics", []):
+            if existing["TopicArn"].endswith(":" + queue_prefix + topic["name"]):
+                sns.delete_topic(TopicArn=existing["TopicArn"])
+    print(f"deleted the tables, queues and topic prefixed {table_prefix!r} / {queue_prefix!r}")
+
+
 # Runs on import too: LocalStack's ready hooks execute the file, whatever its __name__.
-create_tables()
-create_queues()
-create_topics()
+if "--delete" in sys.argv:
+    delete_prefixed()
+else:
+    create_tables()
+    create_queues()
+    create_topics()
 sys.stdout.flush()

@@ -2615,3 +2615,22 @@ async fn every_function_starts_with_the_environment_the_template_sets() {
     }
     assert_eq!(started, zx_app::permissions::functions().len());
 }
+
+/// The functions' own AWS configuration (Lambda's environment variables only, TLS set up on
+/// the first https request) reaches the local stack over plain HTTP.
+#[tokio::test]
+async fn the_functions_aws_configuration_calls_the_local_stack() {
+    let aws = zx_app::wiring::lambda_aws_config();
+    assert!(
+        aws.endpoint_url().is_some(),
+        "AWS_ENDPOINT_URL is set by the test command"
+    );
+    let client = aws_sdk_dynamodb::Client::new(&aws);
+    let tables = client.list_tables().send().await.unwrap();
+    // scripts/stack.sh up creates the shop's tables.
+    assert!(
+        tables.table_names().iter().any(|t| t == "zhixuan-users"),
+        "{:?}",
+        tables.table_names()
+    );
+}
