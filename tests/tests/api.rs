@@ -2418,8 +2418,11 @@ fn logical_resource(value: &serde_yaml::Value) -> String {
 }
 
 /// Every IAM action a function's code calls is granted to it, on the resources it uses, and
-/// nothing else: the template's policies equal what `zx_app::permissions` derives from the
-/// function's declared needs (whose adapters' actions are checked against their source).
+/// nothing else. The chain: each adapter's declared actions equal the calls in its source
+/// (`zx_store_dynamodb::iam`, `zx_messaging`); a function reaches only the stores and
+/// destinations its `Needs` declare (the local gateway runs every end-to-end test through
+/// `Services::restricted`, where anything else refuses); and here, the template's policies
+/// equal what `zx_app::permissions` derives from those needs.
 #[test]
 fn every_function_is_granted_exactly_the_actions_its_code_calls() {
     let template = template();

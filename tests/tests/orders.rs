@@ -596,11 +596,14 @@ async fn orders_survive_an_sqs_outage(store: Store) {
     }
     let report = shop.workers.run_relay().await.unwrap();
     assert_eq!((report.relayed, report.failed), (2, 0));
+    // The stale order whose messages were stuck is not expired: the run defers it (or, when
+    // the pollers confirmed it between the run's sends and its expiry step, it is no longer
+    // pending: a race the load of the machine decides, seen under a parallel release build).
     assert_eq!(
-        (report.expired, report.expiry_deferred),
-        (0, 1),
+        report.expired, 0,
         "the stale order whose messages were stuck gets time first"
     );
+    assert!(report.expiry_deferred <= 1, "{report:?}");
     shop.wait_for(&id, &token, "confirmed").await;
     shop.drain().await;
     assert_eq!(shop.stock(&product).await, (3, 2));

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use zx_domain::{
-    Commit, Destination, IdempotencyKey, IdempotencyRecord, InventoryRepository, MessageSender,
-    Order, OrderCreation, OrderId, OrderPage, OrderQuery, OrderRepository, Outbox, OutboxMessage,
-    Page, Product, ProductId, ProductQuery, ProductReader, Release, RepositoryError, Reservation,
-    ReserveLine, Timestamp, UserId,
+    Commit, Destination, Email, IdempotencyKey, IdempotencyRecord, InventoryRepository,
+    MessageSender, Order, OrderCreation, OrderId, OrderPage, OrderQuery, OrderRepository, Outbox,
+    OutboxMessage, Page, Product, ProductId, ProductQuery, ProductReader, ProductRepository,
+    ProductWriter, Release, RepositoryError, Reservation, ReserveLine, Stock, StockChange,
+    StockChangeId, StockWriter, Timestamp, User, UserId, UserReader, UserRepository, UserWriter,
 };
 
 use crate::wiring::Sends;
@@ -139,6 +140,135 @@ impl MessageSender for RestrictedSender {
     }
 }
 
+/// A store a function declares it only reads (`Use::Read`): reads pass, writes refuse, as the
+/// function's read-only IAM grant would on AWS.
+pub struct ReadOnly<T: ?Sized>(pub Arc<T>);
+
+fn read_only<T>(store: &'static str) -> Result<T, RepositoryError> {
+    Err(RepositoryError::Failed {
+        operation: store,
+        source: format!("this function only reads the {store} store").into(),
+    })
+}
+
+#[async_trait]
+impl UserReader for ReadOnly<dyn UserRepository> {
+    async fn find_by_id(&self, id: &UserId) -> Result<Option<User>, RepositoryError> {
+        self.0.find_by_id(id).await
+    }
+    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepositoryError> {
+        self.0.find_by_email(email).await
+    }
+}
+
+#[async_trait]
+impl UserWriter for ReadOnly<dyn UserRepository> {
+    async fn create(&self, _: &User) -> Result<(), RepositoryError> {
+        read_only("users")
+    }
+    async fn update(&self, _: &User, _: &User) -> Result<(), RepositoryError> {
+        read_only("users")
+    }
+}
+
+#[async_trait]
+impl ProductReader for ReadOnly<dyn ProductRepository> {
+    async fn find_product(&self, id: &ProductId) -> Result<Option<Product>, RepositoryError> {
+        self.0.find_product(id).await
+    }
+    async fn find_products(&self, ids: &[ProductId]) -> Result<Vec<Product>, RepositoryError> {
+        self.0.find_products(ids).await
+    }
+    async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, RepositoryError> {
+        self.0.list_products(query).await
+    }
+}
+
+#[async_trait]
+impl ProductWriter for ReadOnly<dyn ProductRepository> {
+    async fn create_product(&self, _: &Product) -> Result<(), RepositoryError> {
+        read_only("products")
+    }
+    async fn update_product(&self, _: &Product, _: &Product) -> Result<(), RepositoryError> {
+        read_only("products")
+    }
+}
+
+#[async_trait]
+impl StockWriter for ReadOnly<dyn ProductRepository> {
+    async fn change_stock(
+        &self,
+        _: &ProductId,
+        _: StockChange,
+        _: &StockChangeId,
+    ) -> Result<Stock, RepositoryError> {
+        read_only("products")
+    }
+}
+
+#[async_trait]
+impl OrderRepository for ReadOnly<dyn OrderRepository> {
+    async fn find_order(&self, id: &OrderId) -> Result<Option<Order>, RepositoryError> {
+        self.0.find_order(id).await
+    }
+    async fn list_orders(&self, query: &OrderQuery) -> Result<OrderPage, RepositoryError> {
+        self.0.list_orders(query).await
+    }
+    async fn find_idempotency(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, RepositoryError> {
+        self.0.find_idempotency(user, key).await
+    }
+    async fn create_order(
+        &self,
+        _: &Order,
+        _: &IdempotencyRecord,
+        _: &[OutboxMessage],
+    ) -> Result<OrderCreation, RepositoryError> {
+        read_only("orders")
+    }
+    async fn update_order(
+        &self,
+        _: &Order,
+        _: &Order,
+        _: &[OutboxMessage],
+    ) -> Result<(), RepositoryError> {
+        read_only("orders")
+    }
+    async fn stale_pending(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Order>, RepositoryError> {
+        self.0.stale_pending(cutoff, limit).await
+    }
+}
+
+/// The stores as `needs` declares them: those only read are wrapped in [`ReadOnly`].
+pub fn read_only_where_declared(stores: &mut crate::Stores, needs: &crate::wiring::Needs) {
+    use crate::wiring::Use;
+    if needs.users == Use::Read {
+        stores.users = stores
+            .users
+            .take()
+            .map(|s| Arc::new(ReadOnly(s)) as Arc<dyn UserRepository>);
+    }
+    if needs.products == Use::Read {
+        stores.products = stores
+            .products
+            .take()
+            .map(|s| Arc::new(ReadOnly(s)) as Arc<dyn ProductRepository>);
+    }
+    if needs.orders == Use::Read {
+        stores.orders = stores
+            .orders
+            .take()
+            .map(|s| Arc::new(ReadOnly(s)) as Arc<dyn OrderRepository>);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +294,11 @@ mod tests {
             ..Sends::NONE
         };
         assert!(RestrictedSender::allows(sends, Destination::OrderQueue));
+        let refused = read_only::<()>("users").unwrap_err();
+        assert_eq!(
+            zx_domain::cause_chain(&refused),
+            "users failed: this function only reads the users store"
+        );
         assert!(!RestrictedSender::allows(
             sends,
             Destination::InventoryQueue

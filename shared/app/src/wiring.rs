@@ -457,14 +457,16 @@ pub fn build_stores(
     wiring: &Wiring,
 ) -> Result<Stores, ConfigError> {
     let backend = Backend::new(config, aws, &wiring.needs)?;
-    Ok(Stores {
+    let mut stores = Stores {
         users: (wiring.users)(&backend),
         products: (wiring.products)(&backend),
         inventory: (wiring.inventory)(&backend),
         orders: (wiring.orders)(&backend),
         outbox: (wiring.outbox)(&backend),
         checks: (wiring.checks)(&backend),
-    })
+    };
+    crate::unwired::read_only_where_declared(&mut stores, &wiring.needs);
+    Ok(stores)
 }
 
 /// The cache: at `CACHE_URL`, or else at the endpoint of the ElastiCache named `CACHE_NAME`
@@ -634,6 +636,7 @@ impl Services {
                 Vec::new()
             },
         };
+        crate::unwired::read_only_where_declared(&mut services.stores, needs);
         if !needs.cache {
             services.cache = None;
             services.limits.limiter = None;
