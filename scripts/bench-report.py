@@ -337,9 +337,12 @@ def profile(env, event, count):
         p.runtime.invoke(event)
         for _ in range(20):
             p.runtime.invoke(event)
+        data.unlink(missing_ok=True)
         rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-o", str(data),
                                 "-p", str(p.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)  # perf attaches asynchronously; a missed first moment only loses samples
+        deadline = time.monotonic() + 10  # perf attaches asynchronously: wait for its file
+        while not (data.exists() and data.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for _ in range(count):
             p.runtime.invoke(event)
         rec.send_signal(2)

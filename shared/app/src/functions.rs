@@ -248,8 +248,30 @@ where
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
     let users = services.stores.users()?;
-    Ok(edge(services, Access::Authenticated, Group::Users)?
-        .wrap(move |request| handler(users.clone(), request)))
+    serve(
+        services,
+        Access::Authenticated,
+        Group::Users,
+        users,
+        handler,
+    )
+}
+
+/// `handler` behind the edge for (`access`, `group`), given its own clone of `state` per
+/// request: what every function's builder comes down to.
+fn serve<S, F, Fut>(
+    services: &Services,
+    access: Access,
+    group: Group,
+    state: S,
+    handler: F,
+) -> Result<HttpHandler, ConfigError>
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
+{
+    Ok(edge(services, access, group)?.wrap(move |request| handler(state.clone(), request)))
 }
 
 pub fn users_me(services: &Services) -> Result<HttpHandler, ConfigError> {
@@ -287,9 +309,14 @@ where
         + 'static,
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
-    let (products, cache) = (services.stores.products()?, services.catalogue_cache());
-    Ok(edge(services, access, Group::Products)?
-        .wrap(move |request| handler(products.clone(), cache.clone(), request)))
+    let state = (services.stores.products()?, services.catalogue_cache());
+    serve(
+        services,
+        access,
+        Group::Products,
+        state,
+        move |(products, cache), request| handler(products, cache, request),
+    )
 }
 
 /// A catalogue function whose handler takes (products, cache, request).
@@ -345,8 +372,13 @@ where
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
     let saga = Arc::new(services.saga()?);
-    Ok(edge(services, Access::Authenticated, Group::Orders)?
-        .wrap(move |request| handler(saga.clone(), request)))
+    serve(
+        services,
+        Access::Authenticated,
+        Group::Orders,
+        saga,
+        handler,
+    )
 }
 
 /// An orders function whose handler takes (saga, request).
@@ -370,8 +402,13 @@ where
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
     let orders = services.stores.orders()?;
-    Ok(edge(services, Access::Authenticated, Group::Orders)?
-        .wrap(move |request| handler(orders.clone(), request)))
+    serve(
+        services,
+        Access::Authenticated,
+        Group::Orders,
+        orders,
+        handler,
+    )
 }
 
 /// `GET /orders/{id}`

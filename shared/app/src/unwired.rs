@@ -117,6 +117,11 @@ pub struct RestrictedSender {
 }
 
 impl RestrictedSender {
+    /// `inner`, limited to `sends`.
+    pub fn wrap(inner: Arc<dyn MessageSender>, sends: Sends) -> Arc<dyn MessageSender> {
+        Arc::new(Self { inner, sends })
+    }
+
     pub fn allows(sends: Sends, destination: Destination) -> bool {
         match destination {
             Destination::InventoryQueue => sends.inventory_queue,

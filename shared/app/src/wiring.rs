@@ -371,7 +371,7 @@ mod wire {
                 ),
                 destinations,
             ));
-            Arc::new(crate::unwired::RestrictedSender { inner, sends }) as Arc<dyn MessageSender>
+            crate::unwired::RestrictedSender::wrap(inner, sends)
         })
     }
 
@@ -645,12 +645,7 @@ impl Services {
             .sender
             .clone()
             .filter(|_| needs.sends.any())
-            .map(|inner| {
-                Arc::new(crate::unwired::RestrictedSender {
-                    inner,
-                    sends: needs.sends,
-                }) as Arc<dyn MessageSender>
-            });
+            .map(|inner| crate::unwired::RestrictedSender::wrap(inner, needs.sends));
         services
     }
 
