@@ -18,6 +18,7 @@ USER_ID = "0192f0c4-6a8e-7b3c-9d2e-1f4a5b6c7d8e"
 PRODUCT_ID = "0192f0c4-7000-7abc-8def-0123456789ab"
 ORDER_ID = "0192f0c4-8000-7abc-8def-0123456789ab"
 CANCEL_ORDER_ID = "0192f0c4-8001-7abc-8def-0123456789ab"
+SAMPLE_REFRESH_TOKEN = "7a0c2d4e-1b3f-4c5d-8e6f-0a1b2c3d4e5f.REPLACE-WITH-refreshToken-FROM-users-loginx"
 TOKEN_HEADER = {"authorization": "Bearer REPLACE-WITH-A-TOKEN-FROM-POST-api-v1-users-login"}
 
 
@@ -53,6 +54,12 @@ EVENTS = {
         body=json.dumps({"username": "x", "email": "not-an-email", "password": "p" * 73})),
     "users-login": event("POST", "/api/v1/users/login", "/api/v1/users/login",
         body=json.dumps({"email": "li.wei@example.com", "password": "correct horse 1"})),
+    # A refresh token of the right form that names no session: 401 as it is; put the
+    # refreshToken of a login there to refresh (or end) that session.
+    "users-refresh": event("POST", "/api/v1/users/refresh", "/api/v1/users/refresh",
+        body=json.dumps({"refreshToken": SAMPLE_REFRESH_TOKEN})),
+    "users-logout": event("POST", "/api/v1/users/logout", "/api/v1/users/logout",
+        body=json.dumps({"refreshToken": SAMPLE_REFRESH_TOKEN})),
     "users-validate": event("GET", "/api/v1/users/validate", "/api/v1/users/validate",
         headers=TOKEN_HEADER),
     "users-me": event("GET", "/api/v1/users/me", "/api/v1/users/me", headers=TOKEN_HEADER),

@@ -39,6 +39,7 @@ async fn main() {
         issuer: "zhixuan".into(),
         audience: "zhixuan-api".into(),
         ttl: Duration::from_secs(3600),
+        refresh_ttl: Duration::from_secs(86_400),
     };
     let key = SigningKey::generate().expect("key");
     let verifier = Arc::new(TokenVerifier::new(

@@ -211,7 +211,16 @@ impl OrderBackend {
 /// One isolated repository backend, removed by [`Backend::cleanup`].
 pub struct Backend {
     pub users: Arc<dyn UserRepository>,
+    /// The same store's users and its sessions.
+    pub sessions: SessionStores,
     cleanup: Cleanup,
+}
+
+/// Users and sessions of one backend (a session's rotation checks its user).
+#[derive(Clone)]
+pub struct SessionStores {
+    pub users: Arc<dyn UserRepository>,
+    pub sessions: Arc<dyn zx_domain::SessionRepository>,
 }
 
 enum Cleanup {
@@ -223,16 +232,35 @@ impl Backend {
     pub async fn dynamodb() -> Self {
         let client = aws_sdk_dynamodb::Client::new(&aws_config_for(&aws_endpoint()).await);
         let table = create_users_table(&client).await;
+        let users: Arc<dyn UserRepository> =
+            Arc::new(DynamoUserRepository::new(client.clone(), table.clone()));
+        let sessions = Arc::new(zx_store_dynamodb::DynamoSessionRepository::new(
+            client.clone(),
+            table.clone(),
+        ));
         Self {
-            users: Arc::new(DynamoUserRepository::new(client.clone(), table.clone())),
+            sessions: SessionStores {
+                users: users.clone(),
+                sessions,
+            },
+            users,
             cleanup: Cleanup::Table(client, table),
         }
     }
 
     pub async fn postgres() -> Self {
         let (schema, pool) = create_users_schema().await;
+        let users: Arc<dyn UserRepository> = Arc::new(PgUserRepository::new(pool.clone(), &schema));
+        let sessions = Arc::new(zx_store_postgres::PgSessionRepository::new(
+            pool.clone(),
+            &schema,
+        ));
         Self {
-            users: Arc::new(PgUserRepository::new(pool.clone(), &schema)),
+            sessions: SessionStores {
+                users: users.clone(),
+                sessions,
+            },
+            users,
             cleanup: Cleanup::Schema(pool, schema),
         }
     }

@@ -151,7 +151,9 @@ async fn user_journey(store: Store) {
     assert_eq!(response.headers()["cache-control"], "no-store");
     let login: Value = response.json().await.unwrap();
     assert_eq!(login["user"]["userId"], id.as_str());
-    assert_eq!(login["expiresIn"], 86_400);
+    // Access tokens are short (15 minutes by default); the refresh token continues the session.
+    assert_eq!(login["expiresIn"], 900);
+    assert_eq!(login["refreshExpiresIn"], 7 * 86_400);
     let token = login["token"].as_str().unwrap().to_owned();
     // validate
     let response = api.get("/api/v1/users/validate", &token).await;
@@ -692,6 +694,8 @@ async fn sample_events_run_through_their_handlers() {
         ("users-register.json", None, 201),
         ("users-register.invalid.json", None, 400),
         ("users-login.json", None, 200),
+        ("users-refresh.json", None, 401),
+        ("users-logout.json", None, 204),
         ("users-validate.json", Some(Role::Customer), 200),
         ("users-me.json", Some(Role::Customer), 200),
         ("users-get.json", Some(Role::Customer), 200),
@@ -2036,7 +2040,7 @@ async fn login_costs_the_same_whether_or_not_the_email_exists() {
 }
 
 #[test]
-fn the_template_has_no_authorizer_and_only_users_login_reads_the_private_key() {
+fn the_template_has_no_authorizer_and_only_the_token_issuers_read_the_private_key() {
     let text = std::fs::read_to_string(zx_tests::repo_root().join("template.yaml")).unwrap();
     assert!(
         !text.contains("Authorizer"),
@@ -2060,7 +2064,7 @@ fn the_template_has_no_authorizer_and_only_users_login_reads_the_private_key() {
         })
         .map(|(name, _)| name.as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(holders, ["UsersLoginFunction"]);
+    assert_eq!(holders, ["UsersLoginFunction", "UsersRefreshFunction"]);
 }
 
 #[test]
@@ -2562,7 +2566,7 @@ async fn every_function_starts_with_the_environment_the_template_sets() {
         }
         let names: BTreeSet<String> = set.keys().map(|k| k.as_str().unwrap().to_owned()).collect();
         let mut expected = read.clone();
-        if binary != "users-login" {
+        if !["users-login", "users-refresh"].contains(&binary.as_str()) {
             expected.remove("JWT_PRIVATE_KEY");
         }
         // The cache is named (CACHE_NAME, resolved at cold start); CACHE_URL is the local
@@ -2632,5 +2636,249 @@ async fn the_functions_aws_configuration_calls_the_local_stack() {
         tables.table_names().iter().any(|t| t == "zhixuan-users"),
         "{:?}",
         tables.table_names()
+    );
+}
+
+// ---------------------------------------------------------------- sessions and headers
+
+/// A login or refresh answer: (access token, refresh token), after checking it is not cacheable.
+async fn pair(response: Response) -> (String, String) {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await.unwrap();
+    (
+        body["token"].as_str().unwrap().to_owned(),
+        body["refreshToken"].as_str().unwrap().to_owned(),
+    )
+}
+
+impl Api {
+    async fn login_pair(&self, email: &str, password: &str) -> (String, String) {
+        pair(
+            self.post(
+                "/api/v1/users/login",
+                json!({"email": email, "password": password}),
+            )
+            .await,
+        )
+        .await
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post(
+            "/api/v1/users/refresh",
+            json!({ "refreshToken": refresh_token }),
+        )
+        .await
+    }
+}
+
+async fn sessions_rotate_and_revoke(store: Store) {
+    // Seven logins with one e-mail: over the default per-e-mail login limit.
+    let app = TestApp::with(
+        store,
+        &zx_tests::aws_endpoint(),
+        &[("RATE_LIMIT_LOGIN", "50")],
+    )
+    .await;
+    let api = Api::on(app).await;
+    let (id, _) = api.customer("sessions").await;
+    let email = "sessions@example.com";
+    // login → refresh: a new pair; the old refresh token is now refused.
+    let (_, first) = api.login_pair(email, "password-123").await;
+    let (access, second) = pair(api.refresh(&first).await).await;
+    assert_ne!(first, second);
+    let me = api.get_json("/api/v1/users/me", &access).await;
+    assert_eq!(me["userId"], id.as_str());
+    // Replaying the used token is refused, and revokes the session: the new token too.
+    let replay = api.refresh(&first).await;
+    let problem_body = problem(replay, 401).await;
+    assert!(
+        problem_body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refresh token")
+    );
+    problem(api.refresh(&second).await, 401).await;
+    // logout revokes; a second logout and a garbage token are still 204.
+    let (_, third) = api.login_pair(email, "password-123").await;
+    for token in [third.as_str(), third.as_str(), "not-a-token"] {
+        let response = api
+            .post("/api/v1/users/logout", json!({ "refreshToken": token }))
+            .await;
+        assert_eq!(response.status(), 204);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+    }
+    problem(api.refresh(&third).await, 401).await;
+    // A password change revokes every session of the user.
+    let (access, fourth) = api.login_pair(email, "password-123").await;
+    let (_, fifth) = api.login_pair(email, "password-123").await;
+    let response = api
+        .put(
+            &format!("/api/v1/users/{id}"),
+            &access,
+            json!({"password": "password-456", "currentPassword": "password-123"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    problem(api.refresh(&fourth).await, 401).await;
+    problem(api.refresh(&fifth).await, 401).await;
+    // A role change too, and the new role is in the next access token at once.
+    let (_, sixth) = api.login_pair(email, "password-456").await;
+    let admin = api.admin().await;
+    let response = api
+        .put(
+            &format!("/api/v1/users/{id}"),
+            &admin,
+            json!({"role": "admin"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    problem(api.refresh(&sixth).await, 401).await;
+    let (access, seventh) = api.login_pair(email, "password-456").await;
+    let claims = api.get_json("/api/v1/users/validate", &access).await;
+    assert_eq!(claims["role"], "admin");
+    // A username change is not a reason to end sessions.
+    let response = api
+        .put(
+            &format!("/api/v1/users/{id}"),
+            &access,
+            json!({"username": "sessions_2"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let (access, _) = pair(api.refresh(&seventh).await).await;
+    let me = api.get_json("/api/v1/users/me", &access).await;
+    assert_eq!(me["username"], "sessions_2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_rotate_and_revoke_on_dynamodb() {
+    sessions_rotate_and_revoke(Store::DynamoDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_rotate_and_revoke_on_postgres() {
+    sessions_rotate_and_revoke(Store::Postgres).await;
+}
+
+/// Two clients present one refresh token at once (one of them stole it): at most one gets a
+/// pair, and afterwards the session is revoked for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_presented_twice_at_once_ends_the_session() {
+    let api = Api::start(Store::DynamoDb).await;
+    api.customer("racer").await;
+    let (_, token) = api.login_pair("racer@example.com", "password-123").await;
+    let (a, b) = tokio::join!(api.refresh(&token), api.refresh(&token));
+    let statuses = [a.status().as_u16(), b.status().as_u16()];
+    assert!(statuses.contains(&401), "{statuses:?}");
+    for response in [a, b] {
+        if response.status() == 200 {
+            let (_, next) = pair(response).await;
+            problem(api.refresh(&next).await, 401).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_and_logout_reject_malformed_bodies() {
+    let api = Api::start(Store::DynamoDb).await;
+    for path in ["/api/v1/users/refresh", "/api/v1/users/logout"] {
+        for body in [
+            json!({}),
+            json!({"refreshToken": 5}),
+            json!({"refreshToken": "x", "extra": 1}),
+        ] {
+            problem(api.post(path, body).await, 400).await;
+        }
+    }
+    for token in ["", "x", &"a".repeat(10_000)] {
+        problem(api.refresh(token).await, 401).await;
+    }
+}
+
+/// OWASP REST headers: `nosniff` on every response, `no-store` on everything the functions
+/// answer (tokens, profiles, errors alike).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_is_nosniff_and_not_stored() {
+    let api = Api::start(Store::DynamoDb).await;
+    let (id, token) = api.customer("headers").await;
+    let responses = [
+        api.http.get(api.url("/health")).send().await.unwrap(),
+        api.http
+            .get(api.url("/api/v1/products"))
+            .send()
+            .await
+            .unwrap(),
+        api.get("/api/v1/users/me", &token).await,
+        api.get(&format!("/api/v1/users/{id}"), &token).await,
+        api.get("/api/v1/users/me", "bad").await,
+        api.get("/api/v1/products/not-an-id", &token).await,
+        api.post("/api/v1/users/login", json!({"email": "x"})).await,
+        api.post("/api/v1/users/refresh", json!({"refreshToken": "x"}))
+            .await,
+    ];
+    for response in responses {
+        let url = response.url().to_string();
+        assert_eq!(
+            response.headers()["x-content-type-options"],
+            "nosniff",
+            "{url}"
+        );
+        assert_eq!(response.headers()["cache-control"], "no-store", "{url}");
+    }
+}
+
+/// The HTTP API's CORS configuration (template parameter `CorsAllowedOrigins`), locally as on
+/// AWS: a preflight from an allowed origin is allowed, from any other it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_pass_only_for_allowed_origins() {
+    let api = Api::start(Store::DynamoDb).await;
+    let preflight = |origin: &str| {
+        api.http
+            .request(reqwest::Method::OPTIONS, api.url("/api/v1/orders"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key",
+            )
+            .send()
+    };
+    let allowed = preflight("https://localhost:3000").await.unwrap();
+    assert_eq!(allowed.status(), 204);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://localhost:3000"
+    );
+    let methods = allowed.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    // An actual request: the allowance for an allowed origin only.
+    let get = |origin: &'static str| {
+        api.http
+            .get(api.url("/api/v1/products"))
+            .header("origin", origin)
+            .send()
+    };
+    let response = get("https://localhost:3000").await.unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://localhost:3000"
+    );
+    let response = get("https://evil.example").await.unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
     );
 }

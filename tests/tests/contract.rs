@@ -211,6 +211,199 @@ contract_suites!(users = zx_tests::Backend, field users, cases crate:
     twenty_concurrent_registrations_with_one_email_give_one_success,
 );
 
+// ---------------------------------------------------------------- sessions
+
+mod sessions {
+    use std::time::Duration;
+
+    use zx_domain::{
+        RepositoryError, Session, SessionId, Timestamp, TokenHash, User, UserRepository,
+    };
+    use zx_tests::SessionStores;
+
+    fn token_hash(seed: u8) -> TokenHash {
+        TokenHash::from_hex(&format!("{seed:02x}").repeat(32)).unwrap()
+    }
+
+    async fn stored_user(users: &dyn UserRepository) -> User {
+        let id = zx_domain::UserId::generate();
+        let user = super::user(
+            &format!("u{}", &id.as_str()[24..]),
+            &format!("{id}@example.com"),
+        );
+        users.create(&user).await.unwrap();
+        user
+    }
+
+    fn session_of(user: &User, hash: u8) -> Session {
+        let now = Timestamp::now();
+        Session {
+            id: SessionId::generate(),
+            user_id: user.id.clone(),
+            token_hash: token_hash(hash),
+            user_epoch: user.session_epoch,
+            created_at: now,
+            expires_at: now.plus(Duration::from_secs(3600)),
+            revoked: false,
+        }
+    }
+
+    /// Rotating `current` to `next` is refused and changes nothing.
+    async fn rotation_refused(stores: &SessionStores, current: &Session, next: &Session) {
+        let before = stores.sessions.find_session(&current.id).await.unwrap();
+        let error = stores
+            .sessions
+            .rotate_session(current, next)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::ConcurrentUpdate),
+            "{error:?}"
+        );
+        assert_eq!(
+            stores.sessions.find_session(&current.id).await.unwrap(),
+            before
+        );
+    }
+
+    pub async fn create_then_find(stores: SessionStores) {
+        let user = stored_user(&*stores.users).await;
+        let session = session_of(&user, 1);
+        stores.sessions.create_session(&session).await.unwrap();
+        assert_eq!(
+            stores.sessions.find_session(&session.id).await.unwrap(),
+            Some(session.clone())
+        );
+        assert_eq!(
+            stores
+                .sessions
+                .find_session(&SessionId::generate())
+                .await
+                .unwrap(),
+            None
+        );
+        let again = stores.sessions.create_session(&session).await.unwrap_err();
+        assert!(
+            matches!(again, RepositoryError::ConcurrentUpdate),
+            "{again:?}"
+        );
+    }
+
+    pub async fn a_token_rotates_once(stores: SessionStores) {
+        let user = stored_user(&*stores.users).await;
+        let session = session_of(&user, 1);
+        stores.sessions.create_session(&session).await.unwrap();
+        let later = Timestamp::now().plus(Duration::from_secs(7200));
+        let next = session.rotated(token_hash(2), later);
+        stores
+            .sessions
+            .rotate_session(&session, &next)
+            .await
+            .unwrap();
+        assert_eq!(
+            stores.sessions.find_session(&session.id).await.unwrap(),
+            Some(next.clone())
+        );
+        // The first token again: refused, nothing changes.
+        let replay = session.rotated(token_hash(3), later);
+        rotation_refused(&stores, &session, &replay).await;
+        assert_eq!(
+            stores.sessions.find_session(&session.id).await.unwrap(),
+            Some(next.clone())
+        );
+        // The current one still rotates.
+        stores
+            .sessions
+            .rotate_session(&next, &next.rotated(token_hash(4), later))
+            .await
+            .unwrap();
+    }
+
+    pub async fn a_revoked_session_never_rotates(stores: SessionStores) {
+        let user = stored_user(&*stores.users).await;
+        let session = session_of(&user, 1);
+        stores.sessions.create_session(&session).await.unwrap();
+        stores.sessions.revoke_session(&session.id).await.unwrap();
+        stores.sessions.revoke_session(&session.id).await.unwrap();
+        stores
+            .sessions
+            .revoke_session(&SessionId::generate())
+            .await
+            .unwrap();
+        let found = stores
+            .sessions
+            .find_session(&session.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(found.revoked);
+        let next = session.rotated(token_hash(2), session.expires_at);
+        rotation_refused(&stores, &session, &next).await;
+    }
+
+    /// A password or role change moves the user's epoch on: every session of the user stops.
+    pub async fn moving_the_user_epoch_revokes_every_session(stores: SessionStores) {
+        let user = stored_user(&*stores.users).await;
+        let (first, second) = (session_of(&user, 1), session_of(&user, 2));
+        stores.sessions.create_session(&first).await.unwrap();
+        stores.sessions.create_session(&second).await.unwrap();
+        let changed = user.next_version().with_sessions_revoked();
+        stores.users.update(&user, &changed).await.unwrap();
+        assert_eq!(
+            stores
+                .users
+                .find_by_id(&user.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .session_epoch,
+            user.session_epoch + 1
+        );
+        for session in [first, second] {
+            let next = session.rotated(token_hash(9), session.expires_at);
+            rotation_refused(&stores, &session, &next).await;
+        }
+        // A session begun in the new epoch rotates.
+        let fresh = session_of(&changed, 3);
+        stores.sessions.create_session(&fresh).await.unwrap();
+        stores
+            .sessions
+            .rotate_session(&fresh, &fresh.rotated(token_hash(4), fresh.expires_at))
+            .await
+            .unwrap();
+    }
+
+    pub async fn of_ten_concurrent_rotations_of_one_token_one_wins(stores: SessionStores) {
+        let user = stored_user(&*stores.users).await;
+        let session = session_of(&user, 1);
+        stores.sessions.create_session(&session).await.unwrap();
+        let attempts = (0..10u8).map(|i| {
+            let (sessions, session) = (stores.sessions.clone(), session.clone());
+            tokio::spawn(async move {
+                let next = session.rotated(token_hash(10 + i), session.expires_at);
+                sessions.rotate_session(&session, &next).await
+            })
+        });
+        let mut wins = 0;
+        for attempt in attempts {
+            match attempt.await.unwrap() {
+                Ok(()) => wins += 1,
+                Err(RepositoryError::ConcurrentUpdate) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(wins, 1);
+    }
+}
+
+contract_suites!(session_store = zx_tests::Backend, field sessions, cases crate::sessions:
+    create_then_find,
+    a_token_rotates_once,
+    a_revoked_session_never_rotates,
+    moving_the_user_epoch_revokes_every_session,
+    of_ten_concurrent_rotations_of_one_token_one_wins,
+);
+
 // ---------------------------------------------------------------- products and stock
 
 mod catalogue {

@@ -239,6 +239,7 @@ fn settings() -> TokenSettings {
         issuer: "zhixuan".into(),
         audience: "zhixuan-api".into(),
         ttl: Duration::from_secs(60),
+        refresh_ttl: Duration::from_secs(600),
     }
 }
 
@@ -286,6 +287,17 @@ fn prop_tokens_never_panic_and_forgeries_never_verify() {
             Ok(())
         },
     );
+}
+
+#[test]
+fn prop_refresh_tokens_never_panic_and_only_our_form_parses() {
+    check("refresh tokens (any text)", text(), |token| {
+        if let Some((session, _)) = zx_auth::parse_refresh_token(&token) {
+            prop_assert!(token.starts_with(session.as_str()));
+            prop_assert_eq!(token.len(), zx_auth::refresh::REFRESH_TOKEN_CHARS);
+        }
+        Ok(())
+    });
 }
 
 #[test]

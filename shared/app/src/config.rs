@@ -313,7 +313,13 @@ impl Config {
                 ttl: parse_or(
                     source,
                     "JWT_EXPIRES_IN",
-                    Duration::from_secs(24 * 3600),
+                    Duration::from_secs(15 * 60),
+                    parse_ttl,
+                )?,
+                refresh_ttl: parse_or(
+                    source,
+                    "REFRESH_EXPIRES_IN",
+                    Duration::from_secs(7 * 86_400),
                     parse_ttl,
                 )?,
             },

@@ -43,6 +43,13 @@ const fn needs_users(users: Use) -> Needs {
         ..Needs::NONE
     }
 }
+/// Starting, continuing or ending sessions: reads users, writes sessions.
+const NEEDS_SESSIONS: Needs = Needs {
+    users: Use::Read,
+    sessions: true,
+    cache: true,
+    ..Needs::NONE
+};
 const fn needs_catalogue(products: Use) -> Needs {
     Needs {
         products,
@@ -81,8 +88,18 @@ pub const HEALTH: HttpFunction = HttpFunction::new(
 );
 pub const USERS_REGISTER: HttpFunction =
     HttpFunction::new("users-register", users_register, needs_users(Use::Write));
-pub const USERS_LOGIN: HttpFunction =
-    HttpFunction::new("users-login", users_login, needs_users(Use::Read));
+pub const USERS_LOGIN: HttpFunction = HttpFunction::new("users-login", users_login, NEEDS_SESSIONS);
+pub const USERS_REFRESH: HttpFunction =
+    HttpFunction::new("users-refresh", users_refresh, NEEDS_SESSIONS);
+pub const USERS_LOGOUT: HttpFunction = HttpFunction::new(
+    "users-logout",
+    users_logout,
+    Needs {
+        sessions: true,
+        cache: true,
+        ..Needs::NONE
+    },
+);
 pub const USERS_VALIDATE: HttpFunction = HttpFunction::new(
     "users-validate",
     users_validate,
@@ -138,6 +155,8 @@ pub const HTTP_FUNCTIONS: &[HttpFunction] = &[
     HEALTH,
     USERS_REGISTER,
     USERS_LOGIN,
+    USERS_REFRESH,
+    USERS_LOGOUT,
     USERS_VALIDATE,
     USERS_ME,
     USERS_GET,
@@ -216,24 +235,52 @@ pub fn users_register(services: &Services) -> Result<HttpHandler, ConfigError> {
     )
 }
 
-/// The only function that holds the private key.
+/// One of the two functions that hold the private key (with `users-refresh`).
 pub fn users_login(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let issuer = services.issuer()?;
-    let (users, hasher, limits) = (
+    let state = (
         services.stores.users()?,
+        services.stores.sessions()?,
         services.hasher.clone(),
+        services.issuer()?,
         services.limits.clone(),
     );
-    Ok(
-        edge(services, Access::Public, Group::Users)?.wrap(move |request| {
-            let (users, hasher, limits, issuer) = (
-                users.clone(),
-                hasher.clone(),
-                limits.clone(),
-                issuer.clone(),
-            );
-            async move { zx_users::login(&*users, &hasher, &issuer, &limits, request).await }
-        }),
+    serve(
+        services,
+        Access::Public,
+        Group::Users,
+        state,
+        |(users, sessions, hasher, issuer, limits), request| async move {
+            zx_users::login(&*users, &*sessions, &hasher, &issuer, &limits, request).await
+        },
+    )
+}
+
+/// Holds the private key: a refresh signs a new access token.
+pub fn users_refresh(services: &Services) -> Result<HttpHandler, ConfigError> {
+    let state = (
+        services.stores.users()?,
+        services.stores.sessions()?,
+        services.issuer()?,
+    );
+    serve(
+        services,
+        Access::Public,
+        Group::Users,
+        state,
+        |(users, sessions, issuer), request| async move {
+            zx_users::refresh(&*users, &*sessions, &issuer, request).await
+        },
+    )
+}
+
+pub fn users_logout(services: &Services) -> Result<HttpHandler, ConfigError> {
+    let sessions = services.stores.sessions()?;
+    serve(
+        services,
+        Access::Public,
+        Group::Users,
+        sessions,
+        |sessions, request| async move { zx_users::logout(&*sessions, request).await },
     )
 }
 

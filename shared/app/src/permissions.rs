@@ -50,6 +50,9 @@ pub fn permissions(needs: &Needs) -> Permissions {
         "UsersTable",
         by_use(needs.users, iam::USERS_READ, iam::USERS_WRITE),
     );
+    if needs.sessions {
+        grant(&mut p, "UsersTable", iam::SESSIONS);
+    }
     grant(
         &mut p,
         "ProductsTable",

@@ -11,9 +11,12 @@ use std::sync::Arc;
 use zx_auth::{PasswordHasher, TokenIssuer, TokenVerifier};
 use zx_cache::Cache;
 use zx_domain::{
-    InventoryRepository, MessageSender, OrderRepository, Outbox, ProductRepository, UserRepository,
+    InventoryRepository, MessageSender, OrderRepository, Outbox, ProductRepository,
+    SessionRepository, UserRepository,
 };
-use zx_store_dynamodb::{DynamoOrderRepository, DynamoProductRepository, DynamoUserRepository};
+use zx_store_dynamodb::{
+    DynamoOrderRepository, DynamoProductRepository, DynamoSessionRepository, DynamoUserRepository,
+};
 
 use crate::health::{CacheCheck, DynamoCheck, HealthCheck};
 use crate::unwired::Unwired;
@@ -24,6 +27,7 @@ use crate::{Config, ConfigError, StoreKind};
 #[derive(Clone, Default)]
 pub struct Stores {
     pub users: Option<Arc<dyn UserRepository>>,
+    pub sessions: Option<Arc<dyn SessionRepository>>,
     pub products: Option<Arc<dyn ProductRepository>>,
     pub inventory: Option<Arc<dyn InventoryRepository>>,
     pub orders: Option<Arc<dyn OrderRepository>>,
@@ -38,6 +42,9 @@ fn wired<T: ?Sized>(store: &Option<Arc<T>>, name: &'static str) -> Result<Arc<T>
 impl Stores {
     pub fn users(&self) -> Result<Arc<dyn UserRepository>, ConfigError> {
         wired(&self.users, "users")
+    }
+    pub fn sessions(&self) -> Result<Arc<dyn SessionRepository>, ConfigError> {
+        wired(&self.sessions, "sessions")
     }
     pub fn products(&self) -> Result<Arc<dyn ProductRepository>, ConfigError> {
         wired(&self.products, "products")
@@ -74,6 +81,8 @@ impl Use {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Needs {
     pub users: Use,
+    /// Sessions (refresh tokens, users table): start, rotate, revoke.
+    pub sessions: bool,
     /// The catalogue (products table).
     pub products: Use,
     /// Reservations (products table): reserve, release, commit.
@@ -92,6 +101,7 @@ pub struct Needs {
 impl Needs {
     pub const NONE: Needs = Needs {
         users: Use::No,
+        sessions: false,
         products: Use::No,
         inventory: Use::No,
         orders: Use::No,
@@ -103,6 +113,7 @@ impl Needs {
     /// Everything: the local gateway and the tests, which run every function in one process.
     pub const ALL: Needs = Needs {
         users: Use::Write,
+        sessions: true,
         products: Use::Write,
         inventory: Use::Write,
         orders: Use::Write,
@@ -117,6 +128,11 @@ impl Needs {
             needs: self,
             users: if self.users.any() {
                 wire::users
+            } else {
+                wire::none
+            },
+            sessions: if self.sessions {
+                wire::sessions
             } else {
                 wire::none
             },
@@ -192,6 +208,7 @@ impl Sends {
 pub struct Wiring {
     pub needs: Needs,
     users: fn(&Backend) -> Option<Arc<dyn UserRepository>>,
+    sessions: fn(&Backend) -> Option<Arc<dyn SessionRepository>>,
     products: fn(&Backend) -> Option<Arc<dyn ProductRepository>>,
     inventory: fn(&Backend) -> Option<Arc<dyn InventoryRepository>>,
     orders: fn(&Backend) -> Option<Arc<dyn OrderRepository>>,
@@ -232,6 +249,7 @@ impl Backend {
             .transpose()?;
         // A function without stores or health checks (users-validate) builds no client.
         let uses_a_store = needs.users.any()
+            || needs.sessions
             || needs.products.any()
             || needs.inventory.any()
             || needs.orders.any()
@@ -310,6 +328,15 @@ mod wire {
             dyn UserRepository,
             |client, config| DynamoUserRepository::new(client, config.users_table.clone()),
             |pool| zx_store_postgres::PgUserRepository::new(pool, &config.users_schema)
+        )
+    }
+
+    pub fn sessions(backend: &Backend) -> Option<Arc<dyn SessionRepository>> {
+        repository!(
+            backend,
+            dyn SessionRepository,
+            |client, config| DynamoSessionRepository::new(client, config.users_table.clone()),
+            |pool| zx_store_postgres::PgSessionRepository::new(pool, &config.users_schema)
         )
     }
 
@@ -459,6 +486,7 @@ pub fn build_stores(
     let backend = Backend::new(config, aws, &wiring.needs)?;
     let mut stores = Stores {
         users: (wiring.users)(&backend),
+        sessions: (wiring.sessions)(&backend),
         products: (wiring.products)(&backend),
         inventory: (wiring.inventory)(&backend),
         orders: (wiring.orders)(&backend),
@@ -626,6 +654,7 @@ impl Services {
         let mut services = self.clone();
         services.stores = Stores {
             users: keep(&self.stores.users, needs.users),
+            sessions: self.stores.sessions.clone().filter(|_| needs.sessions),
             products: keep(&self.stores.products, needs.products),
             inventory: keep(&self.stores.inventory, needs.inventory),
             orders: keep(&self.stores.orders, needs.orders),

@@ -2,9 +2,11 @@
 //! with every claim validated (issued with a private key, verified with public keys only).
 
 pub mod password;
+pub mod refresh;
 pub mod token;
 
 pub use password::{BcryptCost, PasswordHasher};
+pub use refresh::{NewRefreshToken, hash_refresh_token, new_refresh_token, parse_refresh_token};
 pub use token::{
     AuthClaims, IssuedToken, PublicKey, SigningKey, TokenError, TokenIssuer, TokenSettings,
     TokenVerifier,

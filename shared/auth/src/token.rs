@@ -145,7 +145,10 @@ impl fmt::Debug for SigningKey {
 pub struct TokenSettings {
     pub issuer: String,
     pub audience: String,
+    /// Access tokens' lifetime (`JWT_EXPIRES_IN`).
     pub ttl: Duration,
+    /// Refresh tokens' lifetime from their issue (`REFRESH_EXPIRES_IN`).
+    pub refresh_ttl: Duration,
 }
 
 /// Parses a token lifetime: plain seconds (`3600`) or a number with `s`, `m`, `h` or `d`.
@@ -157,7 +160,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     };
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("JWT_EXPIRES_IN must look like 3600, 30m, 24h or 7d, got {text:?}"))?;
+        .map_err(|_| format!("must look like 3600, 30m, 24h or 7d, got {text:?}"))?;
     let seconds = match unit {
         's' => Some(n),
         'm' => n.checked_mul(60),
@@ -165,9 +168,9 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
         'd' => n.checked_mul(86_400),
         _ => None,
     }
-    .ok_or_else(|| format!("JWT_EXPIRES_IN must look like 3600, 30m, 24h or 7d, got {text:?}"))?;
+    .ok_or_else(|| format!("must look like 3600, 30m, 24h or 7d, got {text:?}"))?;
     if seconds == 0 || seconds > 30 * 86_400 {
-        return Err("JWT_EXPIRES_IN must be between 1 second and 30 days".into());
+        return Err("must be between 1 second and 30 days".into());
     }
     Ok(Duration::from_secs(seconds))
 }
@@ -354,6 +357,7 @@ mod tests {
             issuer: "zhixuan".into(),
             audience: "zhixuan-api".into(),
             ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(86_400),
         }
     }
 
@@ -454,6 +458,7 @@ mod tests {
                     issuer: issuer_name.into(),
                     audience: audience.into(),
                     ttl: Duration::from_secs(60),
+                    refresh_ttl: Duration::from_secs(600),
                 },
             )
             .issue_at(&id, &email, Role::Customer, now)

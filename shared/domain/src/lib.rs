@@ -5,6 +5,7 @@ pub mod error;
 pub mod order;
 pub mod product;
 pub mod repository;
+pub mod session;
 pub mod timestamp;
 pub mod user;
 
@@ -20,8 +21,9 @@ pub use product::{
 };
 pub use repository::{
     InventoryRepository, MessageSender, OrderCreation, OrderRepository, Outbox, ProductReader,
-    ProductRepository, ProductWriter, StockChange, StockWriter, UserReader, UserRepository,
-    UserWriter,
+    ProductRepository, ProductWriter, SessionRepository, StockChange, StockWriter, UserReader,
+    UserRepository, UserWriter,
 };
+pub use session::{Session, SessionId, TokenHash};
 pub use timestamp::Timestamp;
 pub use user::{Email, Password, PasswordHash, Role, User, UserId, Username};

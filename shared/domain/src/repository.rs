@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use crate::{
     Commit, Email, IdempotencyKey, IdempotencyRecord, Order, OrderId, OrderPage, OrderQuery,
     OutboxMessage, Page, Product, ProductId, ProductQuery, Release, RepositoryError, Reservation,
-    ReserveLine, Stock, StockChangeId, Timestamp, User, UserId,
+    ReserveLine, Session, SessionId, Stock, StockChangeId, Timestamp, User, UserId,
 };
 
 /// Reads users. Reads are strongly consistent: a user stored a moment ago is found.
@@ -32,6 +32,31 @@ pub trait UserWriter: Send + Sync {
     /// [`RepositoryError::ConcurrentUpdate`]. A changed e-mail or username that another user
     /// holds gives [`RepositoryError::Conflict`] and changes nothing.
     async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError>;
+}
+
+/// Sessions (refresh tokens). Reads are strongly consistent.
+#[async_trait]
+pub trait SessionRepository: Send + Sync {
+    /// Stores a new session. An existing session with the same id is
+    /// [`RepositoryError::ConcurrentUpdate`].
+    async fn create_session(&self, session: &Session) -> Result<(), RepositoryError>;
+
+    /// The session with this id, revoked or expired or not, if any.
+    async fn find_session(&self, id: &SessionId) -> Result<Option<Session>, RepositoryError>;
+
+    /// Replaces `current` with `next` (a new token hash and expiry, see [`Session::rotated`])
+    /// only if, atomically: the stored token hash is still `current.token_hash`, the session is
+    /// not revoked, and the user's session epoch is still `current.user_epoch`. Otherwise
+    /// [`RepositoryError::ConcurrentUpdate`] and nothing changes: of two refreshes with one
+    /// token exactly one succeeds.
+    async fn rotate_session(
+        &self,
+        current: &Session,
+        next: &Session,
+    ) -> Result<(), RepositoryError>;
+
+    /// Marks the session revoked. Revoking a revoked or unknown session succeeds.
+    async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError>;
 }
 
 /// Both halves, for adapters and for wiring.

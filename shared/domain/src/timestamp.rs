@@ -58,6 +58,15 @@ impl Timestamp {
         )
     }
 
+    /// This instant moved forward by `delta` (saturating at the representable range).
+    pub fn plus(&self, delta: std::time::Duration) -> Self {
+        Self(
+            self.0
+                .checked_add(time::Duration::try_from(delta).unwrap_or(time::Duration::MAX))
+                .unwrap_or(self.0),
+        )
+    }
+
     pub fn to_rfc3339(&self) -> String {
         // Formatting a UTC datetime in RFC 3339 cannot fail for years 0..=9999.
         self.0.format(&Rfc3339).unwrap_or_default()

@@ -229,6 +229,9 @@ pub struct User {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub version: u64,
+    /// Moved on to revoke every session (refresh token) of this user at once: a session is
+    /// valid only while this is still the epoch it was created in.
+    pub session_epoch: u64,
 }
 
 impl User {
@@ -244,7 +247,14 @@ impl User {
             created_at: now,
             updated_at: now,
             version: 1,
+            session_epoch: 0,
         }
+    }
+
+    /// The next version with every session revoked (a password or role change).
+    pub fn with_sessions_revoked(mut self) -> Self {
+        self.session_epoch += 1;
+        self
     }
 
     /// The next version of this user, to be stored with [`crate::UserWriter::update`].

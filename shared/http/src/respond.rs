@@ -20,6 +20,21 @@ pub fn json_response<T: Serialize>(status: u16, value: &T) -> Result<Response<Bo
         .map_err(ApiError::internal)
 }
 
+/// The headers every response carries (OWASP REST Security Cheat Sheet): `nosniff`, and
+/// `Cache-Control: no-store` unless the handler chose a policy. Responses here carry tokens,
+/// profiles, orders or per-client limits: nothing a shared cache should keep.
+pub fn with_security_headers(mut response: Response<Body>) -> Response<Body> {
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    headers
+        .entry(http::header::CACHE_CONTROL)
+        .or_insert(http::HeaderValue::from_static("no-store"));
+    response
+}
+
 /// Runs `handler` for `request`: errors become problem+json, and one log line records the
 /// route, status, latency and request ids. Never fails, so Lambda always gets a response.
 pub async fn serve<F, Fut>(request: Request, handler: F) -> Response<Body>
@@ -57,6 +72,7 @@ where
             error.to_response(id)
         }
     };
+    let response = with_security_headers(response);
     tracing::info!(
         http.method = %method,
         http.route = %route,

@@ -4,11 +4,13 @@
 //! function), and logs one line per request. It also polls the saga's queues and runs the
 //! relay's schedule, as Lambda event source mappings and EventBridge do ([`pollers`]).
 
+pub mod cors;
 pub mod functions;
 pub mod pollers;
 pub mod routes;
 pub mod server;
 
+pub use cors::Cors;
 pub use functions::{Functions, InvokeError, StartError};
 pub use pollers::{Pollers, QueueSource, Schedule, Workers, sources_from_template};
 pub use routes::{Route, RouteTable, TemplateError};

@@ -119,6 +119,8 @@ fn decode(segment: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     pub routes: Vec<Route>,
+    /// The HTTP API's CORS configuration, if it has one.
+    pub cors: Option<crate::Cors>,
 }
 
 fn get<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -171,7 +173,17 @@ impl RouteTable {
                 .cmp(&b.precedence())
                 .then_with(|| a.path.cmp(&b.path))
         });
-        Ok(Self { routes })
+        let cors = crate::Cors::from_template(&template)?;
+        Ok(Self { routes, cors })
+    }
+
+    /// The same routes with these allowed CORS origins (`CORS_ALLOWED_ORIGINS`) in place of
+    /// the template parameter's default.
+    pub fn with_allowed_origins(mut self, origins: Vec<String>) -> Self {
+        if let Some(cors) = &mut self.cors {
+            cors.allow_origins = origins;
+        }
+        self
     }
 
     /// The route for a request and its path parameters.

@@ -111,8 +111,23 @@ impl Gateway {
         let request_id = uuid::Uuid::new_v4().to_string();
         let method = request.method().to_string();
         let path = request.uri().path().to_owned();
-        let (response, function) = self.dispatch(request, peer, &request_id).await;
-        let mut response = response;
+        let request_headers = request.headers().clone();
+        let (mut response, function) = match &self.routes.cors {
+            Some(cors) if crate::Cors::is_preflight(request.method(), request.headers()) => {
+                let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = http::StatusCode::NO_CONTENT;
+                *response.headers_mut() = cors.preflight_headers(request.headers());
+                (response, None)
+            }
+            _ => self.dispatch(request, peer, &request_id).await,
+        };
+        if let Some(cors) = &self.routes.cors
+            && !response
+                .headers()
+                .contains_key(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        {
+            cors.decorate(&request_headers, response.headers_mut());
+        }
         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("apigw-requestid", value);
         }

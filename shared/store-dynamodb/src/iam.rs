@@ -11,6 +11,14 @@ pub const USERS_WRITE: &[&str] = &[
     "dynamodb:DeleteItem",
 ];
 
+/// Sessions (refresh tokens, users table): the rotation's condition check reads the user item.
+pub const SESSIONS: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:ConditionCheckItem",
+];
+
 pub const CATALOGUE_READ: &[&str] = &[
     "dynamodb:GetItem",
     "dynamodb:BatchGetItem",
@@ -88,6 +96,7 @@ mod tests {
                 include_str!("users.rs"),
                 vec![USERS_READ, USERS_WRITE],
             ),
+            ("sessions", include_str!("sessions.rs"), vec![SESSIONS]),
             (
                 "products",
                 include_str!("products.rs"),

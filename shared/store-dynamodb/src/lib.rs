@@ -5,11 +5,13 @@ pub mod iam;
 pub mod orders;
 pub mod products;
 pub mod schema;
+pub mod sessions;
 pub mod users;
 
 pub use orders::DynamoOrderRepository;
 pub use products::DynamoProductRepository;
 pub use schema::{TableSpec, create_table};
+pub use sessions::DynamoSessionRepository;
 pub use users::DynamoUserRepository;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};

@@ -24,6 +24,7 @@ mod attr {
     pub const CREATED_AT: &str = "createdAt";
     pub const UPDATED_AT: &str = "updatedAt";
     pub const VERSION: &str = "version";
+    pub const SESSION_EPOCH: &str = "sessionEpoch";
 }
 
 /// The nil UUID: never generated (ids are UUIDv7), read in place of a user for unknown e-mails.
@@ -31,7 +32,7 @@ const NO_USER: &str = "00000000-0000-0000-0000-000000000000";
 
 type Item = HashMap<String, AttributeValue>;
 
-fn user_key(id: &UserId) -> String {
+pub(crate) fn user_key(id: &UserId) -> String {
     format!("USER#{id}")
 }
 fn email_key(email: &Email) -> String {
@@ -113,6 +114,10 @@ fn user_item(user: &User) -> Item {
             attr::VERSION.to_owned(),
             AttributeValue::N(user.version.to_string()),
         ),
+        (
+            attr::SESSION_EPOCH.to_owned(),
+            AttributeValue::N(user.session_epoch.to_string()),
+        ),
     ])
 }
 
@@ -146,6 +151,15 @@ fn user_from_item(item: &Item) -> Result<User, RepositoryError> {
                 .ok_or_else(|| {
                     RepositoryError::Corrupt("user item lacks a numeric version".into())
                 })?,
+            // Users stored before sessions existed have none: epoch 0.
+            session_epoch: match item.get(attr::SESSION_EPOCH) {
+                None => 0,
+                Some(value) => value
+                    .as_n()
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| corrupt(attr::SESSION_EPOCH, "not a number".into()))?,
+            },
         })
     }
 }

@@ -5,12 +5,14 @@ pub mod migrate;
 pub mod orders;
 pub mod pool;
 pub mod products;
+pub mod sessions;
 pub mod users;
 
 pub use migrate::{MigrateError, MigrationSet, migrate};
 pub use orders::PgOrderRepository;
 pub use pool::{PgSchema, PoolSettings, connect_lazy, ping};
 pub use products::PgProductRepository;
+pub use sessions::PgSessionRepository;
 pub use users::PgUserRepository;
 
 use zx_domain::RepositoryError;

@@ -15,11 +15,18 @@ pub struct MigrationSet {
 /// The users service (`USERS_SCHEMA`).
 pub const USERS: MigrationSet = MigrationSet {
     service: "users",
-    migrations: &[(
-        1,
-        "users",
-        include_str!("../migrations/users/0001_users.sql"),
-    )],
+    migrations: &[
+        (
+            1,
+            "users",
+            include_str!("../migrations/users/0001_users.sql"),
+        ),
+        (
+            2,
+            "sessions",
+            include_str!("../migrations/users/0002_sessions.sql"),
+        ),
+    ],
 };
 
 /// The products service: catalogue and stock (`PRODUCTS_SCHEMA`).

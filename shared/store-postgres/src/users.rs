@@ -10,8 +10,8 @@ use zx_domain::{
     UserWriter, Username,
 };
 
-const COLUMNS: &str =
-    "user_id, username, email, password_hash, role, created_at, updated_at, version";
+const COLUMNS: &str = "user_id, username, email, password_hash, role, created_at, updated_at, \
+     version, session_epoch";
 
 /// The users table of one schema.
 #[derive(Debug, Clone)]
@@ -58,9 +58,11 @@ fn user_from_row(row: &PgRow) -> Result<User, RepositoryError> {
             .map(Timestamp::from_datetime)
             .map_err(|e| corrupt(format!("{name}: {e}")))
     };
-    let version: i64 = row
-        .try_get("version")
-        .map_err(|e| corrupt(format!("version: {e}")))?;
+    let number = |name: &str| -> Result<u64, RepositoryError> {
+        row.try_get::<i64, _>(name)
+            .map_err(|e| corrupt(format!("{name}: {e}")))
+            .and_then(|n| u64::try_from(n).map_err(|e| corrupt(format!("{name}: {e}"))))
+    };
     Ok(User {
         id: UserId::parse(&get("user_id")?).map_err(corrupt)?,
         username: Username::parse(&get("username")?).map_err(corrupt)?,
@@ -69,11 +71,12 @@ fn user_from_row(row: &PgRow) -> Result<User, RepositoryError> {
         role: Role::parse(&get("role")?).map_err(corrupt)?,
         created_at: at("created_at")?,
         updated_at: at("updated_at")?,
-        version: u64::try_from(version).map_err(|e| corrupt(format!("version: {e}")))?,
+        version: number("version")?,
+        session_epoch: number("session_epoch")?,
     })
 }
 
-fn version_param(version: u64) -> Result<i64, RepositoryError> {
+pub(crate) fn version_param(version: u64) -> Result<i64, RepositoryError> {
     i64::try_from(version)
         .map_err(|_| RepositoryError::Corrupt(format!("version {version} out of range")))
 }
@@ -113,7 +116,7 @@ impl UserReader for PgUserRepository {
 impl UserWriter for PgUserRepository {
     async fn create(&self, user: &User) -> Result<(), RepositoryError> {
         sqlx::query(&format!(
-            "insert into {} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "insert into {} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             self.table
         ))
         .bind(user.id.as_str())
@@ -124,6 +127,7 @@ impl UserWriter for PgUserRepository {
         .bind(user.created_at.as_datetime())
         .bind(user.updated_at.as_datetime())
         .bind(version_param(user.version)?)
+        .bind(version_param(user.session_epoch)?)
         .execute(&self.pool)
         .await
         .map_err(|e| map_write_error("Postgres insert user", e))?;
@@ -133,7 +137,7 @@ impl UserWriter for PgUserRepository {
     async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError> {
         let result = sqlx::query(&format!(
             "update {} set username = $3, email = $4, password_hash = $5, role = $6,
-                 updated_at = $7, version = $8
+                 updated_at = $7, version = $8, session_epoch = $9
              where user_id = $1 and version = $2",
             self.table
         ))
@@ -145,6 +149,7 @@ impl UserWriter for PgUserRepository {
         .bind(next.role.as_str())
         .bind(next.updated_at.as_datetime())
         .bind(version_param(next.version)?)
+        .bind(version_param(next.session_epoch)?)
         .execute(&self.pool)
         .await
         .map_err(|e| map_write_error("Postgres update user", e))?;

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use zx_auth::{PasswordHasher, TokenIssuer};
 use zx_cache::{ClientLimits, Decision};
 use zx_domain::{
-    Email, FieldError, Password, Role, User, UserId, UserReader, UserRepository, Username,
-    ValidationErrors,
+    Email, FieldError, Password, Role, SessionRepository, User, UserId, UserReader, UserRepository,
+    Username, ValidationErrors,
 };
 use zx_http::{ApiError, AuthContext, client_ip, json_body, json_response, path_param};
 
@@ -25,7 +25,7 @@ async fn enforce(limits: &ClientLimits, checks: &[(String, u32)]) -> Result<(), 
     Ok(())
 }
 
-use crate::views::{LoginView, TokenInfoView, UserView};
+use crate::views::{TokenInfoView, UserView};
 
 /// The body of `POST /users/register`.
 #[derive(Debug, Deserialize)]
@@ -85,6 +85,7 @@ fn invalid_credentials() -> ApiError {
 /// client's IP and e-mail, and for the IP alone.
 pub async fn login(
     users: &dyn UserReader,
+    sessions: &dyn SessionRepository,
     hasher: &PasswordHasher,
     tokens: &TokenIssuer,
     limits: &ClientLimits,
@@ -121,23 +122,9 @@ pub async fn login(
         Some(user) if matches => user,
         _ => return Err(invalid_credentials()),
     };
-    let issued = tokens.issue(&user).map_err(ApiError::internal)?;
+    let pair = crate::sessions::start_session(sessions, tokens, &user).await?;
     tracing::info!(user_id = %user.id, "user logged in");
-    let mut response = json_response(
-        200,
-        &LoginView {
-            user: UserView::from(&user),
-            token: &issued.token,
-            token_type: "Bearer",
-            expires_in: issued.expires_in,
-        },
-    )?;
-    // A token must never be kept by a cache on the way (RFC 6749 §5.1).
-    response.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    Ok(response)
+    crate::sessions::pair_response(&user, &pair)
 }
 
 /// `GET /users/validate`: what the caller's bearer token says (the edge verified it; a bad
@@ -272,8 +259,11 @@ pub async fn update_user(
     if let Some(Some(email)) = email {
         next.email = email;
     }
-    if let Some(Some(role)) = role {
+    if let Some(Some(role)) = role
+        && role != next.role
+    {
         next.role = role;
+        next = next.with_sessions_revoked();
     }
     if let Some(Some(password)) = password {
         if caller.user_id == current.id {
@@ -288,6 +278,7 @@ pub async fn update_user(
             }
         }
         next.password_hash = hasher.hash(&password).await.map_err(ApiError::internal)?;
+        next = next.with_sessions_revoked();
     }
     users.update(&current, &next).await?;
     tracing::info!(user_id = %next.id, actor = %caller.user_id, "user updated");

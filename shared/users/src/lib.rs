@@ -2,6 +2,8 @@
 //! async functions over the repository traits; the edge (`zx_http::Edge`) authenticates.
 
 pub mod handlers;
+pub mod sessions;
 pub mod views;
 
 pub use handlers::{get_user, login, me, register, update_user, validate};
+pub use sessions::{logout, refresh};

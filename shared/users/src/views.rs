@@ -34,6 +34,8 @@ pub struct LoginView<'a> {
     pub token: &'a str,
     pub token_type: &'static str,
     pub expires_in: u64,
+    pub refresh_token: &'a str,
+    pub refresh_expires_in: u64,
 }
 
 #[derive(Debug, Serialize)]

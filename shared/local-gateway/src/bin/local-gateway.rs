@@ -13,7 +13,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let template_path = std::env::var("TEMPLATE").unwrap_or_else(|_| "template.yaml".into());
     let template = std::fs::read_to_string(&template_path)
         .map_err(|e| format!("cannot read {template_path}: {e}"))?;
-    let routes = RouteTable::from_template(&template)?;
+    let mut routes = RouteTable::from_template(&template)?;
+    // The template's CorsAllowedOrigins, as a deployment would override it.
+    if let Ok(origins) = std::env::var("CORS_ALLOWED_ORIGINS") {
+        routes = routes.with_allowed_origins(zx_local_gateway::cors::split_list(&origins));
+    }
     let port: u16 = std::env::var("GATEWAY_PORT")
         .ok()
         .map(|p| p.parse())

@@ -1,0 +1,8 @@
+//! Lambda function `users-logout`: POST /api/v1/users/logout.
+//! Its handler is built by `zx_app::functions::users_logout` (wiring: `zx_app::functions::USERS_LOGOUT`), which the local gateway calls too.
+
+// One invocation at a time per instance: one thread, no worker pool to start.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_http::Error> {
+    zx_app::run_http(&zx_app::functions::USERS_LOGOUT).await
+}

@@ -1,0 +1,230 @@
+//! Sessions on DynamoDB, in the users table: one item `SESSION#<id>` per session holding the
+//! hash of its current refresh token. A rotation is one transaction: the session's update,
+//! conditional on the presented hash and on not being revoked, and a condition check that the
+//! user's session epoch is still the session's (a password or role change moves it on). Items
+//! carry `expiresAt` (epoch seconds), the table's TTL attribute, so expired sessions go away.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, TransactWriteItem, Update};
+use zx_domain::{
+    RepositoryError, Session, SessionId, SessionRepository, Timestamp, TokenHash, UserId,
+};
+
+mod attr {
+    pub const PK: &str = "pk";
+    pub const USER_ID: &str = "userId";
+    pub const TOKEN_HASH: &str = "tokenHash";
+    pub const USER_EPOCH: &str = "userEpoch";
+    pub const CREATED_AT: &str = "createdAt";
+    /// RFC 3339, the exact expiry.
+    pub const EXPIRES: &str = "expires";
+    /// Epoch seconds: the table's TTL attribute.
+    pub const EXPIRES_AT: &str = "expiresAt";
+    pub const REVOKED: &str = "revoked";
+    /// On the user item (see `users.rs`).
+    pub const SESSION_EPOCH: &str = "sessionEpoch";
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn session_key(id: &SessionId) -> String {
+    format!("SESSION#{id}")
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// Sessions in the users table.
+#[derive(Debug, Clone)]
+pub struct DynamoSessionRepository {
+    client: Client,
+    table: String,
+}
+
+impl DynamoSessionRepository {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+fn session_item(session: &Session) -> Item {
+    HashMap::from([
+        (attr::PK.to_owned(), s(session_key(&session.id))),
+        (attr::USER_ID.to_owned(), s(session.user_id.as_str())),
+        (attr::TOKEN_HASH.to_owned(), s(session.token_hash.as_str())),
+        (attr::USER_EPOCH.to_owned(), n(session.user_epoch)),
+        (
+            attr::CREATED_AT.to_owned(),
+            s(session.created_at.to_rfc3339()),
+        ),
+        (attr::EXPIRES.to_owned(), s(session.expires_at.to_rfc3339())),
+        (
+            attr::EXPIRES_AT.to_owned(),
+            n(session.expires_at.unix_seconds()),
+        ),
+        (
+            attr::REVOKED.to_owned(),
+            AttributeValue::Bool(session.revoked),
+        ),
+    ])
+}
+
+fn session_from_item(id: &SessionId, item: &Item) -> Result<Session, RepositoryError> {
+    let corrupt =
+        |field: &str, e: String| RepositoryError::Corrupt(format!("session {field}: {e}"));
+    let text = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| corrupt(name, "missing".into()))
+    };
+    let at = |name: &str| Timestamp::parse_rfc3339(text(name)?).map_err(|e| corrupt(name, e));
+    Ok(Session {
+        id: id.clone(),
+        user_id: UserId::parse(text(attr::USER_ID)?).map_err(|e| corrupt(attr::USER_ID, e))?,
+        token_hash: TokenHash::from_hex(text(attr::TOKEN_HASH)?)
+            .map_err(|e| corrupt(attr::TOKEN_HASH, e))?,
+        user_epoch: item
+            .get(attr::USER_EPOCH)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| corrupt(attr::USER_EPOCH, "not a number".into()))?,
+        created_at: at(attr::CREATED_AT)?,
+        expires_at: at(attr::EXPIRES)?,
+        revoked: item
+            .get(attr::REVOKED)
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .ok_or_else(|| corrupt(attr::REVOKED, "not a boolean".into()))?,
+    })
+}
+
+#[async_trait]
+impl SessionRepository for DynamoSessionRepository {
+    #[tracing::instrument(skip_all)]
+    async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(session_item(session)))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
+            {
+                Err(RepositoryError::ConcurrentUpdate)
+            }
+            Err(e) => Err(crate::sdk_error("DynamoDB PutItem", e)),
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn find_session(&self, id: &SessionId) -> Result<Option<Session>, RepositoryError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(session_key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?;
+        output
+            .item
+            .as_ref()
+            .map(|item| session_from_item(id, item))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rotate_session(
+        &self,
+        current: &Session,
+        next: &Session,
+    ) -> Result<(), RepositoryError> {
+        let build = |e| RepositoryError::failed("building a DynamoDB transaction", e);
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key(attr::PK, s(session_key(&current.id)))
+            .update_expression("SET #h = :next, #e = :expires, #t = :ttl")
+            .condition_expression("#h = :current AND #r = :false")
+            .expression_attribute_names("#h", attr::TOKEN_HASH)
+            .expression_attribute_names("#e", attr::EXPIRES)
+            .expression_attribute_names("#t", attr::EXPIRES_AT)
+            .expression_attribute_names("#r", attr::REVOKED)
+            .expression_attribute_values(":next", s(next.token_hash.as_str()))
+            .expression_attribute_values(":expires", s(next.expires_at.to_rfc3339()))
+            .expression_attribute_values(":ttl", n(next.expires_at.unix_seconds()))
+            .expression_attribute_values(":current", s(current.token_hash.as_str()))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .build()
+            .map_err(build)?;
+        // Users stored before sessions existed have no epoch attribute: that is epoch 0.
+        let epoch_condition = if current.user_epoch == 0 {
+            "attribute_not_exists(#se) OR #se = :epoch"
+        } else {
+            "#se = :epoch"
+        };
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key(attr::PK, s(crate::users::user_key(&current.user_id)))
+            .condition_expression(epoch_condition)
+            .expression_attribute_names("#se", attr::SESSION_EPOCH)
+            .expression_attribute_values(":epoch", n(current.user_epoch))
+            .build()
+            .map_err(build)?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            TransactWriteItem::builder().condition_check(check).build(),
+        ];
+        match crate::transact(&self.client, items).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(RepositoryError::ConcurrentUpdate),
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(session_key(id)))
+            .update_expression("SET #r = :true")
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#r", attr::REVOKED)
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Unknown (or expired and deleted by TTL): nothing to revoke.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(crate::sdk_error("DynamoDB UpdateItem", e)),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Sessions: the pair a login or a refresh answers (a short access token and a single-use
+//! refresh token), refresh with rotation and replay detection, and logout.
+
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use zx_auth::{IssuedToken, TokenIssuer, new_refresh_token, parse_refresh_token};
+use zx_domain::{
+    RepositoryError, Session, SessionId, SessionRepository, Timestamp, User, UserReader,
+};
+use zx_http::{ApiError, json_body, json_response};
+
+use crate::views::{LoginView, UserView};
+
+/// An access token and the refresh token that continues its session.
+pub struct SessionTokens {
+    pub access: IssuedToken,
+    pub refresh: String,
+    pub refresh_expires_in: u64,
+}
+
+/// Starts a session for `user` (who just proved who they are): stores it and returns its pair.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+pub async fn start_session(
+    sessions: &dyn SessionRepository,
+    tokens: &TokenIssuer,
+    user: &User,
+) -> Result<SessionTokens, ApiError> {
+    let id = SessionId::generate();
+    let refresh = new_refresh_token(&id).map_err(ApiError::internal)?;
+    let refresh_ttl = tokens.settings().refresh_ttl;
+    let session = Session {
+        id,
+        user_id: user.id.clone(),
+        token_hash: refresh.hash,
+        user_epoch: user.session_epoch,
+        created_at: Timestamp::now(),
+        expires_at: Timestamp::now().plus(refresh_ttl),
+        revoked: false,
+    };
+    sessions.create_session(&session).await?;
+    Ok(SessionTokens {
+        access: tokens.issue(user).map_err(ApiError::internal)?,
+        refresh: refresh.token,
+        refresh_expires_in: refresh_ttl.as_secs(),
+    })
+}
+
+/// Why a refresh token was refused (for logs; the client learns only that it was).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not of our form, or no such session.
+    Unknown,
+    Revoked,
+    Expired,
+    /// A token that is no longer its session's current one: the session is now revoked.
+    Replayed,
+    /// The user is gone, or changed password or role since the session began.
+    UserChanged,
+}
+
+impl Refused {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::Replayed => "replayed",
+            Self::UserChanged => "user changed",
+        }
+    }
+}
+
+/// The outcome of presenting a refresh token.
+pub enum Refreshed {
+    /// The user (as now stored) and the new pair.
+    Pair(Box<(User, SessionTokens)>),
+    Refused(Refused),
+}
+
+/// Exchanges a refresh token for a new pair. The token is good once: the session's stored
+/// hash moves to the new token. Presenting a token that was good once but is not the current
+/// one (copied, or replayed by someone who intercepted it) revokes the whole session, so the
+/// new token is refused too. The new access token carries the user's current role and e-mail.
+#[tracing::instrument(skip_all)]
+pub async fn refresh_session(
+    users: &dyn UserReader,
+    sessions: &dyn SessionRepository,
+    tokens: &TokenIssuer,
+    presented: &str,
+) -> Result<Refreshed, RepositoryError> {
+    let refused = |why| Ok(Refreshed::Refused(why));
+    let Some((id, hash)) = parse_refresh_token(presented) else {
+        return refused(Refused::Unknown);
+    };
+    let Some(session) = sessions.find_session(&id).await? else {
+        return refused(Refused::Unknown);
+    };
+    if session.revoked {
+        return refused(Refused::Revoked);
+    }
+    if session.token_hash != hash {
+        sessions.revoke_session(&id).await?;
+        return refused(Refused::Replayed);
+    }
+    if session.expires_at <= Timestamp::now() {
+        return refused(Refused::Expired);
+    }
+    let user = match users.find_by_id(&session.user_id).await? {
+        Some(user) if user.session_epoch == session.user_epoch => user,
+        _ => return refused(Refused::UserChanged),
+    };
+    let new = new_refresh_token(&id).map_err(|e| RepositoryError::failed("refresh token", e))?;
+    let next = session.rotated(
+        new.hash,
+        Timestamp::now().plus(tokens.settings().refresh_ttl),
+    );
+    match sessions.rotate_session(&session, &next).await {
+        Ok(()) => {}
+        // Another refresh with this token won the race (or the user's epoch moved on): one of
+        // the two presenters is not the owner. Revoke.
+        Err(RepositoryError::ConcurrentUpdate) => {
+            sessions.revoke_session(&id).await?;
+            return refused(Refused::Replayed);
+        }
+        Err(e) => return Err(e),
+    }
+    let access = tokens
+        .issue(&user)
+        .map_err(|e| RepositoryError::failed("signing a token", e))?;
+    Ok(Refreshed::Pair(Box::new((
+        user,
+        SessionTokens {
+            access,
+            refresh: new.token,
+            refresh_expires_in: tokens.settings().refresh_ttl.as_secs(),
+        },
+    ))))
+}
+
+/// Ends the session a refresh token belongs to. Any token of the session will do (one that was
+/// already used too: its session is then compromised anyway); a token that names no session is
+/// not an error (RFC 7009 §2.2).
+#[tracing::instrument(skip_all)]
+pub async fn end_session(
+    sessions: &dyn SessionRepository,
+    presented: &str,
+) -> Result<(), RepositoryError> {
+    match parse_refresh_token(presented) {
+        Some((id, _)) => sessions.revoke_session(&id).await,
+        None => Ok(()),
+    }
+}
+
+/// The response of a login or a refresh: never stored by a cache on the way (RFC 6749 §5.1).
+pub(crate) fn pair_response(user: &User, pair: &SessionTokens) -> Result<Response<Body>, ApiError> {
+    json_response(
+        200,
+        &LoginView {
+            user: UserView::from(user),
+            token: &pair.access.token,
+            token_type: "Bearer",
+            expires_in: pair.access.expires_in,
+            refresh_token: &pair.refresh,
+            refresh_expires_in: pair.refresh_expires_in,
+        },
+    )
+}
+
+/// The body of `POST /users/refresh` and `POST /users/logout`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RefreshBody {
+    refresh_token: String,
+}
+
+fn refused_refresh() -> ApiError {
+    ApiError::Unauthorized {
+        detail: "the refresh token is invalid, expired or revoked; sign in again".into(),
+        challenge: r#"Bearer realm="zhixuan""#,
+    }
+}
+
+/// `POST /users/refresh`: a new pair for a valid refresh token; 401 otherwise.
+pub async fn refresh(
+    users: &dyn UserReader,
+    sessions: &dyn SessionRepository,
+    tokens: &TokenIssuer,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: RefreshBody = json_body(&request)?;
+    match refresh_session(users, sessions, tokens, &body.refresh_token).await? {
+        Refreshed::Pair(refreshed) => {
+            let (user, pair) = &*refreshed;
+            tracing::info!(user_id = %user.id, "session refreshed");
+            pair_response(user, pair)
+        }
+        Refreshed::Refused(why) => {
+            if why == Refused::Replayed {
+                tracing::warn!("a used refresh token was presented again: session revoked");
+            } else {
+                tracing::info!(reason = why.as_str(), "refresh refused");
+            }
+            Err(refused_refresh())
+        }
+    }
+}
+
+/// `POST /users/logout`: revokes the session of the refresh token; 204 whether or not it named
+/// one. Access tokens already issued stay valid until they expire (`JWT_EXPIRES_IN`).
+pub async fn logout(
+    sessions: &dyn SessionRepository,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let body: RefreshBody = json_body(&request)?;
+    end_session(sessions, &body.refresh_token).await?;
+    tracing::info!("session ended");
+    Response::builder()
+        .status(204)
+        .body(Body::Empty)
+        .map_err(ApiError::internal)
+}
