@@ -48,6 +48,9 @@ def event(method, path, route_path, body=None, headers=None, path_params=None, q
 
 EVENTS = {
     "health": event("GET", "/health", "/health"),
+    "openapi": event("GET", "/api/v1/openapi.json", "/api/v1/openapi.json"),
+    "docs": event("GET", "/docs", "/docs"),
+    "docs.asset": event("GET", "/docs/init.js", "/docs/{file}", path_params={"file": "init.js"}),
     "users-register": event("POST", "/api/v1/users/register", "/api/v1/users/register",
         body=json.dumps({"username": "new_user", "email": "New.User@Example.com", "password": "correct horse 1"})),
     "users-register.invalid": event("POST", "/api/v1/users/register", "/api/v1/users/register",

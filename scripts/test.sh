@@ -3,7 +3,8 @@
 # cargo fmt --check, cargo clippy -D warnings, cfn-lint and sam validate --lint on template.yaml,
 # and every test
 # (unit, the repository contract suite on DynamoDB and Postgres, end-to-end through the local
-# gateway) with cargo-nextest.
+# gateway) with cargo-nextest, then the API contract (scripts/api-check.py: the OpenAPI
+# description validated, the docs page in headless Chromium, Schemathesis over every operation).
 # Prints "N passed, M failed" and exits non-zero on any failure. Stops what it started.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,8 +53,15 @@ failed=$((failed + timed_out))
 if [ "$nextest_status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi  # build failure
 rm -f "$log"
 
+echo "[test] API contract: OpenAPI 3.1 description, docs page in Chromium, Schemathesis"
+api_log=$(mktemp)
+python3 scripts/api-check.py 2>&1 | tee "$api_log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || failed_checks+=(api)
+api_summary=$(grep -oE '^api-check: [0-9]+ cases, [0-9]+ failures.*fuzzing [0-9]+ s' "$api_log" | tail -n 1)
+rm -f "$api_log"
+
 check() { [[ " ${failed_checks[*]} " == *" $1 "* ]] && echo "$1 FAILED" || echo "$1 ok"; }
-checks="$(check fmt), $(check clippy), $(check template)"
+checks="$(check fmt), $(check clippy), $(check template), $(check api)${api_summary:+ (${api_summary#api-check: })}"
 echo
 echo "$passed passed, $failed failed ($checks; $((SECONDS - t0)) s)"
 [ "$failed" -eq 0 ] && [ ${#failed_checks[@]} -eq 0 ]

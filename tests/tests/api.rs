@@ -2,6 +2,7 @@
 //! handler with its in-function authentication and rate limits) to a real store, and every
 //! sample event through its function's handler.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, Response, StatusCode};
@@ -691,6 +692,9 @@ async fn sample_events_run_through_their_handlers() {
     // (file, role of the real token for protected events, status with it)
     let expected = [
         ("health.json", None, 200),
+        ("openapi.json", None, 200),
+        ("docs.json", None, 200),
+        ("docs.asset.json", None, 200),
         ("users-register.json", None, 201),
         ("users-register.invalid.json", None, 400),
         ("users-login.json", None, 200),
@@ -2274,7 +2278,7 @@ async fn one_postgres_pool_per_instance_holds_at_most_pg_max_connections() {
 /// method and path; every function has a sample event.
 #[test]
 fn template_crates_builders_and_events_agree() {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
     let root = zx_tests::repo_root();
     let text = std::fs::read_to_string(root.join("template.yaml")).unwrap();
     let template: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
@@ -2881,4 +2885,106 @@ async fn cors_preflights_pass_only_for_allowed_origins() {
             .get("access-control-allow-origin")
             .is_none()
     );
+}
+
+// ---------------------------------------------------------------- the API description
+
+/// The routes of a template and the operations of a description that do not match:
+/// (in the template but undescribed, described but not in the template), as `METHOD /path`.
+fn route_differences(
+    template_yaml: &str,
+    description: &Value,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let routes: BTreeSet<String> = zx_local_gateway::RouteTable::from_template(template_yaml)
+        .unwrap()
+        .routes
+        .iter()
+        .map(|r| format!("{} {}", r.method.to_uppercase(), r.path))
+        .collect();
+    let operations: BTreeSet<String> = description["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    (
+        routes.difference(&operations).cloned().collect(),
+        operations.difference(&routes).cloned().collect(),
+    )
+}
+
+#[test]
+fn the_description_covers_every_route_of_the_template_and_no_other() {
+    let text = std::fs::read_to_string(zx_tests::repo_root().join("template.yaml")).unwrap();
+    let description: Value = serde_json::from_str(zx_app::openapi::json()).unwrap();
+    let (undescribed, unrouted) = route_differences(&text, &description);
+    assert!(
+        undescribed.is_empty(),
+        "routes without a description: {undescribed:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "described but not routed: {unrouted:?}"
+    );
+    // A route added to the template without a description is caught.
+    let added = text.replacen(
+        "        Openapi:\n          Type: HttpApi\n",
+        "        Extra:\n          Type: HttpApi\n          Properties: { ApiId: !Ref HttpApi, Path: /api/v1/extra, Method: GET }\n        Openapi:\n          Type: HttpApi\n",
+        1,
+    );
+    assert_ne!(added, text);
+    let (undescribed, _) = route_differences(&added, &description);
+    assert_eq!(
+        undescribed.into_iter().collect::<Vec<_>>(),
+        ["GET /api/v1/extra"]
+    );
+}
+
+/// `docs/openapi.json` is exactly what `GET /api/v1/openapi.json` serves (refresh it with
+/// `cargo run -p zx-app --bin zx-admin -- openapi docs/openapi.json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_openapi_json_is_what_the_openapi_function_serves() {
+    let api = Api::start(Store::DynamoDb).await;
+    let response = api
+        .http
+        .get(api.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let served = response.text().await.unwrap();
+    let file = std::fs::read_to_string(zx_tests::repo_root().join("docs/openapi.json")).unwrap();
+    assert!(
+        served == file,
+        "docs/openapi.json is stale: run `cargo run -p zx-app --bin zx-admin -- openapi docs/openapi.json`"
+    );
+    let description: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(description["openapi"], "3.1.0");
+    // The page and its assets are served too.
+    let page = api.http.get(api.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/docs/swagger-ui-bundle.js"));
+    let bundle = api
+        .http
+        .get(api.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bundle.status(), 200);
+    assert!(bundle.bytes().await.unwrap().len() > 1_000_000);
+    let missing = api.http.get(api.url("/docs/nope.js")).send().await.unwrap();
+    problem(missing, 404).await;
 }

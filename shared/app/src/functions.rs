@@ -86,6 +86,9 @@ pub const HEALTH: HttpFunction = HttpFunction::new(
         ..Needs::NONE
     },
 );
+/// The API description and its page: static, no store, no cache, no limit.
+pub const OPENAPI: HttpFunction = HttpFunction::new("openapi", openapi, Needs::NONE);
+pub const DOCS: HttpFunction = HttpFunction::new("docs", docs, Needs::NONE);
 pub const USERS_REGISTER: HttpFunction =
     HttpFunction::new("users-register", users_register, needs_users(Use::Write));
 pub const USERS_LOGIN: HttpFunction = HttpFunction::new("users-login", users_login, NEEDS_SESSIONS);
@@ -153,6 +156,8 @@ pub const ORDERS_UPDATE_STATUS: HttpFunction = HttpFunction::new(
 /// Every HTTP function (the local gateway builds them all; each `main.rs` names its own).
 pub const HTTP_FUNCTIONS: &[HttpFunction] = &[
     HEALTH,
+    OPENAPI,
+    DOCS,
     USERS_REGISTER,
     USERS_LOGIN,
     USERS_REFRESH,
@@ -219,6 +224,24 @@ pub fn health(services: &Services) -> Result<HttpHandler, ConfigError> {
         let checks = checks.clone();
         async move { crate::health_handler(&checks, timeout, request).await }
     }))
+}
+
+/// `GET /api/v1/openapi.json`.
+pub fn openapi(_services: &Services) -> Result<HttpHandler, ConfigError> {
+    Ok(Edge::new(Access::Public, None, None).wrap(crate::openapi::serve_openapi))
+}
+
+/// `GET /docs` and `GET /docs/{file}`.
+pub fn docs(_services: &Services) -> Result<HttpHandler, ConfigError> {
+    Ok(
+        Edge::new(Access::Public, None, None).wrap(|request: Request| async move {
+            if zx_http::path_param(&request, "file").is_ok() {
+                zx_docs::docs_asset(request).await
+            } else {
+                zx_docs::docs_page(request).await
+            }
+        }),
+    )
 }
 
 pub fn users_register(services: &Services) -> Result<HttpHandler, ConfigError> {

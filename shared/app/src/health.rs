@@ -94,10 +94,14 @@ impl HealthCheck for CacheCheck {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One dependency's check.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DependencyStatus {
+    /// `dynamodb`, `postgres`, `cache`.
     pub name: &'static str,
+    /// `up` or `down`.
+    #[schema(examples("up"))]
     pub status: &'static str,
     /// Decides the overall status; not part of the public body.
     #[serde(skip)]
@@ -105,9 +109,11 @@ pub struct DependencyStatus {
     pub latency_ms: u64,
 }
 
-#[derive(Debug, Serialize)]
+/// The health of the function's dependencies.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthReport {
+    /// `ok`, or `unavailable` when a required dependency is down.
     pub status: &'static str,
     pub dependencies: Vec<DependencyStatus>,
 }
@@ -145,6 +151,12 @@ pub async fn run_checks(checks: &[Arc<dyn HealthCheck>], timeout: Duration) -> H
     }
 }
 
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses(
+        (status = 200, description = "Every required dependency is up.", body = HealthReport),
+        (status = 503, description = "A required dependency is down.", body = HealthReport,
+            headers(("retry-after" = u64, description = "Seconds to wait before checking again."))),
+    ))]
 /// `GET /health`: 200 with each dependency's status and latency, or 503 naming those down.
 pub async fn health_handler(
     checks: &[Arc<dyn HealthCheck>],

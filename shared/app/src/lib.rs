@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod functions;
 pub mod health;
 pub mod http_client;
+pub mod openapi;
 pub mod permissions;
 pub mod unwired;
 pub mod wiring;

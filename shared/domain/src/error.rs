@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// One invalid input field: which one and why, in words a client can act on.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod body;
 pub mod edge;
+pub mod openapi;
 pub mod problem;
 pub mod respond;
 pub mod telemetry;

@@ -207,14 +207,23 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: every error this API answers, as `application/problem+json`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct Problem<'a> {
+    /// A URI naming the kind of problem.
     #[serde(rename = "type")]
+    #[schema(examples("https://zhixuan.dev/problems/bad-request"))]
     type_: String,
     title: &'static str,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
+    /// What went wrong, for people. A 500 carries only the request id.
     detail: String,
+    /// The invalid fields (400) or taken values (409).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<FieldError>, required = false)]
     errors: Option<&'a [FieldError]>,
 }
 

@@ -68,18 +68,22 @@ fn order_id(request: &Request) -> Result<OrderId, ApiError> {
     OrderId::parse(path_param(request, "id")?).map_err(|_| ApiError::not_found("no such order"))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /orders`: what to buy (prices come from the catalogue).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = CreateOrderBody)]
 pub struct CreateBody {
     items: Vec<ItemBody>,
     #[serde(default)]
     shipping_address: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = OrderItemBody)]
 pub struct ItemBody {
     product_id: String,
+    /// 1 to 1,000.
     quantity: i64,
 }
 
@@ -157,6 +161,27 @@ fn order_response(
     Ok(response)
 }
 
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "Unique per order (1–255 visible ASCII characters); reused only to retry it.")),
+    request_body = CreateBody,
+    responses(
+        (status = 202, description = "Accepted: the order is pending until its stock is reserved. A retry with the same key and body answers the same order again (`Idempotent-Replayed: true`).", body = OrderView,
+            headers(
+                ("location" = String, description = "The order's URL."),
+                ("idempotent-replayed" = String, description = "`true` when this answers an earlier request with the same key."),
+            ),
+            links(
+                ("GetOrder" = (operation_id = "get_order", parameters(("id" = "$response.body#/orderId")))),
+                ("CancelOrder" = (operation_id = "cancel_order", parameters(("id" = "$response.body#/orderId")))),
+                ("UpdateStatus" = (operation_id = "update_status", parameters(("id" = "$response.body#/orderId")))),
+            )),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 409, response = zx_http::openapi::Conflict),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `POST /orders`: 202 with the pending order (server prices). Same key and request → the
 /// same answer; same key, other request → 409.
 pub async fn create_order(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
@@ -167,6 +192,14 @@ pub async fn create_order(saga: &Saga, request: Request) -> Result<Response<Body
     order_response(202, &OrderView::as_created(&placed.order), placed.replayed)
 }
 
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "An order id.")),
+    responses(
+        (status = 200, description = "The order with its status history.", body = OrderView),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 404, response = zx_http::openapi::NotFound),
+    ))]
 /// `GET /orders/{id}`: the owner's or, for an admin, any order; others → 404.
 pub async fn get_order(
     orders: &dyn OrderRepository,
@@ -178,13 +211,30 @@ pub async fn get_order(
     json_response(200, &view(&actor, &order))
 }
 
-#[derive(Serialize)]
+/// A page of orders, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ListView<'a> {
+#[schema(as = OrderPage)]
+pub struct ListView<'a> {
     items: Vec<OrderView<'a>>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders",
+    security(("bearer" = [])),
+    params(
+        ("limit" = Option<u16>, Query, description = "Page size, 1–100 (default 20)."),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page."),
+        ("status" = Option<OrderStatus>, Query, description = "Only orders in this status."),
+        ("userId" = Option<String>, Query, description = "Admins: only this customer's orders (customers always see only their own)."),
+    ),
+    responses(
+        (status = 200, description = "Customers: their own orders; admins: everyone's.", body = ListView),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+    ))]
 /// `GET /orders`: customers their own, admins all (`?userId=`, `?status=`), newest first.
 pub async fn list_orders(
     orders: &dyn OrderRepository,
@@ -228,6 +278,15 @@ pub async fn list_orders(
     )
 }
 
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "An order id.")),
+    responses(
+        (status = 200, description = "Cancelled; reserved stock is released.", body = OrderView),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 404, response = zx_http::openapi::NotFound),
+        (status = 409, response = zx_http::openapi::Conflict),
+    ))]
 /// `POST /orders/{id}/cancel`: the owner (pending or confirmed) or an admin.
 pub async fn cancel_order(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
     let actor = actor(&request)?;
@@ -242,14 +301,32 @@ pub async fn cancel_order(saga: &Saga, request: Request) -> Result<Response<Body
     json_response(200, &view(&actor, &order))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `PATCH /orders/{id}/status`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = OrderStatusBody)]
 pub struct StatusBody {
+    /// The next status along the state machine.
     status: String,
+    /// 1–200 characters, recorded in the history.
     #[serde(default)]
     reason: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/orders/{id}/status", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "An order id.")),
+    request_body = StatusBody,
+    responses(
+        (status = 200, description = "Moved; the change is in the history.", body = OrderView),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 403, response = zx_http::openapi::Forbidden),
+        (status = 404, response = zx_http::openapi::NotFound),
+        (status = 409, response = zx_http::openapi::Conflict),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `PATCH /orders/{id}/status` (admin): `{status, reason?}` along the state machine.
 pub async fn update_status(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
     let actor = actor(&request)?;

@@ -5,8 +5,10 @@ use std::borrow::Cow;
 use serde::Serialize;
 use zx_domain::{Order, OrderLine, OrderStatus, StatusChange, Timestamp, UserId};
 
-#[derive(Debug, Serialize)]
+/// One line of an order, priced by the catalogue when the order was placed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = OrderLine)]
 pub struct LineView<'a> {
     pub product_id: &'a str,
     pub name: &'a str,
@@ -28,8 +30,9 @@ impl<'a> From<&'a OrderLine> for LineView<'a> {
 }
 
 /// An order with its lines (unit prices from the catalogue), total and status history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Order)]
 pub struct OrderView<'a> {
     pub order_id: &'a str,
     pub user_id: &'a str,
@@ -41,6 +44,7 @@ pub struct OrderView<'a> {
     pub shipping_address: Option<&'a str>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    #[schema(value_type = Vec<StatusChange>)]
     pub status_history: Cow<'a, [StatusChange]>,
 }
 

@@ -44,6 +44,12 @@ pub(crate) fn product_id(request: &Request, name: &str) -> Result<ProductId, Api
     ProductId::parse(path_param(request, name)?).map_err(|_| product_not_found())
 }
 
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "products",
+    params(("id" = String, Path, description = "A product id.")),
+    responses(
+        (status = 200, description = "The product with its current stock.", body = ProductView, headers(("x-cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the store."))),
+        (status = 404, response = zx_http::openapi::NotFound),
+    ))]
 /// `GET /products/{id}`: a live product with its current stock. Cached.
 pub async fn get_product(
     products: &dyn ProductReader,
@@ -225,6 +231,20 @@ async fn product_bodies(
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/products", tag = "products",
+    params(
+        ("category" = Option<String>, Query, description = "A category id (slug)."),
+        ("minPrice" = Option<i64>, Query, description = "Lowest price, in minor units (fen), included."),
+        ("maxPrice" = Option<i64>, Query, description = "Highest price, in minor units (fen), included."),
+        ("search" = Option<String>, Query, description = "Case-insensitive substring of name or description; `%` and `_` are literal."),
+        ("limit" = Option<u16>, Query, description = "Page size, 1–100 (default 20)."),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page."),
+        ("page" = Option<u32>, Query, description = "1–50, for the seed's clients (not with `cursor`)."),
+    ),
+    responses(
+        (status = 200, description = "Newest first.", body = crate::views::ProductPage, headers(("x-cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the store."))),
+        (status = 400, response = zx_http::openapi::BadRequest),
+    ))]
 /// `GET /products`: newest first, filtered, one page (`cursor`, or `page` for the seed's
 /// clients). Cached: the page's product ids under the catalogue's generation, each product's
 /// body under its own (see [`crate::cache`]).
@@ -294,13 +314,16 @@ async fn walk(
 }
 
 /// The body of `POST /products`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = CreateProductBody)]
 pub struct CreateBody {
     name: String,
     #[serde(default)]
     description: String,
+    /// Minor units (fen).
     price: i64,
+    /// Units available, 0 to 1,000,000,000.
     stock: i64,
     category_id: String,
     #[serde(default)]
@@ -323,6 +346,24 @@ fn parse_images(errors: &mut ValidationErrors, images: &[String]) -> Option<Vec<
     parsed.into_iter().collect()
 }
 
+#[utoipa::path(post, path = "/api/v1/products", tag = "products",
+    security(("bearer" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Created.", body = ProductView, links(
+            ("GetProduct" = (operation_id = "get_product", parameters(("id" = "$response.body#/productId")))),
+            ("UpdateProduct" = (operation_id = "update_product", parameters(("id" = "$response.body#/productId")))),
+            ("DeleteProduct" = (operation_id = "delete_product", parameters(("id" = "$response.body#/productId")))),
+            ("GetStock" = (operation_id = "get_stock", parameters(("productId" = "$response.body#/productId")))),
+            ("PutStock" = (operation_id = "put_stock", parameters(("productId" = "$response.body#/productId")))),
+        )),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 403, response = zx_http::openapi::Forbidden),
+        (status = 409, response = zx_http::openapi::Conflict),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `POST /products` (admin): a new product → 201.
 pub async fn create_product(
     products: &dyn ProductRepository,
@@ -369,9 +410,10 @@ pub async fn create_product(
     json_response(201, &ProductView::from(&product))
 }
 
-/// The body of `PUT /products/{id}`.
-#[derive(Debug, Deserialize)]
+/// The body of `PUT /products/{id}`: at least one field.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = UpdateProductBody)]
 pub struct UpdateBody {
     name: Option<String>,
     description: Option<String>,
@@ -396,6 +438,20 @@ fn next_version(product: &Product) -> Product {
     }
 }
 
+#[utoipa::path(put, path = "/api/v1/products/{id}", tag = "products",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A product id.")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "Updated.", body = ProductView),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 403, response = zx_http::openapi::Forbidden),
+        (status = 404, response = zx_http::openapi::NotFound),
+        (status = 409, response = zx_http::openapi::Conflict),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `PUT /products/{id}` (admin): changes catalogue fields (stock changes go through `/stock`).
 pub async fn update_product(
     products: &dyn ProductRepository,
@@ -457,6 +513,16 @@ pub async fn update_product(
     json_response(200, &ProductView::from(&next))
 }
 
+#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "products",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A product id.")),
+    responses(
+        (status = 204, description = "Deleted (soft: orders keep referring to it)."),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 403, response = zx_http::openapi::Forbidden),
+        (status = 404, response = zx_http::openapi::NotFound),
+        (status = 409, response = zx_http::openapi::Conflict),
+    ))]
 /// `DELETE /products/{id}` (admin): a soft delete → 204. Orders keep referring to it.
 pub async fn delete_product(
     products: &dyn ProductRepository,

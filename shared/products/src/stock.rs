@@ -11,9 +11,10 @@ use crate::handlers::product_id;
 /// The largest quantity one can ask about.
 pub const MAX_QUANTITY: i64 = 1_000_000;
 
-#[derive(Serialize)]
+/// Whether a quantity of a product can be ordered now.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Availability<'a> {
+pub struct Availability<'a> {
     product_id: &'a str,
     available: i64,
     requested: i64,
@@ -38,6 +39,16 @@ pub fn parse_quantity(text: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/stock/{productId}", tag = "stock",
+    params(
+        ("productId" = String, Path, description = "A product id."),
+        ("quantity" = Option<i64>, Query, description = "Units asked about, 1–1,000,000 (default 1)."),
+    ),
+    responses(
+        (status = 200, description = "Available units and whether `quantity` of them can be ordered.", body = Availability),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 404, response = zx_http::openapi::NotFound),
+    ))]
 /// `GET /stock/{productId}?quantity=N`: whether N units can be ordered now (N defaults to 1).
 pub async fn get_stock(
     products: &dyn ProductReader,
@@ -61,22 +72,42 @@ pub async fn get_stock(
     )
 }
 
-/// The body of `PUT /stock/{productId}`.
-#[derive(Debug, Deserialize)]
+/// The body of `PUT /stock/{productId}`: exactly one of `available` (set) and `delta` (adjust).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = StockChangeBody)]
 pub struct PutBody {
     available: Option<i64>,
     delta: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// A product's stock counters.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct StockView<'a> {
+#[schema(as = Stock)]
+pub struct StockView<'a> {
     product_id: &'a str,
     available: i64,
     reserved: i64,
 }
 
+#[utoipa::path(put, path = "/api/v1/stock/{productId}", tag = "stock",
+    security(("bearer" = [])),
+    params(
+        ("productId" = String, Path, description = "A product id."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this change: a retry with the same key applies it once."),
+    ),
+    request_body = PutBody,
+    responses(
+        (status = 200, description = "The counters after the change.", body = StockView),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 403, response = zx_http::openapi::Forbidden),
+        (status = 404, response = zx_http::openapi::NotFound),
+        (status = 409, response = zx_http::openapi::Conflict),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `PUT /stock/{productId}` (admin): `{available}` sets, `{delta}` adjusts the available stock;
 /// it stays within 0 and [`Stock::MAX_UNITS`] (reserved units are untouched). An
 /// `Idempotency-Key` header names the change, so a client's retry applies it once (the store

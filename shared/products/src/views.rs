@@ -3,8 +3,10 @@
 use serde::Serialize;
 use zx_domain::{Product, Timestamp};
 
-#[derive(Debug, Serialize)]
+/// A product as the catalogue shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Product)]
 pub struct ProductView<'a> {
     pub product_id: &'a str,
     pub name: &'a str,
@@ -33,4 +35,16 @@ impl<'a> From<&'a Product> for ProductView<'a> {
             updated_at: p.updated_at,
         }
     }
+}
+
+/// A page of the catalogue (`GET /products`). The handler writes it from cached product
+/// bodies (`{"items":[...],"nextCursor":...}`) rather than through this type; the end-to-end
+/// tests and the schema fuzzer check the two agree.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductPage<'a> {
+    pub items: Vec<ProductView<'a>>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
 }

@@ -28,14 +28,32 @@ async fn enforce(limits: &ClientLimits, checks: &[(String, u32)]) -> Result<(), 
 use crate::views::{TokenInfoView, UserView};
 
 /// The body of `POST /users/register`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
+    /// 3–32 letters, digits, `_`, `-` or `.`; unique without regard to case.
+    #[schema(examples("li_wei"))]
     username: String,
+    /// Trimmed and lower-cased; unique.
+    #[schema(examples("li.wei@example.com"))]
     email: String,
+    /// 8–72 bytes (bcrypt's limit: longer is refused, never truncated).
+    #[schema(examples("correct horse 1"))]
     password: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/users/register", tag = "users",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "Registered, as a customer.", body = UserView, links(
+            ("GetUser" = (operation_id = "get_user", parameters(("id" = "$response.body#/userId")))),
+            ("UpdateUser" = (operation_id = "update_user", parameters(("id" = "$response.body#/userId")))),
+        )),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 409, response = zx_http::openapi::Conflict),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `POST /users/register`: creates a customer. 409 when the e-mail or username is taken;
 /// 429 past `register_per_ip` attempts a minute from one client.
 pub async fn register(
@@ -66,7 +84,7 @@ pub async fn register(
 }
 
 /// The body of `POST /users/login`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     email: String,
@@ -80,6 +98,15 @@ fn invalid_credentials() -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/users/login", tag = "users",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "An access token and a refresh token.", body = crate::views::LoginView),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `POST /users/login`: a token for valid credentials. An unknown e-mail and a wrong password
 /// give the same 401, after the same bcrypt work. 429 past the per-minute limits for the
 /// client's IP and e-mail, and for the IP alone.
@@ -127,6 +154,12 @@ pub async fn login(
     crate::sessions::pair_response(&user, &pair)
 }
 
+#[utoipa::path(get, path = "/api/v1/users/validate", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token's claims.", body = TokenInfoView),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+    ))]
 /// `GET /users/validate`: what the caller's bearer token says (the edge verified it; a bad
 /// or missing token never reaches this handler).
 pub async fn validate(request: Request) -> Result<Response<Body>, ApiError> {
@@ -146,6 +179,13 @@ fn user_not_found() -> ApiError {
     ApiError::not_found("no such user")
 }
 
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's profile.", body = UserView),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 404, response = zx_http::openapi::NotFound),
+    ))]
 /// `GET /users/me`: the caller's profile.
 pub async fn me(users: &dyn UserReader, request: Request) -> Result<Response<Body>, ApiError> {
     let caller = AuthContext::from_request(&request)?;
@@ -171,6 +211,14 @@ async fn visible_user(
     Ok((caller, user))
 }
 
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A user id.")),
+    responses(
+        (status = 200, description = "The profile.", body = UserView),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 404, response = zx_http::openapi::NotFound),
+    ))]
 /// `GET /users/{id}`: a profile, for its owner or an admin.
 pub async fn get_user(
     users: &dyn UserReader,
@@ -180,17 +228,34 @@ pub async fn get_user(
     json_response(200, &UserView::from(&user))
 }
 
-/// The body of `PUT /users/{id}`.
-#[derive(Debug, Deserialize)]
+/// The body of `PUT /users/{id}`: at least one of `username`, `email`, `password`, `role`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = UpdateUserBody)]
 pub struct UpdateBody {
     username: Option<String>,
     email: Option<String>,
     password: Option<String>,
+    /// Required to change one's own password.
     current_password: Option<String>,
+    /// `customer` or `admin`; admins only.
     role: Option<String>,
 }
 
+#[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A user id.")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The updated profile. A password or role change ends every session of the user.", body = UserView),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 403, response = zx_http::openapi::Forbidden),
+        (status = 404, response = zx_http::openapi::NotFound),
+        (status = 409, response = zx_http::openapi::Conflict),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `PUT /users/{id}`: changes username, e-mail, password (with `currentPassword` when changing
 /// one's own) and, for admins only, role. Unknown fields are rejected.
 pub async fn update_user(

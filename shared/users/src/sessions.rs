@@ -167,7 +167,7 @@ pub(crate) fn pair_response(user: &User, pair: &SessionTokens) -> Result<Respons
 }
 
 /// The body of `POST /users/refresh` and `POST /users/logout`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RefreshBody {
     refresh_token: String,
@@ -180,6 +180,15 @@ fn refused_refresh() -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/users/refresh", tag = "users",
+    request_body = RefreshBody,
+    responses(
+        (status = 200, description = "A new access token and refresh token; the one presented is spent.", body = LoginView),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 401, response = zx_http::openapi::Unauthorized),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `POST /users/refresh`: a new pair for a valid refresh token; 401 otherwise.
 pub async fn refresh(
     users: &dyn UserReader,
@@ -205,6 +214,14 @@ pub async fn refresh(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/users/logout", tag = "users",
+    request_body = RefreshBody,
+    responses(
+        (status = 204, description = "The session is ended (or the token named none)."),
+        (status = 400, response = zx_http::openapi::BadRequest),
+        (status = 413, response = zx_http::openapi::PayloadTooLarge),
+        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
+    ))]
 /// `POST /users/logout`: revokes the session of the refresh token; 204 whether or not it named
 /// one. Access tokens already issued stay valid until they expire (`JWT_EXPIRES_IN`).
 pub async fn logout(

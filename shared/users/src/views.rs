@@ -3,8 +3,10 @@
 use serde::Serialize;
 use zx_domain::{Role, Timestamp, User};
 
-#[derive(Debug, Serialize)]
+/// A user's profile.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = User)]
 pub struct UserView<'a> {
     pub user_id: &'a str,
     pub username: &'a str,
@@ -27,19 +29,28 @@ impl<'a> From<&'a User> for UserView<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A session's tokens: what a login and a refresh answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Session)]
 pub struct LoginView<'a> {
     pub user: UserView<'a>,
+    /// The access token (EdDSA JWT) for `Authorization: Bearer`.
     pub token: &'a str,
+    #[schema(examples("Bearer"))]
     pub token_type: &'static str,
+    /// Seconds the access token is valid.
     pub expires_in: u64,
+    /// Good for one `POST /api/v1/users/refresh`; keep it secret.
     pub refresh_token: &'a str,
+    /// Seconds the refresh token is valid.
     pub refresh_expires_in: u64,
 }
 
-#[derive(Debug, Serialize)]
+/// What a valid access token says.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = TokenInfo)]
 pub struct TokenInfoView<'a> {
     pub user_id: &'a str,
     pub email: &'a str,

@@ -8,6 +8,9 @@
 //!
 //!   zx-admin seed-catalogue [COUNT]  load COUNT (default 300) demo products across eight
 //!                                    categories; idempotent (fixed ids: a second run adds nothing)
+//!   zx-admin openapi [PATH]         write the API's OpenAPI 3.1 description (what
+//!                                    GET /api/v1/openapi.json serves) to PATH, or print it;
+//!                                    `zx-admin openapi docs/openapi.json` refreshes the docs copy
 //!   zx-admin jwt-keygen              print a new Ed25519 key pair for tokens: the private key
 //!                                    (JWT_PRIVATE_KEY, base64 PKCS#8) on the first line, the
 //!                                    public key (for JWT_PUBLIC_KEYS) on the second
@@ -25,6 +28,10 @@ async fn main() -> ExitCode {
     let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["migrate"] => migrate().await,
         ["jwt-keygen"] => jwt_keygen(),
+        ["openapi"] => Ok(zx_app::openapi::json().trim_end().to_owned()),
+        ["openapi", path] => std::fs::write(path, zx_app::openapi::json())
+            .map(|()| format!("wrote {path}"))
+            .map_err(|e| format!("cannot write {path}: {e}").into()),
         ["ensure-admin", email, username] => ensure_admin(email, username).await,
         ["seed-catalogue"] => seed_catalogue(300).await,
         ["seed-catalogue", count] => match count.parse() {
@@ -32,7 +39,7 @@ async fn main() -> ExitCode {
             _ => Err("COUNT must be a number up to 10000".into()),
         },
         _ => Err(
-            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | jwt-keygen"
+            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | openapi [PATH] | jwt-keygen"
                 .into(),
         ),
     };

@@ -1,0 +1,200 @@
+//! The API's OpenAPI 3.1 description, generated from the code: the request and response
+//! types derive their schemas, each handler carries its `#[utoipa::path]`, and the edge adds
+//! what every operation shares (`zx_http::openapi::EdgeAnswers`). Served by the `openapi`
+//! function at `GET /api/v1/openapi.json`, rendered by `GET /docs`, and written to
+//! `docs/openapi.json` by `zx-admin openapi` (a test fails when the file, the served document
+//! or the template's routes disagree).
+
+use std::sync::OnceLock;
+
+use utoipa::OpenApi as _;
+use utoipa::openapi::OpenApi;
+
+/// The extra routes of `GET /health` (one per service, as the seed had).
+pub const SERVICE_HEALTH_PATHS: &[&str] = &[
+    "/api/v1/users/health",
+    "/api/v1/products/health",
+    "/api/v1/stock/health",
+];
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Zhixuan (智选) commerce API",
+        version = "1.0.0",
+        description = "Users, catalogue, stock and orders of the Zhixuan serverless commerce backend. \
+Every error is RFC 9457 `application/problem+json`. Protected operations need `Authorization: Bearer <access token>` \
+(from `POST /api/v1/users/login` or `/users/refresh`); a missing or bad token is an RFC 6750 401. \
+Every client has per-minute limits (users routes 100, products and stock 1000, orders 500), reported in `RateLimit-*` headers; \
+over them: 429 with `Retry-After`. Money is integer minor units (fen); times are RFC 3339 UTC.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        crate::health::health_handler,
+        zx_users::handlers::register,
+        zx_users::handlers::login,
+        zx_users::sessions::refresh,
+        zx_users::sessions::logout,
+        zx_users::handlers::validate,
+        zx_users::handlers::me,
+        zx_users::handlers::get_user,
+        zx_users::handlers::update_user,
+        zx_products::handlers::list_products,
+        zx_products::handlers::get_product,
+        zx_products::handlers::create_product,
+        zx_products::handlers::update_product,
+        zx_products::handlers::delete_product,
+        zx_products::stock::get_stock,
+        zx_products::stock::put_stock,
+        zx_orders::http::create_order,
+        zx_orders::http::list_orders,
+        zx_orders::http::get_order,
+        zx_orders::http::cancel_order,
+        zx_orders::http::update_status,
+        serve_openapi,
+        zx_docs::docs_page,
+        zx_docs::docs_asset,
+    ),
+    components(schemas(zx_http::problem::Problem, zx_domain::FieldError)),
+    modifiers(&ServiceHealthRoutes, &Summaries, &EDGE),
+    tags(
+        (name = "users", description = "Registration, sessions (login, refresh, logout) and profiles."),
+        (name = "products", description = "The catalogue: public, cached reads; admin writes."),
+        (name = "stock", description = "Inventory: availability, and admin changes."),
+        (name = "orders", description = "Server-priced, idempotent orders and their state machine."),
+        (name = "health", description = "Dependency checks."),
+        (name = "docs", description = "This description, for machines and for people."),
+    ),
+)]
+struct ApiDoc;
+
+/// Operations without a per-client limit.
+const EDGE: zx_http::openapi::EdgeAnswers = zx_http::openapi::EdgeAnswers {
+    unlimited: &[
+        "health_handler",
+        "users_health",
+        "products_health",
+        "stock_health",
+        "serve_openapi",
+        "docs_page",
+        "docs_asset",
+    ],
+};
+
+/// `GET /health` is also served under each service's path: the same operation, its own id.
+struct ServiceHealthRoutes;
+
+impl utoipa::Modify for ServiceHealthRoutes {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let Some(health) = openapi.paths.paths.get("/health").cloned() else {
+            return;
+        };
+        for path in SERVICE_HEALTH_PATHS {
+            let mut item = health.clone();
+            if let Some(operation) = item.get.as_mut() {
+                let service = path
+                    .trim_start_matches("/api/v1/")
+                    .trim_end_matches("/health");
+                operation.operation_id = Some(format!("{service}_health"));
+            }
+            openapi.paths.paths.insert((*path).to_owned(), item);
+        }
+    }
+}
+
+/// A handler's doc comment becomes its operation's description; its first sentence, the
+/// summary.
+struct Summaries;
+
+impl utoipa::Modify for Summaries {
+    fn modify(&self, openapi: &mut OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let Some(text) = operation.summary.take() else {
+                    continue;
+                };
+                let text = text.replace('\n', " ");
+                let first = match text.find(". ") {
+                    Some(end) => text.get(..=end).unwrap_or(&text).to_owned(),
+                    None => text.clone(),
+                };
+                if first.len() < text.len() {
+                    operation.description.get_or_insert(text);
+                }
+                operation.summary = Some(first);
+            }
+        }
+    }
+}
+
+/// The description.
+pub fn document() -> OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The description as served and as written to `docs/openapi.json` (pretty JSON and a final
+/// newline), built once per instance.
+pub fn json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        let mut text = document()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        text.push('\n');
+        text
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "docs",
+    responses(
+        (status = 200, description = "This OpenAPI 3.1 description.", content_type = "application/json", body = Object),
+    ))]
+/// `GET /api/v1/openapi.json`.
+pub async fn serve_openapi(
+    _request: lambda_http::Request,
+) -> Result<lambda_http::Response<lambda_http::Body>, zx_http::ApiError> {
+    let mut response = lambda_http::Response::new(lambda_http::Body::Text(json().to_owned()));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    // Public and the same for everyone until the next deployment.
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_description_is_openapi_3_1_with_every_operation_answering_problems() {
+        let doc: serde_json::Value = serde_json::from_str(json()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 20, "{}", paths.len());
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = operation["responses"].as_object().unwrap();
+                for status in ["500", "503"] {
+                    assert!(responses.contains_key(status), "{method} {path}: {status}");
+                }
+            }
+        }
+        assert!(doc["components"]["schemas"]["Problem"].is_object());
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+}
