@@ -153,8 +153,10 @@ def schemathesis(base, role, token, examples, seed):
                "--header", f"Authorization: Bearer {token}",
                "--report", "junit", "--report-dir", str(report),
                "--no-color"]
+    report.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+    # In its own directory: Schemathesis keeps a cache (.schemathesis/) where it runs.
+    out = subprocess.run(command, cwd=report, capture_output=True, text=True,
                          env=dict(os.environ, SCHEMATHESIS_TELEMETRY="false", HYPOTHESIS_STORAGE_DIRECTORY=str(report / "hypothesis")))
     elapsed = time.monotonic() - started
     text = out.stdout + out.stderr
