@@ -25,7 +25,7 @@ pub const SERVICE_HEALTH_PATHS: &[&str] = &[
         description = "Users, catalogue, stock and orders of the Zhixuan serverless commerce backend. \
 Every error is RFC 9457 `application/problem+json`. Protected operations need `Authorization: Bearer <access token>` \
 (from `POST /api/v1/users/login` or `/users/refresh`); a missing or bad token is an RFC 6750 401. \
-Every client has per-minute limits (users routes 100, products and stock 1000, orders 500), reported in `RateLimit-*` headers; \
+An empty query parameter is the same as an absent one. Every client has per-minute limits (users routes 100, products and stock 1000, orders 500), reported in `RateLimit-*` headers; \
 over them: 429 with `Retry-After`. Money is integer minor units (fen); times are RFC 3339 UTC.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),

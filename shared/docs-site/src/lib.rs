@@ -88,7 +88,11 @@ pub async fn docs_page(_request: Request) -> Result<Response<Body>, ApiError> {
 #[utoipa::path(get, path = "/docs/{file}", tag = "docs",
     params(("file" = String, Path, description = "An asset of the page.")),
     responses(
-        (status = 200, description = "The asset (script, style sheet or icon).", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The asset: a script, a style sheet or an icon.", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+            (Vec<u8> = "image/png"),
+        )),
         (status = 404, response = zx_http::openapi::NotFound),
     ))]
 /// `GET /docs/{file}`: one of the page's assets.

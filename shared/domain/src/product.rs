@@ -170,19 +170,101 @@ pub struct ImageUrl(String);
 impl ImageUrl {
     pub const MAX_PER_PRODUCT: usize = 10;
 
+    /// An absolute `http(s)` URL every client can parse: a host name (letters, digits, `-`,
+    /// `.`) or a bracketed IPv6 address, an optional port, then a path, query and fragment of
+    /// visible ASCII (non-ASCII must be percent-encoded, and every `%` starts an escape). No
+    /// user information (`user@`). At most 2048 bytes.
     pub fn parse(text: &str) -> Result<Self, String> {
         let url = text.trim();
-        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-        if scheme_ok && url.len() <= 2048 && !url.chars().any(char::is_whitespace) {
+        if url.len() <= 2048 && Self::well_formed(url) {
             Ok(Self(url.to_owned()))
         } else {
-            Err("must be an http(s) URL of at most 2048 bytes".into())
+            Err("must be an http(s) URL (host, optional port, then visible ASCII) of at most 2048 bytes".into())
         }
+    }
+
+    /// An image URL as stored. Stored values were checked by the rules of their time, which
+    /// were looser before issue 9 (any `http(s)://` text without whitespace): reads accept
+    /// those, so tightening the input rules never turns a stored product into a corrupt one.
+    pub fn from_stored(text: &str) -> Result<Self, String> {
+        let loose = (text.starts_with("https://") || text.starts_with("http://"))
+            && text.len() <= 2048
+            && !text.chars().any(char::is_whitespace);
+        if loose {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err("not an http(s) URL".into())
+        }
+    }
+
+    fn well_formed(url: &str) -> bool {
+        let Some(rest) = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+        else {
+            return false;
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        // (host valid, the text after the host's `:` if there is one)
+        let (host_ok, port) = match authority.strip_prefix('[') {
+            Some(bracketed) => match bracketed.split_once(']') {
+                Some((ip, "")) => (ip.parse::<std::net::Ipv6Addr>().is_ok(), None),
+                Some((ip, after)) => match after.strip_prefix(':') {
+                    Some(port) => (ip.parse::<std::net::Ipv6Addr>().is_ok(), Some(port)),
+                    None => return false,
+                },
+                None => return false,
+            },
+            None => match authority.split_once(':') {
+                Some((host, port)) => (host_name_ok(host), Some(port)),
+                None => (host_name_ok(authority), None),
+            },
+        };
+        let port_ok = port.is_none_or(|p| {
+            (1..=5).contains(&p.len())
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u16>().is_ok()
+        });
+        host_ok && port_ok && tail_ok(tail)
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A host name: dot-separated labels of ASCII letters, digits and `-`.
+fn host_name_ok(host: &str) -> bool {
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// A URL's path, query and fragment: visible ASCII without `"<>\^`{|}`, `%` only before two
+/// hex digits.
+fn tail_ok(tail: &str) -> bool {
+    let bytes = tail.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}' => return false,
+            0x21..=0x7e => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Stock counters: `available` can be sold now; `reserved` is held for orders. Both stay
@@ -392,6 +474,39 @@ pub struct Page<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_urls_are_urls_every_client_can_parse() {
+        for good in [
+            "https://img.zhixuan.local/phone-x.jpg",
+            "http://cdn.example.com:8080/a/b.png?w=200&h=100#top",
+            "https://[2001:db8::1]/x.jpg",
+            "https://[::1]:443/x",
+            "https://example.com",
+            "https://example.com/%E6%99%BA.jpg",
+        ] {
+            assert!(ImageUrl::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "https://[",
+            "https://[::1",
+            "https://[zz::1]/x",
+            "https://[::1]x/",
+            "https://",
+            "https://exa mple.com/",
+            "https://user@example.com/",
+            "https://example..com/",
+            "https://example.com:/x",
+            "https://example.com:99999/x",
+            "https://example.com/智.jpg",
+            "https://example.com/%zz",
+            "https://example.com/a<b",
+            "ftp://example.com/x",
+            "javascript:alert(1)",
+        ] {
+            assert!(ImageUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn prices_are_whole_non_negative_minor_units() {

@@ -116,11 +116,14 @@ pub fn path_param<'a>(request: &'a Request, name: &str) -> Result<&'a str, ApiEr
         .ok_or_else(|| ApiError::internal(format!("route has no path parameter {name:?}")))
 }
 
-/// A query string parameter, if present (the first value when repeated).
+/// A query string parameter, if present (the first value when repeated). An empty value is
+/// the same as none (`?cursor=` is the first page, `?search=` no filter), as HTML forms and
+/// clients that always send every parameter expect.
 pub fn query_param<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
     request
         .query_string_parameters_ref()
         .and_then(|params| params.first(name))
+        .filter(|value| !value.is_empty())
 }
 
 #[cfg(test)]

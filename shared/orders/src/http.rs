@@ -73,8 +73,10 @@ fn order_id(request: &Request) -> Result<OrderId, ApiError> {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schema(as = CreateOrderBody)]
 pub struct CreateBody {
+    #[schema(min_items = 1, max_items = 50)]
     items: Vec<ItemBody>,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 500)]
     shipping_address: Option<String>,
 }
 
@@ -82,8 +84,9 @@ pub struct CreateBody {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schema(as = OrderItemBody)]
 pub struct ItemBody {
+    #[schema(format = "uuid")]
     product_id: String,
-    /// 1 to 1,000.
+    #[schema(minimum = 1, maximum = 100)]
     quantity: i64,
 }
 
@@ -163,7 +166,7 @@ fn order_response(
 
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = String, Header, description = "Unique per order (1–255 visible ASCII characters); reused only to retry it.")),
+    params(("Idempotency-Key" = String, Header, description = "Unique per order (1–255 visible ASCII characters); reused only to retry it.", pattern = "^[!-~]{1,255}$")),
     request_body = CreateBody,
     responses(
         (status = 202, description = "Accepted: the order is pending until its stock is reserved. A retry with the same key and body answers the same order again (`Idempotent-Replayed: true`).", body = OrderView,
@@ -194,7 +197,7 @@ pub async fn create_order(saga: &Saga, request: Request) -> Result<Response<Body
 
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "An order id.")),
+    params(("id" = String, Path, description = "An order id.", format = "uuid")),
     responses(
         (status = 200, description = "The order with its status history.", body = OrderView),
         (status = 401, response = zx_http::openapi::Unauthorized),
@@ -225,10 +228,10 @@ pub struct ListView<'a> {
 #[utoipa::path(get, path = "/api/v1/orders", tag = "orders",
     security(("bearer" = [])),
     params(
-        ("limit" = Option<u16>, Query, description = "Page size, 1–100 (default 20)."),
-        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page."),
+        ("limit" = Option<u16>, Query, description = "Page size (default 20); above 100 gives 100.", minimum = 1),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page (another value is a 400)."),
         ("status" = Option<OrderStatus>, Query, description = "Only orders in this status."),
-        ("userId" = Option<String>, Query, description = "Admins: only this customer's orders (customers always see only their own)."),
+        ("userId" = Option<String>, Query, description = "Admins: only this customer's orders (customers always see only their own).", format = "uuid"),
     ),
     responses(
         (status = 200, description = "Customers: their own orders; admins: everyone's.", body = ListView),
@@ -280,7 +283,7 @@ pub async fn list_orders(
 
 #[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "An order id.")),
+    params(("id" = String, Path, description = "An order id.", format = "uuid")),
     responses(
         (status = 200, description = "Cancelled; reserved stock is released.", body = OrderView),
         (status = 401, response = zx_http::openapi::Unauthorized),
@@ -307,15 +310,21 @@ pub async fn cancel_order(saga: &Saga, request: Request) -> Result<Response<Body
 #[schema(as = OrderStatusBody)]
 pub struct StatusBody {
     /// The next status along the state machine.
+    #[schema(value_type = OrderStatus)]
     status: String,
-    /// 1–200 characters, recorded in the history.
+    /// 1–200 characters without control characters, recorded in the history.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     #[serde(default)]
     reason: Option<String>,
 }
 
 #[utoipa::path(patch, path = "/api/v1/orders/{id}/status", tag = "orders",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "An order id.")),
+    params(("id" = String, Path, description = "An order id.", format = "uuid")),
     request_body = StatusBody,
     responses(
         (status = 200, description = "Moved; the change is in the history.", body = OrderView),

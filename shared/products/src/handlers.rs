@@ -45,7 +45,7 @@ pub(crate) fn product_id(request: &Request, name: &str) -> Result<ProductId, Api
 }
 
 #[utoipa::path(get, path = "/api/v1/products/{id}", tag = "products",
-    params(("id" = String, Path, description = "A product id.")),
+    params(("id" = String, Path, description = "A product id.", format = "uuid")),
     responses(
         (status = 200, description = "The product with its current stock.", body = ProductView, headers(("x-cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the store."))),
         (status = 404, response = zx_http::openapi::NotFound),
@@ -233,13 +233,13 @@ async fn product_bodies(
 
 #[utoipa::path(get, path = "/api/v1/products", tag = "products",
     params(
-        ("category" = Option<String>, Query, description = "A category id (slug)."),
-        ("minPrice" = Option<i64>, Query, description = "Lowest price, in minor units (fen), included."),
-        ("maxPrice" = Option<i64>, Query, description = "Highest price, in minor units (fen), included."),
-        ("search" = Option<String>, Query, description = "Case-insensitive substring of name or description; `%` and `_` are literal."),
-        ("limit" = Option<u16>, Query, description = "Page size, 1–100 (default 20)."),
-        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page."),
-        ("page" = Option<u32>, Query, description = "1–50, for the seed's clients (not with `cursor`)."),
+        ("category" = Option<String>, Query, description = "A category id (slug).", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("minPrice" = Option<i64>, Query, description = "Lowest price, in minor units (fen), included.", minimum = 0, maximum = 1_000_000_000_000_i64),
+        ("maxPrice" = Option<i64>, Query, description = "Highest price, in minor units (fen), included.", minimum = 0, maximum = 1_000_000_000_000_i64),
+        ("search" = Option<String>, Query, description = "Case-insensitive substring of name or description; `%` and `_` are literal.", max_length = 100),
+        ("limit" = Option<u16>, Query, description = "Page size (default 20); above 100 gives 100.", minimum = 1),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page (another value is a 400)."),
+        ("page" = Option<u32>, Query, description = "1–50, for the seed's clients (not with `cursor`).", minimum = 1, maximum = 50),
     ),
     responses(
         (status = 200, description = "Newest first.", body = crate::views::ProductPage, headers(("x-cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the store."))),
@@ -318,17 +318,43 @@ async fn walk(
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schema(as = CreateProductBody)]
 pub struct CreateBody {
+    /// 1–200 characters (trimmed), no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
     #[serde(default)]
+    #[schema(max_length = 5000)]
     description: String,
     /// Minor units (fen).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     price: i64,
-    /// Units available, 0 to 1,000,000,000.
+    /// Units available.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     stock: i64,
+    /// A slug: a-z, 0-9, `-`, `_`.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     category_id: String,
+    /// At most 10.
     #[serde(default)]
+    #[schema(max_items = 10, value_type = Vec<ImageUrlSchema>)]
     images: Vec<String>,
 }
+
+/// What `images` holds: an http(s) URL of at most 2048 bytes: a host name or bracketed IPv6
+/// address, an optional port, then visible ASCII (non-ASCII percent-encoded). (A schema only:
+/// the handler parses into `zx_domain::ImageUrl`, whose rules these are.)
+#[derive(utoipa::ToSchema)]
+#[schema(
+    as = ImageUrl,
+    pattern = r"^https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#]([!#$&-;=?-\[\]_a-z~]|%[0-9A-Fa-f]{2})*)?$",
+    max_length = 2048,
+    examples("https://img.zhixuan.local/phone-x.jpg")
+)]
+#[allow(dead_code)]
+pub struct ImageUrlSchema(String);
 
 fn parse_images(errors: &mut ValidationErrors, images: &[String]) -> Option<Vec<ImageUrl>> {
     if images.len() > ImageUrl::MAX_PER_PRODUCT {
@@ -413,12 +439,22 @@ pub async fn create_product(
 /// The body of `PUT /products/{id}`: at least one field.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[schema(as = UpdateProductBody)]
+#[schema(as = UpdateProductBody, min_properties = 1)]
 pub struct UpdateBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: Option<String>,
+    #[schema(max_length = 5000)]
     description: Option<String>,
+    /// Minor units (fen).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     price: Option<i64>,
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     category_id: Option<String>,
+    #[schema(max_items = 10, value_type = Option<Vec<ImageUrlSchema>>)]
     images: Option<Vec<String>>,
 }
 
@@ -440,7 +476,7 @@ fn next_version(product: &Product) -> Product {
 
 #[utoipa::path(put, path = "/api/v1/products/{id}", tag = "products",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "A product id.")),
+    params(("id" = String, Path, description = "A product id.", format = "uuid")),
     request_body = UpdateBody,
     responses(
         (status = 200, description = "Updated.", body = ProductView),
@@ -515,7 +551,7 @@ pub async fn update_product(
 
 #[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "products",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "A product id.")),
+    params(("id" = String, Path, description = "A product id.", format = "uuid")),
     responses(
         (status = 204, description = "Deleted (soft: orders keep referring to it)."),
         (status = 401, response = zx_http::openapi::Unauthorized),

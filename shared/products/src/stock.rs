@@ -41,8 +41,8 @@ pub fn parse_quantity(text: Option<&str>) -> Result<i64, ApiError> {
 
 #[utoipa::path(get, path = "/api/v1/stock/{productId}", tag = "stock",
     params(
-        ("productId" = String, Path, description = "A product id."),
-        ("quantity" = Option<i64>, Query, description = "Units asked about, 1–1,000,000 (default 1)."),
+        ("productId" = String, Path, description = "A product id.", format = "uuid"),
+        ("quantity" = Option<i64>, Query, description = "Units asked about, 1–1,000,000 (default 1).", minimum = 1, maximum = 1_000_000),
     ),
     responses(
         (status = 200, description = "Available units and whether `quantity` of them can be ordered.", body = Availability),
@@ -75,9 +75,13 @@ pub async fn get_stock(
 /// The body of `PUT /stock/{productId}`: exactly one of `available` (set) and `delta` (adjust).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(as = StockChangeBody)]
+#[schema(as = StockChangeBody, min_properties = 1, max_properties = 1)]
 pub struct PutBody {
+    /// Set the available stock to this.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     available: Option<i64>,
+    /// Add this (possibly negative) amount to the available stock.
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000)]
     delta: Option<i64>,
 }
 
@@ -94,8 +98,8 @@ pub struct StockView<'a> {
 #[utoipa::path(put, path = "/api/v1/stock/{productId}", tag = "stock",
     security(("bearer" = [])),
     params(
-        ("productId" = String, Path, description = "A product id."),
-        ("Idempotency-Key" = Option<String>, Header, description = "Names this change: a retry with the same key applies it once."),
+        ("productId" = String, Path, description = "A product id.", format = "uuid"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this change: a retry with the same key applies it once.", pattern = "^[A-Za-z0-9._:-]{1,64}$"),
     ),
     request_body = PutBody,
     responses(

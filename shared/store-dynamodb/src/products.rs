@@ -195,7 +195,9 @@ fn product_from_item(item: &Item) -> Result<Product, RepositoryError> {
             .map(|v| {
                 v.as_s()
                     .map_err(|_| corrupt(attr::IMAGES, "not a string".into()))
-                    .and_then(|url| ImageUrl::parse(url).map_err(|e| corrupt(attr::IMAGES, e)))
+                    .and_then(|url| {
+                        ImageUrl::from_stored(url).map_err(|e| corrupt(attr::IMAGES, e))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?,
         _ => Vec::new(),

@@ -74,7 +74,7 @@ fn product_from_row(row: &PgRow) -> Result<Product, RepositoryError> {
             .map_err(|e| corrupt("category_id", e))?,
         images: images
             .iter()
-            .map(|url| ImageUrl::parse(url).map_err(|e| corrupt("images", e)))
+            .map(|url| ImageUrl::from_stored(url).map_err(|e| corrupt("images", e)))
             .collect::<Result<_, _>>()?,
         stock: Stock {
             available: int("available")?,

@@ -32,13 +32,13 @@ use crate::views::{TokenInfoView, UserView};
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// 3–32 letters, digits, `_`, `-` or `.`; unique without regard to case.
-    #[schema(examples("li_wei"))]
+    #[schema(examples("li_wei"), min_length = 3, max_length = 32)]
     username: String,
     /// Trimmed and lower-cased; unique.
-    #[schema(examples("li.wei@example.com"))]
+    #[schema(examples("li.wei@example.com"), format = Email, max_length = 254)]
     email: String,
     /// 8–72 bytes (bcrypt's limit: longer is refused, never truncated).
-    #[schema(examples("correct horse 1"))]
+    #[schema(examples("correct horse 1"), min_length = 8, max_length = 72)]
     password: String,
 }
 
@@ -213,7 +213,7 @@ async fn visible_user(
 
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "A user id.")),
+    params(("id" = String, Path, description = "A user id.", format = "uuid")),
     responses(
         (status = 200, description = "The profile.", body = UserView),
         (status = 401, response = zx_http::openapi::Unauthorized),
@@ -231,20 +231,24 @@ pub async fn get_user(
 /// The body of `PUT /users/{id}`: at least one of `username`, `email`, `password`, `role`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[schema(as = UpdateUserBody)]
+#[schema(as = UpdateUserBody, min_properties = 1)]
 pub struct UpdateBody {
+    #[schema(min_length = 3, max_length = 32)]
     username: Option<String>,
+    #[schema(format = Email, max_length = 254)]
     email: Option<String>,
+    #[schema(min_length = 8, max_length = 72)]
     password: Option<String>,
     /// Required to change one's own password.
     current_password: Option<String>,
     /// `customer` or `admin`; admins only.
+    #[schema(value_type = Option<Role>)]
     role: Option<String>,
 }
 
 #[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "A user id.")),
+    params(("id" = String, Path, description = "A user id.", format = "uuid")),
     request_body = UpdateBody,
     responses(
         (status = 200, description = "The updated profile. A password or role change ends every session of the user.", body = UserView),
