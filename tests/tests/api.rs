@@ -150,8 +150,11 @@ async fn user_journey(store: Store) {
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["cache-control"], "no-store");
-    let login: Value = response.json().await.unwrap();
+    let login_text = response.text().await.unwrap();
+    let login: Value = serde_json::from_str(&login_text).unwrap();
     assert_eq!(login["user"]["userId"], id.as_str());
+    // No answer about a user carries its password hash.
+    assert!(!login_text.contains("passwordHash") && !login_text.contains("$2"));
     // Access tokens are short (15 minutes by default); the refresh token continues the session.
     assert_eq!(login["expiresIn"], 900);
     assert_eq!(login["refreshExpiresIn"], 7 * 86_400);
@@ -178,6 +181,13 @@ async fn user_journey(store: Store) {
     assert_eq!(response.status(), 200);
     let me: Value = api.get_json("/api/v1/users/me", &token).await;
     assert_eq!(me["username"], "journey_2");
+    for path in ["/api/v1/users/me".to_owned(), format!("/api/v1/users/{id}")] {
+        let text = api.get(&path, &token).await.text().await.unwrap();
+        assert!(
+            !text.contains("passwordHash") && !text.contains("$2"),
+            "{path}"
+        );
+    }
     // change password: needs the current one
     let response = api
         .put(
@@ -2716,7 +2726,16 @@ async fn sessions_rotate_and_revoke(store: Store) {
     assert_ne!(first, second);
     let me = api.get_json("/api/v1/users/me", &access).await;
     assert_eq!(me["userId"], id.as_str());
-    // Replaying the used token is refused, and revokes the session: the new token too.
+    // A token with the session's id but a secret it never issued changes nothing: it is
+    // refused, and neither it nor a logout with it ends the session.
+    let forged = format!("{}{}", &second[..37], "A".repeat(43));
+    problem(api.refresh(&forged).await, 401).await;
+    let response = api
+        .post("/api/v1/users/logout", json!({ "refreshToken": forged }))
+        .await;
+    assert_eq!(response.status(), 204);
+    let (_, third) = pair(api.refresh(&second).await).await;
+    // Replaying a used token is refused, and revokes the session: the newest token too.
     let replay = api.refresh(&first).await;
     let problem_body = problem(replay, 401).await;
     assert!(
@@ -2725,17 +2744,17 @@ async fn sessions_rotate_and_revoke(store: Store) {
             .unwrap()
             .contains("refresh token")
     );
-    problem(api.refresh(&second).await, 401).await;
+    problem(api.refresh(&third).await, 401).await;
     // logout revokes; a second logout and a garbage token are still 204.
-    let (_, third) = api.login_pair(email, "password-123").await;
-    for token in [third.as_str(), third.as_str(), "not-a-token"] {
+    let (_, ended) = api.login_pair(email, "password-123").await;
+    for token in [ended.as_str(), ended.as_str(), "not-a-token"] {
         let response = api
             .post("/api/v1/users/logout", json!({ "refreshToken": token }))
             .await;
         assert_eq!(response.status(), 204);
         assert_eq!(response.headers()["cache-control"], "no-store");
     }
-    problem(api.refresh(&third).await, 401).await;
+    problem(api.refresh(&ended).await, 401).await;
     // A password change revokes every session of the user.
     let (access, fourth) = api.login_pair(email, "password-123").await;
     let (_, fifth) = api.login_pair(email, "password-123").await;

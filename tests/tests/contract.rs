@@ -245,6 +245,7 @@ mod sessions {
             created_at: now,
             expires_at: now.plus(Duration::from_secs(3600)),
             revoked: false,
+            used_hashes: Vec::new(),
         }
     }
 
@@ -373,6 +374,20 @@ mod sessions {
             .unwrap();
     }
 
+    /// A session whose user is gone never rotates (epoch 0 included: no epoch attribute is not
+    /// the same as no user).
+    pub async fn a_session_of_a_missing_user_never_rotates(stores: SessionStores) {
+        let user = stored_user(&*stores.users).await;
+        let ghost = super::user("ghost", "ghost@example.com");
+        let mut session = session_of(&user, 1);
+        session.user_id = ghost.id.clone();
+        // Postgres refuses the insert (the user does not exist); DynamoDB stores it.
+        if stores.sessions.create_session(&session).await.is_ok() {
+            let next = session.rotated(token_hash(2), session.expires_at);
+            rotation_refused(&stores, &session, &next).await;
+        }
+    }
+
     pub async fn of_ten_concurrent_rotations_of_one_token_one_wins(stores: SessionStores) {
         let user = stored_user(&*stores.users).await;
         let session = session_of(&user, 1);
@@ -401,6 +416,7 @@ contract_suites!(session_store = zx_tests::Backend, field sessions, cases crate:
     a_token_rotates_once,
     a_revoked_session_never_rotates,
     moving_the_user_epoch_revokes_every_session,
+    a_session_of_a_missing_user_never_rotates,
     of_ten_concurrent_rotations_of_one_token_one_wins,
 );
 

@@ -11,7 +11,7 @@ use zx_domain::{ProductRepository, UserRepository};
 use zx_http::{Access, ApiError, Edge, HttpHandler, RouteLimit};
 use zx_products::CatalogueCache;
 
-use crate::wiring::{Needs, Sends, Use, Wiring};
+use crate::wiring::{Needs, Sends, SessionUse, Use, Wiring};
 use crate::{ConfigError, Services};
 
 /// Builds a function's handler from the services of its cold start.
@@ -43,13 +43,15 @@ const fn needs_users(users: Use) -> Needs {
         ..Needs::NONE
     }
 }
-/// Starting, continuing or ending sessions: reads users, writes sessions.
-const NEEDS_SESSIONS: Needs = Needs {
-    users: Use::Read,
-    sessions: true,
-    cache: true,
-    ..Needs::NONE
-};
+/// A login or a refresh: reads the user, starts or rotates a session.
+const fn needs_sessions(sessions: SessionUse) -> Needs {
+    Needs {
+        users: Use::Read,
+        sessions,
+        cache: true,
+        ..Needs::NONE
+    }
+}
 const fn needs_catalogue(products: Use) -> Needs {
     Needs {
         products,
@@ -91,14 +93,30 @@ pub const OPENAPI: HttpFunction = HttpFunction::new("openapi", openapi, Needs::N
 pub const DOCS: HttpFunction = HttpFunction::new("docs", docs, Needs::NONE);
 pub const USERS_REGISTER: HttpFunction =
     HttpFunction::new("users-register", users_register, needs_users(Use::Write));
-pub const USERS_LOGIN: HttpFunction = HttpFunction::new("users-login", users_login, NEEDS_SESSIONS);
-pub const USERS_REFRESH: HttpFunction =
-    HttpFunction::new("users-refresh", users_refresh, NEEDS_SESSIONS);
+pub const USERS_LOGIN: HttpFunction = HttpFunction::new(
+    "users-login",
+    users_login,
+    needs_sessions(SessionUse {
+        start: true,
+        ..SessionUse::NONE
+    }),
+);
+pub const USERS_REFRESH: HttpFunction = HttpFunction::new(
+    "users-refresh",
+    users_refresh,
+    needs_sessions(SessionUse {
+        rotate: true,
+        ..SessionUse::NONE
+    }),
+);
 pub const USERS_LOGOUT: HttpFunction = HttpFunction::new(
     "users-logout",
     users_logout,
     Needs {
-        sessions: true,
+        sessions: SessionUse {
+            end: true,
+            ..SessionUse::NONE
+        },
         cache: true,
         ..Needs::NONE
     },

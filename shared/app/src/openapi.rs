@@ -156,7 +156,8 @@ pub fn json() -> &'static str {
 
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "docs",
     responses(
-        (status = 200, description = "This OpenAPI 3.1 description.", content_type = "application/json", body = Object),
+        (status = 200, description = "This OpenAPI 3.1 description.", content_type = "application/json", body = Object,
+            headers(("cache-control" = String, description = "`no-cache`: public, revalidated on every use."))),
     ))]
 /// `GET /api/v1/openapi.json`.
 pub async fn serve_openapi(

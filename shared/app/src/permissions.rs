@@ -50,8 +50,14 @@ pub fn permissions(needs: &Needs) -> Permissions {
         "UsersTable",
         by_use(needs.users, iam::USERS_READ, iam::USERS_WRITE),
     );
-    if needs.sessions {
-        grant(&mut p, "UsersTable", iam::SESSIONS);
+    if needs.sessions.start {
+        grant(&mut p, "UsersTable", iam::SESSIONS_START);
+    }
+    if needs.sessions.rotate {
+        grant(&mut p, "UsersTable", iam::SESSIONS_ROTATE);
+    }
+    if needs.sessions.end {
+        grant(&mut p, "UsersTable", iam::SESSIONS_END);
     }
     grant(
         &mut p,

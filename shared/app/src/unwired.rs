@@ -11,8 +11,9 @@ use zx_domain::{
     Commit, Destination, Email, IdempotencyKey, IdempotencyRecord, InventoryRepository,
     MessageSender, Order, OrderCreation, OrderId, OrderPage, OrderQuery, OrderRepository, Outbox,
     OutboxMessage, Page, Product, ProductId, ProductQuery, ProductReader, ProductRepository,
-    ProductWriter, Release, RepositoryError, Reservation, ReserveLine, Stock, StockChange,
-    StockChangeId, StockWriter, Timestamp, User, UserId, UserReader, UserRepository, UserWriter,
+    ProductWriter, Release, RepositoryError, Reservation, ReserveLine, Session, SessionId,
+    SessionRepository, Stock, StockChange, StockChangeId, StockWriter, Timestamp, User, UserId,
+    UserReader, UserRepository, UserWriter,
 };
 
 use crate::wiring::Sends;
@@ -251,9 +252,62 @@ impl OrderRepository for ReadOnly<dyn OrderRepository> {
     }
 }
 
-/// The stores as `needs` declares them: those only read are wrapped in [`ReadOnly`].
+/// Sessions limited to what a function declares ([`crate::wiring::SessionUse`]): the other
+/// calls are refused, as their missing IAM grants would refuse them on AWS.
+pub struct LimitedSessions {
+    pub inner: Arc<dyn SessionRepository>,
+    pub allowed: crate::wiring::SessionUse,
+}
+
+impl LimitedSessions {
+    fn check(&self, allowed: bool, what: &str) -> Result<(), RepositoryError> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(RepositoryError::Failed {
+                operation: "sessions",
+                source: format!("this function may not {what} a session").into(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl SessionRepository for LimitedSessions {
+    async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
+        self.check(self.allowed.start, "start")?;
+        self.inner.create_session(session).await
+    }
+    async fn find_session(&self, id: &SessionId) -> Result<Option<Session>, RepositoryError> {
+        self.check(self.allowed.rotate || self.allowed.end, "read")?;
+        self.inner.find_session(id).await
+    }
+    async fn rotate_session(
+        &self,
+        current: &Session,
+        next: &Session,
+    ) -> Result<(), RepositoryError> {
+        self.check(self.allowed.rotate, "rotate")?;
+        self.inner.rotate_session(current, next).await
+    }
+    async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError> {
+        self.check(self.allowed.rotate || self.allowed.end, "revoke")?;
+        self.inner.revoke_session(id).await
+    }
+}
+
+/// The stores as `needs` declares them: those only read are wrapped in [`ReadOnly`], sessions
+/// in [`LimitedSessions`].
 pub fn read_only_where_declared(stores: &mut crate::Stores, needs: &crate::wiring::Needs) {
-    use crate::wiring::Use;
+    use crate::wiring::{SessionUse, Use};
+    if needs.sessions != SessionUse::ALL {
+        stores.sessions = stores.sessions.take().map(|inner| {
+            Arc::new(LimitedSessions {
+                inner,
+                allowed: needs.sessions,
+            }) as Arc<dyn SessionRepository>
+        });
+    }
     if needs.users == Use::Read {
         stores.users = stores
             .users

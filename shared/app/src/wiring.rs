@@ -81,8 +81,8 @@ impl Use {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Needs {
     pub users: Use,
-    /// Sessions (refresh tokens, users table): start, rotate, revoke.
-    pub sessions: bool,
+    /// Sessions (refresh tokens, users table): which of start, rotate, end.
+    pub sessions: SessionUse,
     /// The catalogue (products table).
     pub products: Use,
     /// Reservations (products table): reserve, release, commit.
@@ -101,7 +101,7 @@ pub struct Needs {
 impl Needs {
     pub const NONE: Needs = Needs {
         users: Use::No,
-        sessions: false,
+        sessions: SessionUse::NONE,
         products: Use::No,
         inventory: Use::No,
         orders: Use::No,
@@ -113,7 +113,7 @@ impl Needs {
     /// Everything: the local gateway and the tests, which run every function in one process.
     pub const ALL: Needs = Needs {
         users: Use::Write,
-        sessions: true,
+        sessions: SessionUse::ALL,
         products: Use::Write,
         inventory: Use::Write,
         orders: Use::Write,
@@ -131,7 +131,7 @@ impl Needs {
             } else {
                 wire::none
             },
-            sessions: if self.sessions {
+            sessions: if self.sessions.any() {
                 wire::sessions
             } else {
                 wire::none
@@ -167,6 +167,34 @@ impl Needs {
                 wire::no_checks
             },
         }
+    }
+}
+
+/// What a function does with sessions: each is its own set of IAM actions
+/// (`zx_store_dynamodb::iam::SESSIONS_*`), and a call outside them is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionUse {
+    /// Store a new session (login).
+    pub start: bool,
+    /// Read a session, replace its token, revoke it on a replay (refresh).
+    pub rotate: bool,
+    /// Read a session and revoke it (logout).
+    pub end: bool,
+}
+
+impl SessionUse {
+    pub const NONE: SessionUse = SessionUse {
+        start: false,
+        rotate: false,
+        end: false,
+    };
+    pub const ALL: SessionUse = SessionUse {
+        start: true,
+        rotate: true,
+        end: true,
+    };
+    pub const fn any(self) -> bool {
+        self.start || self.rotate || self.end
     }
 }
 
@@ -249,7 +277,7 @@ impl Backend {
             .transpose()?;
         // A function without stores or health checks (users-validate) builds no client.
         let uses_a_store = needs.users.any()
-            || needs.sessions
+            || needs.sessions.any()
             || needs.products.any()
             || needs.inventory.any()
             || needs.orders.any()
@@ -654,7 +682,11 @@ impl Services {
         let mut services = self.clone();
         services.stores = Stores {
             users: keep(&self.stores.users, needs.users),
-            sessions: self.stores.sessions.clone().filter(|_| needs.sessions),
+            sessions: self
+                .stores
+                .sessions
+                .clone()
+                .filter(|_| needs.sessions.any()),
             products: keep(&self.stores.products, needs.products),
             inventory: keep(&self.stores.inventory, needs.inventory),
             orders: keep(&self.stores.orders, needs.orders),

@@ -78,7 +78,11 @@ fn file(content_type: &'static str, bytes: &'static [u8], cache: &'static str) -
 
 #[utoipa::path(get, path = "/docs", tag = "docs",
     responses(
-        (status = 200, description = "This description, rendered for people (Swagger UI).", content_type = "text/html", body = String),
+        (status = 200, description = "This description, rendered for people (Swagger UI).", content_type = "text/html", body = String,
+            headers(
+                ("cache-control" = String, description = "`no-cache`: revalidated on every visit."),
+                ("content-security-policy" = String, description = "Only this origin's scripts, styles and data."),
+            )),
     ))]
 /// `GET /docs`: the page.
 pub async fn docs_page(_request: Request) -> Result<Response<Body>, ApiError> {
@@ -92,7 +96,7 @@ pub async fn docs_page(_request: Request) -> Result<Response<Body>, ApiError> {
             (String = "text/javascript"),
             (String = "text/css"),
             (Vec<u8> = "image/png"),
-        )),
+        ), headers(("cache-control" = String, description = "`public, max-age=3600`: the same for everyone until the next deployment."))),
         (status = 404, response = zx_http::openapi::NotFound),
     ))]
 /// `GET /docs/{file}`: one of the page's assets.

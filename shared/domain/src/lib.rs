@@ -24,6 +24,8 @@ pub use repository::{
     ProductRepository, ProductWriter, SessionRepository, StockChange, StockWriter, UserReader,
     UserRepository, UserWriter,
 };
-pub use session::{Session, SessionId, TokenHash};
+pub use session::{
+    MAX_SESSION_LIFETIME, Presented, REMEMBERED_TOKENS, Session, SessionId, TokenHash,
+};
 pub use timestamp::Timestamp;
 pub use user::{Email, Password, PasswordHash, Role, User, UserId, Username};

@@ -35,8 +35,16 @@ impl fmt::Display for SessionId {
 }
 
 /// The SHA-256 of a refresh token, lower-case hex: what is stored instead of the token.
-#[derive(Clone, PartialEq, Eq)]
+/// Compared in constant time.
+#[derive(Clone, Eq)]
 pub struct TokenHash(String);
+
+impl PartialEq for TokenHash {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
 
 impl TokenHash {
     /// A hash as computed by `zx_auth` (64 lower-case hex digits).
@@ -60,6 +68,23 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// How many used tokens a session remembers, to recognise one presented again.
+pub const REMEMBERED_TOKENS: usize = 16;
+
+/// The longest a session lasts, however often it is refreshed.
+pub const MAX_SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// What a presented token is to its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented {
+    /// The one token that continues the session.
+    Current,
+    /// A token of this session that was already used: a copy is in someone's hands.
+    Used,
+    /// Not a token of this session (or one too old to remember).
+    Unknown,
+}
+
 /// One login of a user and its current refresh token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -75,15 +100,73 @@ pub struct Session {
     pub expires_at: Timestamp,
     /// Logged out, or revoked because a used token was presented again.
     pub revoked: bool,
+    /// The hashes of the last [`REMEMBERED_TOKENS`] tokens used, oldest first.
+    pub used_hashes: Vec<TokenHash>,
 }
 
 impl Session {
-    /// The session after a refresh: the new token's hash and expiry, everything else kept.
+    /// The session after a refresh: the new token's hash and expiry (never past
+    /// [`MAX_SESSION_LIFETIME`] from the login), the spent one remembered.
     pub fn rotated(&self, token_hash: TokenHash, expires_at: Timestamp) -> Self {
+        let mut used_hashes = self.used_hashes.clone();
+        used_hashes.push(self.token_hash.clone());
+        let excess = used_hashes.len().saturating_sub(REMEMBERED_TOKENS);
+        used_hashes.drain(..excess);
         Self {
             token_hash,
-            expires_at,
+            expires_at: expires_at.min(self.last_expiry()),
+            used_hashes,
             ..self.clone()
         }
+    }
+
+    /// The latest any token of this session may expire.
+    pub fn last_expiry(&self) -> Timestamp {
+        self.created_at.plus(MAX_SESSION_LIFETIME)
+    }
+
+    /// Whether `hash` is this session's current token, a used one, or neither.
+    pub fn recognise(&self, hash: &TokenHash) -> Presented {
+        if self.token_hash == *hash {
+            Presented::Current
+        } else if self.used_hashes.iter().any(|used| used == hash) {
+            Presented::Used
+        } else {
+            Presented::Unknown
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(seed: u8) -> TokenHash {
+        TokenHash::from_hex(&format!("{seed:02x}").repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn rotation_remembers_the_last_sixteen_tokens_and_caps_the_lifetime() {
+        let created = Timestamp::now();
+        let mut session = Session {
+            id: SessionId::generate(),
+            user_id: UserId::generate(),
+            token_hash: hash(0),
+            user_epoch: 0,
+            created_at: created,
+            expires_at: created.plus(std::time::Duration::from_secs(60)),
+            revoked: false,
+            used_hashes: Vec::new(),
+        };
+        for i in 1..=20u8 {
+            session = session.rotated(hash(i), created.plus(MAX_SESSION_LIFETIME * 2));
+        }
+        assert_eq!(session.recognise(&hash(20)), Presented::Current);
+        assert_eq!(session.recognise(&hash(19)), Presented::Used);
+        assert_eq!(session.recognise(&hash(4)), Presented::Used);
+        assert_eq!(session.recognise(&hash(3)), Presented::Unknown);
+        assert_eq!(session.recognise(&hash(99)), Presented::Unknown);
+        assert_eq!(session.used_hashes.len(), REMEMBERED_TOKENS);
+        assert_eq!(session.expires_at, session.last_expiry());
     }
 }

@@ -176,10 +176,10 @@ fn add_headers(response: &mut Response, limited: bool) {
             "x-content-type-options".into(),
             string_header("`nosniff`.").into(),
         );
-        headers.insert(
-            "cache-control".into(),
-            string_header("`no-store`: nothing here may be kept by a shared cache.").into(),
-        );
+        // An operation that chose another policy says so in its own description.
+        headers.entry("cache-control".into()).or_insert_with(|| {
+            string_header("`no-store`: nothing here may be kept by a shared cache.").into()
+        });
         if limited {
             for (name, description) in [
                 (

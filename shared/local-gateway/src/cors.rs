@@ -92,6 +92,16 @@ impl Cors {
             .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
     }
 
+    /// The `Access-Control-Allow-Origin` value for an allowed origin: `*` when every origin is
+    /// allowed (as API Gateway answers), else the origin itself.
+    fn allowance<'a>(&self, origin: &'a str) -> &'a str {
+        if self.allow_origins.iter().any(|o| o == "*") {
+            "*"
+        } else {
+            origin
+        }
+    }
+
     /// Is this request a CORS preflight (answered by the gateway, never routed)?
     pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
         method == Method::OPTIONS
@@ -135,7 +145,10 @@ impl Cors {
                 out.insert(name, value);
             }
         };
-        put(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.to_owned());
+        put(
+            http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            self.allowance(origin).to_owned(),
+        );
         put(
             http::header::ACCESS_CONTROL_ALLOW_METHODS,
             self.allow_methods.join(","),
@@ -162,7 +175,7 @@ impl Cors {
         if !self.origin_allowed(origin) {
             return;
         }
-        if let Ok(value) = HeaderValue::from_str(origin) {
+        if let Ok(value) = HeaderValue::from_str(self.allowance(origin)) {
             response.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
         }
         if !self.expose_headers.is_empty()
@@ -256,6 +269,20 @@ Resources:
         ] {
             assert!(cors.preflight_headers(&headers(&refused)).is_empty());
         }
+    }
+
+    #[test]
+    fn a_wildcard_allows_every_origin_as_api_gateway_says_it() {
+        let cors = Cors {
+            allow_origins: vec!["*".into()],
+            ..cors()
+        };
+        let mut response = HeaderMap::new();
+        cors.decorate(
+            &headers(&[("origin", "https://any.example")]),
+            &mut response,
+        );
+        assert_eq!(response["access-control-allow-origin"], "*");
     }
 
     #[test]

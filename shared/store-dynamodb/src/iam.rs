@@ -11,13 +11,18 @@ pub const USERS_WRITE: &[&str] = &[
     "dynamodb:DeleteItem",
 ];
 
-/// Sessions (refresh tokens, users table): the rotation's condition check reads the user item.
-pub const SESSIONS: &[&str] = &[
+/// Sessions (refresh tokens, users table), by what a function does with them. Starting one
+/// stores it.
+pub const SESSIONS_START: &[&str] = &["dynamodb:PutItem"];
+/// Rotating reads the session, updates it with a condition check on the user item, and revokes
+/// it on a replay.
+pub const SESSIONS_ROTATE: &[&str] = &[
     "dynamodb:GetItem",
-    "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:ConditionCheckItem",
 ];
+/// Ending reads the session and revokes it.
+pub const SESSIONS_END: &[&str] = &["dynamodb:GetItem", "dynamodb:UpdateItem"];
 
 pub const CATALOGUE_READ: &[&str] = &[
     "dynamodb:GetItem",
@@ -96,7 +101,11 @@ mod tests {
                 include_str!("users.rs"),
                 vec![USERS_READ, USERS_WRITE],
             ),
-            ("sessions", include_str!("sessions.rs"), vec![SESSIONS]),
+            (
+                "sessions",
+                include_str!("sessions.rs"),
+                vec![SESSIONS_START, SESSIONS_ROTATE, SESSIONS_END],
+            ),
             (
                 "products",
                 include_str!("products.rs"),

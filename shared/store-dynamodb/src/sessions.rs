@@ -24,6 +24,8 @@ mod attr {
     /// Epoch seconds: the table's TTL attribute.
     pub const EXPIRES_AT: &str = "expiresAt";
     pub const REVOKED: &str = "revoked";
+    /// The hashes of the last tokens used, oldest first (a list of strings).
+    pub const USED_HASHES: &str = "usedHashes";
     /// On the user item (see `users.rs`).
     pub const SESSION_EPOCH: &str = "sessionEpoch";
 }
@@ -77,7 +79,12 @@ fn session_item(session: &Session) -> Item {
             attr::REVOKED.to_owned(),
             AttributeValue::Bool(session.revoked),
         ),
+        (attr::USED_HASHES.to_owned(), used_hashes(session)),
     ])
+}
+
+fn used_hashes(session: &Session) -> AttributeValue {
+    AttributeValue::L(session.used_hashes.iter().map(|h| s(h.as_str())).collect())
 }
 
 fn session_from_item(id: &SessionId, item: &Item) -> Result<Session, RepositoryError> {
@@ -106,6 +113,20 @@ fn session_from_item(id: &SessionId, item: &Item) -> Result<Session, RepositoryE
             .and_then(|v| v.as_bool().ok())
             .copied()
             .ok_or_else(|| corrupt(attr::REVOKED, "not a boolean".into()))?,
+        used_hashes: match item.get(attr::USED_HASHES) {
+            None => Vec::new(),
+            Some(value) => value
+                .as_l()
+                .map_err(|_| corrupt(attr::USED_HASHES, "not a list".into()))?
+                .iter()
+                .map(|v| {
+                    v.as_s()
+                        .map_err(|_| "not a string".to_owned())
+                        .and_then(|h| TokenHash::from_hex(h))
+                        .map_err(|e| corrupt(attr::USED_HASHES, e))
+                })
+                .collect::<Result<_, _>>()?,
+        },
     })
 }
 
@@ -163,12 +184,14 @@ impl SessionRepository for DynamoSessionRepository {
         let update = Update::builder()
             .table_name(&self.table)
             .key(attr::PK, s(session_key(&current.id)))
-            .update_expression("SET #h = :next, #e = :expires, #t = :ttl")
+            .update_expression("SET #h = :next, #e = :expires, #t = :ttl, #u = :used")
             .condition_expression("#h = :current AND #r = :false")
             .expression_attribute_names("#h", attr::TOKEN_HASH)
             .expression_attribute_names("#e", attr::EXPIRES)
             .expression_attribute_names("#t", attr::EXPIRES_AT)
             .expression_attribute_names("#r", attr::REVOKED)
+            .expression_attribute_names("#u", attr::USED_HASHES)
+            .expression_attribute_values(":used", used_hashes(next))
             .expression_attribute_values(":next", s(next.token_hash.as_str()))
             .expression_attribute_values(":expires", s(next.expires_at.to_rfc3339()))
             .expression_attribute_values(":ttl", n(next.expires_at.unix_seconds()))
@@ -176,16 +199,18 @@ impl SessionRepository for DynamoSessionRepository {
             .expression_attribute_values(":false", AttributeValue::Bool(false))
             .build()
             .map_err(build)?;
-        // Users stored before sessions existed have no epoch attribute: that is epoch 0.
+        // The user still exists and is in the session's epoch. Users stored before sessions
+        // existed have no epoch attribute: that is epoch 0.
         let epoch_condition = if current.user_epoch == 0 {
-            "attribute_not_exists(#se) OR #se = :epoch"
+            "attribute_exists(#pk) AND (attribute_not_exists(#se) OR #se = :epoch)"
         } else {
-            "#se = :epoch"
+            "attribute_exists(#pk) AND #se = :epoch"
         };
         let check = ConditionCheck::builder()
             .table_name(&self.table)
             .key(attr::PK, s(crate::users::user_key(&current.user_id)))
             .condition_expression(epoch_condition)
+            .expression_attribute_names("#pk", attr::PK)
             .expression_attribute_names("#se", attr::SESSION_EPOCH)
             .expression_attribute_values(":epoch", n(current.user_epoch))
             .build()

@@ -26,6 +26,11 @@ pub const USERS: MigrationSet = MigrationSet {
             "sessions",
             include_str!("../migrations/users/0002_sessions.sql"),
         ),
+        (
+            3,
+            "session tokens",
+            include_str!("../migrations/users/0003_session_tokens.sql"),
+        ),
     ],
 };
 

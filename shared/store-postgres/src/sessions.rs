@@ -13,7 +13,7 @@ use crate::PgSchema;
 use crate::users::version_param;
 
 const COLUMNS: &str =
-    "session_id, user_id, token_hash, user_epoch, created_at, expires_at, revoked";
+    "session_id, user_id, token_hash, user_epoch, created_at, expires_at, revoked, used_hashes";
 
 /// The sessions table of one schema (the users service's).
 #[derive(Debug, Clone)]
@@ -60,7 +60,17 @@ fn session_from_row(row: &PgRow) -> Result<Session, RepositoryError> {
         revoked: row
             .try_get("revoked")
             .map_err(|e| corrupt("revoked", e.to_string()))?,
+        used_hashes: row
+            .try_get::<Vec<String>, _>("used_hashes")
+            .map_err(|e| corrupt("used_hashes", e.to_string()))?
+            .iter()
+            .map(|h| TokenHash::from_hex(h).map_err(|e| corrupt("used_hashes", e)))
+            .collect::<Result<_, _>>()?,
     })
+}
+
+fn hashes(session: &Session) -> Vec<&str> {
+    session.used_hashes.iter().map(TokenHash::as_str).collect()
 }
 
 #[async_trait]
@@ -68,7 +78,7 @@ impl SessionRepository for PgSessionRepository {
     #[tracing::instrument(skip_all)]
     async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
         let result = sqlx::query(&format!(
-            "insert into {} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7)
+            "insert into {} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)
              on conflict (session_id) do nothing",
             self.sessions
         ))
@@ -79,6 +89,7 @@ impl SessionRepository for PgSessionRepository {
         .bind(session.created_at.as_datetime())
         .bind(session.expires_at.as_datetime())
         .bind(session.revoked)
+        .bind(hashes(session))
         .execute(&self.pool)
         .await
         .map_err(|e| crate::db_error("Postgres insert session", e))?;
@@ -111,7 +122,7 @@ impl SessionRepository for PgSessionRepository {
         next: &Session,
     ) -> Result<(), RepositoryError> {
         let result = sqlx::query(&format!(
-            "update {sessions} s set token_hash = $3, expires_at = $4
+            "update {sessions} s set token_hash = $3, expires_at = $4, used_hashes = $6
              where s.session_id = $1 and s.token_hash = $2 and not s.revoked
                and exists (select 1 from {users} u
                            where u.user_id = s.user_id and u.session_epoch = $5
@@ -124,6 +135,7 @@ impl SessionRepository for PgSessionRepository {
         .bind(next.token_hash.as_str())
         .bind(next.expires_at.as_datetime())
         .bind(version_param(current.user_epoch)?)
+        .bind(hashes(next))
         .execute(&self.pool)
         .await
         .map_err(|e| crate::db_error("Postgres rotate session", e))?;

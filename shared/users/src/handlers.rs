@@ -38,7 +38,7 @@ pub struct RegisterBody {
     #[schema(examples("li.wei@example.com"), format = Email, max_length = 254)]
     email: String,
     /// 8–72 bytes (bcrypt's limit: longer is refused, never truncated).
-    #[schema(examples("correct horse 1"), min_length = 8, max_length = 72)]
+    #[schema(examples("correct horse 1"), min_length = 8)]
     password: String,
 }
 
@@ -237,7 +237,8 @@ pub struct UpdateBody {
     username: Option<String>,
     #[schema(format = Email, max_length = 254)]
     email: Option<String>,
-    #[schema(min_length = 8, max_length = 72)]
+    /// 8–72 bytes.
+    #[schema(min_length = 8)]
     password: Option<String>,
     /// Required to change one's own password.
     current_password: Option<String>,

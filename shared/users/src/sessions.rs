@@ -5,7 +5,7 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use zx_auth::{IssuedToken, TokenIssuer, new_refresh_token, parse_refresh_token};
 use zx_domain::{
-    RepositoryError, Session, SessionId, SessionRepository, Timestamp, User, UserReader,
+    Presented, RepositoryError, Session, SessionId, SessionRepository, Timestamp, User, UserReader,
 };
 use zx_http::{ApiError, json_body, json_response};
 
@@ -36,6 +36,7 @@ pub async fn start_session(
         created_at: Timestamp::now(),
         expires_at: Timestamp::now().plus(refresh_ttl),
         revoked: false,
+        used_hashes: Vec::new(),
     };
     sessions.create_session(&session).await?;
     Ok(SessionTokens {
@@ -78,9 +79,11 @@ pub enum Refreshed {
 }
 
 /// Exchanges a refresh token for a new pair. The token is good once: the session's stored
-/// hash moves to the new token. Presenting a token that was good once but is not the current
-/// one (copied, or replayed by someone who intercepted it) revokes the whole session, so the
-/// new token is refused too. The new access token carries the user's current role and e-mail.
+/// hash moves to the new token, and the spent one is remembered. Presenting a remembered
+/// (used) token means a copy is in someone else's hands: the whole session is revoked, so the
+/// new token is refused too. A token of the right form that the session does not know changes
+/// nothing (only someone who holds a token of the session can end it). The new access token
+/// carries the user's current role and e-mail.
 #[tracing::instrument(skip_all)]
 pub async fn refresh_session(
     users: &dyn UserReader,
@@ -98,11 +101,16 @@ pub async fn refresh_session(
     if session.revoked {
         return refused(Refused::Revoked);
     }
-    if session.token_hash != hash {
-        sessions.revoke_session(&id).await?;
-        return refused(Refused::Replayed);
+    match session.recognise(&hash) {
+        Presented::Current => {}
+        Presented::Used => {
+            sessions.revoke_session(&id).await?;
+            return refused(Refused::Replayed);
+        }
+        Presented::Unknown => return refused(Refused::Unknown),
     }
-    if session.expires_at <= Timestamp::now() {
+    let now = Timestamp::now();
+    if session.expires_at <= now {
         return refused(Refused::Expired);
     }
     let user = match users.find_by_id(&session.user_id).await? {
@@ -110,44 +118,56 @@ pub async fn refresh_session(
         _ => return refused(Refused::UserChanged),
     };
     let new = new_refresh_token(&id).map_err(|e| RepositoryError::failed("refresh token", e))?;
-    let next = session.rotated(
-        new.hash,
-        Timestamp::now().plus(tokens.settings().refresh_ttl),
-    );
+    let next = session.rotated(new.hash, now.plus(tokens.settings().refresh_ttl));
     match sessions.rotate_session(&session, &next).await {
         Ok(()) => {}
-        // Another refresh with this token won the race (or the user's epoch moved on): one of
-        // the two presenters is not the owner. Revoke.
         Err(RepositoryError::ConcurrentUpdate) => {
-            sessions.revoke_session(&id).await?;
-            return refused(Refused::Replayed);
+            // Another refresh with this very token won the race: of the two presenters one is
+            // not the owner. Revoke. (Otherwise the user's epoch moved on meanwhile: a password
+            // or role change, which ended the session already.)
+            let now_stored = sessions.find_session(&id).await?;
+            return match now_stored {
+                Some(stored) if stored.token_hash != session.token_hash => {
+                    sessions.revoke_session(&id).await?;
+                    refused(Refused::Replayed)
+                }
+                Some(stored) if stored.revoked => refused(Refused::Revoked),
+                _ => refused(Refused::UserChanged),
+            };
         }
         Err(e) => return Err(e),
     }
     let access = tokens
         .issue(&user)
         .map_err(|e| RepositoryError::failed("signing a token", e))?;
+    let refresh_expires_in =
+        u64::try_from((next.expires_at.unix_seconds() - now.unix_seconds()).max(0)).unwrap_or(0);
     Ok(Refreshed::Pair(Box::new((
         user,
         SessionTokens {
             access,
             refresh: new.token,
-            refresh_expires_in: tokens.settings().refresh_ttl.as_secs(),
+            refresh_expires_in,
         },
     ))))
 }
 
-/// Ends the session a refresh token belongs to. Any token of the session will do (one that was
-/// already used too: its session is then compromised anyway); a token that names no session is
-/// not an error (RFC 7009 §2.2).
+/// Ends the session a refresh token belongs to: its current token, or one already used (its
+/// session is compromised anyway). A token the session does not know, or that names no
+/// session, changes nothing and is not an error (RFC 7009 §2.2).
 #[tracing::instrument(skip_all)]
 pub async fn end_session(
     sessions: &dyn SessionRepository,
     presented: &str,
 ) -> Result<(), RepositoryError> {
-    match parse_refresh_token(presented) {
-        Some((id, _)) => sessions.revoke_session(&id).await,
-        None => Ok(()),
+    let Some((id, hash)) = parse_refresh_token(presented) else {
+        return Ok(());
+    };
+    match sessions.find_session(&id).await? {
+        Some(session) if session.recognise(&hash) != Presented::Unknown => {
+            sessions.revoke_session(&id).await
+        }
+        _ => Ok(()),
     }
 }
 
