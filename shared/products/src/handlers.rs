@@ -242,7 +242,10 @@ async fn product_bodies(
         ("page" = Option<u32>, Query, description = "1–50, for the seed's clients (not with `cursor`).", minimum = 1, maximum = 50),
     ),
     responses(
-        (status = 200, description = "Newest first.", body = crate::views::ProductPage, headers(("x-cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the store."))),
+        (status = 200, description = "Newest first.", body = crate::views::ProductPage, headers(("x-cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the store.")), links(
+            ("GetFirstProduct" = (operation_id = "get_product", parameters(("id" = "$response.body#/items/0/productId")))),
+            ("OrderFirstProduct" = (operation_id = "create_order", request_body = json!({"items": [{"productId": "$response.body#/items/0/productId", "quantity": 1}]}))),
+        )),
         (status = 400, response = zx_http::openapi::BadRequest),
     ))]
 /// `GET /products`: newest first, filtered, one page (`cursor`, or `page` for the seed's
@@ -382,6 +385,7 @@ fn parse_images(errors: &mut ValidationErrors, images: &[String]) -> Option<Vec<
             ("DeleteProduct" = (operation_id = "delete_product", parameters(("id" = "$response.body#/productId")))),
             ("GetStock" = (operation_id = "get_stock", parameters(("productId" = "$response.body#/productId")))),
             ("PutStock" = (operation_id = "put_stock", parameters(("productId" = "$response.body#/productId")))),
+            ("PlaceOrder" = (operation_id = "create_order", request_body = json!({"items": [{"productId": "$response.body#/productId", "quantity": 1}]}))),
         )),
         (status = 400, response = zx_http::openapi::BadRequest),
         (status = 401, response = zx_http::openapi::Unauthorized),
