@@ -411,6 +411,46 @@ mod sessions {
     }
 }
 
+/// Postgres has no TTL: logins delete expired sessions (DynamoDB's TTL does it there, on its
+/// own schedule, which a test cannot wait for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_logins_purge_expired_sessions() {
+    use std::time::Duration;
+    use zx_domain::{Session, SessionId, Timestamp, TokenHash};
+    let backend = zx_tests::Backend::postgres().await;
+    let stores = backend.sessions.clone();
+    let alice = user("alice", "alice@example.com");
+    stores.users.create(&alice).await.unwrap();
+    let session = |expires_at: Timestamp, seed: u8| Session {
+        id: SessionId::generate(),
+        user_id: alice.id.clone(),
+        token_hash: TokenHash::from_hex(&format!("{seed:02x}").repeat(32)).unwrap(),
+        user_epoch: 0,
+        created_at: Timestamp::now().minus(Duration::from_secs(7200)),
+        expires_at,
+        revoked: false,
+        used_hashes: Vec::new(),
+    };
+    let expired = session(Timestamp::now().minus(Duration::from_secs(60)), 1);
+    let live = session(Timestamp::now().plus(Duration::from_secs(3600)), 2);
+    stores.sessions.create_session(&expired).await.unwrap();
+    stores.sessions.create_session(&live).await.unwrap();
+    // The second creation purged the first, and only it.
+    assert_eq!(
+        stores.sessions.find_session(&expired.id).await.unwrap(),
+        None
+    );
+    assert!(
+        stores
+            .sessions
+            .find_session(&live.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    backend.cleanup().await;
+}
+
 contract_suites!(session_store = zx_tests::Backend, field sessions, cases crate::sessions:
     create_then_find,
     a_token_rotates_once,

@@ -1,6 +1,7 @@
 //! Sessions on Postgres: the `sessions` table of the users schema. A rotation is one
 //! conditional update that also share-locks the user row and checks its session epoch, so it
-//! serialises with a password or role change (which moves the epoch on).
+//! serialises with a password or role change (which moves the epoch on). Expired sessions are
+//! deleted by later logins, a hundred at a time.
 
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
@@ -77,10 +78,17 @@ fn hashes(session: &Session) -> Vec<&str> {
 impl SessionRepository for PgSessionRepository {
     #[tracing::instrument(skip_all)]
     async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
+        // Each login also deletes up to 100 expired sessions (DynamoDB has a TTL for this), in
+        // the same statement: no extra round trip, and rows another login is deleting are
+        // skipped, not waited for.
         let result = sqlx::query(&format!(
-            "insert into {} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)
+            "with purged as (
+                 delete from {sessions} where session_id in (
+                     select session_id from {sessions} where expires_at < now()
+                     limit 100 for update skip locked))
+             insert into {sessions} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)
              on conflict (session_id) do nothing",
-            self.sessions
+            sessions = self.sessions
         ))
         .bind(session.id.as_str())
         .bind(session.user_id.as_str())
