@@ -35,9 +35,7 @@ import time
 import urllib.error
 import urllib.request
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-CACHE = pathlib.Path(os.environ.get("ZX_CACHE_DIR") or
-                     pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "zhixuan")
+from zxlocal import ROOT, in_venv, stack_aws, stack_env
 # The issue's four, and those of Schemathesis's other checks that hold here: documented
 # headers, authentication never ignored, deleted resources gone, created ones readable.
 CHECKS = os.environ.get("ZX_FUZZ_CHECKS", "not_a_server_error,status_code_conformance,"
@@ -49,31 +47,6 @@ MIN_CASES = 1000
 
 def log(message):
     print(f"[api-check] {message}", file=sys.stderr, flush=True)
-
-
-def in_api_venv():
-    """Re-runs this script under the virtualenv with Schemathesis (scripts/venv.sh api)."""
-    if os.environ.get("ZX_API_VENV"):
-        return
-    venv_bin = subprocess.run([str(ROOT / "scripts" / "venv.sh"), "api"], check=True,
-                              capture_output=True, text=True).stdout.strip()
-    os.environ["ZX_API_VENV"] = venv_bin
-    os.execv(os.path.join(venv_bin, "python3"), [os.path.join(venv_bin, "python3"), *sys.argv])
-
-
-def stack_env():
-    out = subprocess.run(["bash", "-c", 'eval "$(scripts/stack.sh env)"; env -0'], cwd=ROOT,
-                         check=True, capture_output=True).stdout.decode()
-    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
-
-
-def stack_aws(env, prefix, *args):
-    """localstack/init_aws.py with the LocalStack virtualenv's boto3, for a prefixed copy."""
-    version = re.search(r"^LS_VERSION=(\S+)", (ROOT / "scripts" / "stack.sh").read_text(), re.M).group(1)
-    python = CACHE / f"localstack-{version}" / "venv" / "bin" / "python"
-    subprocess.run([str(python), str(ROOT / "localstack" / "init_aws.py"), *args], check=True,
-                   stdout=subprocess.DEVNULL,
-                   env=dict(env, ZX_TABLE_PREFIX=prefix, ZX_QUEUE_PREFIX=prefix))
 
 
 def free_port():
@@ -145,9 +118,9 @@ def browser_check(base, operations, screenshot):
     return result
 
 
-def schemathesis(base, role, token, examples, seed):
+def schemathesis(venv_bin, base, role, token, examples, seed):
     """One Schemathesis run; returns (cases, failures, output)."""
-    st = pathlib.Path(os.environ["ZX_API_VENV"]) / "schemathesis"
+    st = venv_bin / "schemathesis"
     report = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"zx-api-check-{role}-{os.getpid()}"
     command = [str(st), "run", f"{base}/api/v1/openapi.json",
                "--checks", CHECKS,
@@ -180,7 +153,7 @@ def schemathesis(base, role, token, examples, seed):
 
 
 def main():
-    in_api_venv()
+    venv_bin = pathlib.Path(in_venv("api"))
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=int(os.environ.get("ZX_FUZZ_EXAMPLES", "50")),
                         help="Schemathesis --max-examples per operation and phase")
@@ -239,7 +212,7 @@ def main():
             time.sleep(0.3)
 
         # 1. The description: valid OpenAPI 3.1, and what the function serves.
-        validator = pathlib.Path(os.environ["ZX_API_VENV"]) / "openapi-spec-validator"
+        validator = venv_bin / "openapi-spec-validator"
         subprocess.run([str(validator), str(ROOT / "docs" / "openapi.json")], check=True,
                        stdout=subprocess.DEVNULL)
         _, served = call(base, "GET", "/api/v1/openapi.json", expect=200)
@@ -264,7 +237,7 @@ def main():
             _, body = call(base, "POST", "/api/v1/users/login", {"email": email, "password": password}, expect=200)
             tokens[role] = json.loads(body)["token"]
         fuzz_started = time.monotonic()
-        results = {role: schemathesis(base, role, token, args.examples, args.seed)
+        results = {role: schemathesis(venv_bin, base, role, token, args.examples, args.seed)
                    for role, token in tokens.items()}
         fuzz_seconds = time.monotonic() - fuzz_started
         cases = sum(r[0] for r in results.values())

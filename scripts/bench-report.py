@@ -43,10 +43,10 @@ import urllib.request
 import uuid
 import zipfile
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from zxlocal import CACHE, ROOT, in_venv, stack_aws, stack_env
+
 OUT = ROOT / "docs" / "bench"
 PEERS_SRC = ROOT.parent / "shared" / "peers"
-CACHE = pathlib.Path(os.environ.get("ZX_CACHE_DIR", pathlib.Path.home() / ".cache" / "zhixuan"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -202,21 +202,6 @@ def warm(command, event, env, count, cwd=None, sample_every=0, expect=200):
 
 
 # ----------------------------------------------------------------- local stack and data
-def stack_env():
-    out = subprocess.run(["bash", "-c", 'eval "$(scripts/stack.sh env)"; env -0'], cwd=ROOT,
-                         check=True, capture_output=True).stdout.decode()
-    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
-
-
-def stack_aws(env, prefix, *args):
-    """localstack/init_aws.py with the LocalStack virtualenv's boto3, for a prefixed copy."""
-    version = re.search(r"^LS_VERSION=(\S+)", (ROOT / "scripts" / "stack.sh").read_text(), re.M).group(1)
-    python = CACHE / f"localstack-{version}" / "venv" / "bin" / "python"
-    subprocess.run([str(python), str(ROOT / "localstack" / "init_aws.py"), *args], check=True,
-                   stdout=subprocess.DEVNULL,
-                   env=dict(env, ZX_TABLE_PREFIX=prefix, ZX_QUEUE_PREFIX=prefix))
-
-
 def dynamodb(env, target, body):
     request = urllib.request.Request(
         env["AWS_ENDPOINT_URL"], data=json.dumps(body).encode(), method="POST",
@@ -483,18 +468,8 @@ def proc_meminfo():
     return "?"
 
 
-def in_bench_venv():
-    """Re-runs this script under the virtualenv with matplotlib (scripts/venv.sh bench)."""
-    if os.environ.get("ZX_BENCH_VENV"):
-        return
-    venv_bin = subprocess.run([str(ROOT / "scripts" / "venv.sh"), "bench"], check=True,
-                              capture_output=True, text=True).stdout.strip()
-    os.environ["ZX_BENCH_VENV"] = venv_bin
-    os.execv(os.path.join(venv_bin, "python3"), [os.path.join(venv_bin, "python3"), *sys.argv])
-
-
 def main():
-    in_bench_venv()
+    in_venv("bench")
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warm", type=int, default=1000)

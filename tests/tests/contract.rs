@@ -381,10 +381,14 @@ mod sessions {
         let ghost = super::user("ghost", "ghost@example.com");
         let mut session = session_of(&user, 1);
         session.user_id = ghost.id.clone();
-        // Postgres refuses the insert (the user does not exist); DynamoDB stores it.
-        if stores.sessions.create_session(&session).await.is_ok() {
-            let next = session.rotated(token_hash(2), session.expires_at);
-            rotation_refused(&stores, &session, &next).await;
+        // Postgres refuses the insert (its foreign key); DynamoDB stores it, and the rotation
+        // must refuse it.
+        match stores.sessions.create_session(&session).await {
+            Ok(()) => {
+                let next = session.rotated(token_hash(2), session.expires_at);
+                rotation_refused(&stores, &session, &next).await;
+            }
+            Err(error) => assert!(matches!(error, RepositoryError::Failed { .. }), "{error:?}"),
         }
     }
 

@@ -109,16 +109,7 @@ struct Summaries;
 impl utoipa::Modify for Summaries {
     fn modify(&self, openapi: &mut OpenApi) {
         for item in openapi.paths.paths.values_mut() {
-            for operation in [
-                item.get.as_mut(),
-                item.put.as_mut(),
-                item.post.as_mut(),
-                item.delete.as_mut(),
-                item.patch.as_mut(),
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for operation in zx_http::openapi::operations(item) {
                 let Some(text) = operation.summary.take() else {
                     continue;
                 };

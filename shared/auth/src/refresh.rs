@@ -57,14 +57,7 @@ pub fn parse_refresh_token(presented: &str) -> Option<(SessionId, TokenHash)> {
 
 /// SHA-256 of the token, lower-case hex.
 pub fn hash_refresh_token(token: &str) -> TokenHash {
-    let digest = digest::digest(&digest::SHA256, token.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for byte in digest.as_ref() {
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0x0f)]));
-    }
-    // 64 lower-case hex digits by construction.
-    TokenHash::from_hex(&hex).unwrap_or_else(|_| unreachable!("sha-256 hex is 64 digits"))
+    TokenHash::from_sha256(digest::digest(&digest::SHA256, token.as_bytes()).as_ref())
 }
 
 #[cfg(test)]

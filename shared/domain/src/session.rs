@@ -56,6 +56,17 @@ impl TokenHash {
         }
     }
 
+    /// A SHA-256 digest (32 bytes), hex-encoded.
+    pub fn from_sha256(digest: &[u8]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(64);
+        for byte in digest {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        Self(hex)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

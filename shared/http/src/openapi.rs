@@ -92,9 +92,11 @@ problem_responses! {
         "retry-after" = integer_header("Seconds to wait before retrying.");
 }
 
-/// What the edge adds to the description of every operation: the answers any request can get
-/// (429 on rate-limited routes, 500, 503), the `RateLimit-*` headers on rate-limited routes,
-/// the security headers on every response, and the bearer scheme.
+/// What the edge adds to the description of every operation: the answers its shared pieces
+/// give, so handlers' `#[utoipa::path]`s list only their own: 400/413/415 for an operation with
+/// a JSON body (`json_body`), 401 for one that needs a bearer token (`Edge`), 429 on
+/// rate-limited routes, 500 and 503 everywhere; the `RateLimit-*` headers on rate-limited
+/// routes, the security headers on every response, and the bearer scheme.
 pub struct EdgeAnswers {
     /// Operations without a per-client limit (`operationId`s): health, the description, docs.
     pub unlimited: &'static [&'static str],
@@ -134,7 +136,8 @@ impl utoipa::Modify for EdgeAnswers {
     }
 }
 
-fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+/// Every operation of a path item.
+pub fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
     [
         item.get.as_mut(),
         item.put.as_mut(),
@@ -147,19 +150,26 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
 }
 
 fn add_edge_answers(operation: &mut Operation, limited: bool) {
+    let has_body = operation.request_body.is_some();
+    let needs_token = operation
+        .security
+        .as_ref()
+        .is_some_and(|requirements| !requirements.is_empty());
     let responses = &mut operation.responses.responses;
-    let reference = |name: &str| RefOr::Ref(Ref::from_response_name(name));
-    if limited {
+    let answers = [
+        (has_body, "400", "BadRequest"),
+        (needs_token, "401", "Unauthorized"),
+        (has_body, "413", "PayloadTooLarge"),
+        (has_body, "415", "UnsupportedMediaType"),
+        (limited, "429", "TooManyRequests"),
+        (true, "500", "InternalError"),
+        (true, "503", "ServiceUnavailable"),
+    ];
+    for (_, status, name) in answers.into_iter().filter(|(applies, ..)| *applies) {
         responses
-            .entry("429".into())
-            .or_insert_with(|| reference("TooManyRequests"));
+            .entry(status.into())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
     }
-    responses
-        .entry("500".into())
-        .or_insert_with(|| reference("InternalError"));
-    responses
-        .entry("503".into())
-        .or_insert_with(|| reference("ServiceUnavailable"));
     for response in responses.values_mut() {
         if let RefOr::T(response) = response {
             add_headers(response, limited);

@@ -179,11 +179,7 @@ fn order_response(
                 ("CancelOrder" = (operation_id = "cancel_order", parameters(("id" = "$response.body#/orderId")))),
                 ("UpdateStatus" = (operation_id = "update_status", parameters(("id" = "$response.body#/orderId")))),
             )),
-        (status = 400, response = zx_http::openapi::BadRequest),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 409, response = zx_http::openapi::Conflict),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `POST /orders`: 202 with the pending order (server prices). Same key and request → the
 /// same answer; same key, other request → 409.
@@ -200,7 +196,6 @@ pub async fn create_order(saga: &Saga, request: Request) -> Result<Response<Body
     params(("id" = String, Path, description = "An order id.", format = "uuid")),
     responses(
         (status = 200, description = "The order with its status history.", body = OrderView),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 404, response = zx_http::openapi::NotFound),
     ))]
 /// `GET /orders/{id}`: the owner's or, for an admin, any order; others → 404.
@@ -236,7 +231,6 @@ pub struct ListView<'a> {
     responses(
         (status = 200, description = "Customers: their own orders; admins: everyone's.", body = ListView),
         (status = 400, response = zx_http::openapi::BadRequest),
-        (status = 401, response = zx_http::openapi::Unauthorized),
     ))]
 /// `GET /orders`: customers their own, admins all (`?userId=`, `?status=`), newest first.
 pub async fn list_orders(
@@ -286,7 +280,6 @@ pub async fn list_orders(
     params(("id" = String, Path, description = "An order id.", format = "uuid")),
     responses(
         (status = 200, description = "Cancelled; reserved stock is released.", body = OrderView),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 404, response = zx_http::openapi::NotFound),
         (status = 409, response = zx_http::openapi::Conflict),
     ))]
@@ -328,13 +321,9 @@ pub struct StatusBody {
     request_body = StatusBody,
     responses(
         (status = 200, description = "Moved; the change is in the history.", body = OrderView),
-        (status = 400, response = zx_http::openapi::BadRequest),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 403, response = zx_http::openapi::Forbidden),
         (status = 404, response = zx_http::openapi::NotFound),
         (status = 409, response = zx_http::openapi::Conflict),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `PATCH /orders/{id}/status` (admin): `{status, reason?}` along the state machine.
 pub async fn update_status(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {

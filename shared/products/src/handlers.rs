@@ -387,12 +387,8 @@ fn parse_images(errors: &mut ValidationErrors, images: &[String]) -> Option<Vec<
             ("PutStock" = (operation_id = "put_stock", parameters(("productId" = "$response.body#/productId")))),
             ("PlaceOrder" = (operation_id = "create_order", request_body = json!({"items": [{"productId": "$response.body#/productId", "quantity": 1}]}))),
         )),
-        (status = 400, response = zx_http::openapi::BadRequest),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 403, response = zx_http::openapi::Forbidden),
         (status = 409, response = zx_http::openapi::Conflict),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `POST /products` (admin): a new product → 201.
 pub async fn create_product(
@@ -484,13 +480,9 @@ fn next_version(product: &Product) -> Product {
     request_body = UpdateBody,
     responses(
         (status = 200, description = "Updated.", body = ProductView),
-        (status = 400, response = zx_http::openapi::BadRequest),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 403, response = zx_http::openapi::Forbidden),
         (status = 404, response = zx_http::openapi::NotFound),
         (status = 409, response = zx_http::openapi::Conflict),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `PUT /products/{id}` (admin): changes catalogue fields (stock changes go through `/stock`).
 pub async fn update_product(
@@ -558,7 +550,6 @@ pub async fn update_product(
     params(("id" = String, Path, description = "A product id.", format = "uuid")),
     responses(
         (status = 204, description = "Deleted (soft: orders keep referring to it)."),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 403, response = zx_http::openapi::Forbidden),
         (status = 404, response = zx_http::openapi::NotFound),
         (status = 409, response = zx_http::openapi::Conflict),

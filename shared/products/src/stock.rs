@@ -104,13 +104,9 @@ pub struct StockView<'a> {
     request_body = PutBody,
     responses(
         (status = 200, description = "The counters after the change.", body = StockView),
-        (status = 400, response = zx_http::openapi::BadRequest),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 403, response = zx_http::openapi::Forbidden),
         (status = 404, response = zx_http::openapi::NotFound),
         (status = 409, response = zx_http::openapi::Conflict),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `PUT /stock/{productId}` (admin): `{available}` sets, `{delta}` adjusts the available stock;
 /// it stays within 0 and [`Stock::MAX_UNITS`] (reserved units are untouched). An

@@ -49,10 +49,7 @@ pub struct RegisterBody {
             ("GetUser" = (operation_id = "get_user", parameters(("id" = "$response.body#/userId")))),
             ("UpdateUser" = (operation_id = "update_user", parameters(("id" = "$response.body#/userId")))),
         )),
-        (status = 400, response = zx_http::openapi::BadRequest),
         (status = 409, response = zx_http::openapi::Conflict),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `POST /users/register`: creates a customer. 409 when the e-mail or username is taken;
 /// 429 past `register_per_ip` attempts a minute from one client.
@@ -102,10 +99,7 @@ fn invalid_credentials() -> ApiError {
     request_body = LoginBody,
     responses(
         (status = 200, description = "An access token and a refresh token.", body = crate::views::LoginView),
-        (status = 400, response = zx_http::openapi::BadRequest),
         (status = 401, response = zx_http::openapi::Unauthorized),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `POST /users/login`: a token for valid credentials. An unknown e-mail and a wrong password
 /// give the same 401, after the same bcrypt work. 429 past the per-minute limits for the
@@ -158,7 +152,6 @@ pub async fn login(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The token's claims.", body = TokenInfoView),
-        (status = 401, response = zx_http::openapi::Unauthorized),
     ))]
 /// `GET /users/validate`: what the caller's bearer token says (the edge verified it; a bad
 /// or missing token never reaches this handler).
@@ -183,7 +176,6 @@ fn user_not_found() -> ApiError {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's profile.", body = UserView),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 404, response = zx_http::openapi::NotFound),
     ))]
 /// `GET /users/me`: the caller's profile.
@@ -216,7 +208,6 @@ async fn visible_user(
     params(("id" = String, Path, description = "A user id.", format = "uuid")),
     responses(
         (status = 200, description = "The profile.", body = UserView),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 404, response = zx_http::openapi::NotFound),
     ))]
 /// `GET /users/{id}`: a profile, for its owner or an admin.
@@ -253,13 +244,9 @@ pub struct UpdateBody {
     request_body = UpdateBody,
     responses(
         (status = 200, description = "The updated profile. A password or role change ends every session of the user.", body = UserView),
-        (status = 400, response = zx_http::openapi::BadRequest),
-        (status = 401, response = zx_http::openapi::Unauthorized),
         (status = 403, response = zx_http::openapi::Forbidden),
         (status = 404, response = zx_http::openapi::NotFound),
         (status = 409, response = zx_http::openapi::Conflict),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `PUT /users/{id}`: changes username, e-mail, password (with `currentPassword` when changing
 /// one's own) and, for admins only, role. Unknown fields are rejected.

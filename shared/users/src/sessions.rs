@@ -171,7 +171,8 @@ pub async fn end_session(
     }
 }
 
-/// The response of a login or a refresh: never stored by a cache on the way (RFC 6749 §5.1).
+/// The response of a login or a refresh (`zx_http::serve` marks it `no-store`, as RFC 6749 §5.1
+/// asks of token responses).
 pub(crate) fn pair_response(user: &User, pair: &SessionTokens) -> Result<Response<Body>, ApiError> {
     json_response(
         200,
@@ -204,10 +205,7 @@ fn refused_refresh() -> ApiError {
     request_body = RefreshBody,
     responses(
         (status = 200, description = "A new access token and refresh token; the one presented is spent.", body = LoginView),
-        (status = 400, response = zx_http::openapi::BadRequest),
         (status = 401, response = zx_http::openapi::Unauthorized),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `POST /users/refresh`: a new pair for a valid refresh token; 401 otherwise.
 pub async fn refresh(
@@ -238,9 +236,6 @@ pub async fn refresh(
     request_body = RefreshBody,
     responses(
         (status = 204, description = "The session is ended (or the token named none)."),
-        (status = 400, response = zx_http::openapi::BadRequest),
-        (status = 413, response = zx_http::openapi::PayloadTooLarge),
-        (status = 415, response = zx_http::openapi::UnsupportedMediaType),
     ))]
 /// `POST /users/logout`: revokes the session of the refresh token; 204 whether or not it named
 /// one. Access tokens already issued stay valid until they expire (`JWT_EXPIRES_IN`).
