@@ -139,6 +139,99 @@ pub struct OrderStores {
     pub outbox: Arc<dyn zx_domain::Outbox>,
     pub products: Arc<dyn ProductRepository>,
     pub inventory: Arc<dyn zx_domain::InventoryRepository>,
+    /// The same orders storage, written past the adapter (to plant what it never writes).
+    pub raw: RawOrders,
+}
+
+/// One backend's orders storage, reached past the adapter: tests plant rows the code would
+/// never write (a corrupt outbox row, a corrupt order), as a bad deploy or a hand edit might.
+#[derive(Clone)]
+pub enum RawOrders {
+    Dynamo {
+        client: aws_sdk_dynamodb::Client,
+        table: String,
+    },
+    Postgres {
+        pool: sqlx::PgPool,
+        schema: PgSchema,
+    },
+}
+
+impl RawOrders {
+    /// Stores an outbox row created at `created_at` that cannot be read (an unknown destination,
+    /// an order id that is not one, a body that is not JSON).
+    pub async fn plant_unreadable_outbox_row(&self, created_at: zx_domain::Timestamp) {
+        use aws_sdk_dynamodb::types::AttributeValue::S;
+        let id = format!("bad-{}", unique());
+        match self {
+            Self::Dynamo { client, table } => {
+                client
+                    .put_item()
+                    .table_name(table)
+                    .item("pk", S("OUTBOX#03".into()))
+                    .item(
+                        "sk",
+                        S(format!("{:013}#{id}", created_at.unix_millis().max(0))),
+                    )
+                    .item("messageId", S(id))
+                    .item("orderId", S("not-an-order".into()))
+                    .item("destination", S("nowhere".into()))
+                    .item("body", S("{".into()))
+                    .item("createdAt", S(created_at.to_rfc3339()))
+                    .send()
+                    .await
+                    .expect("plant an outbox row");
+            }
+            Self::Postgres { pool, schema } => {
+                sqlx::query(&format!(
+                    "insert into \"{schema}\".outbox (message_id, order_id, destination, body, created_at)
+                     values ($1, 'not-an-order', 'nowhere', '{{', $2)"
+                ))
+                .bind(id)
+                .bind(created_at.as_datetime())
+                .execute(pool)
+                .await
+                .expect("plant an outbox row");
+            }
+        }
+    }
+
+    /// Makes the stored order `id` unreadable (its lines no longer parse).
+    pub async fn corrupt_order(&self, id: &zx_domain::OrderId) {
+        match self {
+            Self::Dynamo { client, table } => {
+                client
+                    .update_item()
+                    .table_name(table)
+                    .key(
+                        "pk",
+                        aws_sdk_dynamodb::types::AttributeValue::S(format!("ORDER#{id}")),
+                    )
+                    .key(
+                        "sk",
+                        aws_sdk_dynamodb::types::AttributeValue::S("ORDER".into()),
+                    )
+                    .update_expression("SET #l = :l")
+                    .expression_attribute_names("#l", "lines")
+                    .expression_attribute_values(
+                        ":l",
+                        aws_sdk_dynamodb::types::AttributeValue::S("{not json".into()),
+                    )
+                    .send()
+                    .await
+                    .expect("corrupt an order");
+            }
+            Self::Postgres { pool, schema } => {
+                sqlx::query(&format!(
+                    "update \"{schema}\".orders set lines = '{{not json' where order_id = $1"
+                ))
+                .bind(id.as_str())
+                .execute(pool)
+                .await
+                .expect("corrupt an order");
+            }
+        }
+    }
 }
 
 /// Isolated orders and catalogue storage (tables or schemas), removed by
@@ -167,6 +260,10 @@ impl OrderBackend {
                 outbox: orders,
                 products: products.clone(),
                 inventory: products,
+                raw: RawOrders::Dynamo {
+                    client: client.clone(),
+                    table: orders_table.clone(),
+                },
             },
             cleanup: vec![
                 Cleanup::Table(client.clone(), products_table),
@@ -193,6 +290,10 @@ impl OrderBackend {
                 outbox: orders,
                 products: products.clone(),
                 inventory: products,
+                raw: RawOrders::Postgres {
+                    pool: orders_pool.clone(),
+                    schema: orders_schema.clone(),
+                },
             },
             cleanup: vec![
                 Cleanup::Schema(products_pool, products_schema),
@@ -498,6 +599,20 @@ impl TestApp {
             schema,
             queues,
             aws,
+        }
+    }
+
+    /// This app's orders storage, reached past the adapter.
+    pub fn raw_orders(&self) -> RawOrders {
+        match self.config.store {
+            zx_app::StoreKind::DynamoDb => RawOrders::Dynamo {
+                client: aws_sdk_dynamodb::Client::new(&self.aws),
+                table: self.config.orders_table.clone(),
+            },
+            _ => RawOrders::Postgres {
+                pool: sqlx::PgPool::connect_lazy(&database_url()).expect("pool"),
+                schema: self.config.orders_schema.clone(),
+            },
         }
     }
 
@@ -842,7 +957,7 @@ pub async fn store_order(
         expires_at: Timestamp::from_unix_millis(now.unix_millis() + 3_600_000).expect("time"),
     };
     orders
-        .create_order(&order, &record, &[])
+        .create_order(&order, &record, &[], u32::MAX)
         .await
         .expect("store order");
     if !confirmed {

@@ -1159,8 +1159,8 @@ mod saga {
 
     use zx_domain::{
         Commit, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderId, OrderLine,
-        OrderQuery, OrderStatus, PageLimit, ProductId, Release, RepositoryError, Reservation,
-        ReserveLine, StatusChange, Timestamp, UserId,
+        OrderQuery, OrderStatus, OutboxMessage, PageLimit, ProductId, Release, RepositoryError,
+        Reservation, ReserveLine, Row, StatusChange, Timestamp, UserId,
     };
     use zx_orders::messages;
     use zx_tests::{OrderStores, sample_product};
@@ -1215,6 +1215,7 @@ mod saga {
                 order,
                 &key(order, &order.id.to_string(), "f"),
                 &[messages::reserve(order)],
+                u32::MAX,
             )
             .await
             .unwrap();
@@ -1223,6 +1224,13 @@ mod saga {
 
     fn ago(seconds: i64) -> Timestamp {
         Timestamp::from_unix_millis(Timestamp::now().unix_millis() - seconds * 1000).unwrap()
+    }
+
+    /// The messages of rows that must all be readable.
+    fn messages_of(rows: Vec<Row<OutboxMessage>>) -> Vec<OutboxMessage> {
+        rows.into_iter()
+            .map(|row| row.value.expect("a readable row"))
+            .collect()
     }
 
     fn query(user: Option<&UserId>, status: Option<OrderStatus>, limit: &str) -> OrderQuery {
@@ -1243,7 +1251,7 @@ mod saga {
         let sent = [messages::reserve(&first), messages::order_created(&first)];
         let outcome = stores
             .orders
-            .create_order(&first, &record, &sent)
+            .create_order(&first, &record, &sent, u32::MAX)
             .await
             .unwrap();
         assert_eq!(outcome, OrderCreation::Created);
@@ -1278,6 +1286,7 @@ mod saga {
                 &second,
                 &key(&second, "key-1", "fingerprint-b"),
                 &[messages::reserve(&second)],
+                u32::MAX,
             )
             .await
             .unwrap();
@@ -1290,28 +1299,31 @@ mod saga {
         }
         assert_eq!(stores.orders.find_order(&second.id).await.unwrap(), None);
         let later = Timestamp::from_unix_millis(Timestamp::now().unix_millis() + 1000).unwrap();
-        let unsent = stores.outbox.unsent(later, None, 100).await.unwrap();
+        let unsent = messages_of(stores.outbox.unsent(later, None, 100).await.unwrap());
         let ids: HashSet<_> = unsent.iter().map(|m| m.id.clone()).collect();
         assert_eq!(ids, sent.iter().map(|m| m.id.clone()).collect());
         assert!(unsent.iter().all(|m| m.order_id == first.id));
         assert!(unsent.iter().any(|m| m.body == sent[0].body));
-        // Paging past a message (one the relay could not send) gives the ones after it.
+        // Paging past a row (one the relay could not send) gives the ones after it.
         let page = stores.outbox.unsent(later, None, 1).await.unwrap();
         assert_eq!(page.len(), 1);
-        let next = stores
-            .outbox
-            .unsent(later, Some(&page[0]), 100)
-            .await
-            .unwrap();
+        let first_id = page[0].value.as_ref().unwrap().id.clone();
+        let next = messages_of(
+            stores
+                .outbox
+                .unsent(later, Some(&page[0].key), 100)
+                .await
+                .unwrap(),
+        );
         assert_eq!(next.len(), 1);
-        assert_ne!(next[0].id, page[0].id);
+        assert_ne!(next[0].id, first_id);
         assert_eq!(
             next[0].id,
-            unsent.iter().find(|m| m.id != page[0].id).unwrap().id
+            unsent.iter().find(|m| m.id != first_id).unwrap().id
         );
 
         stores.outbox.mark_sent(&unsent[..1]).await.unwrap();
-        let rest = stores.outbox.unsent(later, None, 100).await.unwrap();
+        let rest = messages_of(stores.outbox.unsent(later, None, 100).await.unwrap());
         assert_eq!(rest.len(), 1);
         assert_ne!(rest[0].id, unsent[0].id);
         // Messages younger than the cutoff are left for their first send.
@@ -1335,7 +1347,12 @@ mod saga {
             tokio::spawn(async move {
                 let outcome = stores
                     .orders
-                    .create_order(&candidate, &record, &[messages::reserve(&candidate)])
+                    .create_order(
+                        &candidate,
+                        &record,
+                        &[messages::reserve(&candidate)],
+                        u32::MAX,
+                    )
                     .await
                     .unwrap();
                 (candidate.id, outcome)
@@ -1488,12 +1505,20 @@ mod saga {
             .unwrap();
         assert_eq!(bobs_pending.items.len(), 5);
 
-        // One cutoff for the query and the expectation (orders sit a second apart around it).
+        // Pending orders are overdue by their clock (when their reserve was sent), never by
+        // their age: these have none yet.
         let cutoff = ago(3_590);
-        let stale = stores.orders.stale_pending(cutoff, 100).await.unwrap();
-        let expected: Vec<_> = placed
+        assert!(
+            stores
+                .orders
+                .overdue(OrderStatus::Pending, Timestamp::now(), 100)
+                .await
+                .unwrap()
+                .is_empty(),
+            "no clock started, nothing overdue"
+        );
+        let still_pending: Vec<&Order> = placed
             .iter()
-            .filter(|o| o.created_at < cutoff)
             .filter(|o| {
                 !(o.user_id == bob
                     && placed
@@ -1502,6 +1527,30 @@ mod saga {
                         .take(3)
                         .any(|p| p.id == o.id))
             })
+            .collect();
+        for o in &still_pending {
+            // Each clock starts as its reserve is sent (here: at creation); a second start
+            // changes nothing.
+            stores
+                .orders
+                .start_pending_clock(&o.id, o.created_at)
+                .await
+                .unwrap();
+            stores
+                .orders
+                .start_pending_clock(&o.id, Timestamp::now())
+                .await
+                .unwrap();
+        }
+        let stale = stores
+            .orders
+            .overdue(OrderStatus::Pending, cutoff, 100)
+            .await
+            .unwrap();
+        let stale: Vec<Order> = stale.into_iter().map(|r| r.value.unwrap()).collect();
+        let expected: Vec<_> = still_pending
+            .iter()
+            .filter(|o| o.created_at < cutoff)
             .map(|o| o.id.clone())
             .collect();
         assert_eq!(
@@ -1509,6 +1558,203 @@ mod saga {
             expected
         );
         assert!(stale.windows(2).all(|w| w[0].created_at <= w[1].created_at));
+        // Confirmed orders are overdue by when they were confirmed (just now): none yet.
+        assert!(
+            stores
+                .orders
+                .overdue(OrderStatus::Confirmed, cutoff, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            stores
+                .orders
+                .overdue(OrderStatus::Confirmed, Timestamp::now(), 100)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    /// A row that cannot be read comes back as such (the rest of its page still reads);
+    /// parked, it is never returned again but listed, and an operator can put it back. The
+    /// same for an order that cannot be read: parked, it leaves expiry.
+    pub async fn unreadable_rows_are_returned_as_such_and_parked_rows_stay_out(
+        stores: OrderStores,
+    ) {
+        let user = UserId::generate();
+        let good = order(&user, ago(30), &[(&ProductId::generate(), 1)]);
+        place(&stores, &good).await;
+        stores.raw.plant_unreadable_outbox_row(ago(3_600)).await;
+        let later = Timestamp::from_unix_millis(Timestamp::now().unix_millis() + 1000).unwrap();
+        let rows = stores.outbox.unsent(later, None, 100).await.unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let bad = rows[0].clone();
+        assert!(bad.value.is_err(), "the oldest row is the bad one: {bad:?}");
+        assert_eq!(rows[1].value.as_ref().unwrap().order_id, good.id);
+
+        stores
+            .outbox
+            .park(&bad.key, "unreadable: test")
+            .await
+            .unwrap();
+        // Parking twice (a second relay run racing the first) is harmless.
+        stores
+            .outbox
+            .park(&bad.key, "unreadable: again")
+            .await
+            .unwrap();
+        let rows = messages_of(stores.outbox.unsent(later, None, 100).await.unwrap());
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].order_id, good.id);
+        let parked = stores.outbox.parked(100).await.unwrap();
+        assert_eq!(parked.len(), 1, "{parked:?}");
+        assert!(parked[0].reason.contains("unreadable"), "{parked:?}");
+        assert_eq!(parked[0].body, "{");
+        assert!(parked[0].parked_at.is_some());
+
+        assert!(stores.outbox.unpark(&parked[0].key).await.unwrap());
+        assert!(!stores.outbox.unpark(&parked[0].key).await.unwrap());
+        assert!(stores.outbox.parked(100).await.unwrap().is_empty());
+        let rows = stores.outbox.unsent(later, None, 100).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows[0].value.is_err());
+
+        // An overdue order that cannot be read.
+        let broken = order(&user, ago(120), &[(&ProductId::generate(), 1)]);
+        place(&stores, &broken).await;
+        stores
+            .orders
+            .start_pending_clock(&broken.id, ago(120))
+            .await
+            .unwrap();
+        stores
+            .orders
+            .start_pending_clock(&good.id, ago(30))
+            .await
+            .unwrap();
+        stores.raw.corrupt_order(&broken.id).await;
+        let overdue = stores
+            .orders
+            .overdue(OrderStatus::Pending, ago(10), 100)
+            .await
+            .unwrap();
+        assert_eq!(overdue.len(), 2, "{overdue:?}");
+        assert!(overdue[0].value.is_err());
+        assert_eq!(overdue[1].value.as_ref().unwrap().id, good.id);
+        stores
+            .orders
+            .park_order(&overdue[0].key, "unreadable: test")
+            .await
+            .unwrap();
+        let overdue = stores
+            .orders
+            .overdue(OrderStatus::Pending, ago(10), 100)
+            .await
+            .unwrap();
+        assert_eq!(overdue.len(), 1);
+        assert_eq!(overdue[0].value.as_ref().unwrap().id, good.id);
+    }
+
+    /// A customer's open (pending or confirmed) orders are capped in the write that creates
+    /// one; leaving pending/confirmed frees a place.
+    pub async fn open_orders_are_capped(stores: OrderStores) {
+        let user = UserId::generate();
+        let product = ProductId::generate();
+        let create = |o: &Order| {
+            let stores = stores.clone();
+            let o = o.clone();
+            async move {
+                stores
+                    .orders
+                    .create_order(&o, &key(&o, &o.id.to_string(), "f"), &[], 3)
+                    .await
+                    .unwrap()
+            }
+        };
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let o = order(&user, Timestamp::now(), &[(&product, 1)]);
+            assert_eq!(create(&o).await, OrderCreation::Created);
+            open.push(o);
+        }
+        let fourth = order(&user, Timestamp::now(), &[(&product, 1)]);
+        assert_eq!(create(&fourth).await, OrderCreation::TooManyOpen);
+        assert_eq!(stores.orders.find_order(&fourth.id).await.unwrap(), None);
+        // Another customer is not affected.
+        let other = order(&UserId::generate(), Timestamp::now(), &[(&product, 1)]);
+        assert_eq!(create(&other).await, OrderCreation::Created);
+        // Confirmed is still open; paid is not.
+        let confirmed = open[0]
+            .transitioned(OrderStatus::Confirmed, "system", None, Timestamp::now())
+            .unwrap();
+        stores
+            .orders
+            .update_order(&open[0], &confirmed, &[])
+            .await
+            .unwrap();
+        assert_eq!(create(&fourth).await, OrderCreation::TooManyOpen);
+        let paid = confirmed
+            .transitioned(OrderStatus::Paid, "user:admin", None, Timestamp::now())
+            .unwrap();
+        stores
+            .orders
+            .update_order(&confirmed, &paid, &[])
+            .await
+            .unwrap();
+        assert_eq!(create(&fourth).await, OrderCreation::Created);
+        let fifth = order(&user, Timestamp::now(), &[(&product, 1)]);
+        assert_eq!(create(&fifth).await, OrderCreation::TooManyOpen);
+        let cancelled = open[1]
+            .transitioned(
+                OrderStatus::Cancelled,
+                "system",
+                Some("timeout"),
+                Timestamp::now(),
+            )
+            .unwrap();
+        stores
+            .orders
+            .update_order(&open[1], &cancelled, &[])
+            .await
+            .unwrap();
+        assert_eq!(create(&fifth).await, OrderCreation::Created);
+    }
+
+    /// Ten creations at once for a customer with room for three: exactly three are stored.
+    pub async fn concurrent_creations_never_exceed_the_cap(stores: OrderStores) {
+        let user = UserId::generate();
+        let product = ProductId::generate();
+        let attempts = (0..10).map(|_| {
+            let stores = stores.clone();
+            let o = order(&user, Timestamp::now(), &[(&product, 1)]);
+            tokio::spawn(async move {
+                loop {
+                    match stores
+                        .orders
+                        .create_order(&o, &key(&o, &o.id.to_string(), "f"), &[], 3)
+                        .await
+                    {
+                        Err(e) if e.is_transient() => tokio::task::yield_now().await,
+                        other => return other.unwrap(),
+                    }
+                }
+            })
+        });
+        let results = futures::future::join_all(attempts).await;
+        let created = results
+            .iter()
+            .filter(|r| matches!(r.as_ref().unwrap(), OrderCreation::Created))
+            .count();
+        assert_eq!(created, 3, "{results:?}");
+        let page = stores
+            .orders
+            .list_orders(&query(Some(&user), None, "100"))
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 3);
     }
 
     async fn stock(stores: &OrderStores, id: &ProductId) -> (i64, i64) {
@@ -1697,6 +1943,9 @@ mod saga {
 
 contract_suites!(orders = zx_tests::OrderBackend, field stores, cases crate::saga:
     orders_keys_and_outbox_are_written_together,
+    unreadable_rows_are_returned_as_such_and_parked_rows_stay_out,
+    open_orders_are_capped,
+    concurrent_creations_never_exceed_the_cap,
     ten_concurrent_creations_with_one_key_store_one_order,
     transitions_are_conditional_and_one_of_racing_ones_wins,
     listings_are_newest_first_by_customer_and_status,

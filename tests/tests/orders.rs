@@ -343,6 +343,13 @@ async fn happy_path(store: Store) {
             let event: Value = serde_json::from_str(message.body().unwrap()).unwrap();
             assert_eq!(event["data"]["orderId"], id);
             assert_eq!(event["version"], 1);
+            // The order's version orders its events, whatever order they arrive in.
+            let expected_sequence = if event["type"] == "order.created" {
+                1
+            } else {
+                2
+            };
+            assert_eq!(event["data"]["sequence"], expected_sequence, "{event}");
             kinds.push(event["type"].as_str().unwrap().to_owned());
         }
     }
@@ -464,8 +471,25 @@ async fn redelivery_changes_stock_once(store: Store) {
     let response = inventory(sqs_event(&[("m-3", &reserve)])).await;
     assert!(failures(&response).is_empty());
     assert_eq!(shop.stock(&product).await, (8, 2));
-
+    // A release is honoured only once the order is cancelled.
     let release = zx_orders::messages::release(&order.id).body;
+    inventory(sqs_event(&[("m-early", &release)])).await;
+    assert_eq!(
+        shop.stock(&product).await,
+        (8, 2),
+        "a pending order keeps its stock"
+    );
+    let orders = shop.app.services.stores.orders().unwrap();
+    let cancelled = order
+        .transitioned(
+            zx_domain::OrderStatus::Cancelled,
+            "system",
+            Some("timeout"),
+            Timestamp::now(),
+        )
+        .unwrap();
+    orders.update_order(&order, &cancelled, &[]).await.unwrap();
+
     let response = inventory(sqs_event(&[("m-4", &release), ("m-5", &release)])).await;
     assert!(failures(&response).is_empty());
     inventory(sqs_event(&[("m-6", &release)])).await;
@@ -480,31 +504,39 @@ async fn redelivery_changes_stock_once(store: Store) {
 async fn poison_messages_reach_the_dead_letter_queue(store: Store) {
     let shop = Shop::start(store).await;
     let product = shop.product(10, 100).await;
-    let good = |quantity| {
-        zx_orders::messages::message(
-            zx_domain::Destination::InventoryQueue,
-            zx_orders::messages::RESERVE,
-            &OrderId::generate(),
-            json!({"orderId": OrderId::generate().as_str(), "items": [{"productId": product.as_str(), "quantity": quantity}]}),
-        )
-        .body
-    };
+    let stored = shop
+        .app
+        .services
+        .stores
+        .products()
+        .unwrap()
+        .find_product(&product)
+        .await
+        .unwrap()
+        .unwrap();
+    let orders = shop.app.services.stores.orders().unwrap();
+    // Reserves of real pending orders (2 units each): only those change stock.
+    let mut good = Vec::new();
+    for _ in 0..3 {
+        let (user, _) = shop.customer();
+        let order =
+            zx_tests::store_order(&orders, OrderId::generate(), &user, &stored, false).await;
+        good.push(zx_orders::messages::reserve(&order).body);
+    }
     let poison = r#"{"type":"inventory.reserve","data":"#;
-    let (first, second) = (good(1), good(2));
     let response = shop.worker("inventory-worker")(sqs_event(&[
-        ("good-1", &first),
+        ("good-1", &good[0]),
         ("bad", poison),
-        ("good-2", &second),
+        ("good-2", &good[1]),
     ]))
     .await;
     assert_eq!(failures(&response), ["bad"]);
-    assert_eq!(shop.stock(&product).await, (7, 3));
+    assert_eq!(shop.stock(&product).await, (6, 4));
 
     // Through the queue: the poison is received maxReceiveCount times, then redriven.
     let _pollers = shop.pollers(&["inventory-worker"]);
     let sqs = aws_sdk_sqs::Client::new(&shop.app.aws);
-    let third = good(4);
-    for body in [poison, third.as_str()] {
+    for body in [poison, good[2].as_str()] {
         sqs.send_message()
             .queue_url(&shop.app.queues.inventory)
             .message_body(body)
@@ -530,86 +562,348 @@ async fn poison_messages_reach_the_dead_letter_queue(store: Store) {
             "the poison never reached the DLQ"
         );
     }
-    assert_eq!(shop.stock(&product).await, (3, 7));
+    assert_eq!(shop.stock(&product).await, (4, 6));
     assert_eq!(shop.queue_depth(&shop.app.queues.inventory).await, 0);
 }
 
-/// With SQS unreachable, POST /orders still stores the order (202, pending); once SQS is back
-/// the relay sends it, and it is confirmed once with stock decreased once.
+/// SQS and SNS unreachable (each behind a proxy the test cuts) for longer than the pending
+/// timeout while 120 orders are placed: every order is stored (202, pending) and none is
+/// cancelled for `timeout` while its reserve waits in the outbox. SQS comes back while SNS stays
+/// down: the relay sends every reserve (the event rows between them do not hold them back), the
+/// orders settle by stock alone (100 confirmed, 20 out of stock) and stock is conserved. Then
+/// SNS comes back and the events follow.
 async fn orders_survive_an_sqs_outage(store: Store) {
-    // A 1 s pending timeout: the order is stale by the time SQS is back, and still must not
-    // time out in the relay run that finally sends its reserve.
+    // Short enough to pass during the outage; long enough for the relay run that finally sends
+    // the reserves to end before the first of them is due.
     let mut app = TestApp::with(
         store,
         &zx_tests::aws_endpoint(),
-        &[("ORDER_PENDING_TIMEOUT", "1")],
+        &[("ORDER_PENDING_TIMEOUT", "5")],
     )
     .await;
-    let proxy = zx_tests::CuttableProxy::start(
-        zx_tests::aws_endpoint()
-            .trim_start_matches("http://")
-            .to_owned(),
-    )
-    .await;
-    let through_proxy = zx_tests::aws_config_for(&format!("http://{}", proxy.address)).await;
+    let target = zx_tests::aws_endpoint()
+        .trim_start_matches("http://")
+        .to_owned();
+    let (sqs_proxy, sns_proxy) = (
+        zx_tests::CuttableProxy::start(target.clone()).await,
+        zx_tests::CuttableProxy::start(target).await,
+    );
+    let via = |proxy: &zx_tests::CuttableProxy| format!("http://{}", proxy.address);
+    let (sqs_config, sns_config) = (
+        zx_tests::aws_config_for(&via(&sqs_proxy)).await,
+        zx_tests::aws_config_for(&via(&sns_proxy)).await,
+    );
     app.services.sender = Some(Arc::new(zx_messaging::AwsSender::new(
-        aws_sdk_sqs::Client::new(&through_proxy),
-        aws_sdk_sns::Client::new(&through_proxy),
+        aws_sdk_sqs::Client::new(&sqs_config),
+        aws_sdk_sns::Client::new(&sns_config),
         app.services.destinations.clone().unwrap(),
     )));
-    let shop = Shop::on(app).await;
+    let shop = Arc::new(Shop::on(app).await);
     let _pollers = shop.pollers(&[]);
-    let product = shop.product(5, 100).await;
-    let (_, token) = shop.customer();
+    let product = shop.product(100, 100).await;
 
-    proxy.set_cut(true);
-    let id = shop.place(&token, &[(&product, 2)]).await;
-    assert!(proxy.refused() > 0, "the send was attempted");
-    assert_eq!(shop.order_json(&id, &token).await["status"], "pending");
-    let unsent = shop
+    sqs_proxy.set_cut(true);
+    sns_proxy.set_cut(true);
+    // 40 customers place 3 orders each (the cap on open orders is 10 a customer).
+    let placed = futures::future::join_all((0..40).map(|_| {
+        let shop = shop.clone();
+        let product = product.clone();
+        tokio::spawn(async move {
+            let (_, token) = shop.customer();
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                ids.push((shop.place(&token, &[(&product, 1)]).await, token.clone()));
+            }
+            ids
+        })
+    }))
+    .await;
+    let orders: Vec<(String, String)> = placed.into_iter().flat_map(|r| r.unwrap()).collect();
+    assert_eq!(orders.len(), 120);
+    assert!(sqs_proxy.refused() > 0, "the sends were attempted");
+    // Longer than the pending timeout, with the relay failing to send anything.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let report = shop.workers.run_relay().await;
+    assert_eq!(report.relayed, 0, "{report:?}");
+    assert!(report.failed > 0 && report.outbox_left, "{report:?}");
+    assert_eq!((report.expired, report.parked), (0, 0), "{report:?}");
+    for (id, token) in orders.iter().step_by(10) {
+        assert_eq!(shop.order_json(id, token).await["status"], "pending");
+    }
+
+    // SQS is back, SNS is not: every reserve still flows.
+    sqs_proxy.set_cut(false);
+    let report = shop.workers.run_relay().await;
+    assert_eq!(
+        report.relayed, 120,
+        "every reserve, past the stuck events: {report:?}"
+    );
+    assert_eq!((report.expired, report.parked), (0, 0), "{report:?}");
+    assert!(report.failed + report.deferred >= 120, "{report:?}");
+    let deadline = Instant::now() + SETTLE;
+    let mut settled: HashMap<String, String> = HashMap::new();
+    while settled.len() < orders.len() {
+        for (id, token) in &orders {
+            if settled.contains_key(id) {
+                continue;
+            }
+            let order = shop.order_json(id, token).await;
+            if order["status"] != "pending" {
+                let reason = order["statusHistory"][1]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                settled.insert(
+                    id.clone(),
+                    format!("{}:{reason}", order["status"].as_str().unwrap()),
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 120 settled",
+            settled.len()
+        );
+    }
+    let count = |what: &str| settled.values().filter(|s| *s == what).count();
+    assert_eq!(
+        (count("confirmed:"), count("cancelled:out_of_stock")),
+        (100, 20),
+        "{settled:?}"
+    );
+    shop.drain().await;
+    assert_eq!(shop.stock(&product).await, (0, 100));
+
+    // SNS is back: the events follow; nothing is left.
+    sns_proxy.set_cut(false);
+    let report = shop.workers.run_relay().await;
+    assert!(report.relayed >= 120, "{report:?}");
+    assert_eq!(
+        (report.failed, report.parked, report.expired),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    let report = shop.workers.run_relay().await;
+    assert_eq!(report.relayed, 0, "{report:?}");
+    assert_eq!(shop.stock(&product).await, (0, 100));
+}
+
+/// A corrupt outbox row (the oldest) and a corrupt overdue order: the relay parks both, relays
+/// everything else and still expires what is due; the operator command lists the parked row and
+/// puts it back.
+async fn corrupt_rows_are_parked_and_everything_else_flows(store: Store) {
+    let shop = Shop::with(store, &[("ORDER_PENDING_TIMEOUT", "1")]).await;
+    let raw = shop.app.raw_orders();
+    raw.plant_unreadable_outbox_row(Timestamp::from_unix_millis(1_000_000_000_000).unwrap())
+        .await;
+    let product = shop.product(10, 100).await;
+    let (_, token) = shop.customer();
+    // Due: reserved (by the pollers) but never confirmed (no order worker).
+    let due = shop.place(&token, &[(&product, 1)]).await;
+    let broken = shop.place(&token, &[(&product, 1)]).await;
+    {
+        let _inventory = shop.pollers(&["inventory-worker"]);
+        let deadline = Instant::now() + SETTLE;
+        while shop.stock(&product).await != (8, 2) {
+            assert!(Instant::now() < deadline, "never reserved");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    raw.corrupt_order(&OrderId::parse(&broken).unwrap()).await;
+    // A status change whose messages wait in the outbox (written, never sent).
+    let orders = shop.app.services.stores.orders().unwrap();
+    let (user, waiting_token) = shop.customer();
+    let stored = shop
         .app
         .services
         .stores
-        .outbox()
+        .products()
         .unwrap()
-        .unsent(Timestamp::now(), None, 100)
+        .find_product(&product)
+        .await
+        .unwrap()
+        .unwrap();
+    let waiting = zx_tests::store_order(&orders, OrderId::generate(), &user, &stored, true).await;
+    let cancelled = waiting
+        .transitioned(
+            zx_domain::OrderStatus::Cancelled,
+            "user:x",
+            Some("cancelled_by_customer"),
+            Timestamp::now(),
+        )
+        .unwrap();
+    orders
+        .update_order(
+            &waiting,
+            &cancelled,
+            &[zx_orders::messages::status_changed(
+                waiting.status,
+                &cancelled,
+            )],
+        )
         .await
         .unwrap();
-    assert_eq!(
-        unsent.len(),
-        2,
-        "reserve and order.created wait in the outbox"
-    );
-    // The relay cannot send either while SQS is down; nothing is lost.
-    let report = shop.workers.run_relay().await.unwrap();
-    assert_eq!((report.relayed, report.failed), (0, 2));
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
 
-    proxy.set_cut(false);
-    let created = Timestamp::parse_rfc3339(
-        shop.order_json(&id, &token).await["createdAt"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    while Timestamp::now().unix_millis() - created.unix_millis() < 1_500 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let report = shop.workers.run_relay().await.unwrap();
-    assert_eq!((report.relayed, report.failed), (2, 0));
-    // The stale order whose messages were stuck is not expired: the run defers it (or, when
-    // the pollers confirmed it between the run's sends and its expiry step, it is no longer
-    // pending: a race the load of the machine decides, seen under a parallel release build).
+    let report = shop.workers.run_relay().await;
+    assert_eq!((report.parked, report.orders_parked), (1, 1), "{report:?}");
+    assert!(report.relayed >= 1, "{report:?}");
+    assert_eq!(report.expired, 1, "{report:?}");
+    assert!(!report.outbox_left, "{report:?}");
+    let order = shop.order_json(&due, &token).await;
+    assert_eq!(history(&order)[1], ("cancelled".into(), "timeout".into()));
     assert_eq!(
-        report.expired, 0,
-        "the stale order whose messages were stuck gets time first"
+        shop.order_json(&cancelled.id.to_string(), &waiting_token)
+            .await["status"],
+        "cancelled"
     );
-    assert!(report.expiry_deferred <= 1, "{report:?}");
+    // The next run finds nothing: the parked rows stay out of its way.
+    let report = shop.workers.run_relay().await;
+    assert_eq!(
+        (
+            report.parked,
+            report.orders_parked,
+            report.relayed,
+            report.expired
+        ),
+        (0, 0, 0, 0),
+        "{report:?}"
+    );
+    // The operator lists the parked row, and can put it back for the next run.
+    let outbox = shop.app.services.stores.outbox().unwrap();
+    let listing = zx_app::admin::parked_outbox(&*outbox).await.unwrap();
+    assert!(listing.contains("unreadable"), "{listing}");
+    let key = outbox.parked(10).await.unwrap()[0].key.clone();
+    let resent = zx_app::admin::resend_parked(&*outbox, &key.0)
+        .await
+        .unwrap();
+    assert!(resent.contains("back in the outbox"), "{resent}");
+    let report = shop.workers.run_relay().await;
+    assert_eq!(
+        report.parked, 1,
+        "still unreadable, parked again: {report:?}"
+    );
+}
+
+/// A confirmed order not paid within the payment timeout is cancelled by the system
+/// (`payment_timeout`), its stock released once; a paid one is untouched. A customer holds at
+/// most 10 open orders: the 11th is a 409 and stores nothing.
+async fn payment_deadline_and_open_order_cap(store: Store) {
+    let shop = Shop::with(store, &[("ORDER_PAYMENT_TIMEOUT", "1")]).await;
+    let _pollers = shop.pollers(&[]);
+    let product = shop.product(50, 100).await;
+    let (_, token) = shop.customer();
+    let admin = shop.admin();
+    let unpaid = shop.place(&token, &[(&product, 3)]).await;
+    let paid = shop.place(&token, &[(&product, 2)]).await;
+    shop.wait_for(&unpaid, &token, "confirmed").await;
+    shop.wait_for(&paid, &token, "confirmed").await;
+    assert_eq!(shop.set_status(&paid, &admin, "paid").await.status(), 200);
+    assert_eq!(shop.stock(&product).await, (45, 5));
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let report = shop.workers.run_relay().await;
+    assert_eq!(report.payment_expired, 1, "{report:?}");
+    let order = shop.order_json(&unpaid, &token).await;
+    assert_eq!(
+        history(&order)[2],
+        ("cancelled".into(), "payment_timeout".into())
+    );
+    assert_eq!(order["statusHistory"][2]["actor"], "system");
+    assert_eq!(shop.order_json(&paid, &token).await["status"], "paid");
+    shop.drain().await;
+    assert_eq!(shop.stock(&product).await, (48, 2));
+    // Released once: another run, a redelivered release, change nothing.
+    let report = shop.workers.run_relay().await;
+    assert_eq!(report.payment_expired, 0, "{report:?}");
+    let release = zx_orders::messages::release(&OrderId::parse(&unpaid).unwrap()).body;
+    shop.worker("inventory-worker")(sqs_event(&[("again", &release)])).await;
+    assert_eq!(shop.stock(&product).await, (48, 2));
+
+    // The cap: 10 open orders, then 409 without an order.
+    let (_, buyer) = shop.customer();
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        open.push(shop.place(&buyer, &[(&product, 1)]).await);
+    }
+    let response = shop
+        .order(
+            &buyer,
+            "eleventh",
+            json!({"items": [{"productId": product.as_str(), "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("10 open orders"),
+        "{problem}"
+    );
+    let listed: Value = shop
+        .get("/api/v1/orders?limit=100", &buyer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 10);
+    // Cancelling one frees a place.
+    assert_eq!(shop.cancel(&open[0], &buyer).await.status(), 200);
+    shop.place(&buyer, &[(&product, 1)]).await;
+}
+
+/// A reserve for an order that does not exist and a release for a confirmed order change no
+/// stock (logged at error); shipping that order afterwards commits its units.
+async fn forged_and_stray_inventory_messages_change_nothing(store: Store) {
+    let logs = zx_tests::LogCapture::install();
+    let shop = Shop::start(store).await;
+    let _pollers = shop.pollers(&[]);
+    let product = shop.product(10, 100).await;
+    let (_, token) = shop.customer();
+    let admin = shop.admin();
+    let id = shop.place(&token, &[(&product, 4)]).await;
     shop.wait_for(&id, &token, "confirmed").await;
     shop.drain().await;
-    assert_eq!(shop.stock(&product).await, (3, 2));
-    let report = shop.workers.run_relay().await.unwrap();
-    assert_eq!(report.relayed, 0);
-    assert_eq!(shop.stock(&product).await, (3, 2));
+    assert_eq!(shop.stock(&product).await, (6, 4));
+
+    let inventory = shop.worker("inventory-worker");
+    let forged = zx_orders::messages::message(
+        zx_domain::Destination::InventoryQueue,
+        zx_orders::messages::RESERVE,
+        &OrderId::generate(),
+        json!({"orderId": OrderId::generate().as_str(), "items": [{"productId": product.as_str(), "quantity": 5}]}),
+    )
+    .body;
+    let stray = zx_orders::messages::release(&OrderId::parse(&id).unwrap()).body;
+    let early_commit = zx_orders::messages::commit(&OrderId::parse(&id).unwrap()).body;
+    let response = inventory(sqs_event(&[
+        ("forged", &forged),
+        ("stray", &stray),
+        ("early-commit", &early_commit),
+    ]))
+    .await;
+    assert!(failures(&response).is_empty(), "refused, not retried");
+    assert_eq!(shop.stock(&product).await, (6, 4));
+    assert_eq!(
+        logs.matching("ERROR", "inventory message refused").len(),
+        3,
+        "each refusal is logged at error"
+    );
+
+    for to in ["paid", "shipped"] {
+        assert_eq!(shop.set_status(&id, &admin, to).await.status(), 200, "{to}");
+    }
+    shop.drain().await;
+    assert_eq!(
+        shop.stock(&product).await,
+        (6, 0),
+        "shipping committed the units"
+    );
 }
 
 /// A pending order cancelled before its reserve is processed keeps stock unchanged; an
@@ -645,7 +939,7 @@ async fn compensation_and_expiry(store: Store) {
     }
     let deadline = Instant::now() + SETTLE;
     loop {
-        let report = shop.workers.run_relay().await.unwrap();
+        let report = shop.workers.run_relay().await;
         if report.expired == 1 {
             break;
         }
@@ -1007,6 +1301,9 @@ macro_rules! both_backends {
 
 both_backends!(
     happy_path,
+    corrupt_rows_are_parked_and_everything_else_flows,
+    payment_deadline_and_open_order_cap,
+    forged_and_stray_inventory_messages_change_nothing,
     oversell,
     bundles_are_all_or_nothing,
     redelivery_changes_stock_once,
@@ -1047,6 +1344,6 @@ async fn worker_sample_events_run_through_their_handlers() {
     let scheduled = read("outbox-relay");
     assert_eq!(scheduled["detail-type"], "Scheduled Event");
     assert_eq!(scheduled["source"], "aws.events");
-    let report = shop.workers.run_relay().await.unwrap();
+    let report = shop.workers.run_relay().await;
     assert_eq!(report.expired, 0);
 }

@@ -134,7 +134,8 @@ pub struct Config {
     /// `INVENTORY_QUEUE_URL`, `ORDER_QUEUE_URL`, `ORDER_EVENTS_TOPIC_ARN`: all or none; the
     /// functions that send messages refuse to start without them.
     pub destinations: Option<zx_messaging::Destinations>,
-    /// `ORDER_PENDING_TIMEOUT` (default 15m) and `OUTBOX_RELAY_DELAY_MS` (default 10000).
+    /// `ORDER_PENDING_TIMEOUT` (default 15m), `ORDER_PAYMENT_TIMEOUT` (default 30m),
+    /// `ORDER_MAX_OPEN` (default 10) and `OUTBOX_RELAY_DELAY_MS` (default 10000).
     pub saga: zx_orders::usecases::SagaSettings,
 }
 
@@ -347,6 +348,22 @@ impl Config {
                         })
                     },
                 )?,
+                payment_timeout: parse_or(
+                    source,
+                    "ORDER_PAYMENT_TIMEOUT",
+                    Duration::from_secs(30 * 60),
+                    |v| {
+                        parse_ttl(v).map_err(|_| {
+                            format!("must look like 1800, 30m or 1h (at most 30 days), got {v:?}")
+                        })
+                    },
+                )?,
+                max_open: parse_or(source, "ORDER_MAX_OPEN", 10, |v| {
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| format!("must be a whole number from 1 to 1000, got {v:?}"))
+                })?,
                 relay_delay: parse_or(
                     source,
                     "OUTBOX_RELAY_DELAY_MS",
@@ -433,6 +450,8 @@ mod tests {
             ("JWT_EXPIRES_IN", "1y"),
             ("ORDERS_SCHEMA", "Orders"),
             ("ORDER_PENDING_TIMEOUT", "soon"),
+            ("ORDER_PAYMENT_TIMEOUT", "later"),
+            ("ORDER_MAX_OPEN", "0"),
             ("OUTBOX_RELAY_DELAY_MS", "0"),
         ] {
             let err = Config::from_source(&source(&[(var, value)]))

@@ -2,6 +2,7 @@
 //! credential services once per cold start, each function's handler (one builder per function,
 //! called by its `main.rs` and by the local gateway alike), and the health checks.
 
+pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod functions;

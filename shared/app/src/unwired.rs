@@ -9,11 +9,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use zx_domain::{
     Commit, Destination, Email, IdempotencyKey, IdempotencyRecord, InventoryRepository,
-    MessageSender, Order, OrderCreation, OrderId, OrderPage, OrderQuery, OrderRepository, Outbox,
-    OutboxMessage, Page, Product, ProductId, ProductQuery, ProductReader, ProductRepository,
-    ProductWriter, Release, RepositoryError, Reservation, ReserveLine, Session, SessionId,
-    SessionRepository, Stock, StockChange, StockChangeId, StockWriter, Timestamp, User, UserId,
-    UserReader, UserRepository, UserWriter,
+    MessageSender, Order, OrderCreation, OrderId, OrderPage, OrderQuery, OrderRepository,
+    OrderStatus, Outbox, OutboxMessage, Page, ParkedRow, Product, ProductId, ProductQuery,
+    ProductReader, ProductRepository, ProductWriter, Release, RepositoryError, Reservation,
+    ReserveLine, Row, RowKey, Session, SessionId, SessionRepository, Stock, StockChange,
+    StockChangeId, StockWriter, Timestamp, User, UserId, UserReader, UserRepository, UserWriter,
 };
 
 use crate::wiring::Sends;
@@ -63,6 +63,7 @@ impl OrderRepository for Unwired {
         _: &Order,
         _: &IdempotencyRecord,
         _: &[OutboxMessage],
+        _: u32,
     ) -> Result<OrderCreation, RepositoryError> {
         self.refuse()
     }
@@ -74,7 +75,18 @@ impl OrderRepository for Unwired {
     ) -> Result<(), RepositoryError> {
         self.refuse()
     }
-    async fn stale_pending(&self, _: Timestamp, _: usize) -> Result<Vec<Order>, RepositoryError> {
+    async fn start_pending_clock(&self, _: &OrderId, _: Timestamp) -> Result<(), RepositoryError> {
+        self.refuse()
+    }
+    async fn overdue(
+        &self,
+        _: OrderStatus,
+        _: Timestamp,
+        _: usize,
+    ) -> Result<Vec<Row<Order>>, RepositoryError> {
+        self.refuse()
+    }
+    async fn park_order(&self, _: &RowKey, _: &str) -> Result<(), RepositoryError> {
         self.refuse()
     }
 }
@@ -84,12 +96,21 @@ impl Outbox for Unwired {
     async fn unsent(
         &self,
         _: Timestamp,
-        _: Option<&OutboxMessage>,
+        _: Option<&RowKey>,
         _: usize,
-    ) -> Result<Vec<OutboxMessage>, RepositoryError> {
+    ) -> Result<Vec<Row<OutboxMessage>>, RepositoryError> {
         self.refuse()
     }
     async fn mark_sent(&self, _: &[OutboxMessage]) -> Result<(), RepositoryError> {
+        self.refuse()
+    }
+    async fn park(&self, _: &RowKey, _: &str) -> Result<(), RepositoryError> {
+        self.refuse()
+    }
+    async fn parked(&self, _: usize) -> Result<Vec<ParkedRow>, RepositoryError> {
+        self.refuse()
+    }
+    async fn unpark(&self, _: &RowKey) -> Result<bool, RepositoryError> {
         self.refuse()
     }
 }
@@ -138,11 +159,32 @@ impl MessageSender for RestrictedSender {
         if Self::allows(self.sends, message.destination) {
             self.inner.send(message).await
         } else {
-            Err(RepositoryError::Failed {
-                operation: "send",
-                source: format!("this function does not send to {:?}", message.destination).into(),
-            })
+            Err(refuse_destination(message.destination))
         }
+    }
+
+    async fn send_batch(&self, messages: &[OutboxMessage]) -> Vec<Result<(), RepositoryError>> {
+        if messages
+            .iter()
+            .all(|m| Self::allows(self.sends, m.destination))
+        {
+            return self.inner.send_batch(messages).await;
+        }
+        messages
+            .iter()
+            .map(|m| Err(refuse_destination(m.destination)))
+            .collect()
+    }
+
+    fn sends_to(&self, destination: Destination) -> bool {
+        Self::allows(self.sends, destination) && self.inner.sends_to(destination)
+    }
+}
+
+fn refuse_destination(destination: Destination) -> RepositoryError {
+    RepositoryError::Failed {
+        operation: "send",
+        source: format!("this function does not send to {destination:?}").into(),
     }
 }
 
@@ -232,6 +274,7 @@ impl OrderRepository for ReadOnly<dyn OrderRepository> {
         _: &Order,
         _: &IdempotencyRecord,
         _: &[OutboxMessage],
+        _: u32,
     ) -> Result<OrderCreation, RepositoryError> {
         read_only("orders")
     }
@@ -243,12 +286,19 @@ impl OrderRepository for ReadOnly<dyn OrderRepository> {
     ) -> Result<(), RepositoryError> {
         read_only("orders")
     }
-    async fn stale_pending(
+    async fn start_pending_clock(&self, _: &OrderId, _: Timestamp) -> Result<(), RepositoryError> {
+        read_only("orders")
+    }
+    async fn overdue(
         &self,
+        status: OrderStatus,
         cutoff: Timestamp,
         limit: usize,
-    ) -> Result<Vec<Order>, RepositoryError> {
-        self.0.stale_pending(cutoff, limit).await
+    ) -> Result<Vec<Row<Order>>, RepositoryError> {
+        self.0.overdue(status, cutoff, limit).await
+    }
+    async fn park_order(&self, _: &RowKey, _: &str) -> Result<(), RepositoryError> {
+        read_only("orders")
     }
 }
 

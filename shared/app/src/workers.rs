@@ -23,10 +23,9 @@ pub type SqsHandler =
 /// Builds an SQS function's handler from the services of its cold start.
 pub type SqsBuilder = fn(&Services) -> Result<SqsHandler, ConfigError>;
 
-/// The scheduled relay: one run, its report (or why it failed).
-pub type ScheduledHandler = Arc<
-    dyn Fn() -> Pin<Box<dyn Future<Output = Result<RelayReport, String>> + Send>> + Send + Sync,
->;
+/// The scheduled relay: one run that ends before the deadline it is given, and its report.
+pub type ScheduledHandler =
+    Arc<dyn Fn(Instant) -> Pin<Box<dyn Future<Output = RelayReport> + Send>> + Send + Sync>;
 
 /// One SQS-triggered function: binary name, builder, what its cold start builds.
 pub struct SqsFunction {
@@ -38,10 +37,12 @@ pub struct SqsFunction {
 pub const INVENTORY_WORKER: SqsFunction = SqsFunction {
     name: "inventory-worker",
     build: inventory_worker,
-    // Reserves, releases and commits stock, answers on the order queue directly (no outbox),
-    // and marks the products' cached views stale.
+    // Reads the order each message names (to verify it), reserves, releases and commits
+    // stock, answers on the order queue directly (no outbox), and marks the products' cached
+    // views stale.
     wiring: Needs {
         inventory: Use::Write,
+        orders: Use::Read,
         sends: Sends {
             order_queue: true,
             ..Sends::NONE
@@ -54,7 +55,17 @@ pub const INVENTORY_WORKER: SqsFunction = SqsFunction {
 pub const ORDER_WORKER: SqsFunction = SqsFunction {
     name: "order-worker",
     build: order_worker,
-    wiring: ORDER_MOVES.wiring(),
+    // Confirms and cancels pending orders and publishes their events. The release of a
+    // rejected order (a tombstone: nothing is held) stays in the outbox for the relay, so the
+    // order worker may not send to the inventory queue.
+    wiring: Needs {
+        sends: Sends {
+            order_events: true,
+            ..Sends::NONE
+        },
+        ..ORDER_MOVES
+    }
+    .wiring(),
 };
 
 /// Every SQS-triggered function.
@@ -126,29 +137,29 @@ pub fn order_worker(services: &Services) -> Result<SqsHandler, ConfigError> {
     worker(services, Worker::Order)
 }
 
-/// `outbox-relay`: resend unsent messages, expire stale pending orders.
+/// `outbox-relay`: resend unsent messages, park what cannot be sent, expire overdue orders.
 pub fn outbox_relay(services: &Services) -> Result<ScheduledHandler, ConfigError> {
     let saga = Arc::new(services.saga()?);
-    Ok(Arc::new(move || {
+    Ok(Arc::new(move |deadline: Instant| {
         let saga = saga.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let result = zx_orders::usecases::run_relay(&saga).await;
-            match &result {
-                Ok(report) => tracing::info!(
-                    relayed = report.relayed,
-                    failed = report.failed,
-                    expired = report.expired,
-                    expiry_deferred = report.expiry_deferred,
-                    expiry_failed = report.expiry_failed,
-                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "relay run"
-                ),
-                Err(error) => {
-                    tracing::error!(error = %zx_domain::cause_chain(error), "relay run failed")
-                }
-            }
-            result.map_err(|e| zx_domain::cause_chain(&e))
+            let report = zx_orders::usecases::run_relay(&saga, deadline).await;
+            tracing::info!(
+                relayed = report.relayed,
+                failed = report.failed,
+                deferred = report.deferred,
+                parked = report.parked,
+                outbox_left = report.outbox_left,
+                expired = report.expired,
+                payment_expired = report.payment_expired,
+                expiry_failed = report.expiry_failed,
+                orders_parked = report.orders_parked,
+                expiry_left = report.expiry_left,
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "relay run"
+            );
+            report
         })
     }))
 }
@@ -178,8 +189,8 @@ pub async fn run_sqs(function: &SqsFunction) -> Result<(), lambda_runtime::Error
     .await
 }
 
-/// The relay's `main`: each scheduled event is one run; a failed run fails the invocation
-/// (retried by EventBridge, and counted by the errors alarm).
+/// The relay's `main`: each scheduled event is one run, which ends before the invocation's
+/// deadline and reports what it did and left (faults are logged at error level).
 pub async fn run_scheduled() -> Result<(), lambda_runtime::Error> {
     let services = crate::start(&OUTBOX_RELAY).await?;
     let handler = outbox_relay(&services).map_err(refuse)?;
@@ -187,11 +198,19 @@ pub async fn run_scheduled() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let handler = handler.clone();
         let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
+        // The invocation's deadline (milliseconds since the epoch) as an instant of this clock.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let left = u128::from(event.context.deadline).saturating_sub(now_ms);
+        let deadline = Instant::now()
+            + std::time::Duration::from_millis(
+                u64::try_from(left).unwrap_or(u64::MAX).min(900_000),
+            );
         async move {
-            handler()
-                .await
-                .map(|report| serde_json::to_value(report).unwrap_or_default())
-                .map_err(lambda_runtime::Error::from)
+            let report = handler(deadline).await;
+            Ok::<_, lambda_runtime::Error>(serde_json::to_value(report).unwrap_or_default())
         }
         .instrument(span)
     }))

@@ -12,8 +12,8 @@ pub mod user;
 pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors, cause_chain};
 pub use order::{
     Commit, Destination, Driver, Envelope, IdempotencyKey, IdempotencyRecord, Order, OrderCursor,
-    OrderId, OrderLine, OrderPage, OrderQuery, OrderStatus, OutboxMessage, Release, Reservation,
-    ReservationState, ReserveLine, ShippingAddress, StatusChange,
+    OrderId, OrderLine, OrderPage, OrderQuery, OrderStatus, OutboxMessage, ParkedRow, Release,
+    Reservation, ReservationState, ReserveLine, Row, RowKey, ShippingAddress, StatusChange,
 };
 pub use product::{
     CategoryId, Cursor, Description, ImageUrl, Page, PageLimit, Price, Product, ProductId,

@@ -137,7 +137,8 @@ impl OrderStatus {
 
     /// Whether `driver` may take the edge `self → to`: `pending → confirmed` is the system's
     /// alone; customers cancel `pending`/`confirmed` orders; admins drive everything else (and
-    /// may cancel); the system cancels pending orders (rejected stock, timeout).
+    /// may cancel); the system cancels pending orders (rejected stock, timeout) and confirmed
+    /// orders not paid in time (payment deadline).
     pub fn allowed(self, to: Self, driver: Driver) -> bool {
         use OrderStatus::*;
         if !self.can_become(to) {
@@ -145,12 +146,20 @@ impl OrderStatus {
         }
         match (driver, self, to) {
             (Driver::System, Pending, Confirmed | Cancelled) => true,
+            // The payment deadline (reason `payment_timeout`).
+            (Driver::System, Confirmed, Cancelled) => true,
             (Driver::System, _, _) => false,
             (_, Pending, Confirmed) => false,
             (Driver::Customer, Pending | Confirmed, Cancelled) => true,
             (Driver::Customer, _, _) => false,
             (Driver::Admin, _, _) => true,
         }
+    }
+
+    /// Whether an order in this status is open: it holds (or is about to hold) stock and
+    /// counts against the customer's cap on open orders.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Confirmed)
     }
 
     /// Whether entering `to` from `self` takes the reserved units out of stock for good (they
@@ -350,6 +359,36 @@ pub struct OutboxMessage {
     pub created_at: Timestamp,
 }
 
+/// Where a stored row is, as its store names it (opaque to everything but the adapter that
+/// returned it): what a row that cannot be read is parked by, and where paging resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowKey(pub String);
+
+impl fmt::Display for RowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A stored row and what it holds, or why it cannot be read: one bad row never makes a whole
+/// page unreadable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row<T> {
+    pub key: RowKey,
+    pub value: Result<T, String>,
+}
+
+/// An outbox row set aside: it could not be read, or its destination refused it for good.
+/// Kept (never sent, never blocking the rows behind it) until an operator resends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedRow {
+    pub key: RowKey,
+    pub reason: String,
+    pub parked_at: Option<Timestamp>,
+    /// The stored body, as stored (it may be what could not be read).
+    pub body: String,
+}
+
 /// The message envelope of SPEC §3.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -503,6 +542,9 @@ mod tests {
         assert!(!Pending.allowed(Confirmed, Driver::Admin));
         assert!(Confirmed.allowed(Paid, Driver::Admin));
         assert!(!Paid.allowed(Shipped, Driver::System));
+        assert!(Confirmed.allowed(Cancelled, Driver::System));
+        assert!(!Confirmed.allowed(Paid, Driver::System));
+        assert!(Pending.is_open() && Confirmed.is_open() && !Paid.is_open());
         assert!(Paid.releases_stock(Refunded) && !Delivered.releases_stock(Refunded));
         assert!(Paid.commits_stock(Shipped) && !Shipped.commits_stock(Delivered));
     }

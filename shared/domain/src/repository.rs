@@ -5,8 +5,9 @@ use async_trait::async_trait;
 
 use crate::{
     Commit, Email, IdempotencyKey, IdempotencyRecord, Order, OrderId, OrderPage, OrderQuery,
-    OutboxMessage, Page, Product, ProductId, ProductQuery, Release, RepositoryError, Reservation,
-    ReserveLine, Session, SessionId, Stock, StockChangeId, Timestamp, User, UserId,
+    OrderStatus, OutboxMessage, Page, ParkedRow, Product, ProductId, ProductQuery, Release,
+    RepositoryError, Reservation, ReserveLine, Row, RowKey, Session, SessionId, Stock,
+    StockChangeId, Timestamp, User, UserId,
 };
 
 /// Reads users. Reads are strongly consistent: a user stored a moment ago is found.
@@ -160,6 +161,9 @@ pub enum OrderCreation {
     /// The key was already used (and has not expired): nothing was stored. The record says
     /// for what.
     KeyTaken(IdempotencyRecord),
+    /// The customer already holds the most open (pending or confirmed) orders allowed:
+    /// nothing was stored.
+    TooManyOpen,
 }
 
 /// Orders, their idempotency keys and their outbox: one store, so that an order and the
@@ -183,12 +187,15 @@ pub trait OrderRepository: Send + Sync {
 
     /// Stores a new order, its idempotency record and its outgoing messages atomically: all of
     /// them, or (when the key is taken) none. Of concurrent creations with one key exactly one
-    /// is [`OrderCreation::Created`].
+    /// is [`OrderCreation::Created`]. The customer's count of open orders (pending or
+    /// confirmed) goes up by one in the same write, only if it is below `open_limit`;
+    /// otherwise [`OrderCreation::TooManyOpen`] and nothing is stored.
     async fn create_order(
         &self,
         order: &Order,
         key: &IdempotencyRecord,
         messages: &[OutboxMessage],
+        open_limit: u32,
     ) -> Result<OrderCreation, RepositoryError>;
 
     /// Replaces `current` with `next` (a transition: `next.version == current.version + 1`)
@@ -201,29 +208,57 @@ pub trait OrderRepository: Send + Sync {
         messages: &[OutboxMessage],
     ) -> Result<(), RepositoryError>;
 
-    /// Orders still `pending` that were created before `cutoff`, oldest first, at most `limit`.
-    async fn stale_pending(
+    /// Starts the pending order's clock at `at` (its reserve was sent then), unless it has
+    /// started: the pending timeout counts from here, so an order whose reserve never left
+    /// the outbox (our own outage) never times out. An order no longer pending is left as it
+    /// is.
+    async fn start_pending_clock(&self, id: &OrderId, at: Timestamp)
+    -> Result<(), RepositoryError>;
+
+    /// Orders in `status` whose clock started before `cutoff`, oldest first, at most `limit`:
+    /// pending orders by when their reserve was sent, others by when they entered `status`.
+    /// An order that cannot be read is returned as such (to be parked), never failing the
+    /// page; parked orders are never returned again.
+    async fn overdue(
         &self,
+        status: OrderStatus,
         cutoff: Timestamp,
         limit: usize,
-    ) -> Result<Vec<Order>, RepositoryError>;
+    ) -> Result<Vec<Row<Order>>, RepositoryError>;
+
+    /// Sets an order that cannot be read aside with `reason`: [`OrderRepository::overdue`]
+    /// never returns it again. The row is kept for an operator.
+    async fn park_order(&self, key: &RowKey, reason: &str) -> Result<(), RepositoryError>;
 }
 
 /// The outbox: messages stored with the writes that caused them, until they are sent.
 #[async_trait]
 pub trait Outbox: Send + Sync {
     /// Unsent messages created before `cutoff`, oldest first (by creation time, then id),
-    /// after `after` when given (so a reader can page past messages it cannot send), at most
-    /// `limit`.
+    /// after the row `after` when given (a cursor: a reader pages forward past rows it cannot
+    /// send, never reading the oldest page again), at most `limit`. A row that cannot be read
+    /// is returned as such, never failing the page. Parked rows are not returned.
     async fn unsent(
         &self,
         cutoff: Timestamp,
-        after: Option<&OutboxMessage>,
+        after: Option<&RowKey>,
         limit: usize,
-    ) -> Result<Vec<OutboxMessage>, RepositoryError>;
+    ) -> Result<Vec<Row<OutboxMessage>>, RepositoryError>;
 
     /// Forgets sent messages (unknown ones are ignored).
     async fn mark_sent(&self, messages: &[OutboxMessage]) -> Result<(), RepositoryError>;
+
+    /// Sets the row `key` aside with `reason` (it cannot be read, or its destination refuses
+    /// it for good): kept, never returned by [`Outbox::unsent`] again, listed by
+    /// [`Outbox::parked`]. Parking a row that is gone (sent meanwhile) succeeds.
+    async fn park(&self, key: &RowKey, reason: &str) -> Result<(), RepositoryError>;
+
+    /// Parked rows, oldest first, at most `limit`.
+    async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>, RepositoryError>;
+
+    /// Puts a parked row back among the unsent (an operator resends it): `false` when no
+    /// such parked row exists.
+    async fn unpark(&self, key: &RowKey) -> Result<bool, RepositoryError>;
 }
 
 /// Stock reservations: the inventory side of the saga. The reservation record of an order is
@@ -256,4 +291,20 @@ pub trait InventoryRepository: Send + Sync {
 pub trait MessageSender: Send + Sync {
     /// Sends one message. Failing is [`RepositoryError::Unavailable`] when retrying may help.
     async fn send(&self, message: &OutboxMessage) -> Result<(), RepositoryError>;
+
+    /// Sends several messages (batched per destination where the transport allows): one
+    /// result per message, in order.
+    async fn send_batch(&self, messages: &[OutboxMessage]) -> Vec<Result<(), RepositoryError>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            results.push(self.send(message).await);
+        }
+        results
+    }
+
+    /// Whether this sender may send to `destination` (a function sends only where it is
+    /// granted; what it may not send stays in the outbox for the relay).
+    fn sends_to(&self, _destination: crate::Destination) -> bool {
+        true
+    }
 }

@@ -190,11 +190,24 @@ impl Workers {
             .map(|(_, handler)| handler)
     }
 
-    /// One run of `outbox-relay`, as its schedule would start it.
-    pub async fn run_relay(&self) -> Result<zx_orders::usecases::RelayReport, String> {
-        (self.relay)().await
+    /// One run of `outbox-relay`, as its schedule would start it (with the function's
+    /// timeout, [`RELAY_TIMEOUT`]).
+    pub async fn run_relay(&self) -> zx_orders::usecases::RelayReport {
+        self.run_relay_until(std::time::Instant::now() + RELAY_TIMEOUT)
+            .await
+    }
+
+    /// One run of `outbox-relay` that must end by `deadline`.
+    pub async fn run_relay_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> zx_orders::usecases::RelayReport {
+        (self.relay)(deadline).await
     }
 }
+
+/// The relay function's timeout in `template.yaml`.
+pub const RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Running pollers and timers; dropping this stops them.
 pub struct Pollers {
@@ -256,7 +269,7 @@ impl Pollers {
                 timer.tick().await;
                 loop {
                     timer.tick().await;
-                    let _ = workers.run_relay().await;
+                    workers.run_relay().await;
                 }
             }));
         }

@@ -14,9 +14,13 @@ pub struct Destinations {
 }
 
 /// The IAM actions the sender calls (`zx_app::permissions`): on the queues it sends to, and on
-/// the topic.
+/// the topic. `SendMessageBatch` is authorised as `sqs:SendMessage`, `PublishBatch` as
+/// `sns:Publish`.
 pub const SQS_ACTIONS: &[&str] = &["sqs:SendMessage"];
 pub const SNS_ACTIONS: &[&str] = &["sns:Publish"];
+
+/// Most entries of one `SendMessageBatch` or `PublishBatch`.
+const BATCH_ENTRIES: usize = 10;
 
 /// Sends with one SQS and one SNS client per instance.
 #[derive(Debug, Clone)]
@@ -45,12 +49,46 @@ impl AwsSender {
 const TRANSIENT_CODES: &[&str] = &[
     "ThrottlingException",
     "Throttling",
+    "Throttled",
+    "ThrottledException",
     "RequestThrottled",
+    "KMSThrottling",
+    "KMSThrottlingException",
+    "KMSDisabled",
+    "KMSUnavailable",
+    "ServiceUnavailableException",
+    "InternalErrorException",
     "InternalError",
     "InternalFailure",
     "ServiceUnavailable",
     "KMSThrottlingException",
 ];
+
+/// An entry a batch call refused: the sender's fault is permanent (an invalid message), the
+/// service's is transient unless its code says otherwise.
+fn entry_error(
+    operation: &'static str,
+    code: &str,
+    message: Option<&str>,
+    sender_fault: bool,
+) -> RepositoryError {
+    let detail = format!("{code}: {}", message.unwrap_or(""));
+    if !sender_fault || TRANSIENT_CODES.contains(&code) {
+        RepositoryError::unavailable(operation, detail)
+    } else {
+        RepositoryError::failed(operation, detail)
+    }
+}
+
+/// Copies an error for each message of a batch call that failed as a whole.
+fn each(error: &RepositoryError) -> RepositoryError {
+    let detail = zx_domain::cause_chain(error);
+    if error.is_transient() {
+        RepositoryError::unavailable("send batch", detail)
+    } else {
+        RepositoryError::failed("send batch", detail)
+    }
+}
 
 fn classify<E, R>(operation: &'static str, error: SdkError<E, R>) -> RepositoryError
 where
@@ -82,6 +120,121 @@ fn kind(body: &str) -> &str {
         .unwrap_or("unknown")
 }
 
+fn type_attribute(
+    body: &str,
+) -> Result<aws_sdk_sns::types::MessageAttributeValue, RepositoryError> {
+    aws_sdk_sns::types::MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(kind(body))
+        .build()
+        .map_err(|e| RepositoryError::failed("building an SNS attribute", e))
+}
+
+impl AwsSender {
+    /// Up to ten messages to one queue in one `SendMessageBatch`.
+    async fn send_queue_chunk(
+        &self,
+        url: &str,
+        chunk: &[OutboxMessage],
+    ) -> Vec<Result<(), RepositoryError>> {
+        let mut entries = Vec::with_capacity(chunk.len());
+        for (i, message) in chunk.iter().enumerate() {
+            match aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(&message.body)
+                .build()
+            {
+                Ok(entry) => entries.push(entry),
+                Err(e) => {
+                    let error = RepositoryError::failed("building an SQS batch entry", e);
+                    return chunk.iter().map(|_| Err(each(&error))).collect();
+                }
+            }
+        }
+        match self
+            .sqs
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(output) => (0..chunk.len())
+                .map(|i| {
+                    let id = i.to_string();
+                    match output.failed().iter().find(|f| f.id() == id) {
+                        Some(f) => Err(entry_error(
+                            "SQS SendMessageBatch",
+                            f.code(),
+                            f.message(),
+                            f.sender_fault(),
+                        )),
+                        None => Ok(()),
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                let error = classify("SQS SendMessageBatch", e);
+                chunk.iter().map(|_| Err(each(&error))).collect()
+            }
+        }
+    }
+
+    /// Up to ten events in one `PublishBatch`.
+    async fn publish_chunk(&self, chunk: &[OutboxMessage]) -> Vec<Result<(), RepositoryError>> {
+        let mut entries = Vec::with_capacity(chunk.len());
+        for (i, message) in chunk.iter().enumerate() {
+            let entry = type_attribute(&message.body).and_then(|attribute| {
+                aws_sdk_sns::types::PublishBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message(&message.body)
+                    .message_attributes("type", attribute)
+                    .build()
+                    .map_err(|e| RepositoryError::failed("building an SNS batch entry", e))
+            });
+            match entry {
+                Ok(entry) => entries.push(entry),
+                Err(error) => return chunk.iter().map(|_| Err(each(&error))).collect(),
+            }
+        }
+        match self
+            .sns
+            .publish_batch()
+            .topic_arn(&self.destinations.order_events_topic_arn)
+            .set_publish_batch_request_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(output) => (0..chunk.len())
+                .map(|i| {
+                    let id = i.to_string();
+                    match output.failed().iter().find(|f| f.id() == id) {
+                        Some(f) => Err(entry_error(
+                            "SNS PublishBatch",
+                            f.code(),
+                            f.message(),
+                            f.sender_fault(),
+                        )),
+                        None => Ok(()),
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                let error = classify("SNS PublishBatch", e);
+                chunk.iter().map(|_| Err(each(&error))).collect()
+            }
+        }
+    }
+
+    fn queue_url(&self, destination: Destination) -> Option<&str> {
+        match destination {
+            Destination::InventoryQueue => Some(&self.destinations.inventory_queue_url),
+            Destination::OrderQueue => Some(&self.destinations.order_queue_url),
+            Destination::OrderEvents => None,
+        }
+    }
+}
+
 #[async_trait]
 impl MessageSender for AwsSender {
     #[tracing::instrument(skip_all, fields(message_id = %message.id, destination = message.destination.as_str()))]
@@ -103,11 +256,7 @@ impl MessageSender for AwsSender {
                     .map_err(|e| classify("SQS SendMessage", e))
             }
             Destination::OrderEvents => {
-                let attribute = aws_sdk_sns::types::MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(kind(&message.body))
-                    .build()
-                    .map_err(|e| RepositoryError::failed("building an SNS attribute", e))?;
+                let attribute = type_attribute(&message.body)?;
                 self.sns
                     .publish()
                     .topic_arn(&self.destinations.order_events_topic_arn)
@@ -119,6 +268,71 @@ impl MessageSender for AwsSender {
                     .map_err(|e| classify("SNS Publish", e))
             }
         }
+    }
+
+    /// Groups by destination and sends each group in batches of ten, all at once.
+    #[tracing::instrument(skip_all, fields(messages = messages.len()))]
+    async fn send_batch(&self, messages: &[OutboxMessage]) -> Vec<Result<(), RepositoryError>> {
+        let mut results: Vec<Option<Result<(), RepositoryError>>> =
+            messages.iter().map(|_| None).collect();
+        let mut calls = Vec::new();
+        for destination in [
+            Destination::InventoryQueue,
+            Destination::OrderQueue,
+            Destination::OrderEvents,
+        ] {
+            let indexes: Vec<usize> = (0..messages.len())
+                .filter(|&i| {
+                    messages
+                        .get(i)
+                        .is_some_and(|m| m.destination == destination)
+                })
+                .collect();
+            for chunk in indexes.chunks(BATCH_ENTRIES) {
+                let batch: Vec<OutboxMessage> = chunk
+                    .iter()
+                    .filter_map(|&i| messages.get(i).cloned())
+                    .collect();
+                let chunk = chunk.to_vec();
+                calls.push(async move {
+                    let outcome = match self.queue_url(destination) {
+                        Some(url) => self.send_queue_chunk(url, &batch).await,
+                        None => self.publish_chunk(&batch).await,
+                    };
+                    (chunk, outcome)
+                });
+            }
+        }
+        for (chunk, outcome) in futures::future::join_all(calls).await {
+            for (i, result) in chunk.into_iter().zip(outcome) {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(result);
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(RepositoryError::failed("send batch", "not sent"))))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod classification_tests {
+    use super::*;
+
+    #[test]
+    fn throttling_is_transient_and_a_sender_fault_is_permanent() {
+        for code in [
+            "Throttled",
+            "ThrottlingException",
+            "KMSThrottling",
+            "InternalError",
+        ] {
+            assert!(entry_error("x", code, None, true).is_transient(), "{code}");
+        }
+        assert!(!entry_error("x", "InvalidParameter", Some("bad"), true).is_transient());
+        assert!(entry_error("x", "Whatever", None, false).is_transient());
     }
 }
 
@@ -135,8 +349,9 @@ mod iam_tests {
         for (call, called) in [
             (".send_message()", true),
             (".publish()", true),
-            (".send_message_batch()", false),
-            (".publish_batch()", false),
+            (".send_message_batch()", true),
+            (".publish_batch()", true),
+            (".delete_message()", false),
         ] {
             assert_eq!(code.contains(call), called, "{call}");
         }

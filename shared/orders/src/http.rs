@@ -44,6 +44,12 @@ impl From<OrderError> for ApiError {
                 errors: Vec::new(),
             },
             OrderError::TotalTooLarge => ApiError::bad_request("the order total is too large"),
+            OrderError::TooManyOpen(max) => ApiError::Conflict {
+                detail: format!(
+                    "you already have {max} open orders (pending or confirmed): pay for or cancel one first"
+                ),
+                errors: Vec::new(),
+            },
             OrderError::Repository(error) => error.into(),
         }
     }

@@ -43,6 +43,9 @@ pub struct RejectedData {
 #[serde(rename_all = "camelCase")]
 struct CreatedData<'a> {
     order_id: &'a OrderId,
+    /// The order's version: 1 at creation, +1 on every transition. Consumers order an order's
+    /// events by it (delivery order is not guaranteed).
+    sequence: u64,
     user_id: &'a str,
     items: &'a [zx_domain::OrderLine],
     total_amount: i64,
@@ -53,6 +56,7 @@ struct CreatedData<'a> {
 #[serde(rename_all = "camelCase")]
 struct StatusChangedData<'a> {
     order_id: &'a OrderId,
+    sequence: u64,
     user_id: &'a str,
     from: OrderStatus,
     to: OrderStatus,
@@ -111,6 +115,16 @@ fn unsupported(envelope: &Envelope<serde_json::Value>) -> MalformedMessage {
         kind: envelope.kind.clone(),
         version: envelope.version,
     }
+}
+
+/// The envelope's `type` of a stored message body, if it has one.
+pub fn kind_of(body: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_str::<Kind>(body).ok().map(|k| k.kind)
 }
 
 impl InventoryCommand {
@@ -237,6 +251,7 @@ pub fn order_created(order: &Order) -> OutboxMessage {
         &order.id,
         CreatedData {
             order_id: &order.id,
+            sequence: order.version,
             user_id: order.user_id.as_str(),
             items: &order.lines,
             total_amount: order.total,
@@ -254,6 +269,7 @@ pub fn status_changed(previous: OrderStatus, next: &Order) -> OutboxMessage {
         &next.id,
         StatusChangedData {
             order_id: &next.id,
+            sequence: next.version,
             user_id: next.user_id.as_str(),
             from: previous,
             to: next.status,
@@ -281,6 +297,8 @@ mod tests {
         let reserved_body = reserved(&id).body;
         assert!(InventoryCommand::parse(&reserved_body).is_err());
         assert!(InventoryOutcome::parse(&reserved_body).is_ok());
+        assert_eq!(kind_of(&reserved_body).as_deref(), Some(RESERVED));
+        assert_eq!(kind_of("{"), None);
         for bad in [
             "",
             "{}",

@@ -1,17 +1,19 @@
 //! The use cases of orders and inventory, over the repository traits only: the HTTP handlers,
 //! the queue workers and the relay call these, and tests can call them without either.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::future::join_all;
 use zx_domain::{
-    Commit, Driver, IdempotencyKey, IdempotencyRecord, InventoryRepository, MessageSender, Order,
-    OrderCreation, OrderId, OrderLine, OrderPage, OrderQuery, OrderRepository, OrderStatus, Outbox,
-    OutboxMessage, ProductId, ProductReader, Release, RepositoryError, Reservation, ReserveLine,
-    ShippingAddress, StatusChange, Timestamp, UserId,
+    Commit, Destination, Driver, IdempotencyKey, IdempotencyRecord, InventoryRepository,
+    MessageSender, Order, OrderCreation, OrderId, OrderLine, OrderPage, OrderQuery,
+    OrderRepository, OrderStatus, Outbox, OutboxMessage, ProductId, ProductReader, Release,
+    RepositoryError, Reservation, ReserveLine, RowKey, ShippingAddress, StatusChange, Timestamp,
+    UserId,
 };
 
 use crate::messages::{self, InventoryCommand, InventoryOutcome, MalformedMessage};
@@ -24,8 +26,12 @@ pub const MAX_LINES: usize = 50;
 pub const MAX_QUANTITY: u32 = 100;
 /// Orders expired, or messages relayed, per batch of the relay.
 const BATCH: usize = 100;
-/// Batches per relay run (a run stays well inside its Lambda timeout).
-const MAX_BATCHES: usize = 10;
+/// Pages of overdue orders per expiry pass.
+const MAX_EXPIRY_PAGES: usize = 10;
+/// Orders expired at once.
+const EXPIRY_CONCURRENCY: usize = 8;
+/// What a relay run keeps in hand before its deadline: it starts no page later than this.
+const RELAY_MARGIN: Duration = Duration::from_secs(5);
 
 /// Views made stale by stock changes (the catalogue cache), told which products changed.
 #[async_trait]
@@ -40,11 +46,17 @@ impl StaleViews for zx_products::CatalogueCache {
     }
 }
 
-/// Timing of the saga.
+/// Timing and limits of the saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SagaSettings {
-    /// Orders still pending after this are cancelled with reason `timeout`.
+    /// Orders still pending this long after their reserve was sent are cancelled with reason
+    /// `timeout`.
     pub pending_timeout: Duration,
+    /// Confirmed orders not paid this long after confirmation are cancelled with reason
+    /// `payment_timeout`.
+    pub payment_timeout: Duration,
+    /// Most open (pending or confirmed) orders one customer may hold.
+    pub max_open: u32,
     /// The relay resends messages at least this old (younger ones are being sent right now).
     pub relay_delay: Duration,
 }
@@ -53,6 +65,8 @@ impl Default for SagaSettings {
     fn default() -> Self {
         Self {
             pending_timeout: Duration::from_secs(15 * 60),
+            payment_timeout: Duration::from_secs(30 * 60),
+            max_open: 10,
             relay_delay: Duration::from_secs(10),
         }
     }
@@ -91,6 +105,9 @@ pub enum OrderError {
     /// The total does not fit.
     #[error("the order total is too large")]
     TotalTooLarge,
+    /// The customer holds the most open orders allowed.
+    #[error("the customer already holds {0} open orders")]
+    TooManyOpen(u32),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
 }
@@ -180,14 +197,23 @@ pub struct Placed {
     pub replayed: bool,
 }
 
-/// Sends `messages` now and forgets the ones sent; what fails stays in the outbox for the
-/// relay (logged, never an error: the order is already safe).
+/// Sends `messages` now (those this function may send) and forgets the ones sent; what fails
+/// or is not this function's to send stays in the outbox for the relay (logged, never an
+/// error: the order is already safe).
 pub async fn dispatch(saga: &Saga, messages: &[OutboxMessage]) {
-    let results = join_all(messages.iter().map(|m| saga.sender.send(m))).await;
-    let mut sent = Vec::with_capacity(messages.len());
-    for (message, result) in messages.iter().zip(results) {
+    let mine: Vec<OutboxMessage> = messages
+        .iter()
+        .filter(|m| saga.sender.sends_to(m.destination))
+        .cloned()
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    let results = saga.sender.send_batch(&mine).await;
+    let mut sent = Vec::with_capacity(mine.len());
+    for (message, result) in mine.into_iter().zip(results) {
         match result {
-            Ok(()) => sent.push(message.clone()),
+            Ok(()) => sent.push(message),
             Err(error) => tracing::warn!(
                 message_id = %message.id,
                 destination = message.destination.as_str(),
@@ -196,11 +222,45 @@ pub async fn dispatch(saga: &Saga, messages: &[OutboxMessage]) {
             ),
         }
     }
-    if !sent.is_empty()
-        && let Err(error) = saga.outbox.mark_sent(&sent).await
-    {
+    forget_sent(saga, sent).await;
+}
+
+/// Starts the pending clock of the orders whose reserve was just sent, then forgets the sent
+/// messages. A reserve whose clock could not be started stays in the outbox: the relay sends it
+/// again (the inventory takes stock once) and starts the clock then.
+async fn forget_sent(saga: &Saga, sent: Vec<OutboxMessage>) -> usize {
+    if sent.is_empty() {
+        return 0;
+    }
+    let now = Timestamp::now();
+    let clocks = join_all(sent.iter().map(|message| async move {
+        if message.destination == Destination::InventoryQueue
+            && messages::kind_of(&message.body).as_deref() == Some(messages::RESERVE)
+        {
+            saga.orders
+                .start_pending_clock(&message.order_id, now)
+                .await
+        } else {
+            Ok(())
+        }
+    }))
+    .await;
+    let mut forget = Vec::with_capacity(sent.len());
+    for (message, clock) in sent.into_iter().zip(clocks) {
+        match clock {
+            Ok(()) => forget.push(message),
+            Err(error) => tracing::warn!(
+                order_id = %message.order_id,
+                error = %zx_domain::cause_chain(&error),
+                "reserve sent but its pending clock not started; the relay will send it again"
+            ),
+        }
+    }
+    if let Err(error) = saga.outbox.mark_sent(&forget).await {
+        // Sent but not forgotten: sent again later (consumers are idempotent).
         tracing::warn!(error = %zx_domain::cause_chain(&error), "sent messages not marked; the relay may send them again");
     }
+    forget.len()
 }
 
 async fn replay(
@@ -291,9 +351,20 @@ pub async fn place_order(
         .unwrap_or(now),
     };
     let outgoing = [messages::reserve(&order), messages::order_created(&order)];
-    match saga.orders.create_order(&order, &record, &outgoing).await? {
+    match saga
+        .orders
+        .create_order(&order, &record, &outgoing, saga.settings.max_open)
+        .await?
+    {
         OrderCreation::Created => {}
         OrderCreation::KeyTaken(existing) => return replay(saga, &existing, &fingerprint).await,
+        OrderCreation::TooManyOpen => {
+            tracing::info!(
+                max_open = saga.settings.max_open,
+                "order refused: too many open orders"
+            );
+            return Err(OrderError::TooManyOpen(saga.settings.max_open));
+        }
     }
     tracing::info!(order_id = %order.id, total = order.total, lines = order.lines.len(), "order placed");
     dispatch(saga, &outgoing).await;
@@ -380,18 +451,20 @@ async fn transition(
     Ok(next)
 }
 
-/// A system transition of a pending order (confirm, or cancel with `reason`): re-read and
-/// decided again when it loses a race. Returns the status the order has afterwards.
-async fn settle_pending(
+/// A system transition of an order in status `from` (confirm or cancel a pending order, cancel
+/// a confirmed one): re-read and decided again when it loses a race. Returns the status the
+/// order has afterwards (untouched when it is no longer `from`).
+async fn settle(
     saga: &Saga,
     id: &OrderId,
+    from: OrderStatus,
     to: OrderStatus,
     reason: Option<&str>,
 ) -> Result<OrderStatus, OrderError> {
     let system = Actor::system();
     for _ in 0..3 {
         let order = get_order(&*saga.orders, &system, id).await?;
-        if order.status != OrderStatus::Pending {
+        if order.status != from {
             return Ok(order.status);
         }
         match transition(saga, &system, &order, to, reason).await {
@@ -427,11 +500,76 @@ async fn stock_changed(saga: &Saga, products: &[ProductId]) {
     }
 }
 
-/// The inventory worker's step: reserve (all or nothing) or release an order's stock, then
-/// tell the order worker. Redeliveries change stock once.
+/// What an inventory message may do to the order it names, decided from the stored order
+/// (SPEC §3: consumers verify what a message asks against the order).
+fn verify(command: &InventoryCommand, order: Option<&Order>) -> Result<(), String> {
+    let Some(order) = order else {
+        return Err("names no order".into());
+    };
+    match command {
+        InventoryCommand::Reserve(data) => {
+            if order.status != OrderStatus::Pending {
+                return Err(format!("reserve for an order that is {}", order.status));
+            }
+            let ordered: Vec<ReserveLine> = sum_lines(
+                &order
+                    .lines
+                    .iter()
+                    .map(|line| ReserveLine {
+                        product_id: line.product_id.clone(),
+                        quantity: line.quantity,
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            if sum_lines(&data.items) != ordered {
+                return Err("reserve whose lines differ from the order's".into());
+            }
+            Ok(())
+        }
+        // Only an order that was cancelled or refunded gives stock back.
+        InventoryCommand::Release(_) => match order.status {
+            OrderStatus::Cancelled | OrderStatus::Refunded => Ok(()),
+            other => Err(format!("release for an order that is {other}")),
+        },
+        // Only an order that shipped takes its units out of stock for good.
+        InventoryCommand::Commit(_) => {
+            if order.history.iter().any(|c| c.to == OrderStatus::Shipped) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "commit for an order that is {} and never shipped",
+                    order.status
+                ))
+            }
+        }
+    }
+}
+
+/// The inventory worker's step: reserve (all or nothing), release or commit an order's stock,
+/// each only when the stored order asks for it, then tell the order worker. Redeliveries change
+/// stock once; a forged or stray message changes nothing (logged at error).
 #[tracing::instrument(skip_all)]
 pub async fn handle_inventory_message(saga: &Saga, body: &str) -> Result<(), MessageError> {
-    match InventoryCommand::parse(body)? {
+    let command = InventoryCommand::parse(body)?;
+    let order_id = match &command {
+        InventoryCommand::Reserve(data) => &data.order_id,
+        InventoryCommand::Release(data) | InventoryCommand::Commit(data) => &data.order_id,
+    };
+    let order = saga.orders.find_order(order_id).await?;
+    if let Err(why) = verify(&command, order.as_ref()) {
+        // A redelivered reserve after its order moved on is expected; anything else is not.
+        let moved_on = matches!(
+            (&command, &order),
+            (InventoryCommand::Reserve(_), Some(order)) if order.status != OrderStatus::Pending
+        );
+        if moved_on {
+            tracing::info!(order_id = %order_id, why, "inventory message for an order that moved on: nothing changed");
+        } else {
+            tracing::error!(order_id = %order_id, why, "inventory message refused: nothing changed");
+        }
+        return Ok(());
+    }
+    match command {
         InventoryCommand::Reserve(data) => {
             let lines = sum_lines(&data.items);
             if lines.is_empty() || lines.iter().any(|l| l.quantity == 0) {
@@ -495,16 +633,22 @@ fn sum_lines(items: &[ReserveLine]) -> Vec<ReserveLine> {
 }
 
 /// The order worker's step: `pending → confirmed` on a reservation, `pending → cancelled` on a
-/// rejection; idempotent. A reservation for an order that was cancelled meanwhile is given
-/// back (compensation).
+/// rejection; idempotent. A reservation for an order that was cancelled meanwhile needs no
+/// answer: every cancellation of a pending order carries its own release.
 #[tracing::instrument(skip_all)]
 pub async fn handle_order_message(saga: &Saga, body: &str) -> Result<(), MessageError> {
     match InventoryOutcome::parse(body)? {
         InventoryOutcome::Reserved(data) => {
-            let status = settle_pending(saga, &data.order_id, OrderStatus::Confirmed, None).await?;
+            let status = settle(
+                saga,
+                &data.order_id,
+                OrderStatus::Pending,
+                OrderStatus::Confirmed,
+                None,
+            )
+            .await?;
             if status == OrderStatus::Cancelled {
-                tracing::info!(order_id = %data.order_id, "reservation for a cancelled order: releasing it");
-                reply(saga, messages::release(&data.order_id)).await?;
+                tracing::info!(order_id = %data.order_id, "reservation for a cancelled order: its release gives it back");
             }
             Ok(())
         }
@@ -513,7 +657,14 @@ pub async fn handle_order_message(saga: &Saga, body: &str) -> Result<(), Message
                 "out_of_stock" => "out_of_stock",
                 _ => "unavailable",
             };
-            settle_pending(saga, &data.order_id, OrderStatus::Cancelled, Some(reason)).await?;
+            settle(
+                saga,
+                &data.order_id,
+                OrderStatus::Pending,
+                OrderStatus::Cancelled,
+                Some(reason),
+            )
+            .await?;
             Ok(())
         }
     }
@@ -525,104 +676,230 @@ pub async fn handle_order_message(saga: &Saga, body: &str) -> Result<(), Message
 pub struct RelayReport {
     /// Outbox messages sent (and forgotten).
     pub relayed: usize,
-    /// Outbox messages that could not be sent (left for the next run).
+    /// Outbox messages whose send failed for a transient reason (left for the next run).
     pub failed: usize,
+    /// Outbox messages not tried because their destination was down in this run (left for the
+    /// next run; other destinations' messages still flowed).
+    pub deferred: usize,
+    /// Outbox rows parked in this run (unreadable, or refused for good by their destination).
+    pub parked: usize,
+    /// Whether rows were left for the next run: failed or deferred sends, or rows not reached
+    /// (a store fault, or the deadline).
+    pub outbox_left: bool,
     /// Pending orders cancelled with reason `timeout`.
     pub expired: usize,
-    /// Stale pending orders left for the next run because this run relayed (or failed to
-    /// relay) their messages.
-    pub expiry_deferred: usize,
-    /// Stale pending orders that could not be expired (logged; tried again next run).
+    /// Confirmed orders cancelled with reason `payment_timeout`.
+    pub payment_expired: usize,
+    /// Overdue orders that could not be cancelled (logged; tried again next run).
     pub expiry_failed: usize,
+    /// Overdue orders that could not be read, parked in this run.
+    pub orders_parked: usize,
+    /// Whether overdue orders were left for the next run (a store fault, or the deadline).
+    pub expiry_left: bool,
 }
 
-/// The scheduled relay: resends outbox messages older than the relay delay, paging past the
-/// ones it cannot send (and stopping when a whole page fails for a transient reason: the
-/// destination is down); then cancels orders pending longer than the timeout (reason
-/// `timeout`, releasing what was reserved), except those whose messages this run had to
-/// relay: right after an SQS outage they get a run's interval to be confirmed instead of
-/// timing out in the run that finally sent their reserve.
+/// A message the relay holds: its row, and the message.
+struct Held {
+    key: RowKey,
+    message: OutboxMessage,
+}
+
+/// The scheduled relay. It resends outbox messages older than the relay delay, oldest first,
+/// paging forward by cursor: a row it cannot read, or that its destination refuses for good, is
+/// parked (never blocking the rows behind it); a destination that fails for a transient reason
+/// is left alone for the rest of the run while the others' messages still flow; sends are
+/// batched. Then it cancels what is overdue: pending orders whose reserve was sent longer than
+/// the pending timeout ago (reason `timeout`; an order whose reserve never left the outbox is
+/// never expired) and confirmed orders not paid within the payment timeout (reason
+/// `payment_timeout`), each releasing its stock. It starts no page after `deadline` less a
+/// margin, and reports what it left.
 #[tracing::instrument(skip_all)]
-pub async fn run_relay(saga: &Saga) -> Result<RelayReport, OrderError> {
+pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
     let mut report = RelayReport::default();
+    let stop_at = deadline.checked_sub(RELAY_MARGIN).unwrap_or(deadline);
     let cutoff = Timestamp::now().minus(saga.settings.relay_delay);
-    let mut after: Option<OutboxMessage> = None;
-    let mut touched: HashSet<OrderId> = HashSet::new();
-    for _ in 0..MAX_BATCHES {
-        let batch = saga.outbox.unsent(cutoff, after.as_ref(), BATCH).await?;
-        let results = join_all(batch.iter().map(|m| saga.sender.send(m))).await;
+    let mut after: Option<RowKey> = None;
+    let mut down: HashSet<Destination> = HashSet::new();
+    loop {
+        if Instant::now() >= stop_at || down.len() == 3 {
+            report.outbox_left = true;
+            break;
+        }
+        let rows = match saga.outbox.unsent(cutoff, after.as_ref(), BATCH).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::error!(error = %zx_domain::cause_chain(&error), "relay could not read the outbox");
+                report.outbox_left = true;
+                break;
+            }
+        };
+        let Some(last) = rows.last() else { break };
+        after = Some(last.key.clone());
+        let full = rows.len() == BATCH;
+        let mut by_destination: HashMap<Destination, Vec<Held>> = HashMap::new();
+        for row in rows {
+            match row.value {
+                Err(reason) => {
+                    park(
+                        saga,
+                        &mut report,
+                        &row.key,
+                        &format!("unreadable: {reason}"),
+                    )
+                    .await;
+                }
+                Ok(message) if down.contains(&message.destination) => report.deferred += 1,
+                Ok(message) => by_destination
+                    .entry(message.destination)
+                    .or_default()
+                    .push(Held {
+                        key: row.key,
+                        message,
+                    }),
+            }
+        }
+        let sends = join_all(
+            by_destination
+                .into_iter()
+                .map(|(destination, held)| async move {
+                    let messages: Vec<OutboxMessage> =
+                        held.iter().map(|h| h.message.clone()).collect();
+                    let results = saga.sender.send_batch(&messages).await;
+                    (destination, held, results)
+                }),
+        )
+        .await;
         let mut sent = Vec::new();
-        let mut transient = 0;
-        for (message, result) in batch.iter().zip(results) {
-            touched.insert(message.order_id.clone());
-            match result {
-                Ok(()) => sent.push(message.clone()),
-                Err(error) => {
-                    report.failed += 1;
-                    transient += usize::from(error.is_transient());
-                    tracing::warn!(message_id = %message.id, destination = message.destination.as_str(), error = %zx_domain::cause_chain(&error), "relay could not send");
+        for (destination, held, results) in sends {
+            let mut transient = 0;
+            let tried = held.len();
+            for (item, result) in held.into_iter().zip(results) {
+                match result {
+                    Ok(()) => sent.push(item.message),
+                    Err(error) if error.is_transient() => {
+                        transient += 1;
+                        report.failed += 1;
+                        tracing::warn!(message_id = %item.message.id, destination = destination.as_str(), error = %zx_domain::cause_chain(&error), "relay could not send (transient)");
+                    }
+                    Err(error) => {
+                        let reason = format!(
+                            "refused by {}: {}",
+                            destination.as_str(),
+                            zx_domain::cause_chain(&error)
+                        );
+                        park(saga, &mut report, &item.key, &reason).await;
+                    }
                 }
             }
-        }
-        if let Err(error) = saga.outbox.mark_sent(&sent).await {
-            // Sent but not forgotten: the next run sends them again (consumers are idempotent).
-            tracing::warn!(error = %zx_domain::cause_chain(&error), "relayed messages not marked sent");
-        }
-        report.relayed += sent.len();
-        if batch.len() < BATCH || transient == batch.len() {
-            break;
-        }
-        after = batch.last().cloned();
-    }
-    let expiry = expire_pending(saga, &touched).await?;
-    report.expired = expiry.expired;
-    report.expiry_deferred = expiry.deferred;
-    report.expiry_failed = expiry.failed;
-    Ok(report)
-}
-
-/// What one expiry pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Expiry {
-    pub expired: usize,
-    pub deferred: usize,
-    pub failed: usize,
-}
-
-/// Cancels orders pending for longer than the timeout, except those in `defer`. An order that
-/// cannot be expired is logged, counted once and left for the next run.
-pub async fn expire_pending(saga: &Saga, defer: &HashSet<OrderId>) -> Result<Expiry, OrderError> {
-    let mut expiry = Expiry::default();
-    let mut skipped: HashSet<OrderId> = HashSet::new();
-    for _ in 0..MAX_BATCHES {
-        let cutoff = Timestamp::now().minus(saga.settings.pending_timeout);
-        let stale = saga.orders.stale_pending(cutoff, BATCH).await?;
-        let mut progressed = false;
-        for order in &stale {
-            if skipped.contains(&order.id) {
-                continue;
-            }
-            if defer.contains(&order.id) {
-                expiry.deferred += 1;
-                skipped.insert(order.id.clone());
-                continue;
-            }
-            match settle_pending(saga, &order.id, OrderStatus::Cancelled, Some("timeout")).await {
-                Ok(status) => {
-                    expiry.expired += usize::from(status == OrderStatus::Cancelled);
-                    progressed = true;
-                }
-                Err(error) => {
-                    expiry.failed += 1;
-                    skipped.insert(order.id.clone());
-                    tracing::error!(order_id = %order.id, error = %zx_domain::cause_chain(&error), "could not expire a pending order");
-                }
+            if tried > 0 && transient == tried {
+                tracing::warn!(
+                    destination = destination.as_str(),
+                    "destination down: its messages wait for the next run"
+                );
+                down.insert(destination);
             }
         }
-        // Orders left pending (deferred, failed) come first again: stop when nothing moved.
-        if stale.len() < BATCH || !progressed {
+        report.relayed += forget_sent(saga, sent).await;
+        if !full {
             break;
         }
     }
-    Ok(expiry)
+    report.outbox_left |= report.failed + report.deferred > 0;
+    expire(saga, &mut report, stop_at).await;
+    report
+}
+
+async fn park(saga: &Saga, report: &mut RelayReport, key: &RowKey, reason: &str) {
+    match saga.outbox.park(key, reason).await {
+        Ok(()) => {
+            report.parked += 1;
+            tracing::error!(row = %key, reason, "outbox row parked: an operator can list and resend it (zx-admin outbox parked)");
+        }
+        Err(error) => {
+            report.outbox_left = true;
+            tracing::error!(row = %key, reason, error = %zx_domain::cause_chain(&error), "outbox row could not be parked");
+        }
+    }
+}
+
+/// Cancels the overdue orders: pending ones (`timeout`), then confirmed ones
+/// (`payment_timeout`).
+async fn expire(saga: &Saga, report: &mut RelayReport, stop_at: Instant) {
+    let rules = [
+        (
+            OrderStatus::Pending,
+            saga.settings.pending_timeout,
+            "timeout",
+        ),
+        (
+            OrderStatus::Confirmed,
+            saga.settings.payment_timeout,
+            "payment_timeout",
+        ),
+    ];
+    for (status, timeout, reason) in rules {
+        let mut skipped: HashSet<OrderId> = HashSet::new();
+        for page in 0.. {
+            if page == MAX_EXPIRY_PAGES || Instant::now() >= stop_at {
+                report.expiry_left = true;
+                break;
+            }
+            let cutoff = Timestamp::now().minus(timeout);
+            let rows = match saga.orders.overdue(status, cutoff, BATCH).await {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::error!(%status, error = %zx_domain::cause_chain(&error), "could not read overdue orders");
+                    report.expiry_left = true;
+                    break;
+                }
+            };
+            let full = rows.len() == BATCH;
+            let mut due = Vec::new();
+            for row in rows {
+                match row.value {
+                    Ok(order) if skipped.contains(&order.id) => {}
+                    Ok(order) => due.push(order.id),
+                    Err(why) => match saga.orders.park_order(&row.key, &why).await {
+                        Ok(()) => {
+                            report.orders_parked += 1;
+                            tracing::error!(row = %row.key, why, "unreadable order parked: it is left out of expiry");
+                        }
+                        Err(error) => {
+                            report.expiry_failed += 1;
+                            tracing::error!(row = %row.key, why, error = %zx_domain::cause_chain(&error), "unreadable order could not be parked");
+                        }
+                    },
+                }
+            }
+            let progressed = !due.is_empty();
+            let outcomes: Vec<(OrderId, Result<OrderStatus, OrderError>)> =
+                futures::stream::iter(due)
+                    .map(|id| async move {
+                        let result =
+                            settle(saga, &id, status, OrderStatus::Cancelled, Some(reason)).await;
+                        (id, result)
+                    })
+                    .buffer_unordered(EXPIRY_CONCURRENCY)
+                    .collect()
+                    .await;
+            for (id, outcome) in outcomes {
+                match outcome {
+                    Ok(OrderStatus::Cancelled) if status == OrderStatus::Pending => {
+                        report.expired += 1
+                    }
+                    Ok(OrderStatus::Cancelled) => report.payment_expired += 1,
+                    Ok(_) => {}
+                    Err(error) => {
+                        report.expiry_failed += 1;
+                        tracing::error!(order_id = %id, error = %zx_domain::cause_chain(&error), "could not cancel an overdue order");
+                        skipped.insert(id);
+                    }
+                }
+            }
+            // Orders left overdue (failed) come first again: stop when nothing moved.
+            if !full || !progressed {
+                break;
+            }
+        }
+    }
 }

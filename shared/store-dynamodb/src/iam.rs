@@ -50,8 +50,14 @@ pub const ORDERS_WRITE: &[&str] = &[
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
 ];
-/// Unsent messages are queried and deleted once sent (they are written with their order).
-pub const OUTBOX: &[&str] = &["dynamodb:Query", "dynamodb:DeleteItem"];
+/// Unsent messages are queried and deleted once sent (they are written with their order); a
+/// row that cannot be sent is read and moved (put, delete) to the parked partition and back.
+pub const OUTBOX: &[&str] = &[
+    "dynamodb:Query",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:DeleteItem",
+];
 
 /// The health check's `DescribeTable`.
 pub const HEALTH: &[&str] = &["dynamodb:DescribeTable"];

@@ -8,22 +8,32 @@
 //!   `by-status` (`statusKey = <status>#<shard>`): orders by status, spread the same way.
 //!   Shop-wide listings query every shard and merge (a page costs one query per shard).
 //! - Idempotency key: `pk = IDEMPOTENCY#<user id>#<key>`, `sk = KEY`, with a TTL (`expiresAt`).
+//!   `clockAt` (epoch millis): when the order's current clock started (a pending order's when
+//!   its reserve was sent, absent before; otherwise when it entered its status). Expiry queries
+//!   `by-status` and filters on it. A parked order (unreadable) loses its `statusKey`, so it
+//!   leaves `by-status` (and expiry) and keeps `parkedReason`.
+//! - Open orders of a customer: `pk = OPEN#<user id>`, `sk = OPEN`, `open` (a count), changed
+//!   in the same transaction as the order's creation and its leaving pending/confirmed.
+//! - Idempotency key: `pk = IDEMPOTENCY#<user id>#<key>`, `sk = KEY`, with a TTL (`expiresAt`).
 //! - Outbox message: `pk = OUTBOX#<shard of its order>`, `sk = <created millis>#<message id>`;
-//!   deleted once sent. The relay queries every shard, oldest first.
+//!   deleted once sent. The relay queries every shard, oldest first, paging by `sk`. A parked
+//!   row moves (one transaction) to `pk = OUTBOX-PARKED` with the same `sk`, `parkedFrom`,
+//!   `parkedReason`, `parkedAt`.
 //!
-//! An order, its key and its messages are one `TransactWriteItems`; a transition is one too
-//! (the order's update conditioned on status and version, plus its messages).
+//! An order, its key, its customer's count and its messages are one `TransactWriteItems`; a
+//! transition is one too (the order's update conditioned on status and version, the count,
+//! plus its messages).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use futures::future::try_join_all;
 use zx_domain::{
     Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderId,
-    OrderPage, OrderQuery, OrderRepository, OrderStatus, Outbox, OutboxMessage, RepositoryError,
-    ShippingAddress, Timestamp, UserId,
+    OrderPage, OrderQuery, OrderRepository, OrderStatus, Outbox, OutboxMessage, ParkedRow,
+    RepositoryError, Row, RowKey, ShippingAddress, Timestamp, UserId,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -50,6 +60,11 @@ mod attr {
     pub const MESSAGE_ID: &str = "messageId";
     pub const DESTINATION: &str = "destination";
     pub const BODY: &str = "body";
+    pub const CLOCK_AT: &str = "clockAt";
+    pub const OPEN: &str = "open";
+    pub const PARKED_REASON: &str = "parkedReason";
+    pub const PARKED_AT: &str = "parkedAt";
+    pub const PARKED_FROM: &str = "parkedFrom";
 }
 
 const BY_USER: &str = "by-user";
@@ -57,6 +72,8 @@ const BY_SHARD: &str = "by-shard";
 const BY_STATUS: &str = "by-status";
 const ORDER_SK: &str = "ORDER";
 const KEY_SK: &str = "KEY";
+const OPEN_SK: &str = "OPEN";
+const PARKED_PK: &str = "OUTBOX-PARKED";
 
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
@@ -72,6 +89,21 @@ fn order_pk(id: &OrderId) -> String {
 
 fn key_pk(user: &UserId, key: &IdempotencyKey) -> String {
     format!("IDEMPOTENCY#{user}#{}", key.as_str())
+}
+
+fn open_pk(user: &UserId) -> String {
+    format!("OPEN#{user}")
+}
+
+/// An outbox row's key as the relay sees it: `<pk>/<sk>`.
+fn outbox_row_key(pk: &str, sk: &str) -> RowKey {
+    RowKey(format!("{pk}/{sk}"))
+}
+
+fn split_row_key(key: &RowKey) -> Result<(&str, &str), RepositoryError> {
+    key.0
+        .split_once('/')
+        .ok_or_else(|| RepositoryError::Corrupt(format!("not an outbox row key: {key}")))
 }
 
 fn outbox_pk(shard: u8) -> String {
@@ -230,6 +262,23 @@ struct PartitionQuery<'a> {
     newest_first: bool,
     limit: usize,
     status: Option<OrderStatus>,
+    /// Only items whose clock started before this (epoch millis).
+    clock_before: Option<i64>,
+}
+
+impl Default for PartitionQuery<'_> {
+    fn default() -> Self {
+        Self {
+            index: None,
+            key: (attr::PK, String::new()),
+            sort: (attr::SK, None),
+            lower: None,
+            newest_first: false,
+            limit: 100,
+            status: None,
+            clock_before: None,
+        }
+    }
 }
 
 /// The orders table.
@@ -259,6 +308,7 @@ impl DynamoOrderRepository {
             newest_first,
             limit,
             status,
+            clock_before,
         } = q;
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
@@ -298,6 +348,12 @@ impl DynamoOrderRepository {
                     .expression_attribute_names("#status", attr::STATUS)
                     .expression_attribute_values(":status", s(status.as_str()));
             }
+            if let Some(before) = clock_before {
+                request = request
+                    .filter_expression("#clock < :clock")
+                    .expression_attribute_names("#clock", attr::CLOCK_AT)
+                    .expression_attribute_values(":clock", n(before));
+            }
             let output = request
                 .key_condition_expression(condition)
                 .send()
@@ -336,6 +392,7 @@ impl DynamoOrderRepository {
                 newest_first: true,
                 limit: limit + 1,
                 status: status_filter,
+                clock_before: None,
             })
         }))
         .await?;
@@ -451,6 +508,7 @@ impl OrderRepository for DynamoOrderRepository {
         order: &Order,
         key: &IdempotencyRecord,
         messages: &[OutboxMessage],
+        open_limit: u32,
     ) -> Result<OrderCreation, RepositoryError> {
         let order_put = Put::builder()
             .table_name(&self.table)
@@ -472,9 +530,22 @@ impl OrderRepository for DynamoOrderRepository {
             .expression_attribute_values(":now", n(Timestamp::now().unix_seconds()))
             .build()
             .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
+        let count = Update::builder()
+            .table_name(&self.table)
+            .key(attr::PK, s(open_pk(&order.user_id)))
+            .key(attr::SK, s(OPEN_SK))
+            .update_expression("SET #open = if_not_exists(#open, :zero) + :one")
+            .condition_expression("attribute_not_exists(#open) OR #open < :max")
+            .expression_attribute_names("#open", attr::OPEN)
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":max", n(open_limit))
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
         let mut items = vec![
             TransactWriteItem::builder().put(key_put).build(),
             TransactWriteItem::builder().put(order_put).build(),
+            TransactWriteItem::builder().update(count).build(),
         ];
         for message in messages {
             items.push(put(&self.table, message_item(message))?);
@@ -487,6 +558,7 @@ impl OrderRepository for DynamoOrderRepository {
                     None => Err(RepositoryError::ConcurrentUpdate),
                 }
             }
+            Err(reasons) if crate::condition_failed(&reasons, 2) => Ok(OrderCreation::TooManyOpen),
             Err(_) => Err(RepositoryError::failed(
                 "DynamoDB create order",
                 "an order with this id exists",
@@ -507,7 +579,7 @@ impl OrderRepository for DynamoOrderRepository {
             .key(attr::SK, s(ORDER_SK))
             .update_expression(
                 "SET #status = :to, #statusKey = :statusKey, #history = :history, \
-                 #updated = :updated, #version = :next",
+                 #updated = :updated, #version = :next, #clock = :clock",
             )
             .condition_expression("#status = :from AND #version = :version")
             .expression_attribute_names("#status", attr::STATUS)
@@ -515,6 +587,7 @@ impl OrderRepository for DynamoOrderRepository {
             .expression_attribute_names("#history", attr::HISTORY)
             .expression_attribute_names("#updated", attr::UPDATED_AT)
             .expression_attribute_names("#version", attr::VERSION)
+            .expression_attribute_names("#clock", attr::CLOCK_AT)
             .expression_attribute_values(":to", s(next.status.as_str()))
             .expression_attribute_values(":statusKey", s(status_key(next.status, &next.id)))
             .expression_attribute_values(":history", s(json(&next.history)?))
@@ -522,9 +595,24 @@ impl OrderRepository for DynamoOrderRepository {
             .expression_attribute_values(":next", n(next.version))
             .expression_attribute_values(":from", s(current.status.as_str()))
             .expression_attribute_values(":version", n(current.version))
+            .expression_attribute_values(":clock", n(next.updated_at.unix_millis()))
             .build()
             .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
         let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        if current.status.is_open() && !next.status.is_open() {
+            // Unconditional: a count that is off (orders from before it existed) must never
+            // stop a transition.
+            let count = Update::builder()
+                .table_name(&self.table)
+                .key(attr::PK, s(open_pk(&current.user_id)))
+                .key(attr::SK, s(OPEN_SK))
+                .update_expression("SET #open = if_not_exists(#open, :one) - :one")
+                .expression_attribute_names("#open", attr::OPEN)
+                .expression_attribute_values(":one", n(1))
+                .build()
+                .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
+            items.push(TransactWriteItem::builder().update(count).build());
+        }
         for message in messages {
             items.push(put(&self.table, message_item(message))?);
         }
@@ -534,33 +622,168 @@ impl OrderRepository for DynamoOrderRepository {
         }
     }
 
-    async fn stale_pending(
+    #[tracing::instrument(skip_all, fields(order_id = %id))]
+    async fn start_pending_clock(
         &self,
+        id: &OrderId,
+        at: Timestamp,
+    ) -> Result<(), RepositoryError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(order_pk(id)))
+            .key(attr::SK, s(ORDER_SK))
+            .update_expression("SET #clock = if_not_exists(#clock, :at)")
+            .condition_expression("attribute_exists(#pk) AND #status = :pending")
+            .expression_attribute_names("#clock", attr::CLOCK_AT)
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_values(":at", n(at.unix_millis()))
+            .expression_attribute_values(":pending", s(OrderStatus::Pending.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Gone or no longer pending: no clock to start.
+            Err(error)
+                if error.as_service_error().is_some_and(
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::is_conditional_check_failed_exception,
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(crate::sdk_error("DynamoDB UpdateItem", error)),
+        }
+    }
+
+    async fn overdue(
+        &self,
+        status: OrderStatus,
         cutoff: Timestamp,
         limit: usize,
-    ) -> Result<Vec<Order>, RepositoryError> {
-        let pages = try_join_all(Self::shards(OrderStatus::Pending.as_str()).into_iter().map(
-            |partition| {
-                self.query_partition(PartitionQuery {
-                    index: Some(BY_STATUS),
-                    key: (attr::STATUS_KEY, partition),
-                    sort: (attr::CREATED_KEY, Some(millis_key(&cutoff))),
-                    lower: None,
-                    newest_first: false,
-                    limit,
-                    status: None,
-                })
-            },
-        ))
+    ) -> Result<Vec<Row<Order>>, RepositoryError> {
+        // A clock never starts before its order is created: the created key bounds the query.
+        let pages = try_join_all(Self::shards(status.as_str()).into_iter().map(|partition| {
+            self.query_partition(PartitionQuery {
+                index: Some(BY_STATUS),
+                key: (attr::STATUS_KEY, partition),
+                sort: (attr::CREATED_KEY, Some(millis_key(&cutoff))),
+                limit,
+                clock_before: Some(cutoff.unix_millis()),
+                ..PartitionQuery::default()
+            })
+        }))
         .await?;
-        let mut orders = pages
+        let mut rows: Vec<(String, Row<Order>)> = pages
             .iter()
             .flatten()
-            .map(order_from_item)
-            .collect::<Result<Vec<_>, _>>()?;
-        orders.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
-        orders.truncate(limit);
-        Ok(orders)
+            .map(|item| {
+                let created = item
+                    .get(attr::CREATED_KEY)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                let key = RowKey(
+                    item.get(attr::PK)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+                let value = order_from_item(item).map_err(|e| e.to_string());
+                (created, Row { key, value })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.truncate(limit);
+        Ok(rows.into_iter().map(|(_, row)| row).collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(row = %key))]
+    async fn park_order(&self, key: &RowKey, reason: &str) -> Result<(), RepositoryError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(key.0.clone()))
+            .key(attr::SK, s(ORDER_SK))
+            .update_expression("SET #reason = :reason, #at = :at REMOVE #statusKey")
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#reason", attr::PARKED_REASON)
+            .expression_attribute_names("#at", attr::PARKED_AT)
+            .expression_attribute_names("#statusKey", attr::STATUS_KEY)
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":at", s(Timestamp::now().to_rfc3339()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error.as_service_error().is_some_and(
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::is_conditional_check_failed_exception,
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(crate::sdk_error("DynamoDB UpdateItem", error)),
+        }
+    }
+}
+
+fn message_row(item: &Item) -> Row<OutboxMessage> {
+    let pk = item
+        .get(attr::PK)
+        .and_then(|v| v.as_s().ok())
+        .map_or("", String::as_str);
+    let sk = item
+        .get(attr::SK)
+        .and_then(|v| v.as_s().ok())
+        .map_or("", String::as_str);
+    Row {
+        key: outbox_row_key(pk, sk),
+        value: message_from_item(item).map_err(|e| e.to_string()),
+    }
+}
+
+impl DynamoOrderRepository {
+    async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, RepositoryError> {
+        Ok(self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(pk))
+            .key(attr::SK, s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?
+            .item)
+    }
+
+    /// Moves `item` from `(from_pk, sk)` to `to` (its new key attributes replaced), in one
+    /// transaction conditioned on the source still being there. `false` when it was not.
+    async fn move_item(&self, from_pk: &str, sk: &str, to: Item) -> Result<bool, RepositoryError> {
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .key(attr::PK, s(from_pk))
+            .key(attr::SK, s(sk))
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Delete", e))?;
+        let items = vec![
+            TransactWriteItem::builder().delete(delete).build(),
+            put(&self.table, to)?,
+        ];
+        match crate::transact(&self.client, items).await? {
+            Ok(()) => Ok(true),
+            Err(reasons) if crate::condition_failed(&reasons, 0) => Ok(false),
+            Err(_) => Err(RepositoryError::failed(
+                "DynamoDB move outbox row",
+                "the transaction was cancelled",
+            )),
+        }
     }
 }
 
@@ -569,36 +792,50 @@ impl Outbox for DynamoOrderRepository {
     async fn unsent(
         &self,
         cutoff: Timestamp,
-        after: Option<&OutboxMessage>,
+        after: Option<&RowKey>,
         limit: usize,
-    ) -> Result<Vec<OutboxMessage>, RepositoryError> {
-        if after.is_some_and(|m| m.created_at >= cutoff) {
+    ) -> Result<Vec<Row<OutboxMessage>>, RepositoryError> {
+        let upper = millis_key(&cutoff);
+        // Every shard resumes after the cursor's sort key (`<millis>#<message id>`): rows sort
+        // by it across shards.
+        let lower = after
+            .map(split_row_key)
+            .transpose()?
+            .map(|(_, sk)| sk.to_owned());
+        if lower
+            .as_deref()
+            .is_some_and(|lower| lower >= upper.as_str())
+        {
             // Nothing lies between (and `BETWEEN` refuses a lower bound above the upper).
             return Ok(Vec::new());
         }
-        // `BETWEEN` includes its lower bound: the `after` message itself is dropped below.
-        let lower = after.map(|m| format!("{}#{}", millis_key(&m.created_at), m.id));
         let pages = try_join_all((0..OrderId::SHARDS).map(|shard| {
             self.query_partition(PartitionQuery {
-                index: None,
                 key: (attr::PK, outbox_pk(shard)),
-                sort: (attr::SK, Some(millis_key(&cutoff))),
+                sort: (attr::SK, Some(upper.clone())),
                 lower: lower.clone(),
-                newest_first: false,
                 limit: limit + 1,
-                status: None,
+                ..PartitionQuery::default()
             })
         }))
         .await?;
-        let mut messages = pages
+        let mut rows: Vec<(String, Row<OutboxMessage>)> = pages
             .iter()
             .flatten()
-            .map(message_from_item)
-            .filter(|m| !matches!((m, after), (Ok(m), Some(after)) if m.id == after.id))
-            .collect::<Result<Vec<_>, _>>()?;
-        messages.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        messages.truncate(limit);
-        Ok(messages)
+            .map(|item| {
+                let sk = item
+                    .get(attr::SK)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                (sk, message_row(item))
+            })
+            // `BETWEEN` includes its lower bound: the cursor's row itself is dropped.
+            .filter(|(sk, _)| lower.as_deref() != Some(sk.as_str()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.truncate(limit);
+        Ok(rows.into_iter().map(|(_, row)| row).collect())
     }
 
     async fn mark_sent(&self, messages: &[OutboxMessage]) -> Result<(), RepositoryError> {
@@ -623,5 +860,65 @@ impl Outbox for DynamoOrderRepository {
         }))
         .await?;
         Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(row = %key))]
+    async fn park(&self, key: &RowKey, reason: &str) -> Result<(), RepositoryError> {
+        let (pk, sk) = split_row_key(key)?;
+        let Some(mut item) = self.get(pk, sk).await? else {
+            return Ok(());
+        };
+        item.insert(attr::PK.to_owned(), s(PARKED_PK));
+        item.insert(attr::PARKED_FROM.to_owned(), s(pk));
+        item.insert(attr::PARKED_REASON.to_owned(), s(reason));
+        item.insert(attr::PARKED_AT.to_owned(), s(Timestamp::now().to_rfc3339()));
+        self.move_item(pk, sk, item).await.map(|_| ())
+    }
+
+    async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>, RepositoryError> {
+        let items = self
+            .query_partition(PartitionQuery {
+                key: (attr::PK, PARKED_PK.to_owned()),
+                limit,
+                ..PartitionQuery::default()
+            })
+            .await?;
+        Ok(items
+            .iter()
+            .map(|item| {
+                let get = |name: &str| {
+                    item.get(name)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                ParkedRow {
+                    key: outbox_row_key(PARKED_PK, &get(attr::SK)),
+                    reason: get(attr::PARKED_REASON),
+                    parked_at: Timestamp::parse_rfc3339(&get(attr::PARKED_AT)).ok(),
+                    body: get(attr::BODY),
+                }
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(row = %key))]
+    async fn unpark(&self, key: &RowKey) -> Result<bool, RepositoryError> {
+        let (pk, sk) = split_row_key(key)?;
+        if pk != PARKED_PK {
+            return Ok(false);
+        }
+        let Some(mut item) = self.get(pk, sk).await? else {
+            return Ok(false);
+        };
+        let Some(AttributeValue::S(from)) = item.remove(attr::PARKED_FROM) else {
+            return Err(RepositoryError::Corrupt(format!(
+                "parked outbox row {key} does not say where it came from"
+            )));
+        };
+        item.remove(attr::PARKED_REASON);
+        item.remove(attr::PARKED_AT);
+        item.insert(attr::PK.to_owned(), s(from));
+        self.move_item(pk, sk, item).await
     }
 }

@@ -69,11 +69,18 @@ pub const PRODUCTS: MigrationSet = MigrationSet {
 /// The orders service: orders, idempotency keys and the outbox (`ORDERS_SCHEMA`).
 pub const ORDERS: MigrationSet = MigrationSet {
     service: "orders",
-    migrations: &[(
-        1,
-        "orders",
-        include_str!("../migrations/orders/0001_orders.sql"),
-    )],
+    migrations: &[
+        (
+            1,
+            "orders",
+            include_str!("../migrations/orders/0001_orders.sql"),
+        ),
+        (
+            2,
+            "clocks, open orders, parked rows",
+            include_str!("../migrations/orders/0002_clocks_open_parked.sql"),
+        ),
+    ],
 };
 
 #[derive(Debug, thiserror::Error)]

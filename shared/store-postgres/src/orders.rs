@@ -4,13 +4,13 @@
 
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{PgPool, Postgres, QueryBuilder, Row as _};
 
 use crate::PgSchema;
 use zx_domain::{
     Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderId,
     OrderLine, OrderPage, OrderQuery, OrderRepository, OrderStatus, Outbox, OutboxMessage,
-    RepositoryError, ShippingAddress, StatusChange, Timestamp, UserId,
+    ParkedRow, RepositoryError, Row, RowKey, ShippingAddress, StatusChange, Timestamp, UserId,
 };
 
 const COLUMNS: &str = "order_id, user_id, status, lines, history, total, shipping_address, \
@@ -23,6 +23,7 @@ pub struct PgOrderRepository {
     orders: String,
     keys: String,
     outbox: String,
+    open: String,
 }
 
 impl PgOrderRepository {
@@ -32,6 +33,7 @@ impl PgOrderRepository {
             orders: crate::qualified(schema, "orders"),
             keys: crate::qualified(schema, "idempotency_keys"),
             outbox: crate::qualified(schema, "outbox"),
+            open: crate::qualified(schema, "open_orders"),
         }
     }
 }
@@ -214,6 +216,7 @@ impl OrderRepository for PgOrderRepository {
         order: &Order,
         key: &IdempotencyRecord,
         messages: &[OutboxMessage],
+        open_limit: u32,
     ) -> Result<OrderCreation, RepositoryError> {
         let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
         // Takes the key, or (when a concurrent request holds it) waits for that transaction
@@ -241,6 +244,23 @@ impl OrderRepository for PgOrderRepository {
                 Some(existing) => Ok(OrderCreation::KeyTaken(existing)),
                 None => Err(RepositoryError::ConcurrentUpdate),
             };
+        }
+        // The customer's open orders, counted up only below the limit (the row lock orders
+        // concurrent creations of one customer).
+        let counted = sqlx::query(&format!(
+            "insert into {open} (user_id, open) values ($1, 1)
+             on conflict (user_id) do update set open = {open}.open + 1
+                 where {open}.open < $2",
+            open = self.open
+        ))
+        .bind(order.user_id.as_str())
+        .bind(i32::try_from(open_limit).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("Postgres count open orders"))?;
+        if counted.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("Postgres rollback"))?;
+            return Ok(OrderCreation::TooManyOpen);
         }
         sqlx::query(&format!(
             "insert into {} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -273,7 +293,8 @@ impl OrderRepository for PgOrderRepository {
     ) -> Result<(), RepositoryError> {
         let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
         let updated = sqlx::query(&format!(
-            "update {} set status = $3, history = $4, updated_at = $5, version = $6
+            "update {} set status = $3, history = $4, updated_at = $5, version = $6,
+                 clock_at = $5
              where order_id = $1 and status = $2 and version = $7",
             self.orders
         ))
@@ -291,27 +312,122 @@ impl OrderRepository for PgOrderRepository {
             tx.rollback().await.map_err(db("Postgres rollback"))?;
             return Err(RepositoryError::ConcurrentUpdate);
         }
+        if current.status.is_open() && !next.status.is_open() {
+            sqlx::query(&format!(
+                "update {} set open = greatest(open - 1, 0) where user_id = $1",
+                self.open
+            ))
+            .bind(current.user_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("Postgres count open orders"))?;
+        }
         self.insert_messages(&mut tx, messages).await?;
         tx.commit().await.map_err(db("Postgres commit"))?;
         Ok(())
     }
 
-    async fn stale_pending(
+    #[tracing::instrument(skip_all, fields(order_id = %id))]
+    async fn start_pending_clock(
         &self,
-        cutoff: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<Order>, RepositoryError> {
-        let rows = sqlx::query(&format!(
-            "select {COLUMNS} from {} where status = 'pending' and created_at < $1
-             order by created_at, order_id limit $2",
+        id: &OrderId,
+        at: Timestamp,
+    ) -> Result<(), RepositoryError> {
+        sqlx::query(&format!(
+            "update {} set clock_at = coalesce(clock_at, $2)
+             where order_id = $1 and status = 'pending'",
             self.orders
         ))
+        .bind(id.as_str())
+        .bind(self::at(at))
+        .execute(&self.pool)
+        .await
+        .map_err(db("Postgres start pending clock"))?;
+        Ok(())
+    }
+
+    async fn overdue(
+        &self,
+        status: OrderStatus,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Row<Order>>, RepositoryError> {
+        let rows = sqlx::query(&format!(
+            "select {COLUMNS} from {} where status = $1 and clock_at < $2
+                 and parked_reason is null
+             order by clock_at, order_id limit $3",
+            self.orders
+        ))
+        .bind(status.as_str())
         .bind(at(cutoff))
         .bind(i64::try_from(limit).unwrap_or(100))
         .fetch_all(&self.pool)
         .await
-        .map_err(db("Postgres select stale orders"))?;
-        rows.iter().map(order_from_row).collect()
+        .map_err(db("Postgres select overdue orders"))?;
+        Ok(rows
+            .iter()
+            .map(|row| Row {
+                key: RowKey(row.try_get::<String, _>("order_id").unwrap_or_default()),
+                value: order_from_row(row).map_err(|e| e.to_string()),
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(row = %key))]
+    async fn park_order(&self, key: &RowKey, reason: &str) -> Result<(), RepositoryError> {
+        sqlx::query(&format!(
+            "update {} set parked_reason = $2 where order_id = $1",
+            self.orders
+        ))
+        .bind(&key.0)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(db("Postgres park order"))?;
+        Ok(())
+    }
+}
+
+/// An outbox row's key: `<created_at in unix microseconds>/<message id>` (it orders rows as the
+/// relay reads them, so it is also the cursor).
+fn outbox_key(created_at: time::OffsetDateTime, message_id: &str) -> RowKey {
+    RowKey(format!(
+        "{}/{message_id}",
+        created_at.unix_timestamp_nanos() / 1000
+    ))
+}
+
+fn split_outbox_key(key: &RowKey) -> Result<(time::OffsetDateTime, &str), RepositoryError> {
+    let invalid = || RepositoryError::Corrupt(format!("not an outbox row key: {key}"));
+    let (micros, id) = key.0.split_once('/').ok_or_else(invalid)?;
+    let micros: i128 = micros.parse().map_err(|_| invalid())?;
+    let created = time::OffsetDateTime::from_unix_timestamp_nanos(micros.saturating_mul(1000))
+        .map_err(|_| invalid())?;
+    Ok((created, id))
+}
+
+fn message_from_row(row: &PgRow) -> Result<OutboxMessage, RepositoryError> {
+    let text = |name: &str| row.try_get::<String, _>(name).map_err(|e| corrupt(name, e));
+    Ok(OutboxMessage {
+        id: text("message_id")?,
+        order_id: OrderId::parse(&text("order_id")?).map_err(|e| corrupt("outbox order_id", e))?,
+        destination: Destination::parse(&text("destination")?)
+            .map_err(|e| corrupt("destination", e))?,
+        body: text("body")?,
+        created_at: row
+            .try_get::<time::OffsetDateTime, _>("created_at")
+            .map(Timestamp::from_datetime)
+            .map_err(|e| corrupt("created_at", e))?,
+    })
+}
+
+fn row_key(row: &PgRow) -> RowKey {
+    match (
+        row.try_get::<time::OffsetDateTime, _>("created_at"),
+        row.try_get::<String, _>("message_id"),
+    ) {
+        (Ok(created), Ok(id)) => outbox_key(created, &id),
+        _ => RowKey(String::new()),
     }
 }
 
@@ -320,16 +436,18 @@ impl Outbox for PgOrderRepository {
     async fn unsent(
         &self,
         cutoff: Timestamp,
-        after: Option<&OutboxMessage>,
+        after: Option<&RowKey>,
         limit: usize,
-    ) -> Result<Vec<OutboxMessage>, RepositoryError> {
+    ) -> Result<Vec<Row<OutboxMessage>>, RepositoryError> {
         // Without `after`, from the start: before the epoch, below every id.
-        let (after_at, after_id) = after.map_or((time::OffsetDateTime::UNIX_EPOCH, ""), |m| {
-            (at(m.created_at), m.id.as_str())
-        });
+        let (after_at, after_id) = match after {
+            Some(key) => split_outbox_key(key)?,
+            None => (time::OffsetDateTime::UNIX_EPOCH, ""),
+        };
         let rows = sqlx::query(&format!(
             "select message_id, order_id, destination, body, created_at from {}
-             where created_at < $1 and (created_at, message_id) > ($3, $4)
+             where parked_at is null and created_at < $1
+                 and (created_at, message_id) > ($3, $4)
              order by created_at, message_id limit $2",
             self.outbox
         ))
@@ -340,24 +458,13 @@ impl Outbox for PgOrderRepository {
         .fetch_all(&self.pool)
         .await
         .map_err(db("Postgres select outbox"))?;
-        rows.iter()
-            .map(|row| {
-                let text =
-                    |name: &str| row.try_get::<String, _>(name).map_err(|e| corrupt(name, e));
-                Ok(OutboxMessage {
-                    id: text("message_id")?,
-                    order_id: OrderId::parse(&text("order_id")?)
-                        .map_err(|e| corrupt("outbox order_id", e))?,
-                    destination: Destination::parse(&text("destination")?)
-                        .map_err(|e| corrupt("destination", e))?,
-                    body: text("body")?,
-                    created_at: row
-                        .try_get::<time::OffsetDateTime, _>("created_at")
-                        .map(Timestamp::from_datetime)
-                        .map_err(|e| corrupt("created_at", e))?,
-                })
+        Ok(rows
+            .iter()
+            .map(|row| Row {
+                key: row_key(row),
+                value: message_from_row(row).map_err(|e| e.to_string()),
             })
-            .collect()
+            .collect())
     }
 
     async fn mark_sent(&self, messages: &[OutboxMessage]) -> Result<(), RepositoryError> {
@@ -374,5 +481,64 @@ impl Outbox for PgOrderRepository {
         .await
         .map_err(db("Postgres delete outbox"))?;
         Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(row = %key))]
+    async fn park(&self, key: &RowKey, reason: &str) -> Result<(), RepositoryError> {
+        let (_, id) = split_outbox_key(key)?;
+        sqlx::query(&format!(
+            "update {} set parked_at = now(), parked_reason = $2
+             where message_id = $1 and parked_at is null",
+            self.outbox
+        ))
+        .bind(id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(db("Postgres park outbox row"))?;
+        Ok(())
+    }
+
+    async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>, RepositoryError> {
+        let rows = sqlx::query(&format!(
+            "select message_id, created_at, body, parked_at, parked_reason from {}
+             where parked_at is not null order by parked_at, message_id limit $1",
+            self.outbox
+        ))
+        .bind(i64::try_from(limit).unwrap_or(100))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("Postgres select parked outbox rows"))?;
+        Ok(rows
+            .iter()
+            .map(|row| ParkedRow {
+                key: row_key(row),
+                reason: row
+                    .try_get::<Option<String>, _>("parked_reason")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+                parked_at: row
+                    .try_get::<time::OffsetDateTime, _>("parked_at")
+                    .ok()
+                    .map(Timestamp::from_datetime),
+                body: row.try_get::<String, _>("body").unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(row = %key))]
+    async fn unpark(&self, key: &RowKey) -> Result<bool, RepositoryError> {
+        let (_, id) = split_outbox_key(key)?;
+        let updated = sqlx::query(&format!(
+            "update {} set parked_at = null, parked_reason = null
+             where message_id = $1 and parked_at is not null",
+            self.outbox
+        ))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("Postgres unpark outbox row"))?;
+        Ok(updated.rows_affected() == 1)
     }
 }

@@ -11,6 +11,9 @@
 //!   zx-admin openapi [PATH]         write the API's OpenAPI 3.1 description (what
 //!                                    GET /api/v1/openapi.json serves) to PATH, or print it;
 //!                                    `zx-admin openapi docs/openapi.json` refreshes the docs copy
+//!   zx-admin outbox parked          list the outbox rows the relay parked (unreadable, or
+//!                                    refused for good by their destination), with why
+//!   zx-admin outbox resend KEY       put a parked row back: the relay's next run sends it
 //!   zx-admin jwt-keygen              print a new Ed25519 key pair for tokens: the private key
 //!                                    (JWT_PRIVATE_KEY, base64 PKCS#8) on the first line, the
 //!                                    public key (for JWT_PUBLIC_KEYS) on the second
@@ -33,13 +36,15 @@ async fn main() -> ExitCode {
             .map(|()| format!("wrote {path}"))
             .map_err(|e| format!("cannot write {path}: {e}").into()),
         ["ensure-admin", email, username] => ensure_admin(email, username).await,
+        ["outbox", "parked"] => outbox(None).await,
+        ["outbox", "resend", key] => outbox(Some(key)).await,
         ["seed-catalogue"] => seed_catalogue(300).await,
         ["seed-catalogue", count] => match count.parse() {
             Ok(count) if count <= 10_000 => seed_catalogue(count).await,
             _ => Err("COUNT must be a number up to 10000".into()),
         },
         _ => Err(
-            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | openapi [PATH] | jwt-keygen"
+            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | outbox parked | outbox resend KEY | openapi [PATH] | jwt-keygen"
                 .into(),
         ),
     };
@@ -90,6 +95,18 @@ async fn migrate() -> Outcome {
         pool.close().await;
     }
     Ok(report.join("\n"))
+}
+
+async fn outbox(resend: Option<&str>) -> Outcome {
+    let config = Config::from_env()?;
+    let services = Services::build(&config).await?;
+    let outbox = services.stores.outbox()?;
+    Ok(match resend {
+        None => zx_app::admin::parked_outbox(&*outbox).await?,
+        Some(key) => zx_app::admin::resend_parked(&*outbox, key)
+            .await
+            .map_err(|e| format!("no parked row {key}: {e}"))?,
+    })
 }
 
 async fn ensure_admin(email: &str, username: &str) -> Outcome {
