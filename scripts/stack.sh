@@ -193,6 +193,8 @@ export DATABASE_URL=\${DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/$PG_D
 export CACHE_URL=\${CACHE_URL:-redis://127.0.0.1:$REDIS_PORT}
 export INVENTORY_QUEUE_URL=\${INVENTORY_QUEUE_URL:-http://127.0.0.1:$LS_PORT/queue/us-east-1/000000000000/zhixuan-inventory}
 export ORDER_QUEUE_URL=\${ORDER_QUEUE_URL:-http://127.0.0.1:$LS_PORT/queue/us-east-1/000000000000/zhixuan-orders}
+export INVENTORY_DLQ_URL=\${INVENTORY_DLQ_URL:-http://127.0.0.1:$LS_PORT/queue/us-east-1/000000000000/zhixuan-inventory-dlq}
+export ORDER_DLQ_URL=\${ORDER_DLQ_URL:-http://127.0.0.1:$LS_PORT/queue/us-east-1/000000000000/zhixuan-orders-dlq}
 export ORDER_EVENTS_TOPIC_ARN=\${ORDER_EVENTS_TOPIC_ARN:-arn:aws:sns:us-east-1:000000000000:zhixuan-order-events}
 EOF
 }

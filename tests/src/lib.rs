@@ -546,6 +546,8 @@ impl TestApp {
         };
         vars.insert("INVENTORY_QUEUE_URL".into(), queues.inventory.clone());
         vars.insert("ORDER_QUEUE_URL".into(), queues.orders.clone());
+        vars.insert("INVENTORY_DLQ_URL".into(), queues.inventory_dlq.clone());
+        vars.insert("ORDER_DLQ_URL".into(), queues.orders_dlq.clone());
         vars.insert("ORDER_EVENTS_TOPIC_ARN".into(), queues.topic.clone());
         vars.insert("OUTBOX_RELAY_DELAY_MS".into(), "1".into());
         match store {
@@ -731,6 +733,13 @@ impl zx_domain::ProductReader for LaggingIndex {
         self.inner.find_products(ids).await
     }
 
+    async fn stock_records(
+        &self,
+        id: &zx_domain::ProductId,
+    ) -> Result<Option<zx_domain::stock::StockRecords>, zx_domain::RepositoryError> {
+        self.inner.stock_records(id).await
+    }
+
     async fn list_products(
         &self,
         query: &zx_domain::ProductQuery,
@@ -779,6 +788,14 @@ impl zx_domain::StockWriter for LaggingIndex {
         change_id: &zx_domain::StockChangeId,
     ) -> Result<zx_domain::Stock, zx_domain::RepositoryError> {
         self.inner.change_stock(id, change, change_id).await
+    }
+
+    async fn set_stock_shards(
+        &self,
+        id: &zx_domain::ProductId,
+        shards: u16,
+    ) -> Result<zx_domain::stock::StockRecords, zx_domain::RepositoryError> {
+        self.inner.set_stock_shards(id, shards).await
     }
 }
 
@@ -922,6 +939,44 @@ pub async fn store_order(
     product: &zx_domain::Product,
     confirmed: bool,
 ) -> zx_domain::Order {
+    store_order_of(orders, id, user, product, 2, confirmed).await
+}
+
+/// Splits a product's stock into `shards`.
+pub async fn split_stock(app: &TestApp, product: &zx_domain::ProductId, shards: u16) {
+    let records = app
+        .services
+        .stores
+        .products()
+        .expect("products")
+        .set_stock_shards(product, shards)
+        .await
+        .expect("split the stock");
+    assert_eq!(records.active, shards);
+}
+
+/// Invokes an SQS function's handler as Lambda would (with the workers' 10 s timeout).
+pub async fn invoke_sqs(
+    handler: &zx_app::workers::SqsHandler,
+    event: aws_lambda_events::sqs::SqsEvent,
+) -> aws_lambda_events::sqs::SqsBatchResponse {
+    handler(
+        event,
+        std::time::Instant::now() + zx_local_gateway::pollers::WORKER_TIMEOUT,
+    )
+    .await
+}
+
+/// Stores a pending (or, with `confirmed`, confirmed) order of `quantity` units of `product`
+/// for `user`, with no messages.
+pub async fn store_order_of(
+    orders: &Arc<dyn zx_domain::OrderRepository>,
+    id: zx_domain::OrderId,
+    user: &zx_domain::UserId,
+    product: &zx_domain::Product,
+    quantity: u32,
+    confirmed: bool,
+) -> zx_domain::Order {
     use zx_domain::{
         IdempotencyKey, IdempotencyRecord, Order, OrderLine, OrderStatus, StatusChange, Timestamp,
     };
@@ -934,9 +989,9 @@ pub async fn store_order(
             product_id: product.id.clone(),
             name: product.name.as_str().to_owned(),
             unit_price: product.price.minor(),
-            quantity: 2,
+            quantity,
         }],
-        total: product.price.minor() * 2,
+        total: product.price.minor() * i64::from(quantity),
         shipping_address: None,
         history: vec![StatusChange {
             from: None,

@@ -72,6 +72,31 @@ impl Api {
             .unwrap()
     }
 
+    /// `PUT` with the bearer token and an `If-Match` header.
+    async fn put_if_match(&self, path: &str, token: &str, tag: &str, body: Value) -> Response {
+        self.http
+            .put(self.url(path))
+            .bearer_auth(token)
+            .header("if-match", tag)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The `ETag` of `GET /stock/{id}`.
+    async fn stock_tag(&self, id: &str) -> String {
+        let response = self.get_public(&format!("/api/v1/stock/{id}")).await;
+        assert_eq!(response.status(), 200);
+        response
+            .headers()
+            .get("etag")
+            .expect("GET /stock answers an ETag")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Registers and logs in a customer; returns (user id, token).
     async fn customer(&self, name: &str) -> (String, String) {
         let email = format!("{name}@example.com");
@@ -1039,6 +1064,48 @@ async fn catalogue_and_stock(store: Store) {
         .unwrap();
     assert_eq!(changed["available"], 6);
 
+    // Setting the level needs the ETag of what the admin read: without it 428, with a stale
+    // one (units moved since) 412, and the stock is unchanged either way.
+    let path = format!("/api/v1/stock/{id}");
+    let body = problem(api.put(&path, &admin, json!({"available": 50})).await, 428).await;
+    assert_eq!(
+        body["type"],
+        "https://zhixuan.dev/problems/precondition-required"
+    );
+    let stale = api.stock_tag(&id).await;
+    let changed: Value = api
+        .put(&path, &admin, json!({"delta": 1}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(changed["available"], 7);
+    let body = problem(
+        api.put_if_match(&path, &admin, &stale, json!({"available": 50}))
+            .await,
+        412,
+    )
+    .await;
+    assert_eq!(
+        body["type"],
+        "https://zhixuan.dev/problems/precondition-failed"
+    );
+    problem(
+        api.put_if_match(&path, &admin, "*", json!({"available": 50}))
+            .await,
+        428,
+    )
+    .await;
+    assert_eq!(api.get_public_json(&path).await["available"], 7);
+    let fresh = api.stock_tag(&id).await;
+    assert_ne!(fresh, stale);
+    let response = api
+        .put_if_match(&path, &admin, &fresh, json!({"available": 6}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_ne!(response.headers()["etag"].to_str().unwrap(), fresh);
+    assert_eq!(response.json::<Value>().await.unwrap()["available"], 6);
+
     // Update, then delete: gone from reads.
     let response = api
         .put(
@@ -1131,10 +1198,12 @@ async fn reads_are_cached_and_writes_invalidate() {
     assert_eq!(x_cache(&api.get_public(&path).await), "HIT");
 
     // So is a stock change.
+    let tag = api.stock_tag(&id).await;
     assert_eq!(
-        api.put(
+        api.put_if_match(
             &format!("/api/v1/stock/{id}"),
             &admin,
+            &tag,
             json!({"available": 42})
         )
         .await

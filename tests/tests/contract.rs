@@ -810,12 +810,31 @@ mod catalogue {
         );
     }
 
+    /// A `Set` to `available` made against the stock as it is now (the tag `GET /stock` gives).
+    async fn set_to(
+        products: &dyn ProductRepository,
+        id: &ProductId,
+        available: i64,
+    ) -> StockChange {
+        let tag = products
+            .stock_records(id)
+            .await
+            .unwrap()
+            .map(|records| records.tag())
+            .unwrap_or_default();
+        StockChange::Set { available, tag }
+    }
+
     pub async fn stock_changes_are_atomic_and_never_negative(products: Arc<dyn ProductRepository>) {
         let item = product("Mug", "", "kitchen", 1_500, 0);
         products.create_product(&item).await.unwrap();
         assert_eq!(
             products
-                .change_stock(&item.id, StockChange::Set(10), &StockChangeId::generate())
+                .change_stock(
+                    &item.id,
+                    set_to(&*products, &item.id, 10).await,
+                    &StockChangeId::generate()
+                )
                 .await
                 .unwrap(),
             Stock {
@@ -844,7 +863,11 @@ mod catalogue {
             "{error:?}"
         );
         let error = products
-            .change_stock(&item.id, StockChange::Set(-1), &StockChangeId::generate())
+            .change_stock(
+                &item.id,
+                set_to(&*products, &item.id, -1).await,
+                &StockChangeId::generate(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -854,7 +877,10 @@ mod catalogue {
         let error = products
             .change_stock(
                 &ProductId::generate(),
-                StockChange::Set(1),
+                StockChange::Set {
+                    available: 1,
+                    tag: "\"s0\"".into(),
+                },
                 &StockChangeId::generate(),
             )
             .await
@@ -921,12 +947,12 @@ mod catalogue {
         };
         // The bound is a condition of the write: nothing changes when it would be crossed.
         for change in [
-            StockChange::Set(Stock::MAX_UNITS + 1),
+            set_to(&*products, &item.id, Stock::MAX_UNITS + 1).await,
             StockChange::Adjust(Stock::MAX_UNITS - 9),
             StockChange::Adjust(i64::MAX),
         ] {
             let error = products
-                .change_stock(&item.id, change, &StockChangeId::generate())
+                .change_stock(&item.id, change.clone(), &StockChangeId::generate())
                 .await
                 .unwrap_err();
             assert!(
@@ -965,7 +991,11 @@ mod catalogue {
             "{error:?}"
         );
         products
-            .change_stock(&item.id, StockChange::Set(10), &StockChangeId::generate())
+            .change_stock(
+                &item.id,
+                set_to(&*products, &item.id, 10).await,
+                &StockChangeId::generate(),
+            )
             .await
             .unwrap();
 
@@ -1001,11 +1031,11 @@ mod catalogue {
         products.create_product(&other).await.unwrap();
         for (id, change) in [
             (&item.id, StockChange::Adjust(-4)),
-            (&item.id, StockChange::Set(50)),
+            (&item.id, set_to(&*products, &item.id, 50).await),
             (&other.id, StockChange::Adjust(-3)),
         ] {
             let error = products
-                .change_stock(id, change, &change_id)
+                .change_stock(id, change.clone(), &change_id)
                 .await
                 .unwrap_err();
             assert!(

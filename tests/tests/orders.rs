@@ -3,6 +3,8 @@
 //! backend. Every test runs against DynamoDB and Postgres.
 
 use std::collections::HashMap;
+
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -198,7 +200,12 @@ impl Shop {
 
     /// Polls until both saga queues are empty: every message handled and deleted.
     async fn drain(&self) {
-        let deadline = Instant::now() + SETTLE;
+        self.drain_within(SETTLE).await;
+    }
+
+    /// [`Shop::drain`], allowing `limit`.
+    async fn drain_within(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         let queues = [
             self.app.queues.inventory.clone(),
             self.app.queues.orders.clone(),
@@ -216,8 +223,16 @@ impl Shop {
         }
     }
 
-    fn worker(&self, name: &str) -> &zx_app::workers::SqsHandler {
-        self.workers.sqs_handler(name).unwrap()
+    /// The named worker, invoked with a whole timeout ahead of it as the pollers do.
+    fn worker<'a>(
+        &'a self,
+        name: &str,
+    ) -> impl Fn(
+        aws_lambda_events::sqs::SqsEvent,
+    ) -> futures::future::BoxFuture<'a, aws_lambda_events::sqs::SqsBatchResponse>
+    + 'a {
+        let handler = self.workers.sqs_handler(name).unwrap();
+        move |event| Box::pin(zx_tests::invoke_sqs(handler, event))
     }
 }
 
@@ -524,18 +539,58 @@ async fn poison_messages_reach_the_dead_letter_queue(store: Store) {
         good.push(zx_orders::messages::reserve(&order).body);
     }
     let poison = r#"{"type":"inventory.reserve","data":"#;
+    let sqs = aws_sdk_sqs::Client::new(&shop.app.aws);
+    // The next message in the dead-letter queue (within `within`), with its reason.
+    let dead_letter = |within: Duration| {
+        let sqs = sqs.clone();
+        let url = shop.app.queues.inventory_dlq.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                let received = sqs
+                    .receive_message()
+                    .queue_url(&url)
+                    .message_attribute_names("All")
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .unwrap();
+                if let Some(message) = received.messages.unwrap_or_default().into_iter().next() {
+                    sqs.delete_message()
+                        .queue_url(&url)
+                        .receipt_handle(message.receipt_handle().unwrap())
+                        .send()
+                        .await
+                        .unwrap();
+                    let reason = message
+                        .message_attributes()
+                        .and_then(|a| a.get("reason"))
+                        .and_then(|v| v.string_value())
+                        .unwrap_or_default()
+                        .to_owned();
+                    return (message.body().unwrap_or_default().to_owned(), reason);
+                }
+                assert!(Instant::now() < deadline, "nothing reached the DLQ");
+            }
+        }
+    };
+    // A message no retry can make valid is dead-lettered by the worker at once and reported
+    // done; the good ones around it are reserved.
     let response = shop.worker("inventory-worker")(sqs_event(&[
         ("good-1", &good[0]),
         ("bad", poison),
         ("good-2", &good[1]),
     ]))
     .await;
-    assert_eq!(failures(&response), ["bad"]);
+    assert_eq!(failures(&response), Vec::<String>::new());
     assert_eq!(shop.stock(&product).await, (6, 4));
+    let (body, reason) = dead_letter(Duration::from_secs(5)).await;
+    assert_eq!(body, poison);
+    assert!(!reason.is_empty());
 
-    // Through the queue: the poison is received maxReceiveCount times, then redriven.
+    // Through the queue: the poison reaches the DLQ on its first receive, not after five
+    // receives 70 s apart.
     let _pollers = shop.pollers(&["inventory-worker"]);
-    let sqs = aws_sdk_sqs::Client::new(&shop.app.aws);
     for body in [poison, good[2].as_str()] {
         sqs.send_message()
             .queue_url(&shop.app.queues.inventory)
@@ -544,26 +599,392 @@ async fn poison_messages_reach_the_dead_letter_queue(store: Store) {
             .await
             .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(&shop.app.queues.inventory_dlq)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        if let Some(message) = received.messages.unwrap_or_default().first() {
-            assert_eq!(message.body(), Some(poison));
-            break;
-        }
+    let (body, _) = dead_letter(Duration::from_secs(20)).await;
+    assert_eq!(body, poison);
+    let deadline = Instant::now() + SETTLE;
+    while shop.stock(&product).await != (4, 6) {
+        assert!(Instant::now() < deadline, "the good reserve was not taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while shop.queue_depth(&shop.app.queues.inventory).await != 0 {
         assert!(
             Instant::now() < deadline,
-            "the poison never reached the DLQ"
+            "the inventory queue never emptied"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(shop.stock(&product).await, (4, 6));
-    assert_eq!(shop.queue_depth(&shop.app.queues.inventory).await, 0);
+}
+
+/// A hot SKU's sale through the queues: `orders` pending orders of one unit each for one
+/// product with `stock` units (its stock in `shards` shards), their reserves sent to the
+/// inventory queue all at once and taken by the pollers (10 batches at a time, as the template's
+/// event source mapping). With `reshard`, the shard count changes twice while reserves flow.
+/// Exactly `stock` orders are confirmed, the rest cancelled `out_of_stock`, nothing reaches a
+/// dead-letter queue, and no unit is lost or made.
+async fn hot_sku_sale(store: Store, shards: u16, reshard: bool) {
+    const ORDERS: usize = 1_000;
+    const STOCK: i64 = 300;
+    let shop = Shop::start(store).await;
+    let product = shop.product(STOCK, 100).await;
+    zx_tests::split_stock(&shop.app, &product, shards).await;
+    let products = shop.app.services.stores.products().unwrap();
+    let stored = products.find_product(&product).await.unwrap().unwrap();
+    let orders = shop.app.services.stores.orders().unwrap();
+    let placed: Vec<zx_domain::Order> = futures::future::join_all((0..ORDERS / 50).map(|_| {
+        let (orders, stored) = (orders.clone(), stored.clone());
+        async move {
+            let user = UserId::generate();
+            let mut placed = Vec::new();
+            for _ in 0..50 {
+                placed.push(
+                    zx_tests::store_order_of(
+                        &orders,
+                        OrderId::generate(),
+                        &user,
+                        &stored,
+                        1,
+                        false,
+                    )
+                    .await,
+                );
+            }
+            placed
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    let _pollers = shop.pollers(&["inventory-worker", "order-worker"]);
+    let sqs = aws_sdk_sqs::Client::new(&shop.app.aws);
+    let sends = placed.chunks(10).map(|chunk| {
+        let entries: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, order)| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .message_body(zx_orders::messages::reserve(order).body)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let (sqs, url) = (sqs.clone(), shop.app.queues.inventory.clone());
+        async move {
+            let sent = sqs
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            assert!(sent.failed().is_empty());
+        }
+    });
+    futures::future::join_all(sends).await;
+
+    // The shard count changed while the reserves are being taken: first as soon as any unit
+    // is reserved, then again past half the stock.
+    let resharding = reshard.then(|| {
+        let products = products.clone();
+        let product = product.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for (after, shards) in [(1, 4), (STOCK / 2, 2)] {
+                let deadline = Instant::now() + SETTLE;
+                loop {
+                    let reserved = products
+                        .find_product(&product)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .stock
+                        .reserved;
+                    if reserved >= after {
+                        products.set_stock_shards(&product, shards).await.unwrap();
+                        seen.push(reserved);
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "no reservation was taken");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            seen
+        })
+    });
+    let started = Instant::now();
+    shop.drain_within(Duration::from_secs(180)).await;
+    println!(
+        "{store:?}, {shards} shard(s){}: {ORDERS} reserves of one SKU through the pollers settled in {:.1} s",
+        if reshard { ", resharded twice" } else { "" },
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(resharding) = resharding {
+        let seen = resharding.await.unwrap();
+        assert!(
+            seen[0] < STOCK,
+            "the first reshard came after the sale: {seen:?}"
+        );
+        let records = products.stock_records(&product).await.unwrap().unwrap();
+        assert_eq!(records.active, 2);
+    }
+
+    let mut confirmed = 0;
+    let mut out_of_stock = 0;
+    let found: Vec<_> = futures::stream::iter(placed.iter().map(|o| orders.find_order(&o.id)))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for order in found {
+        let order = order.unwrap().unwrap();
+        match order.status {
+            zx_domain::OrderStatus::Confirmed => confirmed += 1,
+            zx_domain::OrderStatus::Cancelled => {
+                assert_eq!(
+                    order.history.last().and_then(|h| h.reason.as_deref()),
+                    Some("out_of_stock")
+                );
+                out_of_stock += 1;
+            }
+            other => panic!("order {} is {other}", order.id),
+        }
+    }
+    assert_eq!((confirmed, out_of_stock), (300, 700));
+    assert_eq!(shop.stock(&product).await, (0, STOCK));
+    for dlq in [&shop.app.queues.inventory_dlq, &shop.app.queues.orders_dlq] {
+        assert_eq!(shop.queue_depth(dlq).await, 0, "{dlq}");
+    }
+}
+
+async fn hot_sku_one_shard(store: Store) {
+    hot_sku_sale(store, 1, false).await;
+}
+
+async fn hot_sku_four_shards(store: Store) {
+    hot_sku_sale(store, 4, false).await;
+}
+
+async fn hot_sku_resharded_mid_sale(store: Store) {
+    hot_sku_sale(store, 1, true).await;
+}
+
+/// An inventory store whose reservations take `lag` (a fault injector): the bulk reserve of a
+/// batch cannot finish before the batch's deadline.
+struct SlowReserves {
+    inner: Arc<dyn zx_domain::InventoryRepository>,
+    lag: Duration,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl zx_domain::InventoryRepository for SlowReserves {
+    async fn reserve_batch(
+        &self,
+        orders: &[(OrderId, Vec<zx_domain::ReserveLine>)],
+    ) -> Result<zx_domain::BatchReservation, zx_domain::RepositoryError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(self.lag).await;
+        self.inner.reserve_batch(orders).await
+    }
+
+    async fn release(
+        &self,
+        order: &OrderId,
+    ) -> Result<zx_domain::Release, zx_domain::RepositoryError> {
+        self.inner.release(order).await
+    }
+
+    async fn commit(
+        &self,
+        order: &OrderId,
+    ) -> Result<zx_domain::Commit, zx_domain::RepositoryError> {
+        self.inner.commit(order).await
+    }
+}
+
+/// A batch that cannot finish in the time left: the worker answers before its deadline,
+/// reporting exactly the unfinished messages (three slow reserves); the releases that finished
+/// are not reported, so they are not delivered again, and their stock came back once.
+async fn a_slow_batch_reports_only_what_it_did_not_finish(store: Store) {
+    let shop = Shop::start(store).await;
+    let product = shop.product(20, 100).await;
+    let stored = shop
+        .app
+        .services
+        .stores
+        .products()
+        .unwrap()
+        .find_product(&product)
+        .await
+        .unwrap()
+        .unwrap();
+    let orders = shop.app.services.stores.orders().unwrap();
+    // Three orders reserved, then cancelled by their customers (their releases are due), and
+    // three pending orders whose reserves are slow.
+    let mut releases = Vec::new();
+    for _ in 0..3 {
+        let (user, token) = shop.customer();
+        let order =
+            zx_tests::store_order_of(&orders, OrderId::generate(), &user, &stored, 2, false).await;
+        let reserve = zx_orders::messages::reserve(&order).body;
+        let response = shop.worker("inventory-worker")(sqs_event(&[("r", &reserve)])).await;
+        assert!(failures(&response).is_empty());
+        assert_eq!(shop.cancel(order.id.as_str(), &token).await.status(), 200);
+        releases.push(zx_orders::messages::release(&order.id).body);
+    }
+    assert_eq!(shop.stock(&product).await, (14, 6));
+    let mut reserves = Vec::new();
+    for _ in 0..3 {
+        let (user, _) = shop.customer();
+        let order =
+            zx_tests::store_order_of(&orders, OrderId::generate(), &user, &stored, 1, false).await;
+        reserves.push(zx_orders::messages::reserve(&order).body);
+    }
+    let saga = shop.app.services.saga().unwrap();
+    let slow = Arc::new(SlowReserves {
+        inner: saga.inventory.clone(),
+        lag: Duration::from_secs(30),
+        calls: Default::default(),
+    });
+    let slow_saga = zx_orders::Saga {
+        inventory: slow.clone(),
+        ..saga.clone()
+    };
+    let mut messages = Vec::new();
+    for (i, body) in releases.iter().enumerate() {
+        messages.push(zx_orders::workers::QueueMessage {
+            id: format!("release-{i}"),
+            body: body.clone(),
+        });
+    }
+    for (i, body) in reserves.iter().enumerate() {
+        messages.push(zx_orders::workers::QueueMessage {
+            id: format!("reserve-{i}"),
+            body: body.clone(),
+        });
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(2_500);
+    let mut failed = zx_orders::workers::process_batch(
+        &slow_saga,
+        zx_orders::workers::Worker::Inventory,
+        &messages,
+        deadline,
+    )
+    .await;
+    assert!(Instant::now() < deadline, "the batch overran its deadline");
+    assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    failed.sort();
+    assert_eq!(failed, ["reserve-0", "reserve-1", "reserve-2"]);
+    // The releases finished: their stock is back, once.
+    assert_eq!(shop.stock(&product).await, (20, 0));
+
+    // Redelivered, only the unfinished ones run again (with a store that keeps up).
+    let again: Vec<_> = messages
+        .into_iter()
+        .filter(|m| failed.contains(&m.id))
+        .collect();
+    let failed = zx_orders::workers::process_batch(
+        &saga,
+        zx_orders::workers::Worker::Inventory,
+        &again,
+        Instant::now() + Duration::from_secs(10),
+    )
+    .await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(shop.stock(&product).await, (17, 3));
+}
+
+/// A sold-out product is refused at `POST /orders` (409 `out-of-stock`, naming it) without an
+/// order being stored, as soon as the inventory worker found it sold out; stock coming back
+/// through `PUT /stock` ends that at once, and a mark the store no longer backs lasts no longer
+/// than `SOLD_OUT_TTL_SECONDS`.
+async fn sold_out_products_are_refused_at_once(store: Store) {
+    let shop = Shop::with(store, &[("SOLD_OUT_TTL_SECONDS", "2")]).await;
+    let product = shop.product(2, 100).await;
+    let _pollers = shop.pollers(&[]);
+    let (_, token) = shop.customer();
+    let first = shop.place(&token, &[(&product, 2)]).await;
+    shop.wait_for(&first, &token, "confirmed").await;
+    let (_, late) = shop.customer();
+    let refused = shop
+        .order(
+            &late,
+            &zx_tests::unique(),
+            json!({"items": [{"productId": product.as_str(), "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["type"], "https://zhixuan.dev/problems/out-of-stock");
+    assert!(
+        body["detail"].as_str().unwrap().contains(product.as_str()),
+        "{body}"
+    );
+    let listed: Value = shop
+        .get("/api/v1/orders", &late)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
+
+    // A restock clears the mark at once.
+    let response = shop
+        .http
+        .put(format!("{}/api/v1/stock/{product}", shop.base))
+        .bearer_auth(shop.admin())
+        .json(&json!({"delta": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let second = shop.place(&late, &[(&product, 1)]).await;
+    shop.wait_for(&second, &late, "confirmed").await;
+
+    // Sold out again; then stock comes back behind the cache's back (an operator's direct
+    // write): the mark ends by its TTL.
+    let (_, third) = shop.customer();
+    let response = shop
+        .order(
+            &third,
+            &zx_tests::unique(),
+            json!({"items": [{"productId": product.as_str(), "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let marked = Instant::now();
+    shop.app
+        .services
+        .stores
+        .products()
+        .unwrap()
+        .change_stock(
+            &product,
+            zx_domain::StockChange::Adjust(5),
+            &zx_domain::StockChangeId::generate(),
+        )
+        .await
+        .unwrap();
+    let deadline = marked + Duration::from_secs(2) + Duration::from_secs(3);
+    loop {
+        let response = shop
+            .order(
+                &third,
+                &zx_tests::unique(),
+                json!({"items": [{"productId": product.as_str(), "quantity": 1}]}),
+            )
+            .await;
+        if response.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert!(
+            Instant::now() < deadline,
+            "the sold-out mark outlived its TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// SQS and SNS unreachable (each behind a proxy the test cuts) for longer than the pending
@@ -1301,6 +1722,11 @@ macro_rules! both_backends {
 
 both_backends!(
     happy_path,
+    hot_sku_one_shard,
+    hot_sku_four_shards,
+    hot_sku_resharded_mid_sale,
+    a_slow_batch_reports_only_what_it_did_not_finish,
+    sold_out_products_are_refused_at_once,
     corrupt_rows_are_parked_and_everything_else_flows,
     payment_deadline_and_open_order_cap,
     forged_and_stray_inventory_messages_change_nothing,

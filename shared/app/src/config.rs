@@ -121,6 +121,9 @@ pub struct Config {
     /// How long cached catalogue entries live (`CACHE_TTL_SECONDS`, seed: 600): the bound on
     /// staleness when the cache was unreachable during a write.
     pub cache_ttl: Duration,
+    /// How long a product stays known sold out (`SOLD_OUT_TTL_SECONDS`, default 10): the bound
+    /// on a false sold-out.
+    pub sold_out_ttl: Duration,
     /// How long after a catalogue write listings are not cached (`CACHE_INDEX_LAG_MS`): the
     /// listing index may still show the old state meanwhile.
     pub index_lag: Duration,
@@ -146,11 +149,15 @@ fn destinations(source: &Source) -> Result<Option<zx_messaging::Destinations>, C
         "ORDER_EVENTS_TOPIC_ARN",
     ];
     let values: Vec<Option<String>> = vars.iter().map(|v| source.get(v)).collect();
+    let (inventory_dlq_url, order_dlq_url) =
+        (source.get("INVENTORY_DLQ_URL"), source.get("ORDER_DLQ_URL"));
     match values.as_slice() {
         [Some(inventory), Some(orders), Some(topic)] => Ok(Some(zx_messaging::Destinations {
             inventory_queue_url: inventory.clone(),
             order_queue_url: orders.clone(),
             order_events_topic_arn: topic.clone(),
+            inventory_dlq_url,
+            order_dlq_url,
         })),
         [None, None, None] => Ok(None),
         _ => {
@@ -300,6 +307,19 @@ impl Config {
                     .map(Duration::from_secs)
                     .ok_or_else(|| format!("must be seconds from 1 to 86400, got {v:?}"))
             })?,
+            sold_out_ttl: parse_or(
+                source,
+                "SOLD_OUT_TTL_SECONDS",
+                Duration::from_secs(10),
+                |v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| (1..=600).contains(n))
+                        .map(Duration::from_secs)
+                        .ok_or_else(|| format!("must be seconds from 1 to 600, got {v:?}"))
+                },
+            )?,
             index_lag: parse_or(
                 source,
                 "CACHE_INDEX_LAG_MS",
@@ -447,6 +467,7 @@ mod tests {
             ("RATE_LIMIT_USERS", "0"),
             ("STORE_TIMEOUT_MS", "0"),
             ("CACHE_TTL_SECONDS", "forever"),
+            ("SOLD_OUT_TTL_SECONDS", "0"),
             ("JWT_EXPIRES_IN", "1y"),
             ("ORDERS_SCHEMA", "Orders"),
             ("ORDER_PENDING_TIMEOUT", "soon"),

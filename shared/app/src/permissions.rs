@@ -90,6 +90,16 @@ pub fn permissions(needs: &Needs) -> Permissions {
     if needs.sends.order_queue {
         grant(&mut p, "OrderQueue", zx_messaging::SQS_ACTIONS);
     }
+    if needs.sends.inventory_dlq {
+        grant(
+            &mut p,
+            "InventoryDeadLetterQueue",
+            zx_messaging::SQS_ACTIONS,
+        );
+    }
+    if needs.sends.order_dlq {
+        grant(&mut p, "OrderDeadLetterQueue", zx_messaging::SQS_ACTIONS);
+    }
     if needs.sends.order_events {
         grant(&mut p, "OrderEventsTopic", zx_messaging::SNS_ACTIONS);
     }

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use zx_domain::stock::StockRecords;
 use zx_domain::{
-    Commit, Destination, Email, IdempotencyKey, IdempotencyRecord, InventoryRepository,
-    MessageSender, Order, OrderCreation, OrderId, OrderPage, OrderQuery, OrderRepository,
-    OrderStatus, Outbox, OutboxMessage, Page, ParkedRow, Product, ProductId, ProductQuery,
-    ProductReader, ProductRepository, ProductWriter, Release, RepositoryError, Reservation,
+    BatchReservation, Commit, Destination, Email, IdempotencyKey, IdempotencyRecord,
+    InventoryRepository, MessageSender, Order, OrderCreation, OrderId, OrderPage, OrderQuery,
+    OrderRepository, OrderStatus, Outbox, OutboxMessage, Page, ParkedRow, Product, ProductId,
+    ProductQuery, ProductReader, ProductRepository, ProductWriter, Release, RepositoryError,
     ReserveLine, Row, RowKey, Session, SessionId, SessionRepository, Stock, StockChange,
     StockChangeId, StockWriter, Timestamp, User, UserId, UserReader, UserRepository, UserWriter,
 };
@@ -36,6 +37,9 @@ impl ProductReader for Unwired {
         self.refuse()
     }
     async fn find_products(&self, _: &[ProductId]) -> Result<Vec<Product>, RepositoryError> {
+        self.refuse()
+    }
+    async fn stock_records(&self, _: &ProductId) -> Result<Option<StockRecords>, RepositoryError> {
         self.refuse()
     }
     async fn list_products(&self, _: &ProductQuery) -> Result<Page<Product>, RepositoryError> {
@@ -117,11 +121,10 @@ impl Outbox for Unwired {
 
 #[async_trait]
 impl InventoryRepository for Unwired {
-    async fn reserve(
+    async fn reserve_batch(
         &self,
-        _: &OrderId,
-        _: &[ReserveLine],
-    ) -> Result<Reservation, RepositoryError> {
+        _: &[(OrderId, Vec<ReserveLine>)],
+    ) -> Result<BatchReservation, RepositoryError> {
         self.refuse()
     }
     async fn release(&self, _: &OrderId) -> Result<Release, RepositoryError> {
@@ -179,6 +182,30 @@ impl MessageSender for RestrictedSender {
     fn sends_to(&self, destination: Destination) -> bool {
         Self::allows(self.sends, destination) && self.inner.sends_to(destination)
     }
+
+    async fn dead_letter(
+        &self,
+        source: Destination,
+        body: &str,
+        reason: &str,
+    ) -> Result<(), RepositoryError> {
+        let allowed = match source {
+            Destination::InventoryQueue => self.sends.inventory_dlq,
+            Destination::OrderQueue => self.sends.order_dlq,
+            Destination::OrderEvents => false,
+        };
+        if allowed {
+            self.inner.dead_letter(source, body, reason).await
+        } else {
+            Err(RepositoryError::Failed {
+                operation: "send",
+                source: format!(
+                    "this function does not send to the dead-letter queue of {source:?}"
+                )
+                .into(),
+            })
+        }
+    }
 }
 
 fn refuse_destination(destination: Destination) -> RepositoryError {
@@ -227,6 +254,9 @@ impl ProductReader for ReadOnly<dyn ProductRepository> {
     async fn find_products(&self, ids: &[ProductId]) -> Result<Vec<Product>, RepositoryError> {
         self.0.find_products(ids).await
     }
+    async fn stock_records(&self, id: &ProductId) -> Result<Option<StockRecords>, RepositoryError> {
+        self.0.stock_records(id).await
+    }
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, RepositoryError> {
         self.0.list_products(query).await
     }
@@ -250,6 +280,13 @@ impl StockWriter for ReadOnly<dyn ProductRepository> {
         _: StockChange,
         _: &StockChangeId,
     ) -> Result<Stock, RepositoryError> {
+        read_only("products")
+    }
+    async fn set_stock_shards(
+        &self,
+        _: &ProductId,
+        _: u16,
+    ) -> Result<StockRecords, RepositoryError> {
         read_only("products")
     }
 }

@@ -207,6 +207,11 @@ pub struct Sends {
     pub order_queue: bool,
     /// `order.created`, `order.status_changed`.
     pub order_events: bool,
+    /// Malformed messages of the inventory queue, to its dead-letter queue (the inventory
+    /// worker).
+    pub inventory_dlq: bool,
+    /// Malformed messages of the order queue, to its dead-letter queue (the order worker).
+    pub order_dlq: bool,
 }
 
 impl Sends {
@@ -214,20 +219,28 @@ impl Sends {
         inventory_queue: false,
         order_queue: false,
         order_events: false,
+        inventory_dlq: false,
+        order_dlq: false,
     };
     pub const ALL: Sends = Sends {
         inventory_queue: true,
         order_queue: true,
         order_events: true,
+        inventory_dlq: true,
+        order_dlq: true,
     };
     /// What moving an order sends: the inventory command and the order event.
     pub const ORDER_MOVES: Sends = Sends {
         inventory_queue: true,
         order_events: true,
-        order_queue: false,
+        ..Sends::NONE
     };
     pub const fn any(self) -> bool {
-        self.inventory_queue || self.order_queue || self.order_events
+        self.inventory_queue
+            || self.order_queue
+            || self.order_events
+            || self.inventory_dlq
+            || self.order_dlq
     }
 }
 
@@ -631,6 +644,7 @@ impl Services {
             catalogue: zx_products::CatalogueSettings {
                 ttl: config.cache_ttl,
                 index_lag: config.index_lag,
+                sold_out_ttl: config.sold_out_ttl,
             },
             sender: (wiring.sender)(config, aws, wiring.needs.sends),
             destinations: config.destinations.clone(),

@@ -16,9 +16,13 @@ use zx_orders::workers::{QueueMessage, Worker};
 use crate::wiring::{Needs, Sends, Use, Wiring};
 use crate::{ConfigError, Services};
 
-/// An SQS-triggered function: a batch in, the records that failed out.
-pub type SqsHandler =
-    Arc<dyn Fn(SqsEvent) -> Pin<Box<dyn Future<Output = SqsBatchResponse> + Send>> + Send + Sync>;
+/// An SQS-triggered function: a batch and the instant it must be answered by in, the records
+/// that failed (or did not finish in time) out.
+pub type SqsHandler = Arc<
+    dyn Fn(SqsEvent, Instant) -> Pin<Box<dyn Future<Output = SqsBatchResponse> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Builds an SQS function's handler from the services of its cold start.
 pub type SqsBuilder = fn(&Services) -> Result<SqsHandler, ConfigError>;
@@ -45,6 +49,7 @@ pub const INVENTORY_WORKER: SqsFunction = SqsFunction {
         orders: Use::Read,
         sends: Sends {
             order_queue: true,
+            inventory_dlq: true,
             ..Sends::NONE
         },
         cache: true,
@@ -61,6 +66,7 @@ pub const ORDER_WORKER: SqsFunction = SqsFunction {
     wiring: Needs {
         sends: Sends {
             order_events: true,
+            order_dlq: true,
             ..Sends::NONE
         },
         ..ORDER_MOVES
@@ -85,7 +91,7 @@ pub const OUTBOX_RELAY: Wiring = ORDER_MOVES.wiring();
 
 fn worker(services: &Services, worker: Worker) -> Result<SqsHandler, ConfigError> {
     let saga = Arc::new(services.saga()?);
-    Ok(Arc::new(move |event: SqsEvent| {
+    Ok(Arc::new(move |event: SqsEvent, deadline: Instant| {
         let saga = saga.clone();
         Box::pin(async move {
             let started = Instant::now();
@@ -104,7 +110,8 @@ fn worker(services: &Services, worker: Worker) -> Result<SqsHandler, ConfigError
                     }
                 })
                 .collect();
-            let failed = zx_orders::workers::process_batch(&saga, worker, &messages).await;
+            let failed =
+                zx_orders::workers::process_batch(&saga, worker, &messages, deadline).await;
             tracing::info!(
                 worker = worker.name(),
                 records = messages.len() + unidentified,
@@ -183,10 +190,22 @@ pub async fn run_sqs(function: &SqsFunction) -> Result<(), lambda_runtime::Error
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let handler = handler.clone();
         let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
-        async move { Ok::<_, std::convert::Infallible>(handler(event.payload).await) }
+        let deadline = deadline_of(&event.context);
+        async move { Ok::<_, std::convert::Infallible>(handler(event.payload, deadline).await) }
             .instrument(span)
     }))
     .await
+}
+
+/// The invocation's deadline (milliseconds since the epoch) as an instant of this clock.
+fn deadline_of(context: &lambda_runtime::Context) -> Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let left = u128::from(context.deadline).saturating_sub(now_ms);
+    Instant::now()
+        + std::time::Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX).min(900_000))
 }
 
 /// The relay's `main`: each scheduled event is one run, which ends before the invocation's

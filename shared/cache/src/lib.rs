@@ -215,6 +215,19 @@ impl Cache {
         self.run_pipeline::<()>(&pipeline).await
     }
 
+    /// `DEL` of prefixed keys, attempted even while the breaker is open (clearing a mark must
+    /// never be skipped).
+    pub async fn delete_many(&self, keys: &[String]) -> Result<(), CacheError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline.cmd("DEL").arg(self.key(key)).ignore();
+        }
+        self.run_pipeline_always::<()>(&pipeline).await
+    }
+
     /// `INCR` of several prefixed keys and `SET` of others to `value`, in one transaction,
     /// attempted even while the breaker is open (an invalidation must never be skipped).
     pub async fn bump(&self, counters: &[&str], stamps: &[(&str, i64)]) -> Result<(), CacheError> {

@@ -89,6 +89,9 @@ pub enum RepositoryError {
     /// The change would take available stock above [`crate::Stock::MAX_UNITS`].
     #[error("stock would exceed the maximum")]
     StockLimitExceeded,
+    /// The caller's view of the record (an `If-Match` tag) is stale: nothing changed.
+    #[error("the record changed since it was read")]
+    PreconditionFailed,
     /// An idempotency key already named another change (another product or another body).
     #[error("the idempotency key was already used for another request")]
     IdempotencyKeyReused,

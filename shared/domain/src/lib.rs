@@ -6,6 +6,7 @@ pub mod order;
 pub mod product;
 pub mod repository;
 pub mod session;
+pub mod stock;
 pub mod timestamp;
 pub mod user;
 
@@ -20,9 +21,9 @@ pub use product::{
     ProductName, ProductQuery, SearchTerm, Stock, StockChangeId,
 };
 pub use repository::{
-    InventoryRepository, MessageSender, OrderCreation, OrderRepository, Outbox, ProductReader,
-    ProductRepository, ProductWriter, SessionRepository, StockChange, StockWriter, UserReader,
-    UserRepository, UserWriter,
+    BatchReservation, InventoryRepository, MessageSender, OrderCreation, OrderRepository, Outbox,
+    ProductReader, ProductRepository, ProductWriter, SessionRepository, StockChange, StockWriter,
+    UserReader, UserRepository, UserWriter,
 };
 pub use session::{
     MAX_SESSION_LIFETIME, Presented, REMEMBERED_TOKENS, Session, SessionId, TokenHash,

@@ -77,6 +77,13 @@ pub trait ProductReader: Send + Sync {
     /// are left out. Strongly consistent: what the last completed write stored. At most 100 ids.
     async fn find_products(&self, ids: &[ProductId]) -> Result<Vec<Product>, RepositoryError>;
 
+    /// The product's stock records (every shard, consistent), whether it is live, and so the
+    /// tag `PUT /stock {available}` must match. `None` for an unknown product.
+    async fn stock_records(
+        &self,
+        id: &ProductId,
+    ) -> Result<Option<crate::stock::StockRecords>, RepositoryError>;
+
     /// Products passing `query`'s filters (soft-deleted ones never), newest first
     /// (`created_at`, then id, descending), at most `query.limit` of them, starting after
     /// `query.after`. `next` is set when more may follow. A walk from the first page to the
@@ -85,7 +92,8 @@ pub trait ProductReader: Send + Sync {
     ///
     /// The listing comes from an index that may lag behind the table (DynamoDB GSIs are
     /// eventually consistent): membership and field values can be those of a moment ago.
-    /// Callers that show products re-read them with [`ProductReader::find_products`].
+    /// Stock counters are not read (they live apart from the catalogue): callers that show
+    /// products re-read them with [`ProductReader::find_products`].
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, RepositoryError>;
 }
 
@@ -109,20 +117,42 @@ pub trait ProductWriter: Send + Sync {
 }
 
 /// A change of available stock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StockChange {
-    /// Set available stock to this value (0 to [`Stock::MAX_UNITS`]).
-    Set(i64),
+    /// Set available stock to `available` (0 to [`Stock::MAX_UNITS`]), only if the stock is
+    /// still what `tag` ([`crate::stock::StockRecords::tag`]) was made of: units reserved since
+    /// the caller read it are never forgotten.
+    Set { available: i64, tag: String },
     /// Add this (possibly negative) amount to available stock.
     Adjust(i64),
 }
 
 impl StockChange {
     /// What the change does, as stored with its id: a retry must carry the same change.
-    pub fn fingerprint(self) -> String {
+    pub fn fingerprint(&self) -> String {
         match self {
-            Self::Set(value) => format!("set:{value}"),
+            Self::Set { available, .. } => format!("set:{available}"),
             Self::Adjust(delta) => format!("adjust:{delta}"),
+        }
+    }
+
+    /// Refuses a change no stock could take: a level outside `0..=MAX_UNITS`, an adjustment
+    /// larger than that range.
+    pub fn check_bounds(&self) -> Result<(), RepositoryError> {
+        match self {
+            Self::Set { available, .. } if *available < 0 => {
+                Err(RepositoryError::InsufficientStock)
+            }
+            Self::Set { available, .. } if *available > Stock::MAX_UNITS => {
+                Err(RepositoryError::StockLimitExceeded)
+            }
+            Self::Adjust(delta) if *delta > Stock::MAX_UNITS => {
+                Err(RepositoryError::StockLimitExceeded)
+            }
+            Self::Adjust(delta) if *delta < -Stock::MAX_UNITS => {
+                Err(RepositoryError::InsufficientStock)
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -146,6 +176,17 @@ pub trait StockWriter: Send + Sync {
         change: StockChange,
         change_id: &StockChangeId,
     ) -> Result<Stock, RepositoryError>;
+
+    /// Splits the product's stock into `shards` records (1 to
+    /// [`crate::stock::MAX_SHARDS`]): new reservations spread over them. Available units move
+    /// so they sit evenly on the active shards, by relative changes, so reservations made
+    /// meanwhile lose no unit; shards beyond the count are retired (they keep their reserved
+    /// units until those are released or shipped). Returns the stock afterwards.
+    async fn set_stock_shards(
+        &self,
+        id: &ProductId,
+        shards: u16,
+    ) -> Result<crate::stock::StockRecords, RepositoryError>;
 }
 
 /// Every catalogue capability, for adapters and wiring.
@@ -261,24 +302,52 @@ pub trait Outbox: Send + Sync {
     async fn unpark(&self, key: &RowKey) -> Result<bool, RepositoryError>;
 }
 
+/// What a batch of reservations came to: one outcome per order, in order, and the products
+/// the batch left without available units (for the sold-out mark).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BatchReservation {
+    pub outcomes: Vec<Reservation>,
+    pub sold_out: Vec<ProductId>,
+}
+
 /// Stock reservations: the inventory side of the saga. The reservation record of an order is
-/// the idempotency key of both operations.
+/// the idempotency key of reserve, release and commit.
 #[async_trait]
 pub trait InventoryRepository: Send + Sync {
-    /// Takes every line's quantity from `available` into `reserved`, all or none, each only if
-    /// `available >= quantity` (lines of one product must be summed by the caller), and records
-    /// the reservation in the same atomic write. A reservation already recorded for `order`
-    /// (a redelivery) changes nothing and reports what it is. Collisions with other
-    /// transactions are retried; only a failed stock condition is [`Reservation::Rejected`].
+    /// Reserves a batch of orders (distinct ids; each order's lines one per product, summed by
+    /// the caller), each all or none: every line's units move from `available` to `reserved`,
+    /// taken from a shard that holds enough (or from several when none alone does), and the
+    /// order's reservation is recorded in the same atomic write. Orders are taken in turn, so
+    /// the batch holds as many as the stock allows. A reservation already recorded for an order
+    /// (a redelivery, or a release that came first) changes nothing and is reported as it is.
+    /// Collisions with other writers are retried; only a lack of stock is
+    /// [`Reservation::Rejected`]. The stock is written in as few conditional writes as the store
+    /// allows (one per product shard the batch takes from on DynamoDB, one statement on
+    /// Postgres).
+    async fn reserve_batch(
+        &self,
+        orders: &[(OrderId, Vec<ReserveLine>)],
+    ) -> Result<BatchReservation, RepositoryError>;
+
+    /// [`InventoryRepository::reserve_batch`] of one order.
     async fn reserve(
         &self,
         order: &OrderId,
         lines: &[ReserveLine],
-    ) -> Result<Reservation, RepositoryError>;
+    ) -> Result<Reservation, RepositoryError> {
+        let batch = self
+            .reserve_batch(&[(order.clone(), lines.to_vec())])
+            .await?;
+        batch
+            .outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| RepositoryError::failed("reserve", "the batch answered no outcome"))
+    }
 
-    /// Gives a held reservation back (`reserved` to `available`) exactly once. Without a
-    /// reservation, records a released one so that a later reserve takes nothing. A committed
-    /// (shipped) reservation is not given back.
+    /// Gives a held reservation back (`reserved` to `available`, on the shards it was taken
+    /// from) exactly once. Without a reservation, records a released one so that a later
+    /// reserve takes nothing. A committed (shipped) reservation is not given back.
     async fn release(&self, order: &OrderId) -> Result<Release, RepositoryError>;
 
     /// Takes a held reservation out of `reserved` for good (the order shipped), exactly once.
@@ -306,5 +375,19 @@ pub trait MessageSender: Send + Sync {
     /// granted; what it may not send stays in the outbox for the relay).
     fn sends_to(&self, _destination: crate::Destination) -> bool {
         true
+    }
+
+    /// Sends a message that cannot be handled (malformed) straight to the dead-letter queue of
+    /// the queue `source` it came from, with `reason`, so it is not retried for nothing.
+    async fn dead_letter(
+        &self,
+        source: crate::Destination,
+        _body: &str,
+        _reason: &str,
+    ) -> Result<(), RepositoryError> {
+        Err(RepositoryError::failed(
+            "dead letter",
+            format!("no dead-letter queue is configured for {}", source.as_str()),
+        ))
     }
 }

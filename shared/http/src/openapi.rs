@@ -80,6 +80,8 @@ problem_responses! {
     Forbidden => "Authenticated, but not allowed.";
     NotFound => "No such resource, or not one the caller may see.";
     Conflict => "Conflicts with the current state (a taken value, a concurrent change, a transition the state machine refuses).";
+    PreconditionFailed => "The `If-Match` tag is stale: the resource changed since it was read; nothing changed.";
+    PreconditionRequired => "The change needs `If-Match` with the resource's current `ETag`.";
     PayloadTooLarge => "The body is larger than 64 KiB.";
     UnsupportedMediaType => "The body is not `application/json`.";
     TooManyRequests => "Over this client's per-minute limit.",

@@ -36,6 +36,15 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// 409 `out-of-stock`: the product is known to be sold out; nothing was stored.
+    #[error("product {product_id} is sold out")]
+    OutOfStock { product_id: String },
+    /// 412: the `If-Match` precondition no longer holds (the resource changed).
+    #[error("{detail}")]
+    PreconditionFailed { detail: String },
+    /// 428: the change needs an `If-Match` precondition.
+    #[error("{detail}")]
+    PreconditionRequired { detail: String },
     /// 413: body larger than the limit.
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -113,7 +122,9 @@ impl ApiError {
             Self::Unauthorized { .. } => 401,
             Self::Forbidden { .. } => 403,
             Self::NotFound { .. } => 404,
-            Self::Conflict { .. } => 409,
+            Self::Conflict { .. } | Self::OutOfStock { .. } => 409,
+            Self::PreconditionFailed { .. } => 412,
+            Self::PreconditionRequired { .. } => 428,
             Self::PayloadTooLarge { .. } => 413,
             Self::UnsupportedMediaType => 415,
             Self::TooManyRequests { .. } => 429,
@@ -128,7 +139,9 @@ impl ApiError {
             Self::Unauthorized { .. } => "Unauthorized",
             Self::Forbidden { .. } => "Forbidden",
             Self::NotFound { .. } => "Not Found",
-            Self::Conflict { .. } => "Conflict",
+            Self::Conflict { .. } | Self::OutOfStock { .. } => "Conflict",
+            Self::PreconditionFailed { .. } => "Precondition Failed",
+            Self::PreconditionRequired { .. } => "Precondition Required",
             Self::PayloadTooLarge { .. } => "Payload Too Large",
             Self::UnsupportedMediaType => "Unsupported Media Type",
             Self::TooManyRequests { .. } => "Too Many Requests",
@@ -144,6 +157,9 @@ impl ApiError {
             Self::Forbidden { .. } => "forbidden",
             Self::NotFound { .. } => "not-found",
             Self::Conflict { .. } => "conflict",
+            Self::OutOfStock { .. } => "out-of-stock",
+            Self::PreconditionFailed { .. } => "precondition-failed",
+            Self::PreconditionRequired { .. } => "precondition-required",
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::TooManyRequests { .. } => "too-many-requests",
@@ -272,6 +288,11 @@ impl From<RepositoryError> for ApiError {
                     "Idempotency-Key",
                     "was already used for another request; use a new key",
                 )],
+            },
+            RepositoryError::PreconditionFailed => Self::PreconditionFailed {
+                detail:
+                    "the resource changed since it was read: read it again (a new ETag) and retry"
+                        .into(),
             },
             RepositoryError::Unavailable { .. } => Self::Unavailable {
                 detail: "the data store is unavailable; retry shortly".into(),

@@ -206,6 +206,9 @@ impl Workers {
     }
 }
 
+/// The workers' timeout in `template.yaml` (`Globals`): each batch must be answered by then.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The relay function's timeout in `template.yaml`.
 pub const RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -346,7 +349,7 @@ async fn poll(sqs: aws_sdk_sqs::Client, url: String, source: QueueSource, handle
                 continue;
             }
         };
-        let response = handler(event).await;
+        let response = handler(event, invoked + WORKER_TIMEOUT).await;
         let failed: HashSet<String> = response
             .batch_item_failures
             .into_iter()

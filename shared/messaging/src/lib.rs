@@ -11,6 +11,10 @@ pub struct Destinations {
     pub inventory_queue_url: String,
     pub order_queue_url: String,
     pub order_events_topic_arn: String,
+    /// The dead-letter queues of the inventory and order queues, where a worker sends a
+    /// malformed message at once (optional: without them, redrive moves it after its retries).
+    pub inventory_dlq_url: Option<String>,
+    pub order_dlq_url: Option<String>,
 }
 
 /// The IAM actions the sender calls (`zx_app::permissions`): on the queues it sends to, and on
@@ -268,6 +272,42 @@ impl MessageSender for AwsSender {
                     .map_err(|e| classify("SNS Publish", e))
             }
         }
+    }
+
+    /// `SendMessage` to the dead-letter queue of `source`, the reason as a message attribute.
+    #[tracing::instrument(skip_all, fields(source = source.as_str()))]
+    async fn dead_letter(
+        &self,
+        source: Destination,
+        body: &str,
+        reason: &str,
+    ) -> Result<(), RepositoryError> {
+        let url = match source {
+            Destination::InventoryQueue => self.destinations.inventory_dlq_url.as_deref(),
+            Destination::OrderQueue => self.destinations.order_dlq_url.as_deref(),
+            Destination::OrderEvents => None,
+        }
+        .ok_or_else(|| {
+            RepositoryError::failed(
+                "SQS SendMessage",
+                format!("no dead-letter queue for {}", source.as_str()),
+            )
+        })?;
+        let reason: String = reason.chars().take(256).collect();
+        let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(reason)
+            .build()
+            .map_err(|e| RepositoryError::failed("building an SQS attribute", e))?;
+        self.sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .message_attributes("reason", attribute)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("SQS SendMessage", e))
     }
 
     /// Groups by destination and sends each group in batches of ten, all at once.

@@ -44,6 +44,9 @@ impl From<OrderError> for ApiError {
                 errors: Vec::new(),
             },
             OrderError::TotalTooLarge => ApiError::bad_request("the order total is too large"),
+            OrderError::SoldOut(product) => ApiError::OutOfStock {
+                product_id: product.as_str().to_owned(),
+            },
             OrderError::TooManyOpen(max) => ApiError::Conflict {
                 detail: format!(
                     "you already have {max} open orders (pending or confirmed): pay for or cancel one first"
@@ -188,7 +191,9 @@ fn order_response(
         (status = 409, response = zx_http::openapi::Conflict),
     ))]
 /// `POST /orders`: 202 with the pending order (server prices). Same key and request → the
-/// same answer; same key, other request → 409.
+/// same answer; same key, other request → 409; the customer holds `ORDER_MAX_OPEN` open orders
+/// → 409; a product the cache knows is sold out → 409 `out-of-stock` naming it. A 409 stores
+/// nothing.
 pub async fn create_order(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
     let caller = AuthContext::from_request(&request)?;
     let key = idempotency_key(&request)?;

@@ -16,7 +16,7 @@ use zx_domain::{
     UserId,
 };
 
-use crate::messages::{self, InventoryCommand, InventoryOutcome, MalformedMessage};
+use crate::messages::{self, InventoryCommand, InventoryOutcome, MalformedMessage, ReserveData};
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -33,16 +33,34 @@ const EXPIRY_CONCURRENCY: usize = 8;
 /// What a relay run keeps in hand before its deadline: it starts no page later than this.
 const RELAY_MARGIN: Duration = Duration::from_secs(5);
 
-/// Views made stale by stock changes (the catalogue cache), told which products changed.
+/// Views made stale by stock changes (the catalogue cache), told which products changed, and
+/// what they know of products that are sold out.
 #[async_trait]
 pub trait StaleViews: Send + Sync {
-    async fn stock_changed(&self, products: &[ProductId]);
+    /// Stock of `products` was reserved; `sold_out` are left without available units.
+    async fn stock_taken(&self, products: &[ProductId], sold_out: &[ProductId]);
+    /// Stock of `products` came back (a release).
+    async fn stock_returned(&self, products: &[ProductId]);
+    /// The first of `products` known to be sold out, if any (none when unknown: fails open).
+    async fn known_sold_out(&self, products: &[ProductId]) -> Option<ProductId>;
 }
 
 #[async_trait]
 impl StaleViews for zx_products::CatalogueCache {
-    async fn stock_changed(&self, products: &[ProductId]) {
+    async fn stock_taken(&self, products: &[ProductId], sold_out: &[ProductId]) {
         join_all(products.iter().map(|id| self.invalidate_product(id))).await;
+        if !sold_out.is_empty() {
+            self.mark_sold_out(sold_out).await;
+        }
+    }
+
+    async fn stock_returned(&self, products: &[ProductId]) {
+        self.clear_sold_out(products).await;
+        join_all(products.iter().map(|id| self.invalidate_product(id))).await;
+    }
+
+    async fn known_sold_out(&self, products: &[ProductId]) -> Option<ProductId> {
+        self.known_sold_out(products).await
     }
 }
 
@@ -108,6 +126,9 @@ pub enum OrderError {
     /// The customer holds the most open orders allowed.
     #[error("the customer already holds {0} open orders")]
     TooManyOpen(u32),
+    /// The cache knows this product is sold out: no order was stored.
+    #[error("product {0} is sold out")]
+    SoldOut(ProductId),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
 }
@@ -299,6 +320,13 @@ pub async fn place_order(
     }
     let wanted = request.normalised();
     let ids: Vec<ProductId> = wanted.iter().map(|(id, _)| id.clone()).collect();
+    // A sale's sold-out product is refused here, before an order is stored and a reserve sent.
+    if let Some(views) = &saga.views
+        && let Some(product) = views.known_sold_out(&ids).await
+    {
+        tracing::info!(product_id = %product, "order refused: product known sold out");
+        return Err(OrderError::SoldOut(product));
+    }
     let found = saga.catalogue.find_products(&ids).await?;
     let mut lines = Vec::with_capacity(wanted.len());
     let mut unknown = Vec::new();
@@ -488,18 +516,6 @@ pub enum MessageError {
     Repository(#[from] RepositoryError),
 }
 
-/// Sends `message` now (a worker's reply): failing fails the message, so it is redelivered and
-/// the idempotent step before it answers the same again.
-async fn reply(saga: &Saga, message: OutboxMessage) -> Result<(), MessageError> {
-    Ok(saga.sender.send(&message).await?)
-}
-
-async fn stock_changed(saga: &Saga, products: &[ProductId]) {
-    if let Some(views) = &saga.views {
-        views.stock_changed(products).await;
-    }
-}
-
 /// What an inventory message may do to the order it names, decided from the stored order
 /// (SPEC §3: consumers verify what a message asks against the order).
 fn verify(command: &InventoryCommand, order: Option<&Order>) -> Result<(), String> {
@@ -557,51 +573,19 @@ pub async fn handle_inventory_message(saga: &Saga, body: &str) -> Result<(), Mes
     };
     let order = saga.orders.find_order(order_id).await?;
     if let Err(why) = verify(&command, order.as_ref()) {
-        // A redelivered reserve after its order moved on is expected; anything else is not.
-        let moved_on = matches!(
-            (&command, &order),
-            (InventoryCommand::Reserve(_), Some(order)) if order.status != OrderStatus::Pending
-        );
-        if moved_on {
-            tracing::info!(order_id = %order_id, why, "inventory message for an order that moved on: nothing changed");
-        } else {
-            tracing::error!(order_id = %order_id, why, "inventory message refused: nothing changed");
-        }
+        refused(&command, order.as_ref(), &why);
         return Ok(());
     }
     match command {
         InventoryCommand::Reserve(data) => {
-            let lines = sum_lines(&data.items);
-            if lines.is_empty() || lines.iter().any(|l| l.quantity == 0) {
-                return Err(MessageError::Malformed(MalformedMessage::Unsupported {
-                    kind: "inventory.reserve without quantities".into(),
-                    version: messages::VERSION,
-                }));
-            }
-            match saga.inventory.reserve(&data.order_id, &lines).await? {
-                Reservation::Held => {
-                    let products: Vec<_> = lines.iter().map(|l| l.product_id.clone()).collect();
-                    stock_changed(saga, &products).await;
-                    tracing::info!(order_id = %data.order_id, "stock reserved");
-                    reply(saga, messages::reserved(&data.order_id)).await
-                }
-                Reservation::Rejected { product_id, reason } => {
-                    tracing::info!(order_id = %data.order_id, %product_id, reason, "reservation rejected");
-                    reply(
-                        saga,
-                        messages::rejected(&data.order_id, &product_id, reason),
-                    )
-                    .await
-                }
-                Reservation::AlreadyReleased => {
-                    tracing::info!(order_id = %data.order_id, "order released before its reservation: nothing taken");
-                    Ok(())
-                }
-            }
+            let mut results = reserve_verified(saga, vec![(String::new(), data)]).await;
+            results.pop().map_or(Ok(()), |(_, result)| result)
         }
         InventoryCommand::Release(data) => {
             if let Release::Restored(products) = saga.inventory.release(&data.order_id).await? {
-                stock_changed(saga, &products).await;
+                if let Some(views) = &saga.views {
+                    views.stock_returned(&products).await;
+                }
                 tracing::info!(order_id = %data.order_id, "stock released");
             }
             Ok(())
@@ -613,6 +597,158 @@ pub async fn handle_inventory_message(saga: &Saga, body: &str) -> Result<(), Mes
             }
             Ok(())
         }
+    }
+}
+
+/// The inventory worker's step for the reserves of a batch, `(message id, reserve)` each:
+/// every reserve is verified against its order (those that fail change nothing and succeed,
+/// logged), the rest are reserved in one batch ([`InventoryRepository::reserve_batch`]: a
+/// product's units taken in one conditional write per shard), the answers sent in batches, and
+/// only then the cached views told (a sold-out product is marked). One result per message.
+#[tracing::instrument(skip_all, fields(reserves = reserves.len()))]
+pub async fn reserve_many(
+    saga: &Saga,
+    reserves: Vec<(String, ReserveData)>,
+) -> Vec<(String, Result<(), MessageError>)> {
+    let orders = join_all(
+        reserves
+            .iter()
+            .map(|(_, data)| saga.orders.find_order(&data.order_id)),
+    )
+    .await;
+    let mut results = Vec::with_capacity(reserves.len());
+    let mut verified = Vec::with_capacity(reserves.len());
+    for ((id, data), order) in reserves.into_iter().zip(orders) {
+        let command = InventoryCommand::Reserve(data);
+        match order {
+            Err(error) => results.push((id, Err(error.into()))),
+            Ok(order) => match verify(&command, order.as_ref()) {
+                Ok(()) => {
+                    if let InventoryCommand::Reserve(data) = command {
+                        verified.push((id, data));
+                    }
+                }
+                Err(why) => {
+                    refused(&command, order.as_ref(), &why);
+                    results.push((id, Ok(())));
+                }
+            },
+        }
+    }
+    results.extend(reserve_verified(saga, verified).await);
+    results
+}
+
+fn refused(command: &InventoryCommand, order: Option<&Order>, why: &str) {
+    let order_id = match command {
+        InventoryCommand::Reserve(data) => &data.order_id,
+        InventoryCommand::Release(data) | InventoryCommand::Commit(data) => &data.order_id,
+    };
+    // A redelivered reserve after its order moved on is expected; anything else is not.
+    let moved_on = matches!(
+        (command, order),
+        (InventoryCommand::Reserve(_), Some(order)) if order.status != OrderStatus::Pending
+    );
+    if moved_on {
+        tracing::info!(order_id = %order_id, why, "inventory message for an order that moved on: nothing changed");
+    } else {
+        tracing::error!(order_id = %order_id, why, "inventory message refused: nothing changed");
+    }
+}
+
+/// Reserves verified reserves in one batch (several messages for one order, a redelivery
+/// within the batch, count once), then answers each order.
+async fn reserve_verified(
+    saga: &Saga,
+    reserves: Vec<(String, ReserveData)>,
+) -> Vec<(String, Result<(), MessageError>)> {
+    if reserves.is_empty() {
+        return Vec::new();
+    }
+    let mut orders: Vec<(OrderId, Vec<ReserveLine>)> = Vec::new();
+    let mut which: Vec<usize> = Vec::with_capacity(reserves.len());
+    for (_, data) in &reserves {
+        match orders.iter().position(|(id, _)| id == &data.order_id) {
+            Some(i) => which.push(i),
+            None => {
+                which.push(orders.len());
+                orders.push((data.order_id.clone(), sum_lines(&data.items)));
+            }
+        }
+    }
+    let batch = match saga.inventory.reserve_batch(&orders).await {
+        Ok(batch) => batch,
+        Err(error) => {
+            let shared = zx_domain::cause_chain(&error);
+            let transient = error.is_transient();
+            return reserves
+                .into_iter()
+                .map(|(id, _)| {
+                    let error = if transient {
+                        RepositoryError::unavailable("reserve batch", shared.clone())
+                    } else {
+                        RepositoryError::failed("reserve batch", shared.clone())
+                    };
+                    (id, Err(error.into()))
+                })
+                .collect();
+        }
+    };
+    let mut replies = Vec::new();
+    let mut reply_of: Vec<Option<usize>> = Vec::with_capacity(orders.len());
+    let mut taken: Vec<ProductId> = Vec::new();
+    for ((order, lines), outcome) in orders.iter().zip(&batch.outcomes) {
+        match outcome {
+            Reservation::Held => {
+                tracing::info!(order_id = %order, "stock reserved");
+                taken.extend(lines.iter().map(|l| l.product_id.clone()));
+                reply_of.push(Some(replies.len()));
+                replies.push(messages::reserved(order));
+            }
+            Reservation::Rejected { product_id, reason } => {
+                tracing::info!(order_id = %order, %product_id, reason, "reservation rejected");
+                reply_of.push(Some(replies.len()));
+                replies.push(messages::rejected(order, product_id, reason));
+            }
+            Reservation::AlreadyReleased => {
+                tracing::info!(order_id = %order, "order released before its reservation: nothing taken");
+                reply_of.push(None);
+            }
+        }
+    }
+    // Answers first: the order worker never waits on the cache.
+    let sent = saga.sender.send_batch(&replies).await;
+    if let Some(views) = &saga.views {
+        taken.sort();
+        taken.dedup();
+        views.stock_taken(&taken, &batch.sold_out).await;
+    }
+    reserves
+        .into_iter()
+        .zip(which)
+        .map(|((id, _), order)| {
+            let result = match reply_of.get(order).copied().flatten() {
+                None => Ok(()),
+                Some(reply) => match sent.get(reply) {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(error)) => Err(MessageError::Repository(each_error(error))),
+                    None => Err(MessageError::Repository(RepositoryError::failed(
+                        "reply", "not sent",
+                    ))),
+                },
+            };
+            (id, result)
+        })
+        .collect()
+}
+
+/// A copy of a send's error for each message it answers.
+fn each_error(error: &RepositoryError) -> RepositoryError {
+    let detail = zx_domain::cause_chain(error);
+    if error.is_transient() {
+        RepositoryError::unavailable("reply", detail)
+    } else {
+        RepositoryError::failed("reply", detail)
     }
 }
 

@@ -1,18 +1,34 @@
 //! The queue workers' step, free of Lambda and SQS types: a batch of (message id, body) in, the
 //! ids of the messages that failed out (reported as `batchItemFailures`, so only those are
 //! redelivered, and a message that keeps failing reaches the dead-letter queue).
+//!
+//! - A message that cannot be parsed is sent to its queue's dead-letter queue at once and
+//!   reported done: retrying cannot make it valid.
+//! - The inventory worker's reserves are taken together ([`usecases::reserve_many`]); its
+//!   releases and commits, and the order worker's messages, up to [`CONCURRENCY`] at once.
+//! - The batch ends before its deadline: what is not finished by then is reported failed (and
+//!   redelivered), never the whole batch; what finished is never reported, so it is not
+//!   processed again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use zx_domain::Destination;
 
+use crate::messages::{InventoryCommand, InventoryOutcome, MalformedMessage};
 use crate::usecases::{self, MessageError, Saga};
 
 /// Messages of one batch handled at once.
 const CONCURRENCY: usize = 10;
+/// What a batch keeps in hand before its deadline, to report its outcome.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Which worker a queue feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Worker {
-    /// `inventory-worker`: reserve and release.
+    /// `inventory-worker`: reserve, release and commit.
     Inventory,
     /// `order-worker`: confirm or cancel on the inventory's answer.
     Order,
@@ -25,6 +41,14 @@ impl Worker {
             Self::Order => "order-worker",
         }
     }
+
+    /// The queue this worker consumes.
+    pub fn queue(self) -> Destination {
+        match self {
+            Self::Inventory => Destination::InventoryQueue,
+            Self::Order => Destination::OrderQueue,
+        }
+    }
 }
 
 /// One message of a batch.
@@ -34,42 +58,128 @@ pub struct QueueMessage {
     pub body: String,
 }
 
-/// Handles every message of a batch (up to [`CONCURRENCY`] at once) and returns the ids of
-/// those that failed; each failure is logged with its message id.
-pub async fn process_batch(saga: &Saga, worker: Worker, messages: &[QueueMessage]) -> Vec<String> {
-    let results: Vec<(String, Result<(), MessageError>)> =
-        futures::stream::iter(messages.iter().cloned())
-            .map(|message| handle(saga, worker, message))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-    results
-        .into_iter()
-        .filter_map(|(id, result)| match result {
-            Ok(()) => None,
-            Err(error) => {
-                let malformed = matches!(error, MessageError::Malformed(_));
+/// Handles every message of a batch and returns the ids of those that failed or did not finish
+/// by `deadline` (less [`DEADLINE_MARGIN`]); each is logged with its message id.
+pub async fn process_batch(
+    saga: &Saga,
+    worker: Worker,
+    messages: &[QueueMessage],
+    deadline: Instant,
+) -> Vec<String> {
+    let stop_at = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
+    let done: Mutex<HashMap<String, Result<(), MessageError>>> = Mutex::new(HashMap::new());
+    let finish = |id: String, result: Result<(), MessageError>| {
+        if let Ok(mut done) = done.lock() {
+            done.insert(id, result);
+        }
+    };
+    let mut reserves = Vec::new();
+    let mut others = Vec::new();
+    for message in messages {
+        let malformed = match worker {
+            Worker::Inventory => match InventoryCommand::parse(&message.body) {
+                Ok(InventoryCommand::Reserve(data)) => {
+                    reserves.push((message.id.clone(), data));
+                    continue;
+                }
+                Ok(_) => None,
+                Err(malformed) => Some(malformed),
+            },
+            Worker::Order => InventoryOutcome::parse(&message.body).err(),
+        };
+        others.push((message.clone(), malformed));
+    }
+    let work = async {
+        let bulk = async {
+            if !reserves.is_empty() {
+                for (id, result) in usecases::reserve_many(saga, reserves).await {
+                    finish(id, result);
+                }
+            }
+        };
+        let one_by_one = async {
+            let mut results = futures::stream::iter(others)
+                .map(|(message, malformed)| one(saga, worker, message, malformed))
+                .buffer_unordered(CONCURRENCY);
+            while let Some((id, result)) = results.next().await {
+                finish(id, result);
+            }
+        };
+        futures::join!(bulk, one_by_one);
+    };
+    if tokio::time::timeout_at(stop_at.into(), work).await.is_err() {
+        tracing::warn!(
+            worker = worker.name(),
+            "batch deadline: unfinished messages are left for redelivery"
+        );
+    }
+    let mut done = done.into_inner().unwrap_or_default();
+    messages
+        .iter()
+        .filter_map(|message| match done.remove(&message.id) {
+            Some(Ok(())) => None,
+            Some(Err(error)) => {
                 tracing::warn!(
                     worker = worker.name(),
-                    message_id = %id,
-                    malformed,
+                    message_id = %message.id,
                     error = %zx_domain::cause_chain(&error),
                     "message failed; left for redelivery"
                 );
-                Some(id)
+                Some(message.id.clone())
+            }
+            None => {
+                tracing::warn!(
+                    worker = worker.name(),
+                    message_id = %message.id,
+                    "message not finished before the deadline; left for redelivery"
+                );
+                Some(message.id.clone())
             }
         })
         .collect()
 }
 
-async fn handle(
+async fn one(
     saga: &Saga,
     worker: Worker,
     message: QueueMessage,
+    malformed: Option<MalformedMessage>,
 ) -> (String, Result<(), MessageError>) {
-    let result = match worker {
-        Worker::Inventory => usecases::handle_inventory_message(saga, &message.body).await,
-        Worker::Order => usecases::handle_order_message(saga, &message.body).await,
+    let result = match malformed {
+        Some(malformed) => dead_letter(saga, worker, &message, malformed).await,
+        None => handle(saga, worker, &message.body).await,
     };
     (message.id, result)
+}
+
+/// A message no retry can make valid goes to the dead-letter queue now; if that fails, it is
+/// left for redelivery (and the queue's redrive moves it there after its retries).
+async fn dead_letter(
+    saga: &Saga,
+    worker: Worker,
+    message: &QueueMessage,
+    malformed: MalformedMessage,
+) -> Result<(), MessageError> {
+    let reason = malformed.to_string();
+    match saga
+        .sender
+        .dead_letter(worker.queue(), &message.body, &reason)
+        .await
+    {
+        Ok(()) => {
+            tracing::error!(worker = worker.name(), message_id = %message.id, reason, "malformed message sent to the dead-letter queue");
+            Ok(())
+        }
+        Err(error) => {
+            tracing::warn!(worker = worker.name(), message_id = %message.id, error = %zx_domain::cause_chain(&error), "malformed message could not be dead-lettered");
+            Err(MessageError::Malformed(malformed))
+        }
+    }
+}
+
+async fn handle(saga: &Saga, worker: Worker, body: &str) -> Result<(), MessageError> {
+    match worker {
+        Worker::Inventory => usecases::handle_inventory_message(saga, body).await,
+        Worker::Order => usecases::handle_order_message(saga, body).await,
+    }
 }

@@ -30,6 +30,10 @@ pub struct CatalogueSettings {
     pub ttl: Duration,
     /// How long after a catalogue write listing pages are not cached.
     pub index_lag: Duration,
+    /// How long a product is known to be sold out (set by the inventory worker when a batch
+    /// leaves it without available units, cleared when stock comes back): the bound on a false
+    /// sold-out when the clearing cannot reach the cache.
+    pub sold_out_ttl: Duration,
 }
 
 impl Default for CatalogueSettings {
@@ -37,8 +41,13 @@ impl Default for CatalogueSettings {
         Self {
             ttl: Duration::from_secs(600),
             index_lag: Duration::from_secs(2),
+            sold_out_ttl: Duration::from_secs(10),
         }
     }
+}
+
+fn sold_out_key(id: &ProductId) -> String {
+    format!("soldout:{id}")
 }
 
 const CATALOGUE_GENERATION: &str = "products:gen";
@@ -203,6 +212,53 @@ impl CatalogueCache {
                 stale_for_at_most_s = self.settings.ttl.as_secs(),
                 "cache invalidation failed: cached reads may be stale until their TTL"
             );
+        }
+    }
+
+    /// Marks these products sold out for the sold-out TTL: orders for them are refused before
+    /// they are stored. A mark that cannot be written only costs those orders a rejection by
+    /// the worker.
+    pub async fn mark_sold_out(&self, ids: &[ProductId]) {
+        let entries: Vec<(String, String)> = ids
+            .iter()
+            .map(|id| (sold_out_key(id), "1".to_owned()))
+            .collect();
+        if let Err(error) = self
+            .cache
+            .set_many_ex(&entries, self.settings.sold_out_ttl)
+            .await
+        {
+            warn("mark sold out", &error);
+        }
+    }
+
+    /// Stock came back to these products: their sold-out marks go (attempted even while the
+    /// breaker is open; a failure is logged at error: the mark then lasts at most its TTL).
+    pub async fn clear_sold_out(&self, ids: &[ProductId]) {
+        let keys: Vec<String> = ids.iter().map(sold_out_key).collect();
+        if let Err(error) = self.cache.delete_many(&keys).await {
+            tracing::error!(
+                %error,
+                false_sold_out_for_at_most_s = self.settings.sold_out_ttl.as_secs(),
+                "sold-out marks not cleared"
+            );
+        }
+    }
+
+    /// The first of these products the cache knows to be sold out (none when the cache cannot
+    /// be asked: it fails open).
+    pub async fn known_sold_out(&self, ids: &[ProductId]) -> Option<ProductId> {
+        let keys: Vec<String> = ids.iter().map(sold_out_key).collect();
+        match self.cache.get_many(&keys).await {
+            Ok(values) => ids
+                .iter()
+                .zip(values)
+                .find(|(_, value)| value.is_some())
+                .map(|(id, _)| id.clone()),
+            Err(error) => {
+                warn("read sold-out marks", &error);
+                None
+            }
         }
     }
 

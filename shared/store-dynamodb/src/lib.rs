@@ -6,6 +6,7 @@ pub mod orders;
 pub mod products;
 pub mod schema;
 pub mod sessions;
+pub mod stock;
 pub mod users;
 
 pub use orders::DynamoOrderRepository;

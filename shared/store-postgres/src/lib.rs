@@ -6,6 +6,7 @@ pub mod orders;
 pub mod pool;
 pub mod products;
 pub mod sessions;
+pub mod stock;
 pub mod users;
 
 pub use migrate::{MigrateError, MigrationSet, migrate};

@@ -63,6 +63,11 @@ pub const PRODUCTS: MigrationSet = MigrationSet {
             "reservation commit",
             include_str!("../migrations/products/0005_reservation_commit.sql"),
         ),
+        (
+            6,
+            "stock shards",
+            include_str!("../migrations/products/0006_stock_shards.sql"),
+        ),
     ],
 };
 
