@@ -15,7 +15,6 @@ use zx_auth::TokenIssuer;
 use zx_domain::{Email, Role, Timestamp, UserId};
 use zx_tests::{Store, TestApp};
 
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -29,7 +28,10 @@ async fn create_to_confirmed(store: Store, orders: usize) {
     let app = TestApp::with(
         store,
         &zx_tests::aws_endpoint(),
-        &[("RATE_LIMIT_ORDERS", "100000"), ("ORDER_MAX_OPEN", "100000")],
+        &[
+            ("RATE_LIMIT_ORDERS", "100000"),
+            ("ORDER_MAX_OPEN", "100000"),
+        ],
     )
     .await;
     let base = app.gateway().await;

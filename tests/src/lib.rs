@@ -618,6 +618,60 @@ impl TestApp {
         }
     }
 
+    /// Runs `sql` on this app's Postgres database, `{products}` and `{orders}` replaced by
+    /// its schemas; returns the rows it touched (or, for a `select count(*)`, the count).
+    pub async fn pg(&self, sql: &str) -> i64 {
+        let sql = sql
+            .replace(
+                "{products}",
+                &format!("\"{}\"", self.config.products_schema.as_str()),
+            )
+            .replace(
+                "{orders}",
+                &format!("\"{}\"", self.config.orders_schema.as_str()),
+            );
+        let pool = sqlx::PgPool::connect(&database_url()).await.expect("pool");
+        let result = if sql.trim_start().starts_with("select") {
+            sqlx::query_scalar::<_, i64>(&sql)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        } else {
+            i64::try_from(
+                sqlx::query(&sql)
+                    .execute(&pool)
+                    .await
+                    .expect("statement")
+                    .rows_affected(),
+            )
+            .expect("rows")
+        };
+        pool.close().await;
+        result
+    }
+
+    /// The DynamoDB item with this key in the app's products table (`sk` absent) or orders
+    /// table (`sk` given).
+    pub async fn dynamo_item(
+        &self,
+        pk: &str,
+        sk: Option<&str>,
+    ) -> Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let client = aws_sdk_dynamodb::Client::new(&self.aws);
+        let mut get = client
+            .get_item()
+            .consistent_read(true)
+            .key("pk", AttributeValue::S(pk.to_owned()));
+        get = match sk {
+            Some(sk) => get
+                .table_name(&self.config.orders_table)
+                .key("sk", AttributeValue::S(sk.to_owned())),
+            None => get.table_name(&self.config.products_table),
+        };
+        get.send().await.expect("GetItem").item
+    }
+
     /// The workers and the relay of this app, built as at their cold starts.
     pub fn workers(&self) -> Workers {
         Workers::new(&self.services).expect("every worker starts")

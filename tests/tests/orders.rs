@@ -987,6 +987,170 @@ async fn sold_out_products_are_refused_at_once(store: Store) {
     }
 }
 
+/// What no one needs any more goes, on the relay's schedule (Postgres: bounded deletes; DynamoDB:
+/// the tables' TTL, so each record carries its expiry): finished reservations past their
+/// retention, idempotency keys past their expiry, stock change ids past a day. Held
+/// reservations, recent ones and live keys stay.
+async fn finished_records_are_purged_on_schedule(store: Store) {
+    let shop = Shop::start(store).await;
+    let product = shop.product(10, 100).await;
+    let products = shop.app.services.stores.products().unwrap();
+    let stored = products.find_product(&product).await.unwrap().unwrap();
+    let orders = shop.app.services.stores.orders().unwrap();
+    let inventory = shop.worker("inventory-worker");
+    // held: reserved and pending. old, recent: reserved, cancelled, released.
+    let mut placed = Vec::new();
+    for cancel in [false, true, true] {
+        let (user, token) = shop.customer();
+        let order =
+            zx_tests::store_order_of(&orders, OrderId::generate(), &user, &stored, 1, false).await;
+        let reserve = zx_orders::messages::reserve(&order).body;
+        assert!(failures(&inventory(sqs_event(&[("r", &reserve)])).await).is_empty());
+        if cancel {
+            assert_eq!(shop.cancel(order.id.as_str(), &token).await.status(), 200);
+            let release = zx_orders::messages::release(&order.id).body;
+            assert!(failures(&inventory(sqs_event(&[("l", &release)])).await).is_empty());
+        }
+        placed.push(order.id);
+    }
+    let [held, old, recent] = [&placed[0], &placed[1], &placed[2]];
+    assert_eq!(shop.stock(&product).await, (9, 1));
+    let (old_change, recent_change) = (
+        zx_domain::StockChangeId::generate(),
+        zx_domain::StockChangeId::generate(),
+    );
+    for change in [&old_change, &recent_change] {
+        products
+            .change_stock(&product, zx_domain::StockChange::Adjust(1), change)
+            .await
+            .unwrap();
+    }
+
+    match store {
+        Store::Postgres => {
+            // Aged: the old order's reservation (16 days) and key (expired), one change id
+            // (2 days), and the held reservation (which must stay whatever its age).
+            for (sql, id) in [
+                (
+                    "update {products}.reservations set updated_at = now() - interval '16 days' where order_id = '{}'",
+                    old.as_str(),
+                ),
+                (
+                    "update {products}.reservations set updated_at = now() - interval '16 days' where order_id = '{}'",
+                    held.as_str(),
+                ),
+                (
+                    "update {orders}.idempotency_keys set expires_at = now() - interval '1 minute' where order_id = '{}'",
+                    old.as_str(),
+                ),
+                (
+                    "update {products}.stock_changes set applied_at = now() - interval '2 days' where change_id = '{}'",
+                    old_change.as_str(),
+                ),
+            ] {
+                assert_eq!(shop.app.pg(&sql.replace("{}", id)).await, 1, "{sql}");
+            }
+            let report = shop.workers.run_relay().await;
+            assert_eq!(
+                (
+                    report.purged_reservations,
+                    report.purged_keys,
+                    report.purged_stock_changes
+                ),
+                (1, 1, 1),
+                "{report:?}"
+            );
+            let count = |table: &str, column: &str, id: &str| {
+                format!("select count(*) from {table} where {column} = '{id}'")
+            };
+            for (table, column, id, left) in [
+                ("{products}.reservations", "order_id", old.as_str(), 0),
+                ("{products}.reservations", "order_id", held.as_str(), 1),
+                ("{products}.reservations", "order_id", recent.as_str(), 1),
+                ("{orders}.idempotency_keys", "order_id", old.as_str(), 0),
+                ("{orders}.idempotency_keys", "order_id", recent.as_str(), 1),
+                (
+                    "{products}.stock_changes",
+                    "change_id",
+                    old_change.as_str(),
+                    0,
+                ),
+                (
+                    "{products}.stock_changes",
+                    "change_id",
+                    recent_change.as_str(),
+                    1,
+                ),
+            ] {
+                assert_eq!(
+                    shop.app.pg(&count(table, column, id)).await,
+                    left,
+                    "{table} {id}"
+                );
+            }
+            // A second run finds nothing more.
+            let report = shop.workers.run_relay().await;
+            assert_eq!(
+                (
+                    report.purged_reservations,
+                    report.purged_keys,
+                    report.purged_stock_changes
+                ),
+                (0, 0, 0)
+            );
+        }
+        Store::DynamoDb => {
+            let now = Timestamp::now().unix_seconds();
+            let expiry = |item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>| {
+                item.get("expiresAt")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse::<i64>().ok())
+            };
+            let retention = i64::try_from(zx_domain::RESERVATION_RETENTION.as_secs()).unwrap();
+            for order in [old, recent] {
+                let item = shop
+                    .app
+                    .dynamo_item(&format!("RESERVATION#{order}"), None)
+                    .await
+                    .unwrap();
+                let at = expiry(&item).expect("a finished reservation expires");
+                assert!((now + retention - 60..=now + retention + 60).contains(&at));
+            }
+            let item = shop
+                .app
+                .dynamo_item(&format!("RESERVATION#{held}"), None)
+                .await
+                .unwrap();
+            assert_eq!(expiry(&item), None, "a held reservation never expires");
+            let item = shop
+                .app
+                .dynamo_item(&format!("STOCKCHANGE#{}", old_change.as_str()), None)
+                .await
+                .unwrap();
+            assert!(expiry(&item).is_some_and(|at| at <= now + 24 * 3600 + 60));
+            // The tables expire by TTL (the template enables it on `expiresAt`).
+            let template: serde_yaml::Value = serde_yaml::from_str(
+                &std::fs::read_to_string(zx_tests::repo_root().join("template.yaml")).unwrap(),
+            )
+            .unwrap();
+            for table in ["ProductsTable", "OrdersTable"] {
+                let ttl = &template["Resources"][table]["Properties"]["TimeToLiveSpecification"];
+                assert_eq!(ttl["AttributeName"], "expiresAt", "{table}");
+                assert_eq!(ttl["Enabled"], true, "{table}");
+            }
+            let report = shop.workers.run_relay().await;
+            assert_eq!(
+                (
+                    report.purged_reservations,
+                    report.purged_keys,
+                    report.purged_stock_changes
+                ),
+                (0, 0, 0)
+            );
+        }
+    }
+}
+
 /// SQS and SNS unreachable (each behind a proxy the test cuts) for longer than the pending
 /// timeout while 120 orders are placed: every order is stored (202, pending) and none is
 /// cancelled for `timeout` while its reserve waits in the outbox. SQS comes back while SNS stays
@@ -1727,6 +1891,7 @@ both_backends!(
     hot_sku_resharded_mid_sale,
     a_slow_batch_reports_only_what_it_did_not_finish,
     sold_out_products_are_refused_at_once,
+    finished_records_are_purged_on_schedule,
     corrupt_rows_are_parked_and_everything_else_flows,
     payment_deadline_and_open_order_cap,
     forged_and_stray_inventory_messages_change_nothing,

@@ -67,7 +67,7 @@ pub fn permissions(needs: &Needs) -> Permissions {
     grant(
         &mut p,
         "ProductsTable",
-        by_use(needs.inventory, iam::INVENTORY, iam::INVENTORY),
+        by_use(needs.inventory, iam::INVENTORY_PURGE, iam::INVENTORY),
     );
     grant(
         &mut p,

@@ -85,7 +85,8 @@ pub struct Needs {
     pub sessions: SessionUse,
     /// The catalogue (products table).
     pub products: Use,
-    /// Reservations (products table): reserve, release, commit.
+    /// Reservations (products table): reserve, release, commit (`Write`), or only purge the
+    /// finished ones (`Read`: the relay; DynamoDB's TTL does that, so it grants nothing).
     pub inventory: Use,
     pub orders: Use,
     /// The outbox (orders table).

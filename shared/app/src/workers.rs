@@ -87,7 +87,12 @@ const ORDER_MOVES: Needs = Needs {
     ..Needs::NONE
 };
 
-pub const OUTBOX_RELAY: Wiring = ORDER_MOVES.wiring();
+/// The relay also purges finished reservations and old stock change ids (Postgres).
+pub const OUTBOX_RELAY: Wiring = Needs {
+    inventory: Use::Read,
+    ..ORDER_MOVES
+}
+.wiring();
 
 fn worker(services: &Services, worker: Worker) -> Result<SqsHandler, ConfigError> {
     let saga = Arc::new(services.saga()?);

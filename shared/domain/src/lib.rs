@@ -22,8 +22,9 @@ pub use product::{
 };
 pub use repository::{
     BatchReservation, InventoryRepository, MessageSender, OrderCreation, OrderRepository, Outbox,
-    ProductReader, ProductRepository, ProductWriter, SessionRepository, StockChange, StockWriter,
-    UserReader, UserRepository, UserWriter,
+    ProductReader, ProductRepository, ProductWriter, Purged, RESERVATION_RETENTION,
+    STOCK_CHANGE_RETENTION, SessionRepository, StockChange, StockWriter, UserReader,
+    UserRepository, UserWriter,
 };
 pub use session::{
     MAX_SESSION_LIFETIME, Presented, REMEMBERED_TOKENS, Session, SessionId, TokenHash,

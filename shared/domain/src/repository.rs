@@ -270,6 +270,16 @@ pub trait OrderRepository: Send + Sync {
     /// Sets an order that cannot be read aside with `reason`: [`OrderRepository::overdue`]
     /// never returns it again. The row is kept for an operator.
     async fn park_order(&self, key: &RowKey, reason: &str) -> Result<(), RepositoryError>;
+
+    /// Deletes up to `limit` idempotency keys that expired before `now`; returns how many. A
+    /// store whose records expire by themselves (DynamoDB's TTL) has nothing to do.
+    async fn purge_expired_keys(
+        &self,
+        _now: crate::Timestamp,
+        _limit: u32,
+    ) -> Result<u64, RepositoryError> {
+        Ok(0)
+    }
 }
 
 /// The outbox: messages stored with the writes that caused them, until they are sent.
@@ -353,6 +363,32 @@ pub trait InventoryRepository: Send + Sync {
     /// Takes a held reservation out of `reserved` for good (the order shipped), exactly once.
     /// Anything but a held reservation is [`Commit::Nothing`].
     async fn commit(&self, order: &OrderId) -> Result<Commit, RepositoryError>;
+
+    /// Deletes up to `limit` each of the reservation records finished (released or committed)
+    /// more than [`RESERVATION_RETENTION`] before `now`, and of the stock change records older
+    /// than [`STOCK_CHANGE_RETENTION`]. A held reservation is never purged. A store whose
+    /// records expire by themselves (DynamoDB's TTL) has nothing to do.
+    async fn purge_finished(
+        &self,
+        _now: crate::Timestamp,
+        _limit: u32,
+    ) -> Result<Purged, RepositoryError> {
+        Ok(Purged::default())
+    }
+}
+
+/// How long a finished reservation record is kept: longer than a message can wait in a queue
+/// or its dead-letter queue (14 days), so a redelivery still finds it.
+pub const RESERVATION_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(15 * 24 * 3600);
+/// How long a stock change id is remembered: a client retries within it.
+pub const STOCK_CHANGE_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// What [`InventoryRepository::purge_finished`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub reservations: u64,
+    pub stock_changes: u64,
 }
 
 /// Sends outgoing messages to their destination (a queue or the events topic).

@@ -832,6 +832,14 @@ pub struct RelayReport {
     pub orders_parked: usize,
     /// Whether overdue orders were left for the next run (a store fault, or the deadline).
     pub expiry_left: bool,
+    /// Idempotency keys past their expiry deleted in this run (Postgres; DynamoDB's TTL
+    /// deletes its own).
+    pub purged_keys: u64,
+    /// Finished reservation records past their retention deleted in this run (Postgres;
+    /// DynamoDB's TTL deletes its own).
+    pub purged_reservations: u64,
+    /// Stock change records past their retention deleted in this run (likewise).
+    pub purged_stock_changes: u64,
 }
 
 /// A message the relay holds: its row, and the message.
@@ -942,7 +950,44 @@ pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
     }
     report.outbox_left |= report.failed + report.deferred > 0;
     expire(saga, &mut report, stop_at).await;
+    purge(saga, &mut report, stop_at).await;
     report
+}
+
+/// Rows purged per kind per run: a backlog is worked off over several runs, each bounded.
+const PURGE_LIMIT: u32 = 1_000;
+
+/// Deletes what no one needs any more, in bounded batches, if the run has time left: expired
+/// idempotency keys, finished reservations and stock change ids past their retention. A fault
+/// is logged; the next run tries again.
+async fn purge(saga: &Saga, report: &mut RelayReport, stop_at: Instant) {
+    let now = Timestamp::now();
+    let work = async {
+        let (keys, finished) = futures::join!(
+            saga.orders.purge_expired_keys(now, PURGE_LIMIT),
+            saga.inventory.purge_finished(now, PURGE_LIMIT)
+        );
+        (keys, finished)
+    };
+    let Ok((keys, finished)) = tokio::time::timeout_at(stop_at.into(), work).await else {
+        tracing::warn!("purge stopped at the run's deadline: the next run goes on");
+        return;
+    };
+    match keys {
+        Ok(purged) => report.purged_keys = purged,
+        Err(error) => {
+            tracing::error!(error = %zx_domain::cause_chain(&error), "could not purge expired idempotency keys");
+        }
+    }
+    match finished {
+        Ok(purged) => {
+            report.purged_reservations = purged.reservations;
+            report.purged_stock_changes = purged.stock_changes;
+        }
+        Err(error) => {
+            tracing::error!(error = %zx_domain::cause_chain(&error), "could not purge finished reservations and stock changes");
+        }
+    }
 }
 
 async fn park(saga: &Saga, report: &mut RelayReport, key: &RowKey, reason: &str) {

@@ -45,6 +45,9 @@ pub const INVENTORY: &[&str] = &[
     "dynamodb:UpdateItem",
 ];
 
+/// Purging finished reservations: DynamoDB's TTL deletes them (`expiresAt`), nothing to call.
+pub const INVENTORY_PURGE: &[&str] = &[];
+
 pub const ORDERS_READ: &[&str] = &["dynamodb:GetItem", "dynamodb:Query"];
 pub const ORDERS_WRITE: &[&str] = &[
     "dynamodb:GetItem",

@@ -19,9 +19,9 @@ use aws_sdk_dynamodb::types::{
 };
 use zx_domain::stock::{HeldLine, MAX_SHARDS, Planned, Shard, StockRecords};
 use zx_domain::{
-    BatchReservation, Commit, InventoryRepository, OrderId, ProductId, Release, RepositoryError,
-    Reservation, ReservationState, ReserveLine, Stock, StockChange, StockChangeId, StockWriter,
-    Timestamp,
+    BatchReservation, Commit, InventoryRepository, OrderId, ProductId, RESERVATION_RETENTION,
+    Release, RepositoryError, Reservation, ReservationState, ReserveLine, STOCK_CHANGE_RETENTION,
+    Stock, StockChange, StockChangeId, StockWriter, Timestamp,
 };
 
 use crate::products::{DynamoProductRepository, Item, n, product_key, s};
@@ -46,7 +46,7 @@ const TRANSACTION_ITEMS: usize = 100;
 /// Plans tried for one batch before it is left for redelivery (each after a collision).
 const ATTEMPTS: usize = 8;
 /// How long a stock change id is remembered (DynamoDB TTL on the change record).
-const CHANGE_RECORD_TTL_SECONDS: i64 = 24 * 3600;
+const CHANGE_RECORD_TTL_SECONDS: i64 = STOCK_CHANGE_RETENTION.as_secs() as i64;
 
 pub(crate) fn stock_key(id: &ProductId, shard: u16) -> String {
     format!("STOCK#{id}#{shard:02}")
@@ -331,10 +331,12 @@ impl DynamoProductRepository {
         let record = Update::builder()
             .table_name(&self.table)
             .key(attr::PK, s(reservation_key(order)))
-            .update_expression("SET #state = :to")
+            .update_expression("SET #state = :to, #expires = :expires")
             .condition_expression("#state = :held")
             .expression_attribute_names("#state", attr::STATE)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
             .expression_attribute_values(":to", s(state.as_str()))
+            .expression_attribute_values(":expires", n(finished_record_expiry()))
             .expression_attribute_values(":held", s(ReservationState::Held.as_str()))
             .build()
             .map_err(built("building a DynamoDB Update"))?;
@@ -519,6 +521,13 @@ impl DynamoProductRepository {
     }
 }
 
+/// When a finished (released or committed) reservation record expires: the table's TTL deletes
+/// it after [`RESERVATION_RETENTION`] (held ones have no expiry).
+fn finished_record_expiry() -> i64 {
+    Timestamp::now().unix_seconds()
+        + i64::try_from(RESERVATION_RETENTION.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
 #[async_trait]
 impl InventoryRepository for DynamoProductRepository {
     #[tracing::instrument(skip_all, fields(orders = orders.len()))]
@@ -588,6 +597,7 @@ impl InventoryRepository for DynamoProductRepository {
                         .item(attr::PK, s(reservation_key(order)))
                         .item(attr::STATE, s(ReservationState::Released.as_str()))
                         .item(attr::LINES, s("[]"))
+                        .item(attr::EXPIRES_AT, n(finished_record_expiry()))
                         .condition_expression("attribute_not_exists(#pk)")
                         .expression_attribute_names("#pk", attr::PK)
                         .send()

@@ -68,6 +68,11 @@ pub const PRODUCTS: MigrationSet = MigrationSet {
             "stock shards",
             include_str!("../migrations/products/0006_stock_shards.sql"),
         ),
+        (
+            7,
+            "purge indexes",
+            include_str!("../migrations/products/0007_purge_indexes.sql"),
+        ),
     ],
 };
 
@@ -84,6 +89,11 @@ pub const ORDERS: MigrationSet = MigrationSet {
             2,
             "clocks, open orders, parked rows",
             include_str!("../migrations/orders/0002_clocks_open_parked.sql"),
+        ),
+        (
+            3,
+            "idempotency key expiry index",
+            include_str!("../migrations/orders/0003_key_expiry.sql"),
         ),
     ],
 };

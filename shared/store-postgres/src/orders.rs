@@ -386,6 +386,22 @@ impl OrderRepository for PgOrderRepository {
         .map_err(db("Postgres park order"))?;
         Ok(())
     }
+
+    /// One bounded statement: up to `limit` keys past their expiry.
+    #[tracing::instrument(skip_all)]
+    async fn purge_expired_keys(&self, now: Timestamp, limit: u32) -> Result<u64, RepositoryError> {
+        let done = sqlx::query(&format!(
+            "delete from {keys} where (user_id, key) in
+                 (select user_id, key from {keys} where expires_at < $1 limit $2)",
+            keys = self.keys
+        ))
+        .bind(at(now))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db("Postgres purge idempotency keys"))?;
+        Ok(done.rows_affected())
+    }
 }
 
 /// An outbox row's key: `<created_at in unix microseconds>/<message id>` (it orders rows as the

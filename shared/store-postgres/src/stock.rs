@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use sqlx::{Postgres, Row, Transaction};
 use zx_domain::stock::{HeldLine, MAX_SHARDS, Planned, Shard, StockRecords};
 use zx_domain::{
-    BatchReservation, Commit, InventoryRepository, OrderId, ProductId, Release, RepositoryError,
-    Reservation, ReservationState, ReserveLine, Stock, StockChange, StockChangeId, StockWriter,
+    BatchReservation, Commit, InventoryRepository, OrderId, ProductId, Purged,
+    RESERVATION_RETENTION, Release, RepositoryError, Reservation, ReservationState, ReserveLine,
+    STOCK_CHANGE_RETENTION, Stock, StockChange, StockChangeId, StockWriter, Timestamp,
 };
 
 use crate::products::PgProductRepository;
@@ -411,6 +412,58 @@ impl InventoryRepository for PgProductRepository {
                 Ok(Commit::Nothing)
             }
         }
+    }
+
+    /// Two bounded statements: finished reservations past their retention, stock change ids
+    /// past theirs. Held reservations stay, whatever their age.
+    #[tracing::instrument(skip_all)]
+    async fn purge_finished(&self, now: Timestamp, limit: u32) -> Result<Purged, RepositoryError> {
+        let before = |retention| now.minus(retention).as_datetime();
+        let reservations = self
+            .purge_rows(
+                &self.reservations,
+                "order_id",
+                "state in ('released', 'committed') and updated_at < $1",
+                before(RESERVATION_RETENTION),
+                limit,
+            )
+            .await?;
+        let stock_changes = self
+            .purge_rows(
+                &self.changes,
+                "change_id",
+                "applied_at < $1",
+                before(STOCK_CHANGE_RETENTION),
+                limit,
+            )
+            .await?;
+        Ok(Purged {
+            reservations,
+            stock_changes,
+        })
+    }
+}
+
+impl PgProductRepository {
+    /// Deletes up to `limit` rows of `table` matching `condition` (on `$1`), in one statement.
+    async fn purge_rows(
+        &self,
+        table: &str,
+        key: &str,
+        condition: &str,
+        before: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, RepositoryError> {
+        let done = sqlx::query(&format!(
+            "delete from {table} where {key} in
+                 (select {key} from {table} where {condition} limit $2)"
+        ))
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db("Postgres purge"))?;
+        Ok(done.rows_affected())
     }
 }
 
