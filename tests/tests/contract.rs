@@ -1190,7 +1190,7 @@ mod saga {
     use zx_domain::{
         Commit, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderId, OrderLine,
         OrderQuery, OrderStatus, OutboxMessage, PageLimit, ProductId, Release, RepositoryError,
-        Reservation, ReserveLine, Row, StatusChange, Timestamp, UserId,
+        Reservation, ReserveLine, Row, StatusChange, StockChange, StockChangeId, Timestamp, UserId,
     };
     use zx_orders::messages;
     use zx_tests::{OrderStores, sample_product};
@@ -1969,6 +1969,186 @@ mod saga {
         assert_eq!((held, rejected), (10, 40));
         assert_eq!(stock(&stores, &id).await, (0, 10));
     }
+
+    /// One batch of many orders: taken in turn, each all or nothing, a product's units from
+    /// its shards (a line larger than any one shard spread over several); out of stock only
+    /// when every shard together holds too little; the sold-out product is named; releases and
+    /// commits give back or take out exactly what each order took, on the shards it took it
+    /// from.
+    pub async fn batches_take_from_every_shard_and_settle_exactly(stores: OrderStores) {
+        let (hot, other) = (product(&stores, 10).await, product(&stores, 3).await);
+        let records = stores.products.set_stock_shards(&hot, 4).await.unwrap();
+        assert_eq!(records.active, 4);
+        assert_eq!(
+            records
+                .shards
+                .iter()
+                .map(|s| s.available)
+                .collect::<Vec<_>>(),
+            [3, 3, 2, 2]
+        );
+        let orders: Vec<OrderId> = (0..6).map(|_| OrderId::generate()).collect();
+        let batch = vec![
+            (orders[0].clone(), vec![line(&hot, 5)]), // more than any one shard: spread
+            (orders[1].clone(), vec![line(&hot, 2), line(&other, 3)]),
+            (orders[2].clone(), vec![line(&hot, 4)]), // 3 left: out of stock
+            (orders[3].clone(), vec![line(&hot, 3), line(&other, 1)]), // other is gone: nothing
+            (orders[4].clone(), vec![line(&hot, 3)]),
+            (orders[5].clone(), vec![line(&ProductId::generate(), 1)]),
+        ];
+        let result = stores.inventory.reserve_batch(&batch).await.unwrap();
+        let reasons: Vec<&str> = result
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                Reservation::Held => "held",
+                Reservation::Rejected { reason, .. } => reason,
+                Reservation::AlreadyReleased => "released",
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "held",
+                "held",
+                "out_of_stock",
+                "out_of_stock",
+                "held",
+                "unavailable"
+            ]
+        );
+        assert_eq!(stock(&stores, &hot).await, (0, 10));
+        assert_eq!(stock(&stores, &other).await, (0, 3));
+        let mut sold_out = result.sold_out.clone();
+        sold_out.sort();
+        let mut expected = vec![hot.clone(), other.clone()];
+        expected.sort();
+        assert_eq!(sold_out, expected);
+        // The same batch again (a redelivery): nothing more taken, the same answers.
+        let again = stores.inventory.reserve_batch(&batch[..2]).await.unwrap();
+        assert!(
+            again
+                .outcomes
+                .iter()
+                .all(|o| matches!(o, Reservation::Held))
+        );
+        assert_eq!(stock(&stores, &hot).await, (0, 10));
+        // Released and committed on the shards they came from.
+        stores.inventory.release(&orders[0]).await.unwrap();
+        assert_eq!(stock(&stores, &hot).await, (5, 5));
+        stores.inventory.commit(&orders[1]).await.unwrap();
+        assert_eq!(stock(&stores, &hot).await, (5, 3));
+        assert_eq!(stock(&stores, &other).await, (0, 0));
+        let records = stores.products.stock_records(&hot).await.unwrap().unwrap();
+        assert!(
+            records
+                .shards
+                .iter()
+                .all(|s| s.available >= 0 && s.reserved >= 0)
+        );
+        assert_eq!(records.totals().available, 5);
+    }
+
+    /// Concurrent batches for one product while its shard count changes twice: no unit is lost
+    /// or made, and exactly the stock is held.
+    pub async fn resharding_while_batches_reserve_loses_nothing(stores: OrderStores) {
+        let id = product(&stores, 60).await;
+        let batches = (0..10).map(|_| {
+            let stores = stores.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let batch: Vec<_> = (0..10)
+                    .map(|_| (OrderId::generate(), vec![line(&id, 1)]))
+                    .collect();
+                let mut delay = Duration::from_millis(5);
+                loop {
+                    match stores.inventory.reserve_batch(&batch).await {
+                        Err(e) if e.is_transient() => {
+                            tokio::time::sleep(delay).await;
+                            delay *= 2;
+                        }
+                        other => return other.unwrap(),
+                    }
+                }
+            })
+        });
+        let reshard = {
+            let stores = stores.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                for n in [4, 2] {
+                    stores.products.set_stock_shards(&id, n).await.unwrap();
+                }
+            })
+        };
+        let results = futures::future::join_all(batches).await;
+        reshard.await.unwrap();
+        let held = results
+            .iter()
+            .flat_map(|r| r.as_ref().unwrap().outcomes.iter())
+            .filter(|o| matches!(o, Reservation::Held))
+            .count();
+        assert_eq!(held, 60);
+        assert_eq!(stock(&stores, &id).await, (0, 60));
+        let records = stores.products.stock_records(&id).await.unwrap().unwrap();
+        assert_eq!(records.active, 2);
+    }
+
+    /// `Set` applies only to the stock its tag was read from: a reservation in between makes
+    /// it `PreconditionFailed` and changes nothing.
+    pub async fn a_set_applies_only_to_the_stock_it_was_read_from(stores: OrderStores) {
+        let id = product(&stores, 10).await;
+        let tag = stores
+            .products
+            .stock_records(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .tag();
+        stores
+            .inventory
+            .reserve(&OrderId::generate(), &[line(&id, 3)])
+            .await
+            .unwrap();
+        let error = stores
+            .products
+            .change_stock(
+                &id,
+                StockChange::Set {
+                    available: 10,
+                    tag: tag.clone(),
+                },
+                &StockChangeId::generate(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::PreconditionFailed),
+            "{error:?}"
+        );
+        assert_eq!(stock(&stores, &id).await, (7, 3));
+        let fresh = stores
+            .products
+            .stock_records(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .tag();
+        assert_ne!(fresh, tag);
+        let set = stores
+            .products
+            .change_stock(
+                &id,
+                StockChange::Set {
+                    available: 10,
+                    tag: fresh,
+                },
+                &StockChangeId::generate(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((set.available, set.reserved), (10, 3));
+    }
 }
 
 contract_suites!(orders = zx_tests::OrderBackend, field stores, cases crate::saga:
@@ -1981,4 +2161,7 @@ contract_suites!(orders = zx_tests::OrderBackend, field stores, cases crate::sag
     listings_are_newest_first_by_customer_and_status,
     reservations_are_all_or_nothing_and_idempotent,
     concurrent_reservations_never_oversell,
+    batches_take_from_every_shard_and_settle_exactly,
+    resharding_while_batches_reserve_loses_nothing,
+    a_set_applies_only_to_the_stock_it_was_read_from,
 );

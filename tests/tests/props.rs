@@ -372,3 +372,176 @@ fn prop_order_fingerprints_ignore_order_and_splits() {
         },
     );
 }
+
+/// A batch of reservations over sharded stock: 1–3 products of 1–8 shards (some retired), up
+/// to 30 orders of 1–3 lines each.
+fn stock_batch() -> impl Strategy<Value = (Vec<Vec<(usize, u32)>>, Vec<(u16, Vec<i64>)>, usize)> {
+    let product = (1u16..=8).prop_flat_map(|shards| {
+        (
+            1..=shards,
+            proptest::collection::vec(0i64..20, usize::from(shards)),
+        )
+    });
+    let products = proptest::collection::vec(product, 1..=3);
+    products.prop_flat_map(|products| {
+        let n = products.len();
+        let order = proptest::collection::btree_map(0..n, 1u32..6, 1..=n)
+            .prop_map(|lines| lines.into_iter().collect::<Vec<_>>());
+        (
+            proptest::collection::vec(order, 0..30),
+            Just(products),
+            any::<usize>(),
+        )
+    })
+}
+
+/// The reservation planner never takes more than a shard holds, takes exactly what each held
+/// order asked for, conserves every unit, and answers out of stock only when every shard of the
+/// product together holds too little at that point of the batch.
+#[test]
+fn prop_stock_plans_never_oversell_and_never_refuse_falsely() {
+    use zx_domain::stock::{Planned, Shard, StockRecords, plan};
+    check(
+        "stock plans",
+        stock_batch(),
+        |(orders, products, spread)| {
+            let ids: Vec<ProductId> = products.iter().map(|_| ProductId::generate()).collect();
+            let mut stock = HashMap::new();
+            for (id, (active, shards)) in ids.iter().zip(&products) {
+                let shards = shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, available)| Shard {
+                        index: u16::try_from(i).unwrap(),
+                        available: *available,
+                        reserved: 0,
+                        version: 1,
+                    })
+                    .collect();
+                stock.insert(
+                    id.clone(),
+                    StockRecords {
+                        live: true,
+                        active: *active,
+                        shards,
+                    },
+                );
+            }
+            let batch: Vec<Vec<zx_domain::ReserveLine>> = orders
+                .iter()
+                .map(|lines| {
+                    lines
+                        .iter()
+                        .map(|(p, quantity)| zx_domain::ReserveLine {
+                            product_id: ids[*p].clone(),
+                            quantity: *quantity,
+                        })
+                        .collect()
+                })
+                .collect();
+            let planned = plan(&batch, &stock, spread);
+            prop_assert_eq!(planned.outcomes.len(), batch.len());
+            let mut totals: HashMap<ProductId, i64> = stock
+                .iter()
+                .map(|(id, r)| (id.clone(), r.shards.iter().map(|s| s.available).sum()))
+                .collect();
+            let mut taken: HashMap<(ProductId, u16), i64> = HashMap::new();
+            for (lines, outcome) in batch.iter().zip(&planned.outcomes) {
+                let fits = lines
+                    .iter()
+                    .all(|l| totals[&l.product_id] >= i64::from(l.quantity));
+                match outcome {
+                    Planned::Held(held) => {
+                        prop_assert!(fits, "held an order the stock could not cover");
+                        for line in lines {
+                            let got: i64 = held
+                                .iter()
+                                .filter(|h| h.product_id == line.product_id)
+                                .map(|h| i64::from(h.quantity))
+                                .sum();
+                            prop_assert_eq!(got, i64::from(line.quantity));
+                            *totals.get_mut(&line.product_id).unwrap() -= got;
+                        }
+                        for h in held {
+                            *taken.entry((h.product_id.clone(), h.shard)).or_default() +=
+                                i64::from(h.quantity);
+                        }
+                    }
+                    Planned::Rejected { product_id, reason } => {
+                        prop_assert_eq!(*reason, "out_of_stock");
+                        prop_assert!(!fits, "refused an order the stock could cover");
+                        let line = lines.iter().find(|l| &l.product_id == product_id).unwrap();
+                        prop_assert!(totals[product_id] < i64::from(line.quantity));
+                    }
+                }
+            }
+            for (key, units) in &taken {
+                let shard = stock[&key.0]
+                    .shards
+                    .iter()
+                    .find(|s| s.index == key.1)
+                    .unwrap();
+                prop_assert!(*units <= shard.available, "a shard gave more than it held");
+                prop_assert_eq!(planned.takes.get(key).copied(), Some(*units));
+            }
+            prop_assert_eq!(planned.takes.len(), taken.len());
+            for (id, left) in &totals {
+                prop_assert_eq!(planned.left.get(id).copied().unwrap_or(0), *left);
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Changing a product's shard count moves units between shards and never makes or loses one:
+/// the active shards end even, the retired ones empty, none below zero.
+#[test]
+fn prop_resharding_conserves_stock() {
+    use zx_domain::stock::{Shard, StockRecords, rebalance};
+    let strategy = (
+        proptest::collection::vec(0i64..1_000_000, 1..=32),
+        1u16..=32,
+    );
+    check("resharding", strategy, |(available, active)| {
+        let records = StockRecords {
+            live: true,
+            active: u16::try_from(available.len()).unwrap(),
+            shards: available
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Shard {
+                    index: u16::try_from(i).unwrap(),
+                    available: *a,
+                    reserved: 0,
+                    version: 1,
+                })
+                .collect(),
+        };
+        let mut after: HashMap<u16, i64> = records
+            .shards
+            .iter()
+            .map(|s| (s.index, s.available))
+            .collect();
+        for (index, change) in rebalance(&records, active) {
+            *after.entry(index).or_default() += change;
+        }
+        let total: i64 = available.iter().sum();
+        prop_assert_eq!(after.values().sum::<i64>(), total);
+        prop_assert!(after.values().all(|a| *a >= 0));
+        let active_values: Vec<i64> = (0..active)
+            .map(|i| after.get(&i).copied().unwrap_or(0))
+            .collect();
+        let (lo, hi) = (
+            active_values.iter().min().copied().unwrap_or(0),
+            active_values.iter().max().copied().unwrap_or(0),
+        );
+        prop_assert!(hi - lo <= 1, "active shards uneven: {:?}", active_values);
+        prop_assert!(
+            after
+                .iter()
+                .filter(|(i, _)| **i >= active)
+                .all(|(_, a)| *a == 0)
+        );
+        Ok(())
+    });
+}
