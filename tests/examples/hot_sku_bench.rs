@@ -15,7 +15,13 @@ use zx_domain::{OrderId, UserId};
 use zx_tests::{Store, TestApp};
 
 const BATCH: usize = 10;
-const CONCURRENT: usize = 10;
+/// Batches at a time (`HOT_SKU_CONCURRENT` overrides it, to see contention apart from latency).
+fn concurrent() -> usize {
+    std::env::var("HOT_SKU_CONCURRENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
 
 async fn run(store: Store, reservations: usize, shards: u16) {
     let app = TestApp::with(
@@ -65,7 +71,7 @@ async fn run(store: Store, reservations: usize, shards: u16) {
     let batches: Vec<Vec<String>> = bodies.chunks(BATCH).map(<[String]>::to_vec).collect();
     let started = Instant::now();
     let queue = Arc::new(tokio::sync::Mutex::new(batches.into_iter()));
-    let runners = (0..CONCURRENT).map(|_| {
+    let runners = (0..concurrent()).map(|_| {
         let (queue, workers) = (queue.clone(), workers.clone());
         tokio::spawn(async move {
             let handler = workers
@@ -100,7 +106,8 @@ async fn run(store: Store, reservations: usize, shards: u16) {
         .expect("read")
         .expect("product");
     println!(
-        "{store:?}, {shards} shard(s): {reservations} reservations of one product in batches of {BATCH}, {CONCURRENT} batches at a time: {:.0} reservations/s ({elapsed:.2} s; {failed} left for redelivery; reserved {}; orders stored in {stored_in:.1} s)",
+        "{store:?}, {shards} shard(s): {reservations} reservations of one product in batches of {BATCH}, {} batches at a time: {:.0} reservations/s ({elapsed:.2} s; {failed} left for redelivery; reserved {}; orders stored in {stored_in:.1} s)",
+        concurrent(),
         reservations as f64 / elapsed,
         after.stock.reserved
     );
@@ -108,6 +115,13 @@ async fn run(store: Store, reservations: usize, shards: u16) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
+    // `HOT_SKU_TRACE=1` prints every span's time as it closes (where a batch's time goes).
+    if std::env::var_os("HOT_SKU_TRACE").is_some() {
+        tracing_subscriber::fmt()
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+            .init();
+    }
     let mut args = std::env::args().skip(1);
     let reservations: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let shards: Vec<u16> = args.filter_map(|a| a.parse().ok()).collect();
@@ -116,7 +130,12 @@ async fn main() {
     } else {
         shards
     };
+    // `HOT_SKU_STORE=dynamodb` or `postgres` measures one backend.
+    let only = std::env::var("HOT_SKU_STORE").unwrap_or_default();
     for store in [Store::DynamoDb, Store::Postgres] {
+        if !only.is_empty() && !format!("{store:?}").eq_ignore_ascii_case(&only) {
+            continue;
+        }
         for &n in &shards {
             run(store, reservations, n).await;
         }

@@ -1370,6 +1370,50 @@ async fn corrupt_rows_are_parked_and_everything_else_flows(store: Store) {
     );
 }
 
+/// A destination that refuses a message for good (here, an inventory queue that does not
+/// exist): the relay parks the row with its reason instead of trying it every run, the other
+/// destination's rows still flow, and the order whose reserve was parked does not wait for
+/// ever: its clock starts when the reserve is parked, so it expires by the pending timeout.
+async fn refused_rows_are_parked_and_their_orders_expire(store: Store) {
+    let missing = format!(
+        "{}/queue/us-east-1/000000000000/zx-missing-{}",
+        zx_tests::aws_endpoint(),
+        zx_tests::unique()
+    );
+    let shop = Shop::with(
+        store,
+        &[
+            ("ORDER_PENDING_TIMEOUT", "1"),
+            ("INVENTORY_QUEUE_URL", missing.as_str()),
+        ],
+    )
+    .await;
+    let product = shop.product(10, 100).await;
+    let (_, token) = shop.customer();
+    let id = shop.place(&token, &[(&product, 1)]).await;
+    let report = shop.workers.run_relay().await;
+    assert_eq!(report.parked, 1, "{report:?}");
+    assert_eq!(report.expired, 0, "{report:?}");
+    let outbox = shop.app.services.stores.outbox().unwrap();
+    let listing = zx_app::admin::parked_outbox(&*outbox).await.unwrap();
+    assert!(listing.contains("refused by"), "{listing}");
+    // Later runs do not try it again; the order expires once its clock has run.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let report = shop.workers.run_relay().await;
+        assert_eq!(report.parked, 0, "{report:?}");
+        if report.expired == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the order never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let order = shop.order_json(&id, &token).await;
+    assert_eq!(order["status"], "cancelled");
+    assert_eq!(history(&order)[1], ("cancelled".into(), "timeout".into()));
+    assert_eq!(shop.stock(&product).await, (10, 0));
+}
+
 /// A confirmed order not paid within the payment timeout is cancelled by the system
 /// (`payment_timeout`), its stock released once; a paid one is untouched. A customer holds at
 /// most 10 open orders: the 11th is a 409 and stores nothing.
@@ -1892,6 +1936,7 @@ both_backends!(
     a_slow_batch_reports_only_what_it_did_not_finish,
     sold_out_products_are_refused_at_once,
     finished_records_are_purged_on_schedule,
+    refused_rows_are_parked_and_their_orders_expire,
     corrupt_rows_are_parked_and_everything_else_flows,
     payment_deadline_and_open_order_cap,
     forged_and_stray_inventory_messages_change_nothing,

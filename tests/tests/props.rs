@@ -375,7 +375,11 @@ fn prop_order_fingerprints_ignore_order_and_splits() {
 
 /// A batch of reservations over sharded stock: 1–3 products of 1–8 shards (some retired), up
 /// to 30 orders of 1–3 lines each.
-fn stock_batch() -> impl Strategy<Value = (Vec<Vec<(usize, u32)>>, Vec<(u16, Vec<i64>)>, usize)> {
+/// Orders (lines of (product index, quantity)), products (active shards, each shard's units),
+/// and the batch's spread.
+type StockBatch = (Vec<Vec<(usize, u32)>>, Vec<(u16, Vec<i64>)>, usize);
+
+fn stock_batch() -> impl Strategy<Value = StockBatch> {
     let product = (1u16..=8).prop_flat_map(|shards| {
         (
             1..=shards,

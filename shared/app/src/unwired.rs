@@ -52,6 +52,9 @@ impl OrderRepository for Unwired {
     async fn find_order(&self, _: &OrderId) -> Result<Option<Order>, RepositoryError> {
         self.refuse()
     }
+    async fn find_orders(&self, _: &[OrderId]) -> Result<Vec<Row<Order>>, RepositoryError> {
+        self.refuse()
+    }
     async fn list_orders(&self, _: &OrderQuery) -> Result<OrderPage, RepositoryError> {
         self.refuse()
     }
@@ -295,6 +298,9 @@ impl StockWriter for ReadOnly<dyn ProductRepository> {
 impl OrderRepository for ReadOnly<dyn OrderRepository> {
     async fn find_order(&self, id: &OrderId) -> Result<Option<Order>, RepositoryError> {
         self.0.find_order(id).await
+    }
+    async fn find_orders(&self, ids: &[OrderId]) -> Result<Vec<Row<Order>>, RepositoryError> {
+        self.0.find_orders(ids).await
     }
     async fn list_orders(&self, query: &OrderQuery) -> Result<OrderPage, RepositoryError> {
         self.0.list_orders(query).await

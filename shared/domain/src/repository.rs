@@ -214,6 +214,12 @@ pub trait OrderRepository: Send + Sync {
     /// The order with this id, if any. Strongly consistent.
     async fn find_order(&self, id: &OrderId) -> Result<Option<Order>, RepositoryError>;
 
+    /// The orders with these ids that exist, in any order, each keyed by its id: one that
+    /// cannot be read is returned as such (its reason), never failing the others. Strongly
+    /// consistent; as few round trips as the store allows (the inventory worker verifies a
+    /// whole batch at once).
+    async fn find_orders(&self, ids: &[OrderId]) -> Result<Vec<Row<Order>>, RepositoryError>;
+
     /// Orders passing `query`'s filters, newest first (`created_at`, then id, descending),
     /// at most `query.limit`, starting after `query.after`; `next` is set when more may follow.
     /// Listings come from indexes that may lag a moment behind the latest writes.

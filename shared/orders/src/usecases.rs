@@ -249,15 +249,19 @@ pub async fn dispatch(saga: &Saga, messages: &[OutboxMessage]) {
 /// Starts the pending clock of the orders whose reserve was just sent, then forgets the sent
 /// messages. A reserve whose clock could not be started stays in the outbox: the relay sends it
 /// again (the inventory takes stock once) and starts the clock then.
+/// Whether an outbox message is an order's `inventory.reserve`.
+fn is_reserve(message: &OutboxMessage) -> bool {
+    message.destination == Destination::InventoryQueue
+        && messages::kind_of(&message.body).as_deref() == Some(messages::RESERVE)
+}
+
 async fn forget_sent(saga: &Saga, sent: Vec<OutboxMessage>) -> usize {
     if sent.is_empty() {
         return 0;
     }
     let now = Timestamp::now();
     let clocks = join_all(sent.iter().map(|message| async move {
-        if message.destination == Destination::InventoryQueue
-            && messages::kind_of(&message.body).as_deref() == Some(messages::RESERVE)
-        {
+        if is_reserve(message) {
             saga.orders
                 .start_pending_clock(&message.order_id, now)
                 .await
@@ -610,29 +614,44 @@ pub async fn reserve_many(
     saga: &Saga,
     reserves: Vec<(String, ReserveData)>,
 ) -> Vec<(String, Result<(), MessageError>)> {
-    let orders = join_all(
-        reserves
-            .iter()
-            .map(|(_, data)| saga.orders.find_order(&data.order_id)),
-    )
-    .await;
+    let mut ids: Vec<OrderId> = reserves.iter().map(|(_, d)| d.order_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    // One read for the batch's orders.
+    let found = match saga.orders.find_orders(&ids).await {
+        Ok(found) => found,
+        Err(error) => {
+            return reserves
+                .into_iter()
+                .map(|(id, _)| (id, Err(each_error("read orders", &error).into())))
+                .collect();
+        }
+    };
     let mut results = Vec::with_capacity(reserves.len());
     let mut verified = Vec::with_capacity(reserves.len());
-    for ((id, data), order) in reserves.into_iter().zip(orders) {
+    for (id, data) in reserves {
+        let row = found.iter().find(|r| r.key.0 == data.order_id.as_str());
+        let order = match row.map(|r| &r.value) {
+            Some(Err(why)) => {
+                // Unreadable: it cannot be verified, and no retry makes it readable.
+                tracing::error!(order_id = %data.order_id, why, "reserve for an order that cannot be read: nothing changed");
+                results.push((id, Ok(())));
+                continue;
+            }
+            Some(Ok(order)) => Some(order),
+            None => None,
+        };
         let command = InventoryCommand::Reserve(data);
-        match order {
-            Err(error) => results.push((id, Err(error.into()))),
-            Ok(order) => match verify(&command, order.as_ref()) {
-                Ok(()) => {
-                    if let InventoryCommand::Reserve(data) = command {
-                        verified.push((id, data));
-                    }
+        match verify(&command, order) {
+            Ok(()) => {
+                if let InventoryCommand::Reserve(data) = command {
+                    verified.push((id, data));
                 }
-                Err(why) => {
-                    refused(&command, order.as_ref(), &why);
-                    results.push((id, Ok(())));
-                }
-            },
+            }
+            Err(why) => {
+                refused(&command, order, &why);
+                results.push((id, Ok(())));
+            }
         }
     }
     results.extend(reserve_verified(saga, verified).await);
@@ -679,18 +698,9 @@ async fn reserve_verified(
     let batch = match saga.inventory.reserve_batch(&orders).await {
         Ok(batch) => batch,
         Err(error) => {
-            let shared = zx_domain::cause_chain(&error);
-            let transient = error.is_transient();
             return reserves
                 .into_iter()
-                .map(|(id, _)| {
-                    let error = if transient {
-                        RepositoryError::unavailable("reserve batch", shared.clone())
-                    } else {
-                        RepositoryError::failed("reserve batch", shared.clone())
-                    };
-                    (id, Err(error.into()))
-                })
+                .map(|(id, _)| (id, Err(each_error("reserve batch", &error).into())))
                 .collect();
         }
     };
@@ -731,7 +741,7 @@ async fn reserve_verified(
                 None => Ok(()),
                 Some(reply) => match sent.get(reply) {
                     Some(Ok(())) => Ok(()),
-                    Some(Err(error)) => Err(MessageError::Repository(each_error(error))),
+                    Some(Err(error)) => Err(each_error("reply", error).into()),
                     None => Err(MessageError::Repository(RepositoryError::failed(
                         "reply", "not sent",
                     ))),
@@ -742,13 +752,13 @@ async fn reserve_verified(
         .collect()
 }
 
-/// A copy of a send's error for each message it answers.
-fn each_error(error: &RepositoryError) -> RepositoryError {
+/// A copy of one call's error (as transient as it was) for each message it answers.
+fn each_error(operation: &'static str, error: &RepositoryError) -> RepositoryError {
     let detail = zx_domain::cause_chain(error);
     if error.is_transient() {
-        RepositoryError::unavailable("reply", detail)
+        RepositoryError::unavailable(operation, detail)
     } else {
-        RepositoryError::failed("reply", detail)
+        RepositoryError::failed(operation, detail)
     }
 }
 
@@ -861,11 +871,14 @@ struct Held {
 pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
     let mut report = RelayReport::default();
     let stop_at = deadline.checked_sub(RELAY_MARGIN).unwrap_or(deadline);
+    // A backlog of messages never starves expiry and purges: the outbox has two thirds of the
+    // run, what it leaves waits for the next run.
+    let outbox_stop = Instant::now() + stop_at.saturating_duration_since(Instant::now()) * 2 / 3;
     let cutoff = Timestamp::now().minus(saga.settings.relay_delay);
     let mut after: Option<RowKey> = None;
     let mut down: HashSet<Destination> = HashSet::new();
     loop {
-        if Instant::now() >= stop_at || down.len() == 3 {
+        if Instant::now() >= outbox_stop || down.len() == 3 {
             report.outbox_left = true;
             break;
         }
@@ -931,6 +944,17 @@ pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
                             destination.as_str(),
                             zx_domain::cause_chain(&error)
                         );
+                        // An order whose reserve cannot be sent must not wait for ever (and
+                        // hold one of its customer's open places): its clock starts now, so it
+                        // expires by the pending timeout unless an operator resends it first.
+                        if is_reserve(&item.message)
+                            && let Err(error) = saga
+                                .orders
+                                .start_pending_clock(&item.message.order_id, Timestamp::now())
+                                .await
+                        {
+                            tracing::warn!(order_id = %item.message.order_id, error = %zx_domain::cause_chain(&error), "the pending clock of a parked reserve's order could not be started");
+                        }
                         park(saga, &mut report, &item.key, &reason).await;
                     }
                 }

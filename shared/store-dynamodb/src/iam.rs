@@ -48,7 +48,11 @@ pub const INVENTORY: &[&str] = &[
 /// Purging finished reservations: DynamoDB's TTL deletes them (`expiresAt`), nothing to call.
 pub const INVENTORY_PURGE: &[&str] = &[];
 
-pub const ORDERS_READ: &[&str] = &["dynamodb:GetItem", "dynamodb:Query"];
+pub const ORDERS_READ: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:Query",
+];
 pub const ORDERS_WRITE: &[&str] = &[
     "dynamodb:GetItem",
     "dynamodb:Query",
@@ -78,6 +82,7 @@ mod tests {
         for (pattern, action) in [
             (".get_item()", "GetItem"),
             (".batch_get_item()", "BatchGetItem"),
+            ("batch_get_items(", "BatchGetItem"),
             (".put_item()", "PutItem"),
             (".update_item()", "UpdateItem"),
             (".delete_item()", "DeleteItem"),

@@ -440,6 +440,36 @@ impl OrderRepository for DynamoOrderRepository {
             .transpose()
     }
 
+    /// One `BatchGetItem` (consistent reads) per 100 orders.
+    #[tracing::instrument(skip_all, fields(orders = ids.len()))]
+    async fn find_orders(&self, ids: &[OrderId]) -> Result<Vec<Row<Order>>, RepositoryError> {
+        let keys = ids
+            .iter()
+            .map(|id| {
+                Item::from([
+                    (attr::PK.to_owned(), s(order_pk(id))),
+                    (attr::SK.to_owned(), s(ORDER_SK)),
+                ])
+            })
+            .collect();
+        Ok(
+            crate::stock::batch_get_items(&self.client, &self.table, keys, &[])
+                .await?
+                .iter()
+                .map(|item| Row {
+                    key: RowKey(
+                        item.get(attr::PK)
+                            .and_then(|v| v.as_s().ok())
+                            .and_then(|pk| pk.strip_prefix("ORDER#"))
+                            .unwrap_or_default()
+                            .to_owned(),
+                    ),
+                    value: order_from_item(item).map_err(|e| e.to_string()),
+                })
+                .collect(),
+        )
+    }
+
     #[tracing::instrument(skip_all)]
     async fn list_orders(&self, query: &OrderQuery) -> Result<OrderPage, RepositoryError> {
         match (&query.user_id, query.status) {

@@ -78,6 +78,10 @@ fn sort_key(created_at: &Timestamp, id: &ProductId) -> String {
 pub struct DynamoProductRepository {
     pub(crate) client: Client,
     pub(crate) table: String,
+    /// How many stock items each product had when this instance last read it: a hot
+    /// product's shards are read with its first item, in one round (a product whose count
+    /// changed since costs a second round, and is remembered anew).
+    pub(crate) known_slots: std::sync::Arc<std::sync::Mutex<HashMap<ProductId, u16>>>,
 }
 
 impl DynamoProductRepository {
@@ -85,6 +89,7 @@ impl DynamoProductRepository {
         Self {
             client,
             table: table.into(),
+            known_slots: std::sync::Arc::default(),
         }
     }
 }

@@ -174,54 +174,84 @@ fn products_of(lines: &[HeldLine]) -> Vec<ProductId> {
         .collect()
 }
 
+/// Items by key (consistent reads), in any order; unknown keys are left out. `BatchGetItem`
+/// reads 100 keys a call and may leave some unprocessed (throttling): those are asked for
+/// again, with backoff.
+pub(crate) async fn batch_get_items(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Vec<Item>,
+    projection: &[&str],
+) -> Result<Vec<Item>, RepositoryError> {
+    let names: HashMap<String, String> = projection
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (format!("#p{i}"), (*name).to_owned()))
+        .collect();
+    let expression = (0..projection.len())
+        .map(|i| format!("#p{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut wanted: Vec<Item> = Vec::with_capacity(keys.len());
+    for key in keys {
+        if !wanted.contains(&key) {
+            wanted.push(key);
+        }
+    }
+    let mut items = Vec::with_capacity(wanted.len());
+    let mut attempt = 0;
+    while !wanted.is_empty() {
+        let batch: Vec<Item> = wanted.drain(..wanted.len().min(100)).collect();
+        let mut keys = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+            .set_keys(Some(batch))
+            .consistent_read(true);
+        if !projection.is_empty() {
+            keys = keys
+                .projection_expression(&expression)
+                .set_expression_attribute_names(Some(names.clone()));
+        }
+        let keys = keys
+            .build()
+            .map_err(built("building a DynamoDB BatchGetItem"))?;
+        let output = client
+            .batch_get_item()
+            .request_items(table, keys)
+            .send()
+            .await
+            .map_err(|e| crate::sdk_error("DynamoDB BatchGetItem", e))?;
+        if let Some(found) = output.responses().and_then(|r| r.get(table)) {
+            items.extend(found.iter().cloned());
+        }
+        if let Some(left) = output
+            .unprocessed_keys()
+            .and_then(|u| u.get(table))
+            .map(|k| k.keys().to_vec())
+            .filter(|k| !k.is_empty())
+        {
+            if attempt >= 5 {
+                return Err(RepositoryError::unavailable(
+                    "DynamoDB BatchGetItem",
+                    "keys left unprocessed after 5 attempts",
+                ));
+            }
+            crate::backoff(attempt).await;
+            attempt += 1;
+            wanted.extend(left);
+        }
+    }
+    Ok(items)
+}
+
 impl DynamoProductRepository {
-    /// Items by key (consistent reads), in any order; unknown keys are left out. `BatchGetItem`
-    /// reads 100 keys a call and may leave some unprocessed (throttling): those are asked for
-    /// again, with backoff.
+    /// [`batch_get_items`] of this table, whole items.
     pub(crate) async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, RepositoryError> {
-        let mut wanted: Vec<Item> = Vec::with_capacity(keys.len());
-        for key in keys {
-            if !wanted.contains(&key) {
-                wanted.push(key);
-            }
-        }
-        let mut items = Vec::with_capacity(wanted.len());
-        let mut attempt = 0;
-        while !wanted.is_empty() {
-            let batch: Vec<Item> = wanted.drain(..wanted.len().min(100)).collect();
-            let keys = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                .set_keys(Some(batch))
-                .consistent_read(true)
-                .build()
-                .map_err(built("building a DynamoDB BatchGetItem"))?;
-            let output = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, keys)
-                .send()
-                .await
-                .map_err(|e| crate::sdk_error("DynamoDB BatchGetItem", e))?;
-            if let Some(found) = output.responses().and_then(|r| r.get(&self.table)) {
-                items.extend(found.iter().cloned());
-            }
-            if let Some(left) = output
-                .unprocessed_keys()
-                .and_then(|u| u.get(&self.table))
-                .map(|k| k.keys().to_vec())
-                .filter(|k| !k.is_empty())
-            {
-                if attempt >= 5 {
-                    return Err(RepositoryError::unavailable(
-                        "DynamoDB BatchGetItem",
-                        "keys left unprocessed after 5 attempts",
-                    ));
-                }
-                crate::backoff(attempt).await;
-                attempt += 1;
-                wanted.extend(left);
-            }
-        }
-        Ok(items)
+        batch_get_items(&self.client, &self.table, keys, &[]).await
+    }
+
+    /// [`batch_get_items`] of this table, only what stock, reservations and a product's
+    /// liveness are made of (a catalogue item's descriptions are not read to reserve).
+    async fn batch_get_stock(&self, keys: Vec<Item>) -> Result<Vec<Item>, RepositoryError> {
+        batch_get_items(&self.client, &self.table, keys, STOCK_ATTRIBUTES).await
     }
 
     /// The stock records of these products (two rounds: the first records, which say how many
@@ -232,53 +262,96 @@ impl DynamoProductRepository {
         ids: &[ProductId],
         extra: Vec<Item>,
     ) -> Result<(HashMap<ProductId, StockRecords>, Vec<Item>), RepositoryError> {
-        let mut keys: Vec<Item> = ids.iter().map(|id| key(stock_key(id, 0))).collect();
+        self.read_stock_with(ids, extra, false).await
+    }
+
+    /// [`Self::read_stock`]; with `projected`, only [`STOCK_ATTRIBUTES`] of every item.
+    async fn read_stock_with(
+        &self,
+        ids: &[ProductId],
+        extra: Vec<Item>,
+        projected: bool,
+    ) -> Result<(HashMap<ProductId, StockRecords>, Vec<Item>), RepositoryError> {
+        let known: HashMap<ProductId, u16> = self
+            .known_slots
+            .lock()
+            .map(|known| {
+                ids.iter()
+                    .filter_map(|id| known.get(id).map(|n| (id.clone(), *n)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut keys: Vec<Item> = Vec::with_capacity(ids.len() + extra.len());
+        for id in ids {
+            for shard in 0..known.get(id).copied().unwrap_or(1) {
+                keys.push(key(stock_key(id, shard)));
+            }
+        }
         keys.extend(extra);
-        let items = self.batch_get(keys).await?;
+        let items = if projected {
+            self.batch_get_stock(keys).await?
+        } else {
+            self.batch_get(keys).await?
+        };
         let mut records = HashMap::new();
-        let mut more = Vec::new();
+        let mut fetched: Vec<(ProductId, u16, Item)> = Vec::new();
         let mut others = Vec::new();
         for item in items {
-            let pk = text(&item, attr::PK).unwrap_or_default().to_owned();
-            let Some(id) = ids.iter().find(|id| pk == stock_key(id, 0)) else {
-                others.push(item);
-                continue;
-            };
-            let active = number(&item, attr::SHARDS)
-                .and_then(|v| u16::try_from(v).ok())
-                .unwrap_or(1)
-                .clamp(1, MAX_SHARDS);
-            let slots = number(&item, attr::SLOTS)
+            match stock_item_of(&item, ids) {
+                Some((id, 0)) => {
+                    let active = number(&item, attr::SHARDS)
+                        .and_then(|v| u16::try_from(v).ok())
+                        .unwrap_or(1)
+                        .clamp(1, MAX_SHARDS);
+                    records.insert(
+                        id.clone(),
+                        StockRecords {
+                            live: true,
+                            active,
+                            shards: vec![shard_of(&item, 0)?],
+                        },
+                    );
+                    fetched.push((id, 0, item));
+                }
+                Some((id, shard)) => fetched.push((id, shard, item)),
+                None => others.push(item),
+            }
+        }
+        // Each product's other shards: those read already, and a second round for the rest.
+        let mut more = Vec::new();
+        let mut slots_of: HashMap<ProductId, u16> = HashMap::new();
+        for (id, _, item) in fetched.iter().filter(|(_, shard, _)| *shard == 0) {
+            let active = records.get(id).map_or(1, |r| r.active);
+            let slots = number(item, attr::SLOTS)
                 .and_then(|v| u16::try_from(v).ok())
                 .unwrap_or(1)
                 .clamp(active, MAX_SHARDS);
+            slots_of.insert(id.clone(), slots);
             for shard in 1..slots {
-                more.push(key(stock_key(id, shard)));
+                if !fetched.iter().any(|(i, s, _)| i == id && *s == shard) {
+                    more.push(key(stock_key(id, shard)));
+                }
             }
-            records.insert(
-                id.clone(),
-                StockRecords {
-                    live: true,
-                    active,
-                    shards: vec![shard_of(&item, 0)?],
-                },
-            );
         }
         if !more.is_empty() {
-            for item in self.batch_get(more).await? {
-                let pk = text(&item, attr::PK).unwrap_or_default();
-                let Some((id_part, shard)) = pk
-                    .strip_prefix("STOCK#")
-                    .and_then(|rest| rest.rsplit_once('#'))
-                else {
-                    continue;
-                };
-                let (Ok(id), Ok(shard)) = (ProductId::parse(id_part), shard.parse::<u16>()) else {
-                    continue;
-                };
-                if let Some(entry) = records.get_mut(&id) {
-                    entry.shards.push(shard_of(&item, shard)?);
+            for item in self.batch_get_stock(more).await? {
+                if let Some((id, shard)) = stock_item_of(&item, ids) {
+                    fetched.push((id, shard, item));
                 }
+            }
+        }
+        for (id, shard, item) in &fetched {
+            let within = slots_of.get(id).is_some_and(|slots| shard < slots);
+            if *shard > 0
+                && within
+                && let Some(entry) = records.get_mut(id)
+            {
+                entry.shards.push(shard_of(item, *shard)?);
+            }
+        }
+        if let Ok(mut known) = self.known_slots.lock() {
+            for (id, slots) in slots_of {
+                known.insert(id, slots);
             }
         }
         for entry in records.values_mut() {
@@ -293,15 +366,39 @@ impl DynamoProductRepository {
         &self,
         ids: &[ProductId],
     ) -> Result<HashMap<ProductId, StockRecords>, RepositoryError> {
-        let products = ids.iter().map(|id| key(product_key(id))).collect();
-        let (mut records, items) = self.read_stock(ids, products).await?;
+        Ok(self.stock_and_reservations(ids, &[]).await?.0)
+    }
+
+    /// [`Self::stock_for_change`] and the reservation records of `orders`, in one read (a
+    /// second only for products of several shards).
+    async fn stock_and_reservations(
+        &self,
+        ids: &[ProductId],
+        orders: &[OrderId],
+    ) -> Result<
+        (
+            HashMap<ProductId, StockRecords>,
+            HashMap<OrderId, (ReservationState, Vec<HeldLine>)>,
+        ),
+        RepositoryError,
+    > {
+        let mut extra: Vec<Item> = ids.iter().map(|id| key(product_key(id))).collect();
+        extra.extend(orders.iter().map(|o| key(reservation_key(o))));
+        let (mut records, items) = self.read_stock_with(ids, extra, true).await?;
         for (id, entry) in records.iter_mut() {
             let product = items
                 .iter()
                 .find(|item| text(item, attr::PK) == Some(product_key(id).as_str()));
             entry.live = product.is_some_and(|p| !p.contains_key(attr::DELETED_AT));
         }
-        Ok(records)
+        let mut found = HashMap::new();
+        for item in &items {
+            let pk = text(item, attr::PK).unwrap_or_default();
+            if let Some(order) = orders.iter().find(|o| pk == reservation_key(o)) {
+                found.insert(order.clone(), parse_reservation(item)?);
+            }
+        }
+        Ok((records, found))
     }
 
     async fn reservations(
@@ -310,7 +407,7 @@ impl DynamoProductRepository {
     ) -> Result<HashMap<OrderId, (ReservationState, Vec<HeldLine>)>, RepositoryError> {
         let keys = orders.iter().map(|o| key(reservation_key(o))).collect();
         let mut found = HashMap::new();
-        for item in self.batch_get(keys).await? {
+        for item in self.batch_get_stock(keys).await? {
             let pk = text(&item, attr::PK).unwrap_or_default();
             if let Some(order) = orders.iter().find(|o| pk == reservation_key(o)) {
                 found.insert(order.clone(), parse_reservation(&item)?);
@@ -385,7 +482,15 @@ impl DynamoProductRepository {
             .iter()
             .filter_map(|&i| orders.get(i).map(|(id, _)| id.clone()))
             .collect();
-        let recorded = self.reservations(&ids).await?;
+        // Every product the undecided orders name, read with their reservation records.
+        let products: Vec<ProductId> = undecided
+            .iter()
+            .filter_map(|&i| orders.get(i))
+            .flat_map(|(_, lines)| lines.iter().map(|l| l.product_id.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let (stock, recorded) = self.stock_and_reservations(&products, &ids).await?;
         let mut decided = Vec::new();
         let mut to_plan = Vec::new();
         for &i in undecided {
@@ -404,14 +509,6 @@ impl DynamoProductRepository {
         if to_plan.is_empty() {
             return Ok((decided, Vec::new()));
         }
-        let products: Vec<ProductId> = to_plan
-            .iter()
-            .filter_map(|&i| orders.get(i))
-            .flat_map(|(_, lines)| lines.iter().map(|l| l.product_id.clone()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let stock = self.stock_for_change(&products).await?;
         let lines: Vec<Vec<ReserveLine>> = to_plan
             .iter()
             .filter_map(|&i| orders.get(i).map(|(_, lines)| lines.clone()))
@@ -520,6 +617,30 @@ impl DynamoProductRepository {
         Ok((decided, sold_out))
     }
 }
+
+/// The product (one of `ids`) and shard a stock item is of.
+fn stock_item_of(item: &Item, ids: &[ProductId]) -> Option<(ProductId, u16)> {
+    let (id_part, shard) = text(item, attr::PK)?
+        .strip_prefix("STOCK#")?
+        .rsplit_once('#')?;
+    let shard = shard.parse::<u16>().ok()?;
+    ids.iter()
+        .find(|id| id.as_str() == id_part)
+        .map(|id| (id.clone(), shard))
+}
+
+/// What a stock read takes of the products table's items.
+const STOCK_ATTRIBUTES: &[&str] = &[
+    attr::PK,
+    attr::AVAILABLE,
+    attr::RESERVED,
+    attr::VERSION,
+    attr::SHARDS,
+    attr::SLOTS,
+    attr::DELETED_AT,
+    attr::STATE,
+    attr::LINES,
+];
 
 /// When a finished (released or committed) reservation record expires: the table's TTL deletes
 /// it after [`RESERVATION_RETENTION`] (held ones have no expiry).

@@ -135,6 +135,26 @@ impl OrderRepository for PgOrderRepository {
         .transpose()
     }
 
+    /// One statement.
+    #[tracing::instrument(skip_all, fields(orders = ids.len()))]
+    async fn find_orders(&self, ids: &[OrderId]) -> Result<Vec<Row<Order>>, RepositoryError> {
+        let ids: Vec<&str> = ids.iter().map(OrderId::as_str).collect();
+        Ok(sqlx::query(&format!(
+            "select {COLUMNS} from {} where order_id = any($1)",
+            self.orders
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("Postgres select orders"))?
+        .iter()
+        .map(|row| Row {
+            key: RowKey(row.try_get::<String, _>("order_id").unwrap_or_default()),
+            value: order_from_row(row).map_err(|e| e.to_string()),
+        })
+        .collect())
+    }
+
     #[tracing::instrument(skip_all)]
     async fn list_orders(&self, query: &OrderQuery) -> Result<OrderPage, RepositoryError> {
         let mut sql: QueryBuilder<Postgres> =

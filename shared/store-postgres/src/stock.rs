@@ -262,9 +262,16 @@ impl InventoryRepository for PgProductRepository {
         }
         let ids: Vec<&str> = orders.iter().map(|(id, _)| id.as_str()).collect();
         let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
-        // Records there before: a redelivery, or a release that came first. Another
-        // transaction inserting one meanwhile makes ours fail below (primary key), never
-        // double-reserve.
+        // The stock rows of every product named, locked first: a concurrent delivery of the
+        // same order waits here, then finds the record the other wrote.
+        let products: Vec<ProductId> = orders
+            .iter()
+            .flat_map(|(_, lines)| lines.iter().map(|l| l.product_id.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let stock = self.locked_stock(&mut tx, &products).await?;
+        // Records there before: a redelivery, or a release that came first.
         let recorded: HashMap<String, String> = sqlx::query(&format!(
             "select order_id, state from {} where order_id = any($1)",
             self.reservations
@@ -294,14 +301,6 @@ impl InventoryRepository for PgProductRepository {
                 }
             }
         }
-        let products: Vec<ProductId> = to_plan
-            .iter()
-            .filter_map(|&i| orders.get(i))
-            .flat_map(|(_, lines)| lines.iter().map(|l| l.product_id.clone()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let stock = self.locked_stock(&mut tx, &products).await?;
         let lines: Vec<Vec<ReserveLine>> = to_plan
             .iter()
             .filter_map(|&i| orders.get(i).map(|(_, lines)| lines.clone()))
