@@ -2201,6 +2201,33 @@ fn route_throttles_are_a_global_net_not_the_per_client_limits() {
     );
 }
 
+/// Finding 6 of issue 15: a queue worker handles `CONCURRENCY` messages at once plus the
+/// batch's bulk reservation, and the relay expires orders concurrently: their Postgres pool
+/// must hold that many connections, or messages wait on it and time out under row locks.
+#[test]
+fn the_queue_workers_pools_fit_their_concurrency() {
+    let template = template();
+    let default = template["Parameters"]["WorkerPgConnections"]["Default"]
+        .as_u64()
+        .expect("WorkerPgConnections has a default");
+    assert!(
+        default > zx_orders::workers::CONCURRENCY as u64,
+        "{default}"
+    );
+    for name in [
+        "InventoryWorkerFunction",
+        "OrderWorkerFunction",
+        "OutboxRelayFunction",
+    ] {
+        let set = &template["Resources"][name]["Properties"]["Environment"]["Variables"]["PG_MAX_CONNECTIONS"];
+        assert_eq!(
+            serde_yaml::to_string(set).unwrap().trim(),
+            "!Ref WorkerPgConnections",
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn the_template_lets_health_describe_every_table() {
     let text = std::fs::read_to_string(zx_tests::repo_root().join("template.yaml")).unwrap();

@@ -87,17 +87,14 @@ impl Shop {
         product.id
     }
 
+    /// The product as the store has it now.
+    async fn stored(&self, id: &ProductId) -> zx_domain::Product {
+        let products = self.app.services.stores.products().unwrap();
+        products.find_product(id).await.unwrap().unwrap()
+    }
+
     async fn stock(&self, id: &ProductId) -> (i64, i64) {
-        let product = self
-            .app
-            .services
-            .stores
-            .products()
-            .unwrap()
-            .find_product(id)
-            .await
-            .unwrap()
-            .unwrap();
+        let product = self.stored(id).await;
         (product.stock.available, product.stock.reserved)
     }
 
@@ -514,21 +511,13 @@ async fn redelivery_changes_stock_once(store: Store) {
     assert_eq!(shop.stock(&product).await, (10, 0));
 }
 
-/// A malformed message in a batch: the good ones succeed, the bad one is reported in
-/// batchItemFailures, and through the queue it ends in the DLQ after maxReceiveCount.
+/// A malformed message in a batch: the good ones succeed, the worker sends the bad one to the
+/// DLQ itself and reports it done (not failed), so through the queue it reaches the DLQ on its
+/// first receive instead of after maxReceiveCount.
 async fn poison_messages_reach_the_dead_letter_queue(store: Store) {
     let shop = Shop::start(store).await;
     let product = shop.product(10, 100).await;
-    let stored = shop
-        .app
-        .services
-        .stores
-        .products()
-        .unwrap()
-        .find_product(&product)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = shop.stored(&product).await;
     let orders = shop.app.services.stores.orders().unwrap();
     // Reserves of real pending orders (2 units each): only those change stock.
     let mut good = Vec::new();
@@ -808,16 +797,7 @@ impl zx_domain::InventoryRepository for SlowReserves {
 async fn a_slow_batch_reports_only_what_it_did_not_finish(store: Store) {
     let shop = Shop::start(store).await;
     let product = shop.product(20, 100).await;
-    let stored = shop
-        .app
-        .services
-        .stores
-        .products()
-        .unwrap()
-        .find_product(&product)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = shop.stored(&product).await;
     let orders = shop.app.services.stores.orders().unwrap();
     // Three orders reserved, then cancelled by their customers (their releases are due), and
     // three pending orders whose reserves are slow.
@@ -1298,16 +1278,7 @@ async fn corrupt_rows_are_parked_and_everything_else_flows(store: Store) {
     // A status change whose messages wait in the outbox (written, never sent).
     let orders = shop.app.services.stores.orders().unwrap();
     let (user, waiting_token) = shop.customer();
-    let stored = shop
-        .app
-        .services
-        .stores
-        .products()
-        .unwrap()
-        .find_product(&product)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = shop.stored(&product).await;
     let waiting = zx_tests::store_order(&orders, OrderId::generate(), &user, &stored, true).await;
     let cancelled = waiting
         .transitioned(

@@ -224,6 +224,18 @@ fn take(
     Some(lines)
 }
 
+/// Refuses a shard count outside `1..=MAX_SHARDS` (the stores call it before any write).
+pub fn check_shard_count(shards: u16) -> Result<(), crate::RepositoryError> {
+    if (1..=MAX_SHARDS).contains(&shards) {
+        Ok(())
+    } else {
+        Err(crate::RepositoryError::failed(
+            "set stock shards",
+            format!("a product has 1 to {MAX_SHARDS} stock shards"),
+        ))
+    }
+}
+
 /// How `total` available units sit over `active` shards when spread evenly (the first shards
 /// take the remainder).
 pub fn even(total: i64, active: u16) -> Vec<i64> {

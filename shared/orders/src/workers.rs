@@ -20,8 +20,9 @@ use zx_domain::Destination;
 use crate::messages::{InventoryCommand, InventoryOutcome, MalformedMessage};
 use crate::usecases::{self, MessageError, Saga};
 
-/// Messages of one batch handled at once.
-const CONCURRENCY: usize = 10;
+/// Messages of one batch handled at once (besides the batch's bulk reservation): a worker's
+/// Postgres pool holds one more than this (`WorkerPgConnections` in template.yaml).
+pub const CONCURRENCY: usize = 10;
 /// What a batch keeps in hand before its deadline, to report its outcome.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 

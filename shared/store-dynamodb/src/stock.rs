@@ -369,6 +369,15 @@ impl DynamoProductRepository {
         Ok(self.stock_and_reservations(ids, &[]).await?.0)
     }
 
+    /// One live product's stock, for a change ([`RepositoryError::NotFound`] when it is not).
+    async fn live_stock(&self, id: &ProductId) -> Result<StockRecords, RepositoryError> {
+        self.stock_for_change(std::slice::from_ref(id))
+            .await?
+            .remove(id)
+            .filter(|r| r.live)
+            .ok_or(RepositoryError::NotFound)
+    }
+
     /// [`Self::stock_for_change`] and the reservation records of `orders`, in one read (a
     /// second only for products of several shards).
     async fn stock_and_reservations(
@@ -784,12 +793,7 @@ impl StockWriter for DynamoProductRepository {
     ) -> Result<Stock, RepositoryError> {
         change.check_bounds()?;
         for _ in 0..ATTEMPTS {
-            let records = self
-                .stock_for_change(std::slice::from_ref(id))
-                .await?
-                .remove(id)
-                .filter(|r| r.live)
-                .ok_or(RepositoryError::NotFound)?;
+            let records = self.live_stock(id).await?;
             let totals = records.totals();
             let mut items = Vec::new();
             match &change {
@@ -883,19 +887,9 @@ impl StockWriter for DynamoProductRepository {
         id: &ProductId,
         shards: u16,
     ) -> Result<StockRecords, RepositoryError> {
-        if !(1..=MAX_SHARDS).contains(&shards) {
-            return Err(RepositoryError::failed(
-                "set stock shards",
-                format!("a product has 1 to {MAX_SHARDS} stock shards"),
-            ));
-        }
+        zx_domain::stock::check_shard_count(shards)?;
         for _ in 0..ATTEMPTS {
-            let records = self
-                .stock_for_change(std::slice::from_ref(id))
-                .await?
-                .remove(id)
-                .filter(|r| r.live)
-                .ok_or(RepositoryError::NotFound)?;
+            let records = self.live_stock(id).await?;
             let slots = records
                 .shards
                 .iter()

@@ -550,12 +550,7 @@ impl StockWriter for PgProductRepository {
         id: &ProductId,
         shards: u16,
     ) -> Result<StockRecords, RepositoryError> {
-        if !(1..=MAX_SHARDS).contains(&shards) {
-            return Err(RepositoryError::failed(
-                "set stock shards",
-                format!("a product has 1 to {MAX_SHARDS} stock shards"),
-            ));
-        }
+        zx_domain::stock::check_shard_count(shards)?;
         let mut tx = self.pool.begin().await.map_err(db("Postgres begin"))?;
         let records = self.live_stock(&mut tx, id).await?;
         let shard_count = i16::try_from(shards).unwrap_or(1);
