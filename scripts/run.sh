@@ -27,22 +27,21 @@ eval "$(scripts/stack.sh env)"
 echo "[run] building the local gateway and zx-admin (first build takes a few minutes)"
 cargo build --locked -q -p zx-local-gateway -p zx-app --bins
 
-# Local-only secrets, generated once per checkout and kept in .local/ (git-ignored): the
-# Ed25519 token key pair (only the issuing function gets the private key when deployed; the
-# local gateway runs every function in one process, so it has both) and the admin password.
-if [ ! -s "$STATE/jwt-private-key" ] || [ ! -s "$STATE/jwt-public-keys" ]; then
-  keys=$(./target/debug/zx-admin jwt-keygen)
-  (umask 077; sed -n 1p <<<"$keys" > "$STATE/jwt-private-key")
-  sed -n 2p <<<"$keys" > "$STATE/jwt-public-keys"
-fi
+# Tokens are signed in KMS, as deployed: LocalStack's KMS holds the key (alias
+# zhixuan-jwt, made on first use); the gateway gets its id and public key, never the key.
+# The admin password is local-only, generated once per checkout into .local/ (git-ignored).
+keys=$(./target/debug/zx-admin jwt-kms-key zhixuan-jwt)
+JWT_SIGNING_KEY_ID=$(sed -n 1p <<<"$keys")
+JWT_PUBLIC_KEYS=$(sed -n 2p <<<"$keys")
+export JWT_SIGNING_KEY_ID JWT_PUBLIC_KEYS
+unset JWT_PRIVATE_KEY
 [ -s "$STATE/admin-password" ] || { printf 'Zx-'; head -c 12 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 14; } > "$STATE/admin-password"
-JWT_PRIVATE_KEY=$(cat "$STATE/jwt-private-key")
-JWT_PUBLIC_KEYS=$(cat "$STATE/jwt-public-keys")
-export JWT_PRIVATE_KEY JWT_PUBLIC_KEYS
 export STORE=${STORE:-dynamodb}
 export GATEWAY_PORT=${GATEWAY_PORT:-3000}
 export BCRYPT_COST=${BCRYPT_COST:-10}
 export RUST_LOG=${RUST_LOG:-info}
+# The template names no CORS origins; a local front end on port 3001 may call the gateway.
+export CORS_ALLOWED_ORIGINS=${CORS_ALLOWED_ORIGINS:-http://localhost:3001}
 ADMIN_EMAIL=${ADMIN_EMAIL:-admin@zhixuan.local}
 
 ./target/debug/zx-admin migrate

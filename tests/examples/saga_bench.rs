@@ -11,8 +11,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zx_auth::TokenIssuer;
-use zx_domain::{Email, Role, Timestamp, UserId};
+use zx_domain::Role;
 use zx_tests::{Store, TestApp};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -45,17 +44,8 @@ async fn create_to_confirmed(store: Store, orders: usize) {
         .create_product(&product)
         .await
         .expect("product");
-    let issuer = TokenIssuer::new(zx_tests::signing_key(), app.config.token.clone());
-    let user = UserId::generate();
-    let token = issuer
-        .issue_at(
-            &user,
-            &Email::parse("bench@example.com").expect("email"),
-            Role::Customer,
-            Timestamp::now().unix_seconds(),
-        )
-        .expect("token")
-        .token;
+    // A stored customer with a session: placing an order checks both.
+    let (_, token) = app.stored_user_token(Role::Customer).await;
     let http = reqwest::Client::new();
     let mut samples = Vec::with_capacity(orders);
     for i in 0..orders {

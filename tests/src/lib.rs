@@ -590,6 +590,10 @@ impl TestApp {
         for (key, value) in extra {
             vars.insert((*key).into(), (*value).into());
         }
+        // Signing in KMS replaces the in-memory test key.
+        if vars.contains_key("JWT_SIGNING_KEY_ID") {
+            vars.remove("JWT_PRIVATE_KEY");
+        }
         let config = Config::from_source(&Source::map(vars)).expect("test config");
         let services = Services::build_with_aws(&config, &aws)
             .await
@@ -701,7 +705,10 @@ impl TestApp {
     pub async fn gateway(&self) -> String {
         let template =
             std::fs::read_to_string(repo_root().join("template.yaml")).expect("template.yaml");
-        let routes = RouteTable::from_template(&template).expect("routes");
+        // The template names no origins; a deployment (and this test gateway) names its own.
+        let routes = RouteTable::from_template(&template)
+            .expect("routes")
+            .with_allowed_origins(vec!["https://localhost:3000".to_owned()]);
         let functions = Functions::new(&self.services).expect("every function starts");
         let gateway = Arc::new(Gateway::new(routes, functions).expect("gateway"));
         let (addr, _task) = gateway
@@ -709,6 +716,62 @@ impl TestApp {
             .await
             .expect("bind");
         format!("http://{addr}")
+    }
+}
+
+impl TestApp {
+    /// A user with `role` stored now (a unique name, a fixed password hash: it never logs in)
+    /// and an access token of a session of its own.
+    pub async fn stored_user_token(&self, role: zx_domain::Role) -> (zx_domain::UserId, String) {
+        let id = zx_domain::UserId::generate();
+        let simple: String = id.as_str().chars().filter(|c| *c != '-').collect();
+        let tail = &simple[simple.len() - 31..];
+        let user = zx_domain::User {
+            id: id.clone(),
+            ..zx_domain::User::new(
+                zx_domain::Username::parse(&format!("u{tail}")).expect("username"),
+                zx_domain::Email::parse(&format!("u{tail}@example.com")).expect("email"),
+                zx_domain::PasswordHash::from_stored(format!("$2b$04${}", "a".repeat(53)))
+                    .expect("hash"),
+                role,
+            )
+        };
+        self.services
+            .stores
+            .users()
+            .expect("users")
+            .create(&user)
+            .await
+            .expect("user stored");
+        (id, self.session_token(&user).await)
+    }
+
+    /// An access token for `user` (already stored) in a session stored for it now, signed with
+    /// the test key: what a login would give, without a password or the cache.
+    pub async fn session_token(&self, user: &zx_domain::User) -> String {
+        let now = zx_domain::Timestamp::now();
+        let session = zx_domain::Session {
+            id: zx_domain::SessionId::generate(),
+            user_id: user.id.clone(),
+            token_hash: zx_domain::TokenHash::from_hex(&"ab".repeat(32)).expect("hash"),
+            user_epoch: user.session_epoch,
+            created_at: now,
+            expires_at: now.plus(std::time::Duration::from_secs(3600)),
+            revoked: false,
+            used_hashes: Vec::new(),
+        };
+        self.services
+            .stores
+            .sessions()
+            .expect("sessions")
+            .create_session(&session)
+            .await
+            .expect("session stored");
+        zx_auth::TokenIssuer::new(signing_key(), self.config.token.clone())
+            .issue(user, &session.id)
+            .await
+            .expect("token")
+            .token
     }
 }
 

@@ -80,6 +80,38 @@ async fn duplicate_username_in_any_case_is_a_conflict(users: Arc<dyn UserReposit
         .unwrap();
 }
 
+/// Finding 10: look-alike usernames cannot coexist, on either backend (the key is computed in
+/// Rust, stored as is), and one of them may take a name again after the first is renamed.
+async fn look_alike_usernames_cannot_coexist(users: Arc<dyn UserRepository>) {
+    let admin = user("admin", "admin@example.com");
+    users.create(&admin).await.unwrap();
+    for (i, alike) in [
+        "\u{430}dmin",
+        "\u{ff41}\u{ff44}\u{ff4d}\u{ff49}\u{ff4e}",
+        "Admin",
+        "ADMIN",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let error = users
+            .create(&user(alike, &format!("alike{i}@example.com")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::Conflict(UniqueField::Username)),
+            "{alike:?}: {error:?}"
+        );
+    }
+    let mut renamed = admin.next_version();
+    renamed.username = Username::parse("root_admin").unwrap();
+    users.update(&admin, &renamed).await.unwrap();
+    users
+        .create(&user("\u{430}dmin", "cyrillic@example.com"))
+        .await
+        .unwrap();
+}
+
 async fn update_changes_fields_and_moves_uniqueness(users: Arc<dyn UserRepository>) {
     let dave = user("dave", "dave@example.com");
     users.create(&dave).await.unwrap();
@@ -205,6 +237,7 @@ contract_suites!(users = zx_tests::Backend, field users, cases crate:
     missing_users_are_none,
     duplicate_email_is_a_conflict,
     duplicate_username_in_any_case_is_a_conflict,
+    look_alike_usernames_cannot_coexist,
     update_changes_fields_and_moves_uniqueness,
     update_to_a_taken_email_conflicts_and_changes_nothing,
     stale_updates_are_rejected,
@@ -374,6 +407,76 @@ mod sessions {
             .unwrap();
     }
 
+    /// The standing of an access token's session: its user's epoch and role as stored now, and
+    /// whether the session is revoked; nothing for an unknown session or user.
+    pub async fn standing_reads_the_session_and_its_users_epoch_and_role(stores: SessionStores) {
+        let user = stored_user(&*stores.users).await;
+        let session = session_of(&user, 1);
+        stores.sessions.create_session(&session).await.unwrap();
+        let standing = stores
+            .sessions
+            .find_standing(&session.id, &user.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(standing.user_id, user.id);
+        assert_eq!(standing.role, user.role);
+        assert_eq!(
+            standing.role_for(&user.id, user.session_epoch),
+            Some(user.role)
+        );
+        // Promoted and moved on: the store says so at once.
+        let mut changed = user.next_version().with_sessions_revoked();
+        changed.role = zx_domain::Role::Admin;
+        stores.users.update(&user, &changed).await.unwrap();
+        let standing = stores
+            .sessions
+            .find_standing(&session.id, &user.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (standing.role, standing.user_epoch, standing.session_epoch),
+            (
+                zx_domain::Role::Admin,
+                user.session_epoch + 1,
+                user.session_epoch
+            )
+        );
+        assert_eq!(standing.role_for(&user.id, user.session_epoch), None);
+        // Revoked.
+        let fresh = session_of(&changed, 2);
+        stores.sessions.create_session(&fresh).await.unwrap();
+        stores.sessions.revoke_session(&fresh.id).await.unwrap();
+        let standing = stores
+            .sessions
+            .find_standing(&fresh.id, &user.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(standing.revoked);
+        assert_eq!(standing.role_for(&user.id, changed.session_epoch), None);
+        // Unknown session, unknown user.
+        let unknown = session_of(&user, 3);
+        assert_eq!(
+            stores
+                .sessions
+                .find_standing(&unknown.id, &user.id)
+                .await
+                .unwrap(),
+            None
+        );
+        let ghost = super::user("ghost2", "ghost2@example.com");
+        assert_eq!(
+            stores
+                .sessions
+                .find_standing(&session.id, &ghost.id)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
     /// A session whose user is gone never rotates (epoch 0 included: no epoch attribute is not
     /// the same as no user).
     pub async fn a_session_of_a_missing_user_never_rotates(stores: SessionStores) {
@@ -462,6 +565,7 @@ contract_suites!(session_store = zx_tests::Backend, field sessions, cases crate:
     moving_the_user_epoch_revokes_every_session,
     a_session_of_a_missing_user_never_rotates,
     of_ten_concurrent_rotations_of_one_token_one_wins,
+    standing_reads_the_session_and_its_users_epoch_and_role,
 );
 
 // ---------------------------------------------------------------- products and stock
@@ -490,6 +594,69 @@ mod catalogue {
             limit: PageLimit::parse("100").unwrap(),
             ..ProductQuery::default()
         }
+    }
+
+    /// Finding 6: a search (or a price filter) examines at most `MAX_EXAMINED` products a
+    /// request. Over a catalogue larger than that, a term nobody uses answers an empty page
+    /// with a cursor, the next request goes on from there, and the walk ends; a match among the
+    /// oldest products is found on a later page, after partial ones.
+    pub async fn searches_examine_a_bounded_number_of_products(
+        products: Arc<dyn ProductRepository>,
+    ) {
+        // The needle is the oldest; the rest are a second newer, made 50 at a time.
+        let needle = product("Oolong needle", "the oldest one", "bulk", 100, 1);
+        products.create_product(&needle).await.unwrap();
+        let later = needle.created_at.plus(std::time::Duration::from_secs(1));
+        let made: Vec<_> = (1..zx_domain::MAX_EXAMINED + 120)
+            .map(|i| {
+                let mut p = product(&format!("Item {i}"), "plain", "bulk", 100, 1);
+                (p.created_at, p.updated_at) = (later, later);
+                p
+            })
+            .collect();
+        futures::future::join_all(made.chunks(50).map(|chunk| {
+            let products = products.clone();
+            async move {
+                for p in chunk {
+                    products.create_product(p).await.unwrap();
+                }
+            }
+        }))
+        .await;
+        let walk = |term: &'static str| {
+            let products = products.clone();
+            async move {
+                let mut query = ProductQuery {
+                    search: Some(SearchTerm::parse(term).unwrap()),
+                    ..query()
+                };
+                let mut pages = Vec::new();
+                loop {
+                    let page = products.list_products(&query).await.unwrap();
+                    pages.push(
+                        page.items
+                            .iter()
+                            .map(|p| p.name.as_str().to_owned())
+                            .collect::<Vec<_>>(),
+                    );
+                    match page.next {
+                        Some(next) => query.after = Some(next),
+                        None => break pages,
+                    }
+                    assert!(pages.len() < 10, "the walk does not end");
+                }
+            }
+        };
+        let nothing = walk("qzxv-no-such-thing-9").await;
+        assert_eq!(
+            nothing,
+            [Vec::<String>::new(), Vec::new()],
+            "two bounded requests, nothing found"
+        );
+        let oldest = walk("needle").await;
+        assert_eq!(oldest.len(), 2, "{oldest:?}");
+        assert!(oldest[0].is_empty());
+        assert_eq!(oldest[1], ["Oolong needle"]);
     }
 
     pub async fn create_then_find(products: Arc<dyn ProductRepository>) {
@@ -600,7 +767,7 @@ mod catalogue {
             names(
                 p,
                 ProductQuery {
-                    search: search("%"),
+                    search: search("0%"),
                     ..query()
                 }
             )
@@ -611,7 +778,7 @@ mod catalogue {
             names(
                 p,
                 ProductQuery {
-                    search: search("_"),
+                    search: search("e_"),
                     ..query()
                 }
             )
@@ -1098,6 +1265,7 @@ contract_suites!(products = zx_tests::ProductBackend, field products, cases crat
     stock_stays_within_bounds_and_retried_changes_apply_once,
     retried_creates_succeed_once,
     find_products_reads_many_at_once,
+    searches_examine_a_bounded_number_of_products,
 );
 
 /// Loses the response of the first `TransactWriteItems` after DynamoDB applied it: the SDK sees

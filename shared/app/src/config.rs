@@ -116,6 +116,9 @@ pub struct Config {
     pub bcrypt_cost: BcryptCost,
     pub health_timeout: Duration,
     pub rate_limits: RateLimits,
+    /// `LOGIN_DELAY_AFTER` (default 3), `LOGIN_LOCK_AFTER` (default 10), `LOGIN_LOCK_SECONDS`
+    /// (default 900): per-account limits on wrong passwords.
+    pub guard: zx_cache::GuardSettings,
     /// Deadline of one DynamoDB call (`STORE_TIMEOUT_MS`), retries included.
     pub store_timeout: Duration,
     /// How long cached catalogue entries live (`CACHE_TTL_SECONDS`, seed: 600): the bound on
@@ -128,8 +131,12 @@ pub struct Config {
     /// listing index may still show the old state meanwhile.
     pub index_lag: Duration,
     pub token: TokenSettings,
-    /// `JWT_PRIVATE_KEY`: only the token-issuing function has it.
+    /// `JWT_PRIVATE_KEY`: an in-memory signing key, for tests and tools only (a deployment
+    /// signs in KMS: `JWT_SIGNING_KEY_ID`).
     pub signing_key: Option<SigningKey>,
+    /// `JWT_SIGNING_KEY_ID`: the KMS key (id, ARN or alias) the issuing functions sign with;
+    /// the key never leaves KMS.
+    pub signing_key_id: Option<String>,
     /// `JWT_PUBLIC_KEYS`: every function that verifies tokens.
     pub public_keys: Option<Vec<PublicKey>>,
     pub orders_table: String,
@@ -263,8 +270,47 @@ impl Config {
                 defaults.register_per_ip,
                 per_minute,
             )?,
+            search_per_client: parse_or(
+                source,
+                "RATE_LIMIT_SEARCH",
+                defaults.search_per_client,
+                per_minute,
+            )?,
+        };
+        if source.get("JWT_PRIVATE_KEY").is_some() && source.get("JWT_SIGNING_KEY_ID").is_some() {
+            return Err(ConfigError::Invalid {
+                var: "JWT_SIGNING_KEY_ID",
+                reason: "set JWT_SIGNING_KEY_ID (KMS) or JWT_PRIVATE_KEY (tests), not both".into(),
+            });
+        }
+        let guard_defaults = zx_cache::GuardSettings::default();
+        let count = |text: &str| {
+            text.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| format!("must be a number of failures from 1 to 1000, got {text:?}"))
+        };
+        let guard = zx_cache::GuardSettings {
+            delay_after: parse_or(
+                source,
+                "LOGIN_DELAY_AFTER",
+                guard_defaults.delay_after,
+                count,
+            )?,
+            lock_after: parse_or(source, "LOGIN_LOCK_AFTER", guard_defaults.lock_after, count)?,
+            lock_for: parse_or(source, "LOGIN_LOCK_SECONDS", guard_defaults.lock_for, |v| {
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=86_400).contains(n))
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| format!("must be seconds from 1 to 86400, got {v:?}"))
+            })?,
+            ..guard_defaults
         };
         Ok(Self {
+            guard,
             store,
             users_table: source
                 .get("USERS_TABLE")
@@ -352,6 +398,7 @@ impl Config {
                     var: "JWT_PRIVATE_KEY",
                     reason,
                 })?,
+            signing_key_id: source.get("JWT_SIGNING_KEY_ID"),
             orders_table: source
                 .get("ORDERS_TABLE")
                 .unwrap_or_else(|| "zhixuan-orders".into()),

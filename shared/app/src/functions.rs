@@ -43,18 +43,27 @@ const fn needs_users(users: Use) -> Needs {
         ..Needs::NONE
     }
 }
-/// A login or a refresh: reads the user, starts or rotates a session.
+/// A login or a refresh: reads the user (a login also rehashes a password stored at a lower
+/// bcrypt cost), starts or rotates a session.
 const fn needs_sessions(sessions: SessionUse) -> Needs {
     Needs {
         users: Use::Read,
         sessions,
+        rehash: sessions.start,
+        sign: true,
         cache: true,
         ..Needs::NONE
     }
 }
+/// Catalogue writes are admin routes: they check the caller's session and stored role.
 const fn needs_catalogue(products: Use) -> Needs {
     Needs {
         products,
+        sessions: if matches!(products, Use::Write) {
+            SessionUse::CHECK
+        } else {
+            SessionUse::NONE
+        },
         cache: true,
         ..Needs::NONE
     }
@@ -67,6 +76,7 @@ const fn needs_order_moves(products: Use) -> Needs {
         orders: Use::Write,
         outbox: Use::Write,
         sends: Sends::ORDER_MOVES,
+        sessions: SessionUse::CHECK,
         cache: true,
         ..Needs::NONE
     }
@@ -125,15 +135,28 @@ pub const USERS_VALIDATE: HttpFunction = HttpFunction::new(
     "users-validate",
     users_validate,
     Needs {
+        sessions: SessionUse::CHECK,
         cache: true,
         ..Needs::NONE
     },
 );
 pub const USERS_ME: HttpFunction = HttpFunction::new("users-me", users_me, needs_users(Use::Read));
-pub const USERS_GET: HttpFunction =
-    HttpFunction::new("users-get", users_get, needs_users(Use::Read));
-pub const USERS_UPDATE: HttpFunction =
-    HttpFunction::new("users-update", users_update, needs_users(Use::Write));
+pub const USERS_GET: HttpFunction = HttpFunction::new(
+    "users-get",
+    users_get,
+    Needs {
+        sessions: SessionUse::CHECK,
+        ..needs_users(Use::Read)
+    },
+);
+pub const USERS_UPDATE: HttpFunction = HttpFunction::new(
+    "users-update",
+    users_update,
+    Needs {
+        sessions: SessionUse::CHECK,
+        ..needs_users(Use::Write)
+    },
+);
 pub const PRODUCTS_LIST: HttpFunction =
     HttpFunction::new("products-list", products_list, needs_catalogue(Use::Read));
 pub const PRODUCTS_GET: HttpFunction =
@@ -231,7 +254,13 @@ fn edge(services: &Services, access: Access, group: Group) -> Result<Edge, Confi
         },
     };
     let limiter = services.limits.limiter.clone().map(|l| (l, limit));
-    Ok(Edge::new(access, Some(verifier), limiter))
+    let edge = Edge::new(access, Some(verifier), limiter);
+    if access == Access::Checked {
+        let standing =
+            zx_users::SessionStanding::new(services.stores.sessions()?, services.cache.clone());
+        return Ok(edge.with_standing(Arc::new(standing)));
+    }
+    Ok(edge)
 }
 
 /// `GET /health` (and `/api/v1/<service>/health`): no token, no limit.
@@ -263,16 +292,19 @@ pub fn docs(_services: &Services) -> Result<HttpHandler, ConfigError> {
 }
 
 pub fn users_register(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let (users, hasher, limits) = (
+    let state = (
         services.stores.users()?,
         services.hasher.clone(),
-        services.limits.clone(),
+        Arc::new(services.password_guard()?),
     );
-    Ok(
-        edge(services, Access::Public, Group::Users)?.wrap(move |request| {
-            let (users, hasher, limits) = (users.clone(), hasher.clone(), limits.clone());
-            async move { zx_users::register(&*users, &hasher, &limits, request).await }
-        }),
+    serve(
+        services,
+        Access::Public,
+        Group::Users,
+        state,
+        |(users, hasher, guard), request| async move {
+            zx_users::register(&*users, &hasher, &guard, request).await
+        },
     )
 }
 
@@ -283,15 +315,15 @@ pub fn users_login(services: &Services) -> Result<HttpHandler, ConfigError> {
         services.stores.sessions()?,
         services.hasher.clone(),
         services.issuer()?,
-        services.limits.clone(),
+        Arc::new(services.password_guard()?),
     );
     serve(
         services,
         Access::Public,
         Group::Users,
         state,
-        |(users, sessions, hasher, issuer, limits), request| async move {
-            zx_users::login(&*users, &*sessions, &hasher, &issuer, &limits, request).await
+        |(users, sessions, hasher, issuer, guard), request| async move {
+            zx_users::login(&*users, &*sessions, &hasher, &issuer, &guard, request).await
         },
     )
 }
@@ -302,47 +334,48 @@ pub fn users_refresh(services: &Services) -> Result<HttpHandler, ConfigError> {
         services.stores.users()?,
         services.stores.sessions()?,
         services.issuer()?,
+        services.cache.clone(),
     );
     serve(
         services,
         Access::Public,
         Group::Users,
         state,
-        |(users, sessions, issuer), request| async move {
-            zx_users::refresh(&*users, &*sessions, &issuer, request).await
+        |(users, sessions, issuer, cache), request| async move {
+            zx_users::refresh(&*users, &*sessions, &issuer, cache.as_ref(), request).await
         },
     )
 }
 
 pub fn users_logout(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let sessions = services.stores.sessions()?;
+    let state = (services.stores.sessions()?, services.cache.clone());
     serve(
         services,
         Access::Public,
         Group::Users,
-        sessions,
-        |sessions, request| async move { zx_users::logout(&*sessions, request).await },
+        state,
+        |(sessions, cache), request| async move {
+            zx_users::logout(&*sessions, cache.as_ref(), request).await
+        },
     )
 }
 
 pub fn users_validate(services: &Services) -> Result<HttpHandler, ConfigError> {
-    Ok(edge(services, Access::Authenticated, Group::Users)?.wrap(zx_users::validate))
+    Ok(edge(services, Access::Checked, Group::Users)?.wrap(zx_users::validate))
 }
 
 /// A profile read for the authenticated caller: `handler` gets the users and the request.
-fn profile_read<F, Fut>(services: &Services, handler: F) -> Result<HttpHandler, ConfigError>
+fn profile_read<F, Fut>(
+    services: &Services,
+    access: Access,
+    handler: F,
+) -> Result<HttpHandler, ConfigError>
 where
     F: Fn(Arc<dyn UserRepository>, Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
     let users = services.stores.users()?;
-    serve(
-        services,
-        Access::Authenticated,
-        Group::Users,
-        users,
-        handler,
-    )
+    serve(services, access, Group::Users, users, handler)
 }
 
 /// `handler` behind the edge for (`access`, `group`), given its own clone of `state` per
@@ -363,24 +396,35 @@ where
 }
 
 pub fn users_me(services: &Services) -> Result<HttpHandler, ConfigError> {
-    profile_read(services, |users, request| async move {
-        zx_users::me(&*users, request).await
-    })
+    profile_read(
+        services,
+        Access::Authenticated,
+        |users, request| async move { zx_users::me(&*users, request).await },
+    )
 }
 
 pub fn users_get(services: &Services) -> Result<HttpHandler, ConfigError> {
-    profile_read(services, |users, request| async move {
+    // An admin reads anyone's profile: the role is the stored one.
+    profile_read(services, Access::Checked, |users, request| async move {
         zx_users::get_user(&*users, request).await
     })
 }
 
 pub fn users_update(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let (users, hasher) = (services.stores.users()?, services.hasher.clone());
-    Ok(
-        edge(services, Access::Authenticated, Group::Users)?.wrap(move |request| {
-            let (users, hasher) = (users.clone(), hasher.clone());
-            async move { zx_users::update_user(&*users, &hasher, request).await }
-        }),
+    let state = (
+        services.stores.users()?,
+        services.hasher.clone(),
+        Arc::new(services.password_guard()?),
+        services.cache.clone(),
+    );
+    serve(
+        services,
+        Access::Checked,
+        Group::Users,
+        state,
+        |(users, hasher, guard, cache), request| async move {
+            zx_users::update_user(&*users, &hasher, &guard, cache.as_ref(), request).await
+        },
     )
 }
 
@@ -419,29 +463,33 @@ macro_rules! catalogue_function {
     };
 }
 
-catalogue_function!(
-    /// `GET /products`
-    products_list, Access::Public, zx_products::list_products
-);
+/// `GET /products`: searches count against their own per-client limit too.
+pub fn products_list(services: &Services) -> Result<HttpHandler, ConfigError> {
+    let limits = Arc::new(services.limits.clone());
+    catalogue(services, Access::Public, move |products, cache, request| {
+        let limits = limits.clone();
+        async move { zx_products::list_products(&*products, cache.as_ref(), &limits, request).await }
+    })
+}
 catalogue_function!(
     /// `GET /products/{id}`
     products_get, Access::Public, zx_products::get_product
 );
 catalogue_function!(
     /// `POST /products` (admin)
-    products_create, Access::Authenticated, zx_products::create_product
+    products_create, Access::Checked, zx_products::create_product
 );
 catalogue_function!(
     /// `PUT /products/{id}` (admin)
-    products_update, Access::Authenticated, zx_products::update_product
+    products_update, Access::Checked, zx_products::update_product
 );
 catalogue_function!(
     /// `DELETE /products/{id}` (admin)
-    products_delete, Access::Authenticated, zx_products::delete_product
+    products_delete, Access::Checked, zx_products::delete_product
 );
 catalogue_function!(
     /// `PUT /stock/{productId}` (admin)
-    stock_put, Access::Authenticated, zx_products::put_stock
+    stock_put, Access::Checked, zx_products::put_stock
 );
 
 pub fn stock_get(services: &Services) -> Result<HttpHandler, ConfigError> {
@@ -460,13 +508,8 @@ where
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
     let saga = Arc::new(services.saga()?);
-    serve(
-        services,
-        Access::Authenticated,
-        Group::Orders,
-        saga,
-        handler,
-    )
+    // Placing, cancelling and moving orders are writes: the session must still stand.
+    serve(services, Access::Checked, Group::Orders, saga, handler)
 }
 
 /// An orders function whose handler takes (saga, request).

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod functions;
 pub mod health;
 pub mod http_client;
+pub mod kms;
 pub mod openapi;
 pub mod permissions;
 pub mod unwired;

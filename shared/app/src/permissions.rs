@@ -50,6 +50,16 @@ pub fn permissions(needs: &Needs) -> Permissions {
         "UsersTable",
         by_use(needs.users, iam::USERS_READ, iam::USERS_WRITE),
     );
+    if needs.sign {
+        grant(
+            &mut p,
+            "JwtSigningKeyArn",
+            &["kms:GetPublicKey", "kms:Sign"],
+        );
+    }
+    if needs.rehash {
+        grant(&mut p, "UsersTable", iam::USERS_REHASH);
+    }
     if needs.sessions.start {
         grant(&mut p, "UsersTable", iam::SESSIONS_START);
     }
@@ -58,6 +68,9 @@ pub fn permissions(needs: &Needs) -> Permissions {
     }
     if needs.sessions.end {
         grant(&mut p, "UsersTable", iam::SESSIONS_END);
+    }
+    if needs.sessions.check {
+        grant(&mut p, "UsersTable", iam::SESSIONS_CHECK);
     }
     grant(
         &mut p,

@@ -247,6 +247,40 @@ impl UserWriter for ReadOnly<dyn UserRepository> {
     async fn update(&self, _: &User, _: &User) -> Result<(), RepositoryError> {
         read_only("users")
     }
+    async fn replace_password_hash(&self, _: &User, _: &User) -> Result<(), RepositoryError> {
+        read_only("users")
+    }
+}
+
+/// Users a function reads and whose password hash it may replace (users-login's rehash), as
+/// its IAM grant allows: every other write is refused.
+pub struct RehashOnly(pub Arc<dyn UserRepository>);
+
+#[async_trait]
+impl UserReader for RehashOnly {
+    async fn find_by_id(&self, id: &UserId) -> Result<Option<User>, RepositoryError> {
+        self.0.find_by_id(id).await
+    }
+    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepositoryError> {
+        self.0.find_by_email(email).await
+    }
+}
+
+#[async_trait]
+impl UserWriter for RehashOnly {
+    async fn create(&self, _: &User) -> Result<(), RepositoryError> {
+        read_only("users")
+    }
+    async fn update(&self, _: &User, _: &User) -> Result<(), RepositoryError> {
+        read_only("users")
+    }
+    async fn replace_password_hash(
+        &self,
+        current: &User,
+        next: &User,
+    ) -> Result<(), RepositoryError> {
+        self.0.replace_password_hash(current, next).await
+    }
 }
 
 #[async_trait]
@@ -387,6 +421,14 @@ impl SessionRepository for LimitedSessions {
         self.check(self.allowed.rotate || self.allowed.end, "revoke")?;
         self.inner.revoke_session(id).await
     }
+    async fn find_standing(
+        &self,
+        id: &SessionId,
+        user: &zx_domain::UserId,
+    ) -> Result<Option<zx_domain::Standing>, RepositoryError> {
+        self.check(self.allowed.check, "check")?;
+        self.inner.find_standing(id, user).await
+    }
 }
 
 /// The stores as `needs` declares them: those only read are wrapped in [`ReadOnly`], sessions
@@ -402,10 +444,13 @@ pub fn read_only_where_declared(stores: &mut crate::Stores, needs: &crate::wirin
         });
     }
     if needs.users == Use::Read {
-        stores.users = stores
-            .users
-            .take()
-            .map(|s| Arc::new(ReadOnly(s)) as Arc<dyn UserRepository>);
+        stores.users = stores.users.take().map(|s| {
+            if needs.rehash {
+                Arc::new(RehashOnly(s)) as Arc<dyn UserRepository>
+            } else {
+                Arc::new(ReadOnly(s)) as Arc<dyn UserRepository>
+            }
+        });
     }
     if needs.products == Use::Read {
         stores.products = stores

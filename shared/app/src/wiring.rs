@@ -93,6 +93,11 @@ pub struct Needs {
     pub outbox: Use,
     /// Where it sends messages (SQS queues, the SNS topic).
     pub sends: Sends,
+    /// Replace a user's password hash (users-login's rehash): `UpdateItem` of those attributes.
+    pub rehash: bool,
+    /// Sign access tokens: `kms:Sign` and `kms:GetPublicKey` on the signing key (users-login,
+    /// users-refresh). No other function is built with a signer.
+    pub sign: bool,
     /// The cache (catalogue views, per-client limits).
     pub cache: bool,
     /// `DescribeTable` on every table, and the other stores' pings.
@@ -108,6 +113,8 @@ impl Needs {
         orders: Use::No,
         outbox: Use::No,
         sends: Sends::NONE,
+        rehash: false,
+        sign: false,
         cache: false,
         health: false,
     };
@@ -120,6 +127,8 @@ impl Needs {
         orders: Use::Write,
         outbox: Use::Write,
         sends: Sends::ALL,
+        rehash: true,
+        sign: true,
         cache: true,
         health: true,
     };
@@ -181,6 +190,9 @@ pub struct SessionUse {
     pub rotate: bool,
     /// Read a session and revoke it (logout).
     pub end: bool,
+    /// Read a session and its user's epoch and role: the standing of an access token on admin
+    /// routes and writes.
+    pub check: bool,
 }
 
 impl SessionUse {
@@ -188,14 +200,21 @@ impl SessionUse {
         start: false,
         rotate: false,
         end: false,
+        check: false,
     };
     pub const ALL: SessionUse = SessionUse {
         start: true,
         rotate: true,
         end: true,
+        check: true,
+    };
+    /// Only the standing of access tokens.
+    pub const CHECK: SessionUse = SessionUse {
+        check: true,
+        ..SessionUse::NONE
     };
     pub const fn any(self) -> bool {
-        self.start || self.rotate || self.end
+        self.start || self.rotate || self.end || self.check
     }
 }
 
@@ -589,12 +608,33 @@ pub struct Services {
     pub health_timeout: std::time::Duration,
     /// Per-client limits, enforced when the cache is configured.
     pub limits: zx_cache::ClientLimits,
+    /// Per-account limits on wrong passwords.
+    pub guard: zx_cache::GuardSettings,
     pub catalogue: zx_products::CatalogueSettings,
     /// Present when the queues and the topic are configured.
     pub sender: Option<Arc<dyn MessageSender>>,
     /// Where messages go (the local gateway polls these queues).
     pub destinations: Option<zx_messaging::Destinations>,
     pub saga: zx_orders::usecases::SagaSettings,
+}
+
+/// The token issuer of a function that signs (`needs.sign`): KMS when `JWT_SIGNING_KEY_ID` is
+/// set, else the in-memory `JWT_PRIVATE_KEY` (tests and tools); none for any other function.
+fn issuer(config: &Config, aws: &aws_config::SdkConfig, sign: bool) -> Option<Arc<TokenIssuer>> {
+    if !sign {
+        return None;
+    }
+    if let Some(key_id) = &config.signing_key_id {
+        let signer = crate::kms::KmsSigner::new(aws, key_id.clone());
+        return Some(Arc::new(TokenIssuer::remote(
+            Arc::new(signer),
+            config.token.clone(),
+        )));
+    }
+    config
+        .signing_key
+        .as_ref()
+        .map(|key| Arc::new(TokenIssuer::new(key, config.token.clone())))
 }
 
 /// Everything, for the local gateway and the tests (every function in one process).
@@ -631,12 +671,10 @@ impl Services {
                 limiter: cache.clone().map(zx_cache::RateLimiter::new),
                 limits: config.rate_limits,
             },
+            guard: config.guard,
             cache,
             hasher: PasswordHasher::new(config.bcrypt_cost),
-            issuer: config
-                .signing_key
-                .as_ref()
-                .map(|key| Arc::new(TokenIssuer::new(key, config.token.clone()))),
+            issuer: issuer(config, aws, wiring.needs.sign),
             verifier: config
                 .public_keys
                 .as_ref()
@@ -717,6 +755,9 @@ impl Services {
             services.cache = None;
             services.limits.limiter = None;
         }
+        if !needs.sign {
+            services.issuer = None;
+        }
         services.sender = self
             .sender
             .clone()
@@ -725,11 +766,27 @@ impl Services {
         services
     }
 
-    /// The token issuer, for the function that signs tokens.
+    /// The limits that guard passwords (login, register, `currentPassword`). They fail closed,
+    /// so a function that checks passwords does not start without a cache to count in.
+    pub fn password_guard(&self) -> Result<zx_users::PasswordGuard, ConfigError> {
+        let limiter = self
+            .limits
+            .limiter
+            .clone()
+            .ok_or(ConfigError::Missing("CACHE_URL"))?;
+        let accounts = zx_cache::AccountGuard::new(limiter.cache().clone(), self.guard);
+        Ok(zx_users::PasswordGuard::new(
+            limiter,
+            self.limits.limits,
+            accounts,
+        ))
+    }
+
+    /// The token issuer, for the functions that sign tokens.
     pub fn issuer(&self) -> Result<Arc<TokenIssuer>, ConfigError> {
         self.issuer
             .clone()
-            .ok_or(ConfigError::Missing("JWT_PRIVATE_KEY"))
+            .ok_or(ConfigError::Missing("JWT_SIGNING_KEY_ID"))
     }
 
     /// The token verifier, for every function that reads bearer tokens.

@@ -5,9 +5,10 @@ pub mod password;
 pub mod refresh;
 pub mod token;
 
+pub use jsonwebtoken::Algorithm;
 pub use password::{BcryptCost, PasswordHasher};
 pub use refresh::{NewRefreshToken, hash_refresh_token, new_refresh_token, parse_refresh_token};
 pub use token::{
-    AuthClaims, IssuedToken, PublicKey, SigningKey, TokenError, TokenIssuer, TokenSettings,
-    TokenVerifier,
+    AuthClaims, IssuedToken, PublicKey, RemoteSigner, SigningKey, TokenError, TokenIssuer,
+    TokenSettings, TokenVerifier, ecdsa_der_to_jose,
 };

@@ -65,6 +65,14 @@ impl PasswordHasher {
         self.cost
     }
 
+    /// Whether `hash` was made with a lower cost than the configured one (a cost raised since,
+    /// or an account made elsewhere): a login then stores a new hash, so every account ends up
+    /// costing the same to verify and login timing cannot tell the old ones apart. A hash
+    /// whose cost cannot be read is rehashed too.
+    pub fn needs_rehash(&self, hash: &PasswordHash) -> bool {
+        hash_cost(hash.expose()).is_none_or(|cost| cost < self.cost.value())
+    }
+
     /// Hashes a password with a fresh salt.
     pub async fn hash(&self, password: &Password) -> Result<PasswordHash, HashError> {
         let password = password.clone();
@@ -103,9 +111,30 @@ impl PasswordHasher {
     }
 }
 
+/// The cost of a bcrypt hash (`$2b$10$...`).
+fn hash_cost(hash: &str) -> Option<u32> {
+    let mut parts = hash.split('$');
+    let (_, _, cost) = (parts.next()?, parts.next()?, parts.next()?);
+    cost.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn hashes_below_the_configured_cost_need_a_rehash() {
+        let low = PasswordHasher::new(BcryptCost::parse("4").unwrap());
+        let high = PasswordHasher::new(BcryptCost::parse("5").unwrap());
+        let hash = low
+            .hash(&Password::parse("correct horse 1").unwrap())
+            .await
+            .unwrap();
+        assert!(!low.needs_rehash(&hash));
+        assert!(high.needs_rehash(&hash));
+        assert_eq!(hash_cost("$2b$12$abc"), Some(12));
+        assert_eq!(hash_cost("garbage"), None);
+    }
 
     fn hasher() -> PasswordHasher {
         PasswordHasher::new(BcryptCost::parse("4").unwrap())

@@ -4,8 +4,10 @@
 //! After a failure the cache is skipped for a short while (a circuit breaker), so a cache that
 //! is down costs one timeout every few seconds, not one per operation.
 
+pub mod guard;
 pub mod rate_limit;
 
+pub use guard::{AccountGuard, AfterFailure, Attempt, GuardSettings};
 pub use rate_limit::{ClientLimits, Decision, RateLimiter, RateLimits, Window};
 
 use std::sync::Arc;
@@ -97,6 +99,16 @@ impl Cache {
         command: &redis::Cmd,
     ) -> Result<T, CacheError> {
         self.guarded(|mut connection| async move { command.query_async(&mut connection).await })
+            .await
+    }
+
+    /// Runs one command under the deadline even while the breaker is open: for the limits that
+    /// guard passwords, which fail closed and so must not be refused by another call's failure.
+    pub async fn run_always<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, CacheError> {
+        self.attempt(|mut connection| async move { command.query_async(&mut connection).await })
             .await
     }
 
@@ -245,6 +257,16 @@ impl Cache {
     /// Counts one hit in a fixed window: `INCR` and, for the first hit, `EXPIRE window`, in one
     /// transaction. Returns the count so far and the seconds until the window resets.
     pub async fn hit_window(&self, key: &str, window: Duration) -> Result<(i64, u64), CacheError> {
+        self.hit_window_with(key, window, false).await
+    }
+
+    /// [`Self::hit_window`], attempted even while the breaker is open (`always`).
+    pub async fn hit_window_with(
+        &self,
+        key: &str,
+        window: Duration,
+        always: bool,
+    ) -> Result<(i64, u64), CacheError> {
         let key = self.key(key);
         let mut pipeline = redis::pipe();
         pipeline
@@ -258,7 +280,11 @@ impl Cache {
             .ignore()
             .cmd("TTL")
             .arg(&key);
-        let (count, ttl): (i64, i64) = self.run_pipeline(&pipeline).await?;
+        let (count, ttl): (i64, i64) = if always {
+            self.run_pipeline_always(&pipeline).await?
+        } else {
+            self.run_pipeline(&pipeline).await?
+        };
         Ok((count, u64::try_from(ttl).unwrap_or(window.as_secs()).max(1)))
     }
 

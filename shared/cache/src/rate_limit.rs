@@ -1,10 +1,21 @@
 //! Per-client rate limits: fixed one-minute windows counted in the cache (like Kong's
-//! `rate-limiting` plugin with `policy: redis`). When the cache is unavailable the limiter fails
-//! open (the request is allowed) and says so in the log.
+//! `rate-limiting` plugin with `policy: redis`). When the cache is unavailable a route limit
+//! fails open (the request is allowed), logged at error and counted (event
+//! `rate_limit_fail_open`, a metric filter in the template); the limits that guard passwords
+//! ([`RateLimiter::count_closed`]) fail closed instead.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::Cache;
+use crate::{Cache, CacheError};
+
+/// Route-limit fail-opens in this process (the log line is the deployed metric's source).
+static FAIL_OPENS: AtomicU64 = AtomicU64::new(0);
+
+/// How many requests this process let through unlimited because the cache could not count them.
+pub fn fail_opens() -> u64 {
+    FAIL_OPENS.load(Ordering::Relaxed)
+}
 
 /// Per-client limits, per one-minute window, enforced in the cache (when configured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +32,8 @@ pub struct RateLimits {
     pub login_per_ip: u32,
     /// Registrations per client IP.
     pub register_per_ip: u32,
+    /// Product searches (`search`) per client, stricter than the products routes' limit.
+    pub search_per_client: u32,
 }
 
 impl Default for RateLimits {
@@ -32,6 +45,7 @@ impl Default for RateLimits {
             login_per_ip_and_email: 5,
             login_per_ip: 30,
             register_per_ip: 10,
+            search_per_client: 60,
         }
     }
 }
@@ -98,10 +112,36 @@ impl RateLimiter {
                 reset_in: Duration::from_secs(reset_in),
             }),
             Err(error) => {
-                tracing::warn!(%error, "rate limiter unavailable: allowing the request (fail open)");
+                FAIL_OPENS.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    event = "rate_limit_fail_open",
+                    limit_key = key.split(':').next().unwrap_or_default(),
+                    %error,
+                    "rate limiter unavailable: allowing the request (fail open)"
+                );
                 None
             }
         }
+    }
+
+    /// Counts one request for `key` for a limit that guards a secret: attempted even while the
+    /// cache's breaker is open, and an error (never an unlimited request) when the cache cannot
+    /// count it.
+    pub async fn count_closed(&self, key: &str, limit: u32) -> Result<Window, CacheError> {
+        let (count, reset_in) = self
+            .cache
+            .hit_window_with(&format!("rl:{key}"), self.window, true)
+            .await?;
+        Ok(Window {
+            limit,
+            count: u64::try_from(count).unwrap_or(0),
+            reset_in: Duration::from_secs(reset_in),
+        })
+    }
+
+    /// The cache the limiter counts in.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// Counts one request for `key` and allows it while the window holds at most `limit`.

@@ -17,8 +17,8 @@ pub use order::{
     Reservation, ReservationState, ReserveLine, Row, RowKey, ShippingAddress, StatusChange,
 };
 pub use product::{
-    CategoryId, Cursor, Description, ImageUrl, Page, PageLimit, Price, Product, ProductId,
-    ProductName, ProductQuery, SearchTerm, Stock, StockChangeId,
+    CategoryId, Cursor, Description, ImageUrl, MAX_EXAMINED, Page, PageLimit, Price, Product,
+    ProductId, ProductName, ProductQuery, SearchTerm, Stock, StockChangeId, is_cjk_ideograph,
 };
 pub use repository::{
     BatchReservation, InventoryRepository, MessageSender, OrderCreation, OrderRepository, Outbox,
@@ -27,7 +27,7 @@ pub use repository::{
     UserRepository, UserWriter,
 };
 pub use session::{
-    MAX_SESSION_LIFETIME, Presented, REMEMBERED_TOKENS, Session, SessionId, TokenHash,
+    MAX_SESSION_LIFETIME, Presented, REMEMBERED_TOKENS, Session, SessionId, Standing, TokenHash,
 };
 pub use timestamp::Timestamp;
 pub use user::{Email, Password, PasswordHash, Role, User, UserId, Username};

@@ -314,13 +314,34 @@ pub struct Product {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchTerm(String);
 
+/// Whether `c` is a CJK ideograph (the Unified Ideographs, their extensions and the
+/// compatibility ideographs): one of them is a word (茶, tea), so a one-character search is real.
+pub fn is_cjk_ideograph(c: char) -> bool {
+    matches!(u32::from(c),
+        0x3400..=0x4DBF        // Extension A
+        | 0x4E00..=0x9FFF      // Unified Ideographs
+        | 0xF900..=0xFAFF      // Compatibility Ideographs
+        | 0x20000..=0x2A6DF    // Extension B
+        | 0x2A700..=0x2EBEF    // Extensions C to F
+        | 0x2F800..=0x2FA1F    // Compatibility Supplement
+        | 0x30000..=0x323AF) // Extensions G and H
+}
+
 impl SearchTerm {
+    /// At most this many characters.
+    pub const MAX_CHARS: usize = 100;
+
+    /// 2 to 100 characters, or a single CJK ideograph: one Latin letter matches most of a
+    /// catalogue and says nothing.
     pub fn parse(text: &str) -> Result<Self, String> {
         let term = text.trim().to_lowercase();
-        if (1..=100).contains(&term.chars().count()) {
+        let mut chars = term.chars();
+        let count = term.chars().count();
+        let single_ideograph = count == 1 && chars.next().is_some_and(is_cjk_ideograph);
+        if (2..=Self::MAX_CHARS).contains(&count) || single_ideograph {
             Ok(Self(term))
         } else {
-            Err("must be 1 to 100 characters".into())
+            Err("must be 2 to 100 characters (or one CJK ideograph, such as 茶)".into())
         }
     }
 
@@ -357,6 +378,12 @@ impl PageLimit {
         usize::from(self.0)
     }
 }
+
+/// The most index entries one listing request examines (a filter or a search can match few
+/// of them): a request never costs more than this, whatever the catalogue's size. When it
+/// stops before the page is full, it answers what it found with a cursor after the last entry
+/// it examined, and the client pages on.
+pub const MAX_EXAMINED: usize = 500;
 
 /// Where a newest-first walk stopped: the last item's creation time and id. Opaque to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]

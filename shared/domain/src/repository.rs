@@ -33,6 +33,16 @@ pub trait UserWriter: Send + Sync {
     /// [`RepositoryError::ConcurrentUpdate`]. A changed e-mail or username that another user
     /// holds gives [`RepositoryError::Conflict`] and changes nothing.
     async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError>;
+
+    /// Replaces only the password hash of `current` (a rehash at login), as a new version, if
+    /// the stored version is still `current.version`; otherwise
+    /// [`RepositoryError::ConcurrentUpdate`]. Nothing else of the user is written, so the IAM
+    /// grant of the function that calls it can be limited to these attributes.
+    async fn replace_password_hash(
+        &self,
+        current: &User,
+        next: &User,
+    ) -> Result<(), RepositoryError>;
 }
 
 /// Sessions (refresh tokens). Reads are strongly consistent.
@@ -58,6 +68,14 @@ pub trait SessionRepository: Send + Sync {
 
     /// Marks the session revoked. Revoking a revoked or unknown session succeeds.
     async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError>;
+
+    /// The session `id` and the current epoch and role of `user`, read together (strongly
+    /// consistent); `None` when either is missing.
+    async fn find_standing(
+        &self,
+        id: &SessionId,
+        user: &crate::UserId,
+    ) -> Result<Option<crate::Standing>, RepositoryError>;
 }
 
 /// Both halves, for adapters and for wiring.

@@ -79,8 +79,10 @@ impl fmt::Debug for TokenHash {
     }
 }
 
-/// How many used tokens a session remembers, to recognise one presented again.
-pub const REMEMBERED_TOKENS: usize = 16;
+/// How many used tokens a session remembers, to recognise one presented again: 64 rotations,
+/// 16 hours of continuous use with 15-minute access tokens. An older token is refused as
+/// unknown (never accepted), only not recognised as a replay.
+pub const REMEMBERED_TOKENS: usize = 64;
 
 /// The longest a session lasts, however often it is refreshed.
 pub const MAX_SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
@@ -148,16 +150,75 @@ impl Session {
     }
 }
 
+/// What the store says now about the session an access token names and its user: what the
+/// edge checks on admin routes and writes, so a logout, a password or e-mail change, a role
+/// change or a demotion stops an access token before it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// The session's user.
+    pub user_id: UserId,
+    /// The user's epoch when the session began.
+    pub session_epoch: u64,
+    pub revoked: bool,
+    /// The user's epoch now.
+    pub user_epoch: u64,
+    /// The user's role now.
+    pub role: crate::Role,
+}
+
+impl Standing {
+    /// The role a token of `user` with epoch `token_epoch` may act with now, or `None` when
+    /// its session no longer stands (revoked, another user's, or begun before the user's epoch
+    /// moved on).
+    pub fn role_for(&self, user: &UserId, token_epoch: u64) -> Option<crate::Role> {
+        let stands = self.user_id == *user
+            && !self.revoked
+            && self.session_epoch == self.user_epoch
+            && token_epoch == self.user_epoch;
+        stands.then_some(self.role)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_stands_only_unrevoked_for_its_user_at_the_current_epoch() {
+        let user = UserId::generate();
+        let standing = Standing {
+            user_id: user.clone(),
+            session_epoch: 2,
+            revoked: false,
+            user_epoch: 2,
+            role: crate::Role::Admin,
+        };
+        assert_eq!(standing.role_for(&user, 2), Some(crate::Role::Admin));
+        assert_eq!(standing.role_for(&UserId::generate(), 2), None);
+        assert_eq!(standing.role_for(&user, 1), None);
+        let moved_on = Standing {
+            user_epoch: 3,
+            ..standing.clone()
+        };
+        assert_eq!(moved_on.role_for(&user, 2), None);
+        assert_eq!(
+            moved_on.role_for(&user, 3),
+            None,
+            "the session began before"
+        );
+        let revoked = Standing {
+            revoked: true,
+            ..standing
+        };
+        assert_eq!(revoked.role_for(&user, 2), None);
+    }
 
     fn hash(seed: u8) -> TokenHash {
         TokenHash::from_hex(&format!("{seed:02x}").repeat(32)).unwrap()
     }
 
     #[test]
-    fn rotation_remembers_the_last_sixteen_tokens_and_caps_the_lifetime() {
+    fn rotation_remembers_the_last_tokens_and_caps_the_lifetime() {
         let created = Timestamp::now();
         let mut session = Session {
             id: SessionId::generate(),
@@ -169,13 +230,13 @@ mod tests {
             revoked: false,
             used_hashes: Vec::new(),
         };
-        for i in 1..=20u8 {
+        for i in 1..=70u8 {
             session = session.rotated(hash(i), created.plus(MAX_SESSION_LIFETIME * 2));
         }
-        assert_eq!(session.recognise(&hash(20)), Presented::Current);
-        assert_eq!(session.recognise(&hash(19)), Presented::Used);
-        assert_eq!(session.recognise(&hash(4)), Presented::Used);
-        assert_eq!(session.recognise(&hash(3)), Presented::Unknown);
+        assert_eq!(session.recognise(&hash(70)), Presented::Current);
+        assert_eq!(session.recognise(&hash(69)), Presented::Used);
+        assert_eq!(session.recognise(&hash(6)), Presented::Used);
+        assert_eq!(session.recognise(&hash(5)), Presented::Unknown);
         assert_eq!(session.recognise(&hash(99)), Presented::Unknown);
         assert_eq!(session.used_hashes.len(), REMEMBERED_TOKENS);
         assert_eq!(session.expires_at, session.last_expiry());

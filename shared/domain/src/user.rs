@@ -49,6 +49,11 @@ pub struct Email(String);
 impl Email {
     pub const MAX_LEN: usize = 254;
 
+    /// An address as RFC 5321 writes one: a dot-string local part of `atext` characters
+    /// (ASCII letters, digits and ``!#$%&'*+-/=?^_`{|}~``; no quoted strings), at most 64 bytes,
+    /// and a domain of letter-digit-hyphen labels (an internationalised domain in its `xn--`
+    /// form). Nothing invisible, no markup characters, no other script: what is stored is what
+    /// every mail system and every screen shows alike.
     pub fn parse(text: &str) -> Result<Self, String> {
         let email = text.trim().to_lowercase();
         if email.is_empty() {
@@ -57,16 +62,35 @@ impl Email {
         if email.len() > Self::MAX_LEN {
             return Err(format!("must be at most {} bytes", Self::MAX_LEN));
         }
-        if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if !email.is_ascii() {
+            return Err(
+                "must be an ASCII e-mail address (an internationalised domain in its xn-- form)"
+                    .into(),
+            );
+        }
+        if email
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+        {
             return Err("must not contain spaces or control characters".into());
         }
         let Some((local, domain)) = email.split_once('@') else {
             return Err("must be an e-mail address (name@domain)".into());
         };
-        let domain_ok = !domain.contains('@')
-            && domain.contains('.')
-            && domain.split('.').all(|label| !label.is_empty());
-        if local.is_empty() || local.len() > 64 || !domain_ok {
+        let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && local
+                .split('.')
+                .all(|atom| !atom.is_empty() && atom.chars().all(atext));
+        let label_ok = |label: &str| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        let domain_ok = domain.contains('.') && domain.split('.').all(label_ok);
+        if !local_ok || !domain_ok {
             return Err("must be an e-mail address (name@domain)".into());
         }
         Ok(Self(email))
@@ -83,8 +107,10 @@ impl fmt::Display for Email {
     }
 }
 
-/// A display name: 3–32 characters of letters, digits, `_`, `-` or `.` (any script).
-/// Unique without regard to case: [`Username::key`] is what uniqueness is checked on.
+/// A display name: 3–32 characters of letters, digits, `_`, `-` or `.` (any script), that the
+/// PRECIS `UsernameCaseMapped` profile (RFC 8265) accepts, stored in Unicode NFC. Unique by
+/// [`Username::key`]: without regard to case, width (full-width `ａｄｍｉｎ`) or look-alike
+/// letters (Cyrillic `аdmin`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Username(String);
@@ -94,7 +120,10 @@ impl Username {
     pub const MAX_CHARS: usize = 32;
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let name = text.trim();
+        use precis_core::profile::PrecisFastInvocation;
+        use unicode_normalization::UnicodeNormalization;
+        let name: String = text.trim().nfc().collect();
+        let name = name.as_str();
         let chars = name.chars().count();
         if !(Self::MIN_CHARS..=Self::MAX_CHARS).contains(&chars) {
             return Err(format!(
@@ -109,6 +138,11 @@ impl Username {
         {
             return Err("may contain only letters, digits, '_', '-' and '.'".into());
         }
+        if precis_profiles::UsernameCaseMapped::enforce(name).is_err() {
+            return Err(
+                "is not a valid username (RFC 8265: letters of one direction, no symbols)".into(),
+            );
+        }
         Ok(Self(name.to_owned()))
     }
 
@@ -116,9 +150,25 @@ impl Username {
         &self.0
     }
 
-    /// The case-folded form that uniqueness is enforced on.
+    /// What uniqueness is enforced on, the same on every backend (computed here, stored as is):
+    /// the PRECIS `UsernameCaseMapped` form (width-mapped, lower-cased, NFC), then its UTS #39
+    /// confusable skeleton, lower-cased (the skeleton maps some letters to capitals: `0` → `O`),
+    /// until it no longer changes. `admin`, `Admin`, `ａｄｍｉｎ` and `аdmin` share one key.
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        use precis_core::profile::PrecisFastInvocation;
+        let mut key = precis_profiles::UsernameCaseMapped::enforce(self.0.as_str())
+            .map(|k| k.into_owned())
+            .unwrap_or_else(|_| self.0.to_lowercase());
+        for _ in 0..4 {
+            let next: String = unicode_security::confusable_detection::skeleton(&key)
+                .flat_map(char::to_lowercase)
+                .collect();
+            if next == key {
+                break;
+            }
+            key = next;
+        }
+        key
     }
 }
 
@@ -306,7 +356,63 @@ mod tests {
         assert!(Username::parse(&"a".repeat(33)).is_err());
         assert!(Username::parse(&"a".repeat(32)).is_ok());
         assert!(Username::parse("drop table;").is_err());
-        assert_eq!(Username::parse("WeiLi").unwrap().key(), "weili");
+        let key = |name: &str| Username::parse(name).unwrap().key();
+        assert_eq!(key("WeiLi"), key("weili"));
+    }
+
+    /// Finding 10: look-alikes share one key: case, width, Cyrillic for Latin, digits for
+    /// letters; different names do not.
+    #[test]
+    fn look_alike_usernames_share_a_key() {
+        let key = |name: &str| Username::parse(name).unwrap().key();
+        let admin = key("admin");
+        for alike in [
+            "Admin",
+            "ADMIN",
+            "\u{430}dmin",
+            "\u{ff41}\u{ff44}\u{ff4d}\u{ff49}\u{ff4e}",
+        ] {
+            assert_eq!(key(alike), admin, "{alike:?}");
+        }
+        assert_eq!(key("paypal"), key("p\u{430}yp\u{430}l"));
+        // PRECIS refuses compatibility letters outright (a mathematical sans-serif i).
+        assert!(Username::parse("adm\u{1d5c2}n").is_err());
+        assert_ne!(key("admin"), key("admins"));
+        assert_ne!(key("li_wei"), key("li_wen"));
+        assert_eq!(
+            key("\u{674e}\u{5c0f}\u{9f99}"),
+            key("\u{674e}\u{5c0f}\u{9f99}")
+        );
+        // Stored in NFC: a decomposed é is the composed one.
+        assert_eq!(
+            Username::parse("caf\u{65}\u{301}s").unwrap().as_str(),
+            "caf\u{e9}s"
+        );
+    }
+
+    #[test]
+    fn email_refuses_invisible_markup_and_non_ascii() {
+        for bad in [
+            "li\u{200b}wei@example.com",
+            "li.wei@exa\u{200b}mple.com",
+            "<script>@example.com",
+            "\"quoted\"@example.com",
+            "li..wei@example.com",
+            ".liwei@example.com",
+            "li\u{2060}@example.com",
+            "\u{430}dmin@example.com",
+            "a@-example.com",
+            "a@ex_ample.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+        for good in [
+            "o'brien+tag@example.com",
+            "a.b-c_d@xn--fiqs8s.cn",
+            "x@sub.example.co",
+        ] {
+            assert!(Email::parse(good).is_ok(), "{good:?} should be accepted");
+        }
     }
 
     #[test]

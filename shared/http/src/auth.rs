@@ -4,7 +4,7 @@
 use lambda_http::request::RequestContext;
 use lambda_http::{Request, RequestExt};
 use zx_auth::AuthClaims;
-use zx_domain::{Role, UserId};
+use zx_domain::{Role, SessionId, UserId};
 
 use crate::ApiError;
 
@@ -16,16 +16,26 @@ pub struct AuthContext {
     pub email: String,
     /// The token's expiry (seconds since the epoch).
     pub expires_at: i64,
+    /// The session the token continues (none in tokens issued outside a session).
+    pub session_id: Option<SessionId>,
+    /// The user's session epoch when the token was issued.
+    pub session_epoch: u64,
 }
 
 impl AuthContext {
     /// The caller a verified token names.
     pub fn from_claims(claims: AuthClaims) -> Option<Self> {
+        let session_id = match claims.sid.as_deref() {
+            Some(sid) => Some(SessionId::parse(sid).ok()?),
+            None => None,
+        };
         Some(Self {
             user_id: claims.user_id().ok()?,
             role: claims.role,
             email: claims.email,
             expires_at: claims.exp,
+            session_id,
+            session_epoch: claims.sep,
         })
     }
 

@@ -20,6 +20,27 @@ pub enum Access {
     Public,
     /// A valid token, else 401.
     Authenticated,
+    /// A valid token whose session still stands, else 401; the caller acts with the stored
+    /// role (admin routes and writes: see [`StandingCheck`]).
+    Checked,
+}
+
+impl Access {
+    /// Whether a request without a valid token is refused.
+    pub fn needs_token(self) -> bool {
+        matches!(self, Self::Authenticated | Self::Checked)
+    }
+}
+
+/// What the store says now about an authenticated caller: checked on admin routes and writes,
+/// so a token whose session was ended (logout, a password, e-mail or role change, a replayed
+/// refresh token) stops working there before it expires, and a demoted admin acts as a
+/// customer.
+#[async_trait::async_trait]
+pub trait StandingCheck: Send + Sync {
+    /// The role the caller may act with now, or `None` when its session no longer stands.
+    async fn current_role(&self, caller: &AuthContext)
+    -> Result<Option<zx_domain::Role>, ApiError>;
 }
 
 /// The per-client limit of a group of routes (the seed's Kong services).
@@ -37,6 +58,7 @@ pub struct Edge {
     access: Access,
     verifier: Option<Arc<TokenVerifier>>,
     limit: Option<(RateLimiter, RouteLimit)>,
+    standing: Option<Arc<dyn StandingCheck>>,
 }
 
 /// An HTTP function's handler: request in, response out (errors already problem+json).
@@ -55,7 +77,15 @@ impl Edge {
             access,
             verifier,
             limit,
+            standing: None,
         }
+    }
+
+    /// Checks every authenticated caller's standing before the handler: 401 (`invalid_token`)
+    /// when the token's session no longer stands, and the stored role in place of the token's.
+    pub fn with_standing(mut self, standing: Arc<dyn StandingCheck>) -> Self {
+        self.standing = Some(standing);
+        self
     }
 
     /// Wraps `handler` into an [`HttpHandler`] that runs every request through this edge.
@@ -126,13 +156,27 @@ impl Edge {
                 }
             }
             match caller {
-                Ok(Some(caller)) => {
+                Ok(Some(mut caller)) => {
+                    if let Some(standing) = &self.standing {
+                        match standing.current_role(&caller).await? {
+                            Some(role) => caller.role = role,
+                            None => {
+                                tracing::info!(
+                                    event = "revoked_token_refused",
+                                    user_id = %caller.user_id,
+                                    session_id = caller.session_id.as_ref().map(|s| s.to_string()),
+                                    "access token of a session that no longer stands"
+                                );
+                                return Err(ApiError::invalid_token());
+                            }
+                        }
+                    }
                     request.extensions_mut().insert(caller);
                 }
-                Ok(None) if self.access == Access::Authenticated => {
+                Ok(None) if self.access.needs_token() => {
                     return Err(ApiError::missing_credentials());
                 }
-                Err(()) if self.access == Access::Authenticated => {
+                Err(()) if self.access.needs_token() => {
                     return Err(ApiError::invalid_token());
                 }
                 Ok(None) | Err(()) => {}

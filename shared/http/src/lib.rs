@@ -12,7 +12,7 @@ pub mod telemetry;
 
 pub use auth::{AuthContext, client_ip};
 pub use body::{MAX_BODY_BYTES, json_body, path_param, query_param};
-pub use edge::{Access, Edge, HttpHandler, RouteLimit, run};
+pub use edge::{Access, Edge, HttpHandler, RouteLimit, StandingCheck, run};
 pub use problem::ApiError;
 pub use respond::{json_response, serve};
 pub use telemetry::init_tracing;

@@ -55,6 +55,10 @@ pub enum ApiError {
     /// `retry_after` (sent as `Retry-After` and `RateLimit-*`).
     #[error("too many requests")]
     TooManyRequests { retry_after: Duration, limit: u32 },
+    /// 429 `too-many-attempts`: too many wrong passwords for one account (whatever the client's
+    /// address, and the same whether or not the account exists); try again after `retry_after`.
+    #[error("too many failed password attempts for this account; try again later")]
+    AccountLocked { retry_after: Duration },
     /// 503: a dependency is unavailable; the client may retry.
     #[error("{detail}")]
     Unavailable {
@@ -127,7 +131,7 @@ impl ApiError {
             Self::PreconditionRequired { .. } => 428,
             Self::PayloadTooLarge { .. } => 413,
             Self::UnsupportedMediaType => 415,
-            Self::TooManyRequests { .. } => 429,
+            Self::TooManyRequests { .. } | Self::AccountLocked { .. } => 429,
             Self::Unavailable { .. } => 503,
             Self::Internal(_) => 500,
         }
@@ -144,7 +148,7 @@ impl ApiError {
             Self::PreconditionRequired { .. } => "Precondition Required",
             Self::PayloadTooLarge { .. } => "Payload Too Large",
             Self::UnsupportedMediaType => "Unsupported Media Type",
-            Self::TooManyRequests { .. } => "Too Many Requests",
+            Self::TooManyRequests { .. } | Self::AccountLocked { .. } => "Too Many Requests",
             Self::Unavailable { .. } => "Service Unavailable",
             Self::Internal(_) => "Internal Server Error",
         }
@@ -163,6 +167,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::TooManyRequests { .. } => "too-many-requests",
+            Self::AccountLocked { .. } => "too-many-attempts",
             Self::Unavailable { .. } => "service-unavailable",
             Self::Internal(_) => "internal",
         }
@@ -170,9 +175,9 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::TooManyRequests { retry_after, .. } | Self::Unavailable { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            Self::TooManyRequests { retry_after, .. }
+            | Self::AccountLocked { retry_after }
+            | Self::Unavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -20,15 +20,28 @@ pub fn json_response<T: Serialize>(status: u16, value: &T) -> Result<Response<Bo
         .map_err(ApiError::internal)
 }
 
-/// The headers every response carries (OWASP REST Security Cheat Sheet): `nosniff`, and
-/// `Cache-Control: no-store` unless the handler chose a policy. Responses here carry tokens,
-/// profiles, orders or per-client limits: nothing a shared cache should keep.
+/// The headers every response carries (OWASP REST Security Cheat Sheet): `nosniff`, HSTS,
+/// `X-Frame-Options: DENY`, `Content-Security-Policy: frame-ancestors 'none'` unless the
+/// handler set its own policy (the docs page), and `Cache-Control: no-store` unless the
+/// handler chose a policy. Responses here carry tokens, profiles, orders or per-client limits:
+/// nothing a shared cache should keep, and nothing another site should frame.
 pub fn with_security_headers(mut response: Response<Body>) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(
         http::header::X_CONTENT_TYPE_OPTIONS,
         http::HeaderValue::from_static("nosniff"),
     );
+    headers.insert(
+        http::header::STRICT_TRANSPORT_SECURITY,
+        http::HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+    );
+    headers.insert(
+        http::header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    headers
+        .entry(http::header::CONTENT_SECURITY_POLICY)
+        .or_insert(http::HeaderValue::from_static("frame-ancestors 'none'"));
     headers
         .entry(http::header::CACHE_CONTROL)
         .or_insert(http::HeaderValue::from_static("no-store"));
@@ -44,6 +57,7 @@ where
 {
     let started = Instant::now();
     let method = request.method().to_string();
+    let source_ip = crate::client_ip(&request).to_owned();
     let (route, request_id) = match request.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(ctx)) => (
             ctx.route_key.clone().unwrap_or_default(),
@@ -77,6 +91,7 @@ where
         http.method = %method,
         http.route = %route,
         http.status = response.status().as_u16(),
+        source_ip = %source_ip,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         api_request_id = %request_id,
         lambda_request_id = %lambda_request_id,

@@ -3,7 +3,7 @@
 //! without invoking a function; it adds `Access-Control-Allow-Origin` (and the exposed headers)
 //! to responses for an allowed origin, and nothing for any other origin, so the browser refuses
 //! the call. The configuration is the template's; the allowed origins are its
-//! `CorsAllowedOrigins` parameter's default, or `CORS_ALLOWED_ORIGINS` when set.
+//! `CorsAllowedOrigins` parameter (no default: none until `CORS_ALLOWED_ORIGINS` names them).
 
 use http::{HeaderMap, HeaderValue, Method};
 use serde_yaml::Value;
@@ -40,13 +40,18 @@ fn list(template: &Value, value: Option<&Value>) -> Result<Vec<String>, Template
                 .value
                 .as_str()
                 .ok_or_else(|| invalid("!Ref of a non-string"))?;
-            let default = template
+            let parameter = template
                 .get("Parameters")
                 .and_then(|p| p.get(name))
-                .and_then(|p| p.get("Default"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid(&format!("parameter {name} has no string default")))?;
-            Ok(split_list(default))
+                .ok_or_else(|| invalid(&format!("no parameter {name}")))?;
+            // A parameter without a default (CorsAllowedOrigins) allows nothing until the
+            // deployment (or `CORS_ALLOWED_ORIGINS` locally) names origins.
+            match parameter.get("Default") {
+                None => Ok(Vec::new()),
+                Some(default) => Ok(split_list(default.as_str().ok_or_else(|| {
+                    invalid(&format!("parameter {name} has a non-string default"))
+                })?)),
+            }
         }
         Some(_) => Err(invalid("expected a list or !Ref")),
     }

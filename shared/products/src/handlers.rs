@@ -2,12 +2,15 @@
 
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
+use zx_cache::{ClientLimits, Decision};
 use zx_domain::{
     CategoryId, Cursor, Description, ImageUrl, Page, PageLimit, Price, Product, ProductId,
     ProductName, ProductQuery, ProductReader, ProductRepository, SearchTerm, Stock, Timestamp,
     ValidationErrors,
 };
-use zx_http::{ApiError, AuthContext, json_body, json_response, path_param, query_param};
+use zx_http::{
+    ApiError, AuthContext, client_ip, json_body, json_response, path_param, query_param,
+};
 
 use crate::cache::{CachedPage, CatalogueCache, Lookup};
 use crate::views::ProductView;
@@ -133,6 +136,16 @@ impl ListRequest {
                 "cannot be combined with cursor",
             ));
         }
+        // A filtered walk may end pages early (each request examines a bounded number of
+        // products): filtered listings page by cursor only.
+        let filtered =
+            param("search").is_some() || param("minPrice").is_some() || param("maxPrice").is_some();
+        if filtered && page.is_some_and(|p| p > 1) {
+            errors.push(zx_domain::FieldError::new(
+                "page",
+                "cannot be combined with search or a price filter: page with cursor",
+            ));
+        }
         errors.into_result()?;
         Ok(Self {
             query: ProductQuery {
@@ -236,10 +249,10 @@ async fn product_bodies(
         ("category" = Option<String>, Query, description = "A category id (slug).", pattern = "^[a-z0-9_-]{1,64}$"),
         ("minPrice" = Option<i64>, Query, description = "Lowest price, in minor units (fen), included.", minimum = 0, maximum = 1_000_000_000_000_i64),
         ("maxPrice" = Option<i64>, Query, description = "Highest price, in minor units (fen), included.", minimum = 0, maximum = 1_000_000_000_000_i64),
-        ("search" = Option<String>, Query, description = "Case-insensitive substring of name or description; `%` and `_` are literal.", max_length = 100),
+        ("search" = Option<String>, Query, description = "Case-insensitive substring of name or description, 2 to 100 characters or one CJK ideograph (`茶`); `%` and `_` are literal. A search (or a price filter) examines at most 500 products a request: a page may hold fewer items than `limit` and still carry a `nextCursor`. Searches have their own per-client limit (60 a minute).", min_length = 1, max_length = 100),
         ("limit" = Option<u16>, Query, description = "Page size (default 20); above 100 gives 100.", minimum = 1),
         ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page (another value is a 400)."),
-        ("page" = Option<u32>, Query, description = "1–50, for the seed's clients (not with `cursor`).", minimum = 1, maximum = 50),
+        ("page" = Option<u32>, Query, description = "1–50, for the seed's clients (not with `cursor`; above 1 not with `search` or a price filter).", minimum = 1, maximum = 50),
     ),
     responses(
         (status = 200, description = "Newest first.", body = crate::views::ProductPage, headers(("x-cache" = String, description = "`HIT` when served from the cache, `MISS` when read from the store.")), links(
@@ -254,9 +267,24 @@ async fn product_bodies(
 pub async fn list_products(
     products: &dyn ProductReader,
     cache: Option<&CatalogueCache>,
+    limits: &ClientLimits,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let listing = ListRequest::parse(&request)?;
+    if listing.query.search.is_some() {
+        // Searches have their own, stricter per-client limit (the route's counts them too).
+        let client = match request.extensions().get::<AuthContext>() {
+            Some(caller) => format!("user:{}", caller.user_id),
+            None => format!("ip:{}", client_ip(&request)),
+        };
+        let limit = limits.limits.search_per_client;
+        if let Decision::Limited { retry_after } =
+            limits.check(&format!("search:{client}"), limit).await
+        {
+            tracing::info!(limit, "search rate limited");
+            return Err(ApiError::TooManyRequests { retry_after, limit });
+        }
+    }
     let canonical = listing.canonical();
     let (cached, lookup) = match cache {
         Some(cache) => cache.listing(&canonical).await,

@@ -11,6 +11,10 @@ pub const USERS_WRITE: &[&str] = &[
     "dynamodb:DeleteItem",
 ];
 
+/// Replacing a password hash at login: one `UpdateItem` (the template limits it to the user
+/// items and to `passwordHash`, `version`, `updatedAt`).
+pub const USERS_REHASH: &[&str] = &["dynamodb:UpdateItem"];
+
 /// Sessions (refresh tokens, users table), by what a function does with them. Starting one
 /// stores it.
 pub const SESSIONS_START: &[&str] = &["dynamodb:PutItem"];
@@ -23,6 +27,8 @@ pub const SESSIONS_ROTATE: &[&str] = &[
 ];
 /// Ending reads the session and revokes it.
 pub const SESSIONS_END: &[&str] = &["dynamodb:GetItem", "dynamodb:UpdateItem"];
+/// Checking an access token's standing reads the session and the user's epoch and role.
+pub const SESSIONS_CHECK: &[&str] = &["dynamodb:GetItem"];
 
 pub const CATALOGUE_READ: &[&str] = &[
     "dynamodb:GetItem",

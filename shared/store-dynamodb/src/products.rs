@@ -16,8 +16,8 @@ use aws_sdk_dynamodb::types::{
 };
 use zx_domain::stock::StockRecords;
 use zx_domain::{
-    CategoryId, Cursor, Description, ImageUrl, Page, Price, Product, ProductId, ProductName,
-    ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, Timestamp,
+    CategoryId, Cursor, Description, ImageUrl, MAX_EXAMINED, Page, Price, Product, ProductId,
+    ProductName, ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, Timestamp,
 };
 
 mod attr {
@@ -71,6 +71,25 @@ fn millis(at: &Timestamp) -> i128 {
 /// The GSI sort key: newest-first order is descending order of this string.
 fn sort_key(created_at: &Timestamp, id: &ProductId) -> String {
     format!("{:013}#{id}", millis(created_at))
+}
+
+/// The cursor at an index key (`LastEvaluatedKey`): the entry's sort key is its
+/// [`sort_key`], `<millis>#<id>`.
+fn cursor_at(key: &Item, sk_name: &str) -> Result<Cursor, RepositoryError> {
+    let corrupt = || RepositoryError::Corrupt(format!("index key {sk_name}"));
+    let sort = key
+        .get(sk_name)
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(corrupt)?;
+    let (millis, id) = sort.split_once('#').ok_or_else(corrupt)?;
+    Ok(Cursor {
+        created_at: millis
+            .parse()
+            .ok()
+            .and_then(Timestamp::from_unix_millis)
+            .ok_or_else(corrupt)?,
+        id: ProductId::parse(id).map_err(|_| corrupt())?,
+    })
 }
 
 /// The catalogue table.
@@ -296,11 +315,16 @@ impl ProductReader for DynamoProductRepository {
         }
         let filter = (!filters.is_empty()).then(|| filters.join(" AND "));
 
-        // One more than the page, to know whether another page follows.
+        // One more than the page, to know whether another page follows; at most MAX_EXAMINED
+        // index entries (a filter is applied after `Limit` counts): a bounded number of calls.
         let wanted = query.limit.get() + 1;
         let mut items = Vec::with_capacity(wanted);
         let mut start: Option<Item> = None;
+        let mut examined = 0usize;
         loop {
+            let batch = i32::try_from(MAX_EXAMINED - examined)
+                .unwrap_or(QUERY_BATCH)
+                .min(QUERY_BATCH);
             let output = self
                 .client
                 .query()
@@ -311,11 +335,13 @@ impl ProductReader for DynamoProductRepository {
                 .set_expression_attribute_names(Some(names.clone()))
                 .set_expression_attribute_values(Some(values.clone()))
                 .scan_index_forward(false)
-                .limit(QUERY_BATCH)
+                .limit(batch)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(|e| crate::sdk_error("DynamoDB Query", e))?;
+            // Counted before the filter: what the call read.
+            examined += usize::try_from(output.scanned_count()).unwrap_or(QUERY_BATCH as usize);
             for item in output.items() {
                 let product = product_from_item(item)?;
                 // The index only holds live products; the shared rules are checked once more.
@@ -324,13 +350,16 @@ impl ProductReader for DynamoProductRepository {
                 }
             }
             start = output.last_evaluated_key;
-            if items.len() >= wanted || start.is_none() {
+            if items.len() >= wanted || start.is_none() || examined >= MAX_EXAMINED {
                 break;
             }
         }
         let next = if items.len() > query.limit.get() {
             items.truncate(query.limit.get());
             items.last().map(Cursor::after)
+        } else if let Some(key) = &start {
+            // Stopped at the budget: a partial page, and a cursor after the last entry read.
+            Some(cursor_at(key, sk_name)?)
         } else {
             None
         };

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, TransactWriteItem, Update};
 use zx_domain::{
-    RepositoryError, Session, SessionId, SessionRepository, Timestamp, TokenHash, UserId,
+    RepositoryError, Role, Session, SessionId, SessionRepository, Standing, Timestamp, TokenHash,
+    UserId,
 };
 
 mod attr {
@@ -28,6 +29,7 @@ mod attr {
     pub const USED_HASHES: &str = "usedHashes";
     /// On the user item (see `users.rs`).
     pub const SESSION_EPOCH: &str = "sessionEpoch";
+    pub const ROLE: &str = "role";
 }
 
 type Item = HashMap<String, AttributeValue>;
@@ -172,6 +174,53 @@ impl SessionRepository for DynamoSessionRepository {
             .as_ref()
             .map(|item| session_from_item(id, item))
             .transpose()
+    }
+
+    /// Two strongly consistent reads at once: the session's item and the user item's epoch and
+    /// role (projected: the password hash never leaves the table here).
+    #[tracing::instrument(skip_all)]
+    async fn find_standing(
+        &self,
+        id: &SessionId,
+        user: &UserId,
+    ) -> Result<Option<Standing>, RepositoryError> {
+        let account = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(crate::users::user_key(user)))
+            .consistent_read(true)
+            .projection_expression("#se, #ro")
+            .expression_attribute_names("#se", attr::SESSION_EPOCH)
+            .expression_attribute_names("#ro", attr::ROLE)
+            .send();
+        let (session, account) = futures::future::join(self.find_session(id), account).await;
+        let account = account.map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?;
+        let (Some(session), Some(item)) = (session?, account.item) else {
+            return Ok(None);
+        };
+        let corrupt = |field: &str| RepositoryError::Corrupt(format!("user {field}"));
+        // Users stored before sessions existed have no epoch attribute: that is epoch 0.
+        let user_epoch = match item.get(attr::SESSION_EPOCH) {
+            None => 0,
+            Some(value) => value
+                .as_n()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| corrupt(attr::SESSION_EPOCH))?,
+        };
+        let role = item
+            .get(attr::ROLE)
+            .and_then(|v| v.as_s().ok())
+            .and_then(|v| Role::parse(v).ok())
+            .ok_or_else(|| corrupt(attr::ROLE))?;
+        Ok(Some(Standing {
+            user_id: session.user_id,
+            session_epoch: session.user_epoch,
+            revoked: session.revoked,
+            user_epoch,
+            role,
+        }))
     }
 
     #[tracing::instrument(skip_all)]

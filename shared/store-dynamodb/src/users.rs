@@ -209,6 +209,45 @@ impl UserWriter for DynamoUserRepository {
         }
     }
 
+    /// One `UpdateItem` of the user item touching only `passwordHash`, `version` and
+    /// `updatedAt` (users-login's grant allows no other attribute).
+    async fn replace_password_hash(
+        &self,
+        current: &User,
+        next: &User,
+    ) -> Result<(), RepositoryError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(user_key(&current.id)))
+            .update_expression("SET #h = :hash, #v = :next, #u = :updated")
+            .condition_expression("#v = :expected")
+            .expression_attribute_names("#h", attr::PASSWORD_HASH)
+            .expression_attribute_names("#v", attr::VERSION)
+            .expression_attribute_names("#u", attr::UPDATED_AT)
+            .expression_attribute_values(":hash", s(next.password_hash.expose()))
+            .expression_attribute_values(":next", AttributeValue::N(next.version.to_string()))
+            .expression_attribute_values(":updated", s(next.updated_at.to_rfc3339()))
+            .expression_attribute_values(
+                ":expected",
+                AttributeValue::N(current.version.to_string()),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
+            {
+                Err(RepositoryError::ConcurrentUpdate)
+            }
+            Err(e) => Err(crate::sdk_error("DynamoDB UpdateItem", e)),
+        }
+    }
+
     async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError> {
         let put = Put::builder()
             .table_name(&self.table)

@@ -31,6 +31,11 @@ pub const USERS: MigrationSet = MigrationSet {
             "session tokens",
             include_str!("../migrations/users/0003_session_tokens.sql"),
         ),
+        (
+            4,
+            "username key",
+            include_str!("../migrations/users/0004_username_key.sql"),
+        ),
     ],
 };
 

@@ -10,8 +10,8 @@ use sqlx::{PgPool, Row};
 use crate::PgSchema;
 use zx_domain::stock::StockRecords;
 use zx_domain::{
-    CategoryId, Cursor, Description, ImageUrl, Page, Price, Product, ProductId, ProductName,
-    ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, Timestamp,
+    CategoryId, Cursor, Description, ImageUrl, MAX_EXAMINED, Page, Price, Product, ProductId,
+    ProductName, ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, Timestamp,
 };
 
 /// The catalogue columns.
@@ -158,17 +158,35 @@ impl ProductReader for PgProductRepository {
     }
 
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, RepositoryError> {
+        // At most MAX_EXAMINED rows, newest first from the cursor, are examined (the window);
+        // the filters pick from them, as DynamoDB's filter does after its `Limit`. The last
+        // row of the window is returned along, for the cursor of a partial page.
         let limit = query.limit.get();
         let rows = sqlx::query(&format!(
-            "select {CATALOGUE}, 0::int8 as available, 0::int8 as reserved from {products}
-             where deleted_at is null
-               and ($1::text is null or category_id = $1)
-               and ($2::bigint is null or price >= $2)
-               and ($3::bigint is null or price <= $3)
-               and ($4::text is null or strpos(lower(name), $4) > 0 or strpos(lower(description), $4) > 0)
-               and ($5::timestamptz is null or (created_at, product_id) < ($5, $6))
-             order by created_at desc, product_id desc
-             limit $7",
+            "with w as (
+                 select {CATALOGUE} from {products}
+                 where deleted_at is null
+                   and ($1::text is null or category_id = $1)
+                   and ($5::timestamptz is null or (created_at, product_id) < ($5, $6))
+                 order by created_at desc, product_id desc
+                 limit $8),
+             m as (
+                 select * from w
+                 where ($2::bigint is null or price >= $2)
+                   and ($3::bigint is null or price <= $3)
+                   and ($4::text is null or strpos(lower(name), $4) > 0
+                        or strpos(lower(description), $4) > 0)
+                 order by created_at desc, product_id desc
+                 limit $7),
+             s as (
+                 select count(*) as examined,
+                        (array_agg(created_at order by created_at, product_id))[1] as last_at,
+                        (array_agg(product_id order by created_at, product_id))[1] as last_id
+                 from w)
+             select m.*, 0::int8 as available, 0::int8 as reserved,
+                    s.examined, s.last_at, s.last_id
+             from s left join m on true
+             order by m.created_at desc, m.product_id desc",
             products = self.products
         ))
         .bind(query.category.as_ref().map(CategoryId::as_str))
@@ -178,16 +196,42 @@ impl ProductReader for PgProductRepository {
         .bind(query.after.as_ref().map(|c| c.created_at.as_datetime()))
         .bind(query.after.as_ref().map(|c| c.id.as_str()).unwrap_or(""))
         .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+        .bind(i64::try_from(MAX_EXAMINED).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(db("Postgres list products"))?;
-        let mut items = rows
-            .iter()
-            .map(product_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let corrupt = |e: sqlx::Error| RepositoryError::Corrupt(format!("listing window: {e}"));
+        let mut items = Vec::with_capacity(rows.len());
+        let mut window: Option<(i64, Option<Cursor>)> = None;
+        for row in &rows {
+            if window.is_none() {
+                let examined: i64 = row.try_get("examined").map_err(corrupt)?;
+                let last_at: Option<time::OffsetDateTime> =
+                    row.try_get("last_at").map_err(corrupt)?;
+                let last_id: Option<String> = row.try_get("last_id").map_err(corrupt)?;
+                let last = match (last_at, last_id) {
+                    (Some(at), Some(id)) => Some(Cursor {
+                        created_at: Timestamp::from_datetime(at),
+                        id: ProductId::parse(&id)
+                            .map_err(|e| RepositoryError::Corrupt(format!("product id: {e}")))?,
+                    }),
+                    _ => None,
+                };
+                window = Some((examined, last));
+            }
+            // No match in the window: one row of nulls carrying the window's figures.
+            let matched: Option<String> = row.try_get("product_id").map_err(corrupt)?;
+            if matched.is_some() {
+                items.push(product_from_row(row)?);
+            }
+        }
+        let (examined, last_examined) = window.unwrap_or((0, None));
         let next = if items.len() > limit {
             items.truncate(limit);
             items.last().map(Cursor::after)
+        } else if usize::try_from(examined).is_ok_and(|n| n >= MAX_EXAMINED) {
+            // Stopped at the budget: a partial page, and a cursor after what was examined.
+            last_examined
         } else {
             None
         };

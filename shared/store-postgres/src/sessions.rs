@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use zx_domain::{
-    RepositoryError, Session, SessionId, SessionRepository, Timestamp, TokenHash, UserId,
+    RepositoryError, Role, Session, SessionId, SessionRepository, Standing, Timestamp, TokenHash,
+    UserId,
 };
 
 use crate::PgSchema;
@@ -76,6 +77,53 @@ fn hashes(session: &Session) -> Vec<&str> {
 
 #[async_trait]
 impl SessionRepository for PgSessionRepository {
+    /// One query: the session joined with its user's epoch and role.
+    #[tracing::instrument(skip_all)]
+    async fn find_standing(
+        &self,
+        id: &SessionId,
+        user: &UserId,
+    ) -> Result<Option<Standing>, RepositoryError> {
+        let row = sqlx::query(&format!(
+            "select s.user_id, s.user_epoch, s.revoked, u.session_epoch, u.role
+             from {sessions} s join {users} u on u.user_id = s.user_id
+             where s.session_id = $1 and u.user_id = $2",
+            sessions = self.sessions,
+            users = self.users
+        ))
+        .bind(id.as_str())
+        .bind(user.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| crate::db_error("Postgres select standing", e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let corrupt =
+            |name: &str, e: String| RepositoryError::Corrupt(format!("standing {name}: {e}"));
+        let epoch = |name: &str| -> Result<u64, RepositoryError> {
+            let value: i64 = row
+                .try_get(name)
+                .map_err(|e| corrupt(name, e.to_string()))?;
+            u64::try_from(value).map_err(|e| corrupt(name, e.to_string()))
+        };
+        let user_id: String = row
+            .try_get("user_id")
+            .map_err(|e| corrupt("user_id", e.to_string()))?;
+        let role: String = row
+            .try_get("role")
+            .map_err(|e| corrupt("role", e.to_string()))?;
+        Ok(Some(Standing {
+            user_id: UserId::parse(&user_id).map_err(|e| corrupt("user_id", e))?,
+            session_epoch: epoch("user_epoch")?,
+            revoked: row
+                .try_get("revoked")
+                .map_err(|e| corrupt("revoked", e.to_string()))?,
+            user_epoch: epoch("session_epoch")?,
+            role: Role::parse(&role).map_err(|e| corrupt("role", e))?,
+        }))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
         // Each login also deletes up to 100 expired sessions (DynamoDB has a TTL for this), in

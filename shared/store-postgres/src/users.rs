@@ -116,7 +116,8 @@ impl UserReader for PgUserRepository {
 impl UserWriter for PgUserRepository {
     async fn create(&self, user: &User) -> Result<(), RepositoryError> {
         sqlx::query(&format!(
-            "insert into {} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "insert into {} ({COLUMNS}, username_key)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             self.table
         ))
         .bind(user.id.as_str())
@@ -128,16 +129,42 @@ impl UserWriter for PgUserRepository {
         .bind(user.updated_at.as_datetime())
         .bind(version_param(user.version)?)
         .bind(version_param(user.session_epoch)?)
+        .bind(user.username.key())
         .execute(&self.pool)
         .await
         .map_err(|e| map_write_error("Postgres insert user", e))?;
         Ok(())
     }
 
+    async fn replace_password_hash(
+        &self,
+        current: &User,
+        next: &User,
+    ) -> Result<(), RepositoryError> {
+        let result = sqlx::query(&format!(
+            "update {} set password_hash = $3, version = $4, updated_at = $5
+             where user_id = $1 and version = $2",
+            self.table
+        ))
+        .bind(current.id.as_str())
+        .bind(version_param(current.version)?)
+        .bind(next.password_hash.expose())
+        .bind(version_param(next.version)?)
+        .bind(next.updated_at.as_datetime())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_write_error("Postgres rehash user", e))?;
+        if result.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(RepositoryError::ConcurrentUpdate)
+        }
+    }
+
     async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError> {
         let result = sqlx::query(&format!(
             "update {} set username = $3, email = $4, password_hash = $5, role = $6,
-                 updated_at = $7, version = $8, session_epoch = $9
+                 updated_at = $7, version = $8, session_epoch = $9, username_key = $10
              where user_id = $1 and version = $2",
             self.table
         ))
@@ -150,6 +177,7 @@ impl UserWriter for PgUserRepository {
         .bind(next.updated_at.as_datetime())
         .bind(version_param(next.version)?)
         .bind(version_param(next.session_epoch)?)
+        .bind(next.username.key())
         .execute(&self.pool)
         .await
         .map_err(|e| map_write_error("Postgres update user", e))?;

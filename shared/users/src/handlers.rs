@@ -4,27 +4,13 @@
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use zx_auth::{PasswordHasher, TokenIssuer};
-use zx_cache::{ClientLimits, Decision};
 use zx_domain::{
     Email, FieldError, Password, Role, SessionRepository, User, UserId, UserReader, UserRepository,
     Username, ValidationErrors,
 };
 use zx_http::{ApiError, AuthContext, client_ip, json_body, json_response, path_param};
 
-/// Answers 429 when any of `checks` (key, limit) is over its limit.
-async fn enforce(limits: &ClientLimits, checks: &[(String, u32)]) -> Result<(), ApiError> {
-    for (key, limit) in checks {
-        if let Decision::Limited { retry_after } = limits.check(key, *limit).await {
-            tracing::info!(limit = *limit, "rate limited");
-            return Err(ApiError::TooManyRequests {
-                retry_after,
-                limit: *limit,
-            });
-        }
-    }
-    Ok(())
-}
-
+use crate::guard::{PasswordGuard, Presenter};
 use crate::views::{TokenInfoView, UserView};
 
 /// The body of `POST /users/register`.
@@ -52,19 +38,18 @@ pub struct RegisterBody {
         (status = 409, response = zx_http::openapi::Conflict),
     ))]
 /// `POST /users/register`: creates a customer. 409 when the e-mail or username is taken;
-/// 429 past `register_per_ip` attempts a minute from one client.
+/// 429 past `register_per_ip` attempts a minute from one client; 503 when that limit cannot be
+/// counted (it fails closed).
 pub async fn register(
     users: &dyn UserRepository,
     hasher: &PasswordHasher,
-    limits: &ClientLimits,
+    guard: &PasswordGuard,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let ip = client_ip(&request);
-    enforce(
-        limits,
-        &[(format!("register:{ip}"), limits.limits.register_per_ip)],
-    )
-    .await?;
+    guard
+        .per_client(&[(format!("register:{ip}"), guard.limits.register_per_ip)])
+        .await?;
     let body: RegisterBody = json_body(&request)?;
     let mut errors = ValidationErrors::default();
     let username = errors.check("username", Username::parse(&body.username));
@@ -95,6 +80,17 @@ fn invalid_credentials() -> ApiError {
     }
 }
 
+/// The account a password check counts against: the e-mail as login normalises it (trimmed,
+/// lower-cased, bounded), whether or not an account has it.
+fn account_key(email: &str) -> String {
+    email
+        .trim()
+        .to_lowercase()
+        .chars()
+        .take(Email::MAX_LEN)
+        .collect()
+}
+
 #[utoipa::path(post, path = "/api/v1/users/login", tag = "users",
     request_body = LoginBody,
     responses(
@@ -103,49 +99,91 @@ fn invalid_credentials() -> ApiError {
     ))]
 /// `POST /users/login`: a token for valid credentials. An unknown e-mail and a wrong password
 /// give the same 401, after the same bcrypt work. 429 past the per-minute limits for the
-/// client's IP and e-mail, and for the IP alone.
+/// client's IP and e-mail and for the IP alone, and 429 `too-many-attempts` while the account
+/// (whatever the IP) waits after repeated wrong passwords or is locked; 503 when those limits
+/// cannot be counted. A hash below the configured bcrypt cost is replaced on success.
 pub async fn login(
-    users: &dyn UserReader,
+    users: &dyn UserRepository,
     sessions: &dyn SessionRepository,
     hasher: &PasswordHasher,
     tokens: &TokenIssuer,
-    limits: &ClientLimits,
+    guard: &PasswordGuard,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let body: LoginBody = json_body(&request)?;
     let ip = client_ip(&request);
-    let email_key: String = body
-        .email
-        .trim()
-        .to_lowercase()
-        .chars()
-        .take(Email::MAX_LEN)
-        .collect();
-    enforce(
-        limits,
-        &[
-            (format!("login-ip:{ip}"), limits.limits.login_per_ip),
+    let account = account_key(&body.email);
+    guard
+        .per_client(&[
+            (format!("login-ip:{ip}"), guard.limits.login_per_ip),
             (
-                format!("login:{ip}:{email_key}"),
-                limits.limits.login_per_ip_and_email,
+                format!("login:{ip}:{account}"),
+                guard.limits.login_per_ip_and_email,
             ),
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     let user = match Email::parse(&body.email) {
         Ok(email) => users.find_by_email(&email).await?,
         Err(_) => None,
     };
-    let matches = hasher
-        .verify(&body.password, user.as_ref().map(|u| &u.password_hash))
-        .await;
+    let presenter = Presenter {
+        check: "login",
+        source_ip: ip,
+        user_id: user.as_ref().map(|u| &u.id),
+    };
+    let matches = guard
+        .check(
+            hasher,
+            &account,
+            presenter,
+            &body.password,
+            user.as_ref().map(|u| &u.password_hash),
+        )
+        .await?;
     let user = match user {
         Some(user) if matches => user,
         _ => return Err(invalid_credentials()),
     };
+    let user = rehash_if_weaker(users, hasher, user, &body.password).await;
     let pair = crate::sessions::start_session(sessions, tokens, &user).await?;
-    tracing::info!(user_id = %user.id, "user logged in");
+    tracing::info!(event = "login_succeeded", user_id = %user.id, source_ip = ip, "user logged in");
     crate::sessions::pair_response(&user, &pair)
+}
+
+/// `user` (who just gave the right `password`) with a hash at the configured cost: stored
+/// anew when the stored one is cheaper. A failure to store it (a concurrent change, a store
+/// fault) is logged and does not fail the login: the next login tries again.
+async fn rehash_if_weaker(
+    users: &dyn UserRepository,
+    hasher: &PasswordHasher,
+    user: User,
+    password: &str,
+) -> User {
+    if !hasher.needs_rehash(&user.password_hash) {
+        return user;
+    }
+    let Ok(password) = Password::parse(password) else {
+        return user;
+    };
+    let hash = match hasher.hash(&password).await {
+        Ok(hash) => hash,
+        Err(error) => {
+            tracing::error!(%error, "rehashing failed");
+            return user;
+        }
+    };
+    let mut next = user.next_version();
+    next.password_hash = hash;
+    match users.replace_password_hash(&user, &next).await {
+        Ok(()) => {
+            tracing::info!(event = "password_rehashed", user_id = %user.id, cost = hasher.cost().value(), "password hash raised to the configured cost");
+            next
+        }
+        Err(error) => {
+            tracing::warn!(user_id = %user.id, error = %zx_domain::cause_chain(&error), "rehash not stored");
+            user
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/users/validate", tag = "users",
@@ -231,7 +269,8 @@ pub struct UpdateBody {
     /// 8–72 bytes.
     #[schema(min_length = 8)]
     password: Option<String>,
-    /// Required to change one's own password.
+    /// Required to change one's own password or e-mail; wrong ones count against the
+    /// account's limit, as wrong passwords at login do.
     current_password: Option<String>,
     /// `customer` or `admin`; admins only.
     #[schema(value_type = Option<Role>)]
@@ -243,16 +282,20 @@ pub struct UpdateBody {
     params(("id" = String, Path, description = "A user id.", format = "uuid")),
     request_body = UpdateBody,
     responses(
-        (status = 200, description = "The updated profile. A password or role change ends every session of the user.", body = UserView),
+        (status = 200, description = "The updated profile. A password, e-mail or role change ends every session of the user.", body = UserView),
         (status = 403, response = zx_http::openapi::Forbidden),
         (status = 404, response = zx_http::openapi::NotFound),
         (status = 409, response = zx_http::openapi::Conflict),
     ))]
 /// `PUT /users/{id}`: changes username, e-mail, password (with `currentPassword` when changing
-/// one's own) and, for admins only, role. Unknown fields are rejected.
+/// one's own e-mail or password) and, for admins only, role. Unknown fields are rejected. A
+/// wrong `currentPassword` counts against the account's limit (429 `too-many-attempts` while it
+/// is locked; 503 when the limit cannot be counted).
 pub async fn update_user(
     users: &dyn UserRepository,
     hasher: &PasswordHasher,
+    guard: &PasswordGuard,
+    cache: Option<&zx_cache::Cache>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let body: UpdateBody = json_body(&request)?;
@@ -283,10 +326,10 @@ pub async fn update_user(
         .role
         .as_deref()
         .map(|v| errors.check("role", Role::parse(v)));
-    if body.current_password.is_some() && body.password.is_none() {
+    if body.current_password.is_some() && body.password.is_none() && body.email.is_none() {
         errors.push(FieldError::new(
             "currentPassword",
-            "is only used together with password",
+            "is only used together with password or email",
         ));
     }
     errors.into_result()?;
@@ -309,12 +352,52 @@ pub async fn update_user(
         }
     }
 
+    // One's own e-mail and password are changed only with the current password (a stolen
+    // access token alone must not take the account over); an admin acting on another user
+    // was checked against the stored role above.
+    let email_changes = matches!(&email, Some(Some(email)) if *email != current.email);
+    if caller.user_id == current.id && (password.is_some() || email_changes) {
+        let what = if password.is_some() {
+            "password"
+        } else {
+            "e-mail"
+        };
+        let current_password = body.current_password.as_deref().ok_or_else(|| {
+            ApiError::invalid_field(
+                "currentPassword",
+                format!("is required to change your {what}"),
+            )
+        })?;
+        let presenter = Presenter {
+            check: "current_password",
+            source_ip: client_ip(&request),
+            user_id: Some(&caller.user_id),
+        };
+        let account = account_key(current.email.as_str());
+        if !guard
+            .check(
+                hasher,
+                &account,
+                presenter,
+                current_password,
+                Some(&current.password_hash),
+            )
+            .await?
+        {
+            return Err(ApiError::forbidden("currentPassword is incorrect"));
+        }
+    }
+
     let mut next = current.next_version();
     if let Some(Some(username)) = username {
         next.username = username;
     }
-    if let Some(Some(email)) = email {
+    if let Some(Some(email)) = email
+        && email_changes
+    {
+        // Sessions were begun under the old address: all of them end.
         next.email = email;
+        next = next.with_sessions_revoked();
     }
     if let Some(Some(role)) = role
         && role != next.role
@@ -323,21 +406,22 @@ pub async fn update_user(
         next = next.with_sessions_revoked();
     }
     if let Some(Some(password)) = password {
-        if caller.user_id == current.id {
-            let current_password = body.current_password.as_deref().ok_or_else(|| {
-                ApiError::invalid_field("currentPassword", "is required to change your password")
-            })?;
-            if !hasher
-                .verify(current_password, Some(&current.password_hash))
-                .await
-            {
-                return Err(ApiError::forbidden("currentPassword is incorrect"));
-            }
-        }
         next.password_hash = hasher.hash(&password).await.map_err(ApiError::internal)?;
         next = next.with_sessions_revoked();
     }
     users.update(&current, &next).await?;
+    if next.session_epoch != current.session_epoch || next.role != current.role {
+        crate::standing::forget_user(cache, &next.id).await;
+        tracing::info!(
+            event = "sessions_revoked",
+            user_id = %next.id,
+            actor = %caller.user_id,
+            role = next.role.as_str(),
+            role_changed = next.role != current.role,
+            source_ip = client_ip(&request),
+            "every session of the user ended"
+        );
+    }
     tracing::info!(user_id = %next.id, actor = %caller.user_id, "user updated");
     json_response(200, &UserView::from(&next))
 }

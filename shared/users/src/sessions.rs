@@ -11,6 +11,19 @@ use zx_http::{ApiError, json_body, json_response};
 
 use crate::views::{LoginView, UserView};
 
+/// A token that could not be signed: 503 when the signing service (KMS) failed, which a retry
+/// may cure; 500 otherwise.
+fn signing_failed(error: zx_auth::TokenError) -> ApiError {
+    match error {
+        zx_auth::TokenError::Remote(_) => ApiError::Unavailable {
+            detail: "signing is unavailable for a moment; try again shortly".into(),
+            retry_after: std::time::Duration::from_secs(2),
+            source: Some(Box::new(error)),
+        },
+        other => ApiError::internal(other),
+    }
+}
+
 /// An access token and the refresh token that continues its session.
 pub struct SessionTokens {
     pub access: IssuedToken,
@@ -40,7 +53,10 @@ pub async fn start_session(
     };
     sessions.create_session(&session).await?;
     Ok(SessionTokens {
-        access: tokens.issue(user).map_err(ApiError::internal)?,
+        access: tokens
+            .issue(user, &session.id)
+            .await
+            .map_err(signing_failed)?,
         refresh: refresh.token,
         refresh_expires_in: refresh_ttl.as_secs(),
     })
@@ -105,6 +121,7 @@ pub async fn refresh_session(
         Presented::Current => {}
         Presented::Used => {
             sessions.revoke_session(&id).await?;
+            replayed(&session);
             return refused(Refused::Replayed);
         }
         Presented::Unknown => return refused(Refused::Unknown),
@@ -117,6 +134,12 @@ pub async fn refresh_session(
         Some(user) if user.session_epoch == session.user_epoch => user,
         _ => return refused(Refused::UserChanged),
     };
+    // Signed before the rotation: a signing outage (KMS) leaves the session as it was, and the
+    // client's retry with the same refresh token still works.
+    let access = tokens.issue(&user, &id).await.map_err(|e| match e {
+        zx_auth::TokenError::Remote(_) => RepositoryError::unavailable("signing a token", e),
+        other => RepositoryError::failed("signing a token", other),
+    })?;
     let new = new_refresh_token(&id).map_err(|e| RepositoryError::failed("refresh token", e))?;
     let next = session.rotated(new.hash, now.plus(tokens.settings().refresh_ttl));
     match sessions.rotate_session(&session, &next).await {
@@ -129,6 +152,7 @@ pub async fn refresh_session(
             return match now_stored {
                 Some(stored) if stored.token_hash != session.token_hash => {
                     sessions.revoke_session(&id).await?;
+                    replayed(&session);
                     refused(Refused::Replayed)
                 }
                 Some(stored) if stored.revoked => refused(Refused::Revoked),
@@ -137,9 +161,6 @@ pub async fn refresh_session(
         }
         Err(e) => return Err(e),
     }
-    let access = tokens
-        .issue(&user)
-        .map_err(|e| RepositoryError::failed("signing a token", e))?;
     let refresh_expires_in =
         u64::try_from((next.expires_at.unix_seconds() - now.unix_seconds()).max(0)).unwrap_or(0);
     Ok(Refreshed::Pair(Box::new((
@@ -150,6 +171,16 @@ pub async fn refresh_session(
             refresh_expires_in,
         },
     ))))
+}
+
+/// The security event of a replayed refresh token (the template counts and alarms on it).
+fn replayed(session: &Session) {
+    tracing::warn!(
+        event = "refresh_replayed",
+        user_id = %session.user_id,
+        session_id = %session.id,
+        "a used refresh token was presented again: session revoked"
+    );
 }
 
 /// Ends the session a refresh token belongs to: its current token, or one already used (its
@@ -165,7 +196,14 @@ pub async fn end_session(
     };
     match sessions.find_session(&id).await? {
         Some(session) if session.recognise(&hash) != Presented::Unknown => {
-            sessions.revoke_session(&id).await
+            sessions.revoke_session(&id).await?;
+            tracing::info!(
+                event = "session_revoked",
+                user_id = %session.user_id,
+                session_id = %id,
+                "session revoked by its owner"
+            );
+            Ok(())
         }
         _ => Ok(()),
     }
@@ -212,6 +250,7 @@ pub async fn refresh(
     users: &dyn UserReader,
     sessions: &dyn SessionRepository,
     tokens: &TokenIssuer,
+    cache: Option<&zx_cache::Cache>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let body: RefreshBody = json_body(&request)?;
@@ -222,11 +261,16 @@ pub async fn refresh(
             pair_response(user, pair)
         }
         Refreshed::Refused(why) => {
-            if why == Refused::Replayed {
-                tracing::warn!("a used refresh token was presented again: session revoked");
-            } else {
-                tracing::info!(reason = why.as_str(), "refresh refused");
+            if why == Refused::Replayed
+                && let Some((id, _)) = parse_refresh_token(&body.refresh_token)
+            {
+                crate::standing::forget_session(cache, &id).await;
             }
+            tracing::info!(
+                reason = why.as_str(),
+                source_ip = zx_http::client_ip(&request),
+                "refresh refused"
+            );
             Err(refused_refresh())
         }
     }
@@ -238,14 +282,20 @@ pub async fn refresh(
         (status = 204, description = "The session is ended (or the token named none)."),
     ))]
 /// `POST /users/logout`: revokes the session of the refresh token; 204 whether or not it named
-/// one. Access tokens already issued stay valid until they expire (`JWT_EXPIRES_IN`).
+/// one. The session's access tokens stop working at once on admin routes, writes and
+/// `/users/validate` (they check the session's standing); reads accept them until they expire
+/// (`JWT_EXPIRES_IN`).
 pub async fn logout(
     sessions: &dyn SessionRepository,
+    cache: Option<&zx_cache::Cache>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let body: RefreshBody = json_body(&request)?;
     end_session(sessions, &body.refresh_token).await?;
-    tracing::info!("session ended");
+    if let Some((id, _)) = parse_refresh_token(&body.refresh_token) {
+        crate::standing::forget_session(cache, &id).await;
+    }
+    tracing::info!(source_ip = zx_http::client_ip(&request), "session ended");
     Response::builder()
         .status(204)
         .body(Body::Empty)

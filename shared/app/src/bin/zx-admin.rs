@@ -14,9 +14,14 @@
 //!   zx-admin outbox parked          list the outbox rows the relay parked (unreadable, or
 //!                                    refused for good by their destination), with why
 //!   zx-admin outbox resend KEY       put a parked row back: the relay's next run sends it
-//!   zx-admin jwt-keygen              print a new Ed25519 key pair for tokens: the private key
-//!                                    (JWT_PRIVATE_KEY, base64 PKCS#8) on the first line, the
-//!                                    public key (for JWT_PUBLIC_KEYS) on the second
+//!   zx-admin jwt-kms-key [ALIAS]     the KMS key (ECC_NIST_P256, SIGN_VERIFY) tokens are signed
+//!                                    with: the one ALIAS names, created (with the alias) if
+//!                                    absent, or a new one without an alias; prints its ARN
+//!                                    (JWT_SIGNING_KEY_ID, JwtSigningKeyArn) on the first line
+//!                                    and its public key (JWT_PUBLIC_KEYS) on the second
+//!   zx-admin jwt-keygen              print a new in-memory Ed25519 key pair (tests and tools
+//!                                    only): the private key (JWT_PRIVATE_KEY, base64 PKCS#8) on
+//!                                    the first line, the public key on the second
 //!
 //! The first admin exists only through `ensure-admin`: no endpoint can grant the role.
 
@@ -31,6 +36,8 @@ async fn main() -> ExitCode {
     let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["migrate"] => migrate().await,
         ["jwt-keygen"] => jwt_keygen(),
+        ["jwt-kms-key"] => jwt_kms_key(None).await,
+        ["jwt-kms-key", alias] => jwt_kms_key(Some(alias)).await,
         ["openapi"] => Ok(zx_app::openapi::json().trim_end().to_owned()),
         ["openapi", path] => std::fs::write(path, zx_app::openapi::json())
             .map(|()| format!("wrote {path}"))
@@ -44,7 +51,7 @@ async fn main() -> ExitCode {
             _ => Err("COUNT must be a number up to 10000".into()),
         },
         _ => Err(
-            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | outbox parked | outbox resend KEY | openapi [PATH] | jwt-keygen"
+            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | outbox parked | outbox resend KEY | openapi [PATH] | jwt-kms-key [ALIAS] | jwt-keygen"
                 .into(),
         ),
     };
@@ -68,6 +75,90 @@ fn jwt_keygen() -> Outcome {
         "{}\n{}",
         key.to_base64(),
         key.public_key().encoded()
+    ))
+}
+
+/// The token-signing KMS key `alias` names (made if absent), or a new one: its ARN and public
+/// key, one per line.
+async fn jwt_kms_key(alias: Option<&str>) -> Outcome {
+    use aws_sdk_kms::types::{KeySpec, KeyUsageType};
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let kms = aws_sdk_kms::Client::new(&aws);
+    let alias = alias.map(|a| {
+        if a.starts_with("alias/") {
+            a.to_owned()
+        } else {
+            format!("alias/{a}")
+        }
+    });
+    let existing = match &alias {
+        Some(alias) => kms
+            .describe_key()
+            .key_id(alias)
+            .send()
+            .await
+            .ok()
+            .and_then(|d| {
+                d.key_metadata()
+                    .map(|m| m.arn().unwrap_or(m.key_id()).to_owned())
+            }),
+        None => None,
+    };
+    let arn = match existing {
+        Some(arn) => arn,
+        None => {
+            let created = kms
+                .create_key()
+                .key_spec(KeySpec::EccNistP256)
+                .key_usage(KeyUsageType::SignVerify)
+                .description("Zhixuan access-token signing key (ES256)")
+                .send()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "KMS CreateKey: {}",
+                        aws_sdk_kms::error::DisplayErrorContext(e)
+                    )
+                })?;
+            let metadata = created
+                .key_metadata()
+                .ok_or("KMS CreateKey answered no key")?;
+            let arn = metadata.arn().unwrap_or(metadata.key_id()).to_owned();
+            if let Some(alias) = &alias {
+                kms.create_alias()
+                    .alias_name(alias)
+                    .target_key_id(metadata.key_id())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "KMS CreateAlias: {}",
+                            aws_sdk_kms::error::DisplayErrorContext(e)
+                        )
+                    })?;
+            }
+            arn
+        }
+    };
+    let public = kms
+        .get_public_key()
+        .key_id(&arn)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "KMS GetPublicKey: {}",
+                aws_sdk_kms::error::DisplayErrorContext(e)
+            )
+        })?;
+    let der = public
+        .public_key()
+        .ok_or("KMS GetPublicKey answered no key")?;
+    let key = zx_auth::PublicKey::from_spki_der(der.as_ref())?;
+    Ok(format!(
+        "{arn}
+{}",
+        key.encoded()
     ))
 }
 
