@@ -2132,8 +2132,9 @@ async fn login_costs_the_same_whether_or_not_the_email_exists() {
     );
 }
 
-/// Finding 1 (the signing key): no function's configuration holds a private key; the issuing
-/// functions get the KMS key's id and are the only ones granted `kms:Sign`.
+/// Finding 1: no function's configuration holds a private key or a password: the issuing
+/// functions get the KMS key's id and are the only ones granted `kms:Sign`; `DATABASE_URL`
+/// names no password and the proxy requires IAM authentication.
 #[test]
 fn the_template_has_no_authorizer_and_no_function_holds_a_signing_key() {
     let text = std::fs::read_to_string(zx_tests::repo_root().join("template.yaml")).unwrap();
@@ -2152,6 +2153,20 @@ fn the_template_has_no_authorizer_and_no_function_holds_a_signing_key() {
         globals.get("JWT_PUBLIC_KEYS").is_some(),
         "every function verifies"
     );
+    let global_env = serde_yaml::to_string(globals).unwrap();
+    assert!(
+        !global_env.contains("resolve:secretsmanager"),
+        "a secret in every function's environment: {global_env}"
+    );
+    let url = global_env.split("postgres://").nth(1).unwrap_or_default();
+    assert!(
+        !url.split('@').next().unwrap_or_default().contains(':'),
+        "a password in DATABASE_URL: {global_env}"
+    );
+    assert!(
+        text.contains("IAMAuth: REQUIRED"),
+        "the database proxy requires IAM authentication"
+    );
     let mut holders = Vec::new();
     let mut signers = Vec::new();
     for (name, resource) in template["Resources"].as_mapping().unwrap() {
@@ -2161,6 +2176,14 @@ fn the_template_has_no_authorizer_and_no_function_holds_a_signing_key() {
             !env.contains("resolve:secretsmanager") && !env.to_lowercase().contains("private"),
             "{name}: a secret in its environment: {env}"
         );
+        // A database URL names its user only (postgres://user@host): no password.
+        if let Some(url) = env.split("postgres://").nth(1) {
+            let authority = url.split('@').next().unwrap_or_default();
+            assert!(
+                !authority.contains(':'),
+                "{name}: a password in DATABASE_URL: {env}"
+            );
+        }
         if resource["Properties"]["Environment"]["Variables"]
             .get("JWT_SIGNING_KEY_ID")
             .is_some()
@@ -2612,7 +2635,25 @@ fn every_function_is_granted_exactly_the_actions_its_code_calls() {
             .as_sequence()
             .cloned()
             .unwrap_or_default();
+        let expected_needs = zx_app::permissions::functions()
+            .into_iter()
+            .find(|(name, _)| *name == binary.as_str())
+            .map(|(_, needs)| needs)
+            .unwrap_or_else(|| panic!("{binary} has no declared needs"));
+        let mut connects = false;
         for policy in &policies {
+            // With Store=postgres: the database connection (IAM authentication to the proxy).
+            if let serde_yaml::Value::Tagged(tagged) = policy {
+                let text = serde_yaml::to_string(&tagged.value).unwrap();
+                assert!(
+                    tagged.tag == "If"
+                        && text.contains("IsPostgres")
+                        && text.contains("DatabaseConnectPolicy"),
+                    "{binary}: unexpected policy {policy:?}"
+                );
+                connects = true;
+                continue;
+            }
             let statements = policy["Statement"]
                 .as_sequence()
                 .unwrap_or_else(|| panic!("{binary}: only inline statements, got {policy:?}"));
@@ -2639,6 +2680,11 @@ fn every_function_is_granted_exactly_the_actions_its_code_calls() {
             .get(binary.as_str())
             .unwrap_or_else(|| panic!("{binary} has no declared needs"));
         assert_eq!(&granted, expected, "{binary}: template policy vs code");
+        assert_eq!(
+            connects,
+            expected_needs.uses_a_store(),
+            "{binary}: rds-db:connect exactly when it uses a store"
+        );
     }
 }
 
@@ -3801,7 +3847,9 @@ fn the_session_functions_cannot_write_user_items() {
         let mut checked = 0;
         for statement in policies
             .iter()
-            .flat_map(|p| p["Statement"].as_sequence().unwrap().iter())
+            // The database-connect policy (an `!If`) writes nothing.
+            .filter_map(|p| p["Statement"].as_sequence())
+            .flatten()
         {
             let actions: Vec<String> = match &statement["Action"] {
                 serde_yaml::Value::String(a) => vec![a.clone()],
@@ -3911,6 +3959,27 @@ async fn tokens_are_signed_in_kms_and_only_the_issuers_can_sign() {
         api.get("/api/v1/users/validate", &token).await.status(),
         200
     );
+    // The signing cost, as the issuer pays it (LocalStack's KMS here: a figure for the
+    // benchmarks, not an assertion; AWS's is in docs/benchmarks.md).
+    let issuer = api.app.services.issuer().unwrap();
+    let user = User::new(
+        Username::parse("kms_timing").unwrap(),
+        Email::parse("kms.timing@example.com").unwrap(),
+        zx_domain::PasswordHash::from_stored(format!("$2b$04${}", "a".repeat(53))).unwrap(),
+        Role::Customer,
+    );
+    let session = zx_domain::SessionId::generate();
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let started = Instant::now();
+        issuer.issue(&user, &session).await.unwrap();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "KMS-signed token (LocalStack): median {:?}, p90 {:?}",
+        times[15], times[27]
+    );
     // A function that does not declare signing is built without a signer.
     for function in zx_app::functions::HTTP_FUNCTIONS {
         let services = api.app.services.restricted(&function.wiring.needs);
@@ -3921,4 +3990,47 @@ async fn tokens_are_signed_in_kms_and_only_the_issuers_can_sign() {
             function.name
         );
     }
+}
+
+/// Migration 4 can only give stored usernames `lower(username)` as their key; `zx-admin
+/// migrate` then re-keys them in Rust, so a look-alike of an existing name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_rekeys_usernames_the_migration_could_only_lower() {
+    let app = TestApp::new(Store::Postgres).await;
+    let users = app.services.stores.users().unwrap();
+    let bob = User::new(
+        Username::parse("bob1").unwrap(),
+        Email::parse("bob1@example.com").unwrap(),
+        zx_domain::PasswordHash::from_stored(format!("$2b$04${}", "a".repeat(53))).unwrap(),
+        Role::Customer,
+    );
+    users.create(&bob).await.unwrap();
+    // As migration 4 leaves a row stored before it.
+    let schema = app.schema.clone().unwrap();
+    let pool = sqlx::PgPool::connect(&zx_tests::database_url()).await.unwrap();
+    sqlx::query(&format!(
+        "update \"{}\".users set username_key = lower(username)",
+        schema.as_str()
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let repository = zx_store_postgres::PgUserRepository::new(pool.clone(), &schema);
+    let (rekeyed, clashes) = repository.rekey_usernames().await.unwrap();
+    assert_eq!((rekeyed, clashes.len()), (1, 0));
+    // `bobl` looks like `bob1`: taken.
+    let alike = User::new(
+        Username::parse("bobl").unwrap(),
+        Email::parse("bobl@example.com").unwrap(),
+        bob.password_hash.clone(),
+        Role::Customer,
+    );
+    assert!(matches!(
+        users.create(&alike).await,
+        Err(zx_domain::RepositoryError::Conflict(
+            zx_domain::UniqueField::Username
+        ))
+    ));
+    assert_eq!(repository.rekey_usernames().await.unwrap(), (0, Vec::new()));
+    pool.close().await;
 }

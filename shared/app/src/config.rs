@@ -103,6 +103,9 @@ pub struct Config {
     pub store: StoreKind,
     pub users_table: String,
     pub database_url: Option<DatabaseUrl>,
+    /// `DATABASE_IAM_AUTH=true`: connect with IAM authentication tokens (RDS Proxy) instead of
+    /// a password; `DATABASE_URL` then carries none.
+    pub database_iam_auth: bool,
     pub users_schema: PgSchema,
     pub products_table: String,
     pub products_schema: PgSchema,
@@ -309,7 +312,13 @@ impl Config {
             })?,
             ..guard_defaults
         };
+        let database_iam_auth = parse_or(source, "DATABASE_IAM_AUTH", false, |v| match v.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(format!("must be true or false, got {other:?}")),
+        })?;
         Ok(Self {
+            database_iam_auth,
             guard,
             store,
             users_table: source

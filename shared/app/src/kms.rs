@@ -6,11 +6,40 @@
 
 use aws_sdk_kms::Client;
 use aws_sdk_kms::error::DisplayErrorContext;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
 use tokio::sync::OnceCell;
 use zx_auth::Algorithm;
-use zx_auth::{PublicKey, RemoteSigner, ecdsa_der_to_jose};
+use zx_auth::{PublicKey, RemoteError, RemoteSigner, ecdsa_der_to_jose};
+
+/// A KMS call's failure: transient for timeouts, dropped connections, throttling and KMS's own
+/// faults; permanent for the rest (access denied, a disabled or missing key, a wrong key type).
+fn failure<E, R>(operation: &str, error: SdkError<E, R>) -> RemoteError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let transient = match &error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => matches!(
+            service.err().code(),
+            Some(
+                "KMSInternalException"
+                    | "DependencyTimeoutException"
+                    | "ThrottlingException"
+                    | "LimitExceededException"
+            )
+        ),
+        _ => false,
+    };
+    RemoteError {
+        transient,
+        message: format!("KMS {operation}: {}", DisplayErrorContext(error)),
+    }
+}
 
 /// Signs with one KMS key.
 pub struct KmsSigner {
@@ -29,24 +58,24 @@ impl KmsSigner {
         }
     }
 
-    async fn fetch_public_key(&self) -> Result<PublicKey, String> {
+    async fn fetch_public_key(&self) -> Result<PublicKey, RemoteError> {
         let output = self
             .client
             .get_public_key()
             .key_id(&self.key_id)
             .send()
             .await
-            .map_err(|e| format!("KMS GetPublicKey: {}", DisplayErrorContext(e)))?;
+            .map_err(|e| failure("GetPublicKey", e))?;
         let der = output
             .public_key()
-            .ok_or("KMS GetPublicKey answered no key")?;
-        PublicKey::from_spki_der(der.as_ref())
+            .ok_or_else(|| RemoteError::permanent("KMS GetPublicKey answered no key"))?;
+        PublicKey::from_spki_der(der.as_ref()).map_err(RemoteError::permanent)
     }
 }
 
 #[async_trait::async_trait]
 impl RemoteSigner for KmsSigner {
-    async fn public_key(&self) -> Result<PublicKey, String> {
+    async fn public_key(&self) -> Result<PublicKey, RemoteError> {
         self.public
             .get_or_try_init(|| self.fetch_public_key())
             .await
@@ -54,7 +83,7 @@ impl RemoteSigner for KmsSigner {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, RemoteError> {
         let algorithm = self.public_key().await?.algorithm();
         let spec = match algorithm {
             Algorithm::ES256 => SigningAlgorithmSpec::EcdsaSha256,
@@ -69,10 +98,14 @@ impl RemoteSigner for KmsSigner {
             .signing_algorithm(spec)
             .send()
             .await
-            .map_err(|e| format!("KMS Sign: {}", DisplayErrorContext(e)))?;
-        let signature = output.signature().ok_or("KMS Sign answered no signature")?;
+            .map_err(|e| failure("Sign", e))?;
+        let signature = output
+            .signature()
+            .ok_or_else(|| RemoteError::permanent("KMS Sign answered no signature"))?;
         match algorithm {
-            Algorithm::ES256 => ecdsa_der_to_jose(signature.as_ref(), 32),
+            Algorithm::ES256 => {
+                ecdsa_der_to_jose(signature.as_ref(), 32).map_err(RemoteError::permanent)
+            }
             _ => Ok(signature.as_ref().to_vec()),
         }
     }

@@ -11,6 +11,8 @@ pub mod http_client;
 pub mod kms;
 pub mod openapi;
 pub mod permissions;
+#[cfg(feature = "postgres")]
+pub mod rds_iam;
 pub mod unwired;
 pub mod wiring;
 pub mod workers;

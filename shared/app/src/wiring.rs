@@ -132,6 +132,17 @@ impl Needs {
         cache: true,
         health: true,
     };
+    /// Whether the function reaches a store (and so, with Postgres, connects to the database).
+    pub const fn uses_a_store(&self) -> bool {
+        self.users.any()
+            || self.sessions.any()
+            || self.products.any()
+            || self.inventory.any()
+            || self.orders.any()
+            || self.outbox.any()
+            || self.health
+    }
+
     /// The constructors these needs select, chosen at compile time when used in a `const`.
     pub const fn wiring(self) -> Wiring {
         Wiring {
@@ -295,27 +306,26 @@ impl Backend {
         aws: &aws_config::SdkConfig,
         needs: &Needs,
     ) -> Result<Self, ConfigError> {
+        // A function without stores or health checks builds no client.
+        let uses_a_store = needs.uses_a_store();
         #[cfg(feature = "postgres")]
         let pool = config
             .database_url
             .as_ref()
             .map(|url| {
-                zx_store_postgres::connect_lazy(url.expose(), &config.pool).map_err(|e| {
+                let options = zx_store_postgres::connect_options(url.expose()).map_err(|e| {
                     ConfigError::Invalid {
                         var: "DATABASE_URL",
                         reason: e.to_string(),
                     }
-                })
+                })?;
+                let pool = zx_store_postgres::connect_lazy_with(options.clone(), &config.pool);
+                if config.database_iam_auth && uses_a_store {
+                    crate::rds_iam::keep_tokens_fresh(pool.clone(), options, aws);
+                }
+                Ok::<_, ConfigError>(pool)
             })
             .transpose()?;
-        // A function without stores or health checks (users-validate) builds no client.
-        let uses_a_store = needs.users.any()
-            || needs.sessions.any()
-            || needs.products.any()
-            || needs.inventory.any()
-            || needs.orders.any()
-            || needs.outbox.any()
-            || needs.health;
         let dynamodb = match config.store {
             StoreKind::DynamoDb if uses_a_store => Some(dynamodb_client(config, aws)),
             StoreKind::DynamoDb => None,

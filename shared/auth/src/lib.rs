@@ -9,6 +9,6 @@ pub use jsonwebtoken::Algorithm;
 pub use password::{BcryptCost, PasswordHasher};
 pub use refresh::{NewRefreshToken, hash_refresh_token, new_refresh_token, parse_refresh_token};
 pub use token::{
-    AuthClaims, IssuedToken, PublicKey, RemoteSigner, SigningKey, TokenError, TokenIssuer,
-    TokenSettings, TokenVerifier, ecdsa_der_to_jose,
+    AuthClaims, IssuedToken, PublicKey, RemoteError, RemoteSigner, SigningKey, TokenError,
+    TokenIssuer, TokenSettings, TokenVerifier, ecdsa_der_to_jose,
 };

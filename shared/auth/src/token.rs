@@ -297,7 +297,7 @@ pub enum TokenError {
     Signing(#[source] jsonwebtoken::errors::Error),
     /// The remote signer (KMS) failed or answered something unusable.
     #[error("the signing service failed: {0}")]
-    Remote(String),
+    Remote(RemoteError),
 }
 
 /// The longest token accepted: ours are ~400 bytes; anything much larger is not worth parsing.
@@ -369,14 +369,33 @@ impl TokenVerifier {
     }
 }
 
+/// Why a remote signer failed: `transient` when retrying may succeed (a timeout, throttling,
+/// KMS unavailable), not when the key or the grant is wrong (access denied, a disabled key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub transient: bool,
+    pub message: String,
+}
+
+impl RemoteError {
+    /// A failure retrying will not fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            transient: false,
+            message: message.into(),
+        }
+    }
+}
+
 /// Signs a token's signing input where the private key lives (AWS KMS): the functions never
 /// hold it.
 #[async_trait::async_trait]
 pub trait RemoteSigner: Send + Sync {
     /// The public key its signatures verify with (asked once, then remembered by the caller).
-    async fn public_key(&self) -> Result<PublicKey, String>;
+    async fn public_key(&self) -> Result<PublicKey, RemoteError>;
     /// The JOSE signature of `message`: 64 bytes, `R || S` for ES256.
-    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, RemoteError>;
 }
 
 /// Where an issuer's signatures come from.
@@ -506,9 +525,9 @@ impl TokenIssuer {
     /// Signs `claims` with this issuer's in-memory key (an error for a remote one).
     pub fn sign(&self, claims: AuthClaims) -> Result<IssuedToken, TokenError> {
         let Signer::Local { key, kid } = &self.signer else {
-            return Err(TokenError::Remote(
-                "a KMS key signs only through issue()".into(),
-            ));
+            return Err(TokenError::Remote(RemoteError::permanent(
+                "a KMS key signs only through issue()",
+            )));
         };
         let ttl = u64::try_from(claims.exp.saturating_sub(claims.iat)).unwrap_or(0);
         let mut header = Header::new(Algorithm::EdDSA);
@@ -529,7 +548,9 @@ mod erased {
     }
     impl<T: serde::Serialize> Json for T {
         fn to_json(&self) -> Result<Vec<u8>, super::TokenError> {
-            serde_json::to_vec(self).map_err(|e| super::TokenError::Remote(e.to_string()))
+            serde_json::to_vec(self).map_err(|e| {
+                super::TokenError::Remote(super::RemoteError::permanent(e.to_string()))
+            })
         }
     }
 }
@@ -644,15 +665,15 @@ mod tests {
 
     #[async_trait::async_trait]
     impl RemoteSigner for P256 {
-        async fn public_key(&self) -> Result<PublicKey, String> {
-            PublicKey::from_spki_der(&self.spki)
+        async fn public_key(&self) -> Result<PublicKey, RemoteError> {
+            PublicKey::from_spki_der(&self.spki).map_err(RemoteError::permanent)
         }
-        async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, RemoteError> {
             let der = self
                 .pair
                 .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
-                .map_err(|e| e.to_string())?;
-            ecdsa_der_to_jose(der.as_ref(), 32)
+                .map_err(|e| RemoteError::permanent(e.to_string()))?;
+            ecdsa_der_to_jose(der.as_ref(), 32).map_err(RemoteError::permanent)
         }
     }
 

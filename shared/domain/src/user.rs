@@ -99,6 +99,23 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An address as stored: what an earlier, looser rule accepted (any non-blank address with
+    /// one `@`, no spaces or control characters) still reads, so a stricter rule for new
+    /// addresses never makes an existing account unreadable.
+    pub fn from_stored(text: &str) -> Result<Self, String> {
+        Self::parse(text).or_else(|error| {
+            let loose = !text.is_empty()
+                && text.len() <= Self::MAX_LEN
+                && text.split('@').count() == 2
+                && !text.chars().any(|c| c.is_whitespace() || c.is_control());
+            if loose {
+                Ok(Self(text.to_owned()))
+            } else {
+                Err(error)
+            }
+        })
+    }
 }
 
 impl fmt::Display for Email {
@@ -148,6 +165,23 @@ impl Username {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A name as stored: one an earlier rule accepted (3–32 letters, digits, `_`, `-`, `.`)
+    /// still reads, though PRECIS would refuse it now.
+    pub fn from_stored(text: &str) -> Result<Self, String> {
+        Self::parse(text).or_else(|error| {
+            let chars = text.chars().count();
+            let loose = (Self::MIN_CHARS..=Self::MAX_CHARS).contains(&chars)
+                && text
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if loose {
+                Ok(Self(text.to_owned()))
+            } else {
+                Err(error)
+            }
+        })
     }
 
     /// What uniqueness is enforced on, the same on every backend (computed here, stored as is):
@@ -388,6 +422,16 @@ mod tests {
             Username::parse("caf\u{65}\u{301}s").unwrap().as_str(),
             "caf\u{e9}s"
         );
+    }
+
+    #[test]
+    fn stored_identities_an_earlier_rule_accepted_still_read() {
+        assert!(Email::parse("\u{674e}@example.com").is_err());
+        assert!(Email::from_stored("\u{674e}@example.com").is_ok());
+        assert!(Email::from_stored("no at sign").is_err());
+        assert!(Username::parse("adm\u{1d5c2}n").is_err());
+        assert!(Username::from_stored("adm\u{1d5c2}n").is_ok());
+        assert!(Username::from_stored("a b").is_err());
     }
 
     #[test]

@@ -157,6 +157,10 @@ impl Edge {
             }
             match caller {
                 Ok(Some(mut caller)) => {
+                    if self.access == Access::Checked && self.standing.is_none() {
+                        // A checked route wired without its check must not trust the token.
+                        return Err(ApiError::internal("a checked route has no standing check"));
+                    }
                     if let Some(standing) = &self.standing {
                         match standing.current_role(&caller).await? {
                             Some(role) => caller.role = role,

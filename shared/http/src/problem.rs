@@ -211,7 +211,9 @@ impl ApiError {
             .status(self.status())
             .header("content-type", PROBLEM_JSON);
         if let Some(after) = self.retry_after() {
-            builder = builder.header("retry-after", after.as_secs().max(1).to_string());
+            // Rounded up: a client that waits what it is told is never early.
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            builder = builder.header("retry-after", seconds.max(1).to_string());
         }
         if let Self::Unauthorized { challenge, .. } = self {
             builder = builder.header("www-authenticate", *challenge);

@@ -121,12 +121,17 @@ mod tests {
             (
                 "users",
                 vec![include_str!("users.rs")],
-                vec![USERS_READ, USERS_WRITE],
+                vec![USERS_READ, USERS_WRITE, USERS_REHASH],
             ),
             (
                 "sessions",
                 vec![include_str!("sessions.rs")],
-                vec![SESSIONS_START, SESSIONS_ROTATE, SESSIONS_END],
+                vec![
+                    SESSIONS_START,
+                    SESSIONS_ROTATE,
+                    SESSIONS_END,
+                    SESSIONS_CHECK,
+                ],
             ),
             // The catalogue reads its stock through the stock module.
             (

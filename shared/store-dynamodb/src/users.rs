@@ -134,9 +134,10 @@ fn user_from_item(item: &Item) -> Result<User, RepositoryError> {
         let corrupt = |field: &str, e: String| RepositoryError::Corrupt(format!("{field}: {e}"));
         Ok(User {
             id: UserId::parse(text(item, attr::USER_ID)?).map_err(|e| corrupt(attr::USER_ID, e))?,
-            username: Username::parse(text(item, attr::USERNAME)?)
+            username: Username::from_stored(text(item, attr::USERNAME)?)
                 .map_err(|e| corrupt(attr::USERNAME, e))?,
-            email: Email::parse(text(item, attr::EMAIL)?).map_err(|e| corrupt(attr::EMAIL, e))?,
+            email: Email::from_stored(text(item, attr::EMAIL)?)
+                .map_err(|e| corrupt(attr::EMAIL, e))?,
             password_hash: PasswordHash::from_stored(text(item, attr::PASSWORD_HASH)?.to_owned())
                 .map_err(|e| corrupt(attr::PASSWORD_HASH, e))?,
             role: Role::parse(text(item, attr::ROLE)?).map_err(|e| corrupt(attr::ROLE, e))?,

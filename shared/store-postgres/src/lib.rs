@@ -11,7 +11,7 @@ pub mod users;
 
 pub use migrate::{MigrateError, MigrationSet, migrate};
 pub use orders::PgOrderRepository;
-pub use pool::{PgSchema, PoolSettings, connect_lazy, ping};
+pub use pool::{PgSchema, PoolSettings, connect_lazy, connect_lazy_with, connect_options, ping};
 pub use products::PgProductRepository;
 pub use sessions::PgSessionRepository;
 pub use users::PgUserRepository;

@@ -64,16 +64,28 @@ impl Default for PoolSettings {
 /// connections call themselves `zhixuan` in `pg_stat_activity`, unless the URL names them
 /// (`?application_name=`).
 pub fn connect_lazy(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
-    let mut options = PgConnectOptions::from_str(url)?;
-    if options.get_application_name().is_none() {
-        options = options.application_name("zhixuan");
-    }
-    Ok(PgPoolOptions::new()
+    Ok(connect_lazy_with(connect_options(url)?, settings))
+}
+
+/// The connection options of `url`, named `zhixuan` unless the URL names them.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?;
+    Ok(if options.get_application_name().is_none() {
+        options.application_name("zhixuan")
+    } else {
+        options
+    })
+}
+
+/// A lazy pool with these options (their password can be replaced later with
+/// `PgPool::set_connect_options`: IAM authentication tokens expire).
+pub fn connect_lazy_with(options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
+    PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(0)
         .acquire_timeout(settings.connect_timeout)
         .idle_timeout(Some(settings.idle_timeout))
-        .connect_lazy_with(options))
+        .connect_lazy_with(options)
 }
 
 /// Checks the database answers (for health checks).

@@ -32,6 +32,47 @@ impl PgUserRepository {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Sets every row's `username_key` to [`Username::key`] (what migration 4 could only
+    /// approximate in SQL with `lower()`): the number of rows re-keyed, and the names that
+    /// could not be because a look-alike already holds their key (an operator renames one).
+    pub async fn rekey_usernames(&self) -> Result<(usize, Vec<String>), RepositoryError> {
+        let rows = sqlx::query(&format!(
+            "select user_id, username, username_key from {}",
+            self.table
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| crate::db_error("Postgres select usernames", e))?;
+        let (mut rekeyed, mut clashes) = (0, Vec::new());
+        for row in &rows {
+            let get = |name: &str| {
+                row.try_get::<String, _>(name)
+                    .map_err(|e| RepositoryError::Corrupt(format!("user {name}: {e}")))
+            };
+            let (id, name, stored) = (get("user_id")?, get("username")?, get("username_key")?);
+            let key = Username::from_stored(&name)
+                .map_err(RepositoryError::Corrupt)?
+                .key();
+            if key == stored {
+                continue;
+            }
+            let result = sqlx::query(&format!(
+                "update {} set username_key = $2 where user_id = $1",
+                self.table
+            ))
+            .bind(&id)
+            .bind(&key)
+            .execute(&self.pool)
+            .await;
+            match result.map_err(|e| map_write_error("Postgres rekey username", e)) {
+                Ok(_) => rekeyed += 1,
+                Err(RepositoryError::Conflict(_)) => clashes.push(name),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((rekeyed, clashes))
+    }
 }
 
 fn map_write_error(operation: &'static str, error: sqlx::Error) -> RepositoryError {
@@ -65,8 +106,8 @@ fn user_from_row(row: &PgRow) -> Result<User, RepositoryError> {
     };
     Ok(User {
         id: UserId::parse(&get("user_id")?).map_err(corrupt)?,
-        username: Username::parse(&get("username")?).map_err(corrupt)?,
-        email: Email::parse(&get("email")?).map_err(corrupt)?,
+        username: Username::from_stored(&get("username")?).map_err(corrupt)?,
+        email: Email::from_stored(&get("email")?).map_err(corrupt)?,
         password_hash: PasswordHash::from_stored(get("password_hash")?).map_err(corrupt)?,
         role: Role::parse(&get("role")?).map_err(corrupt)?,
         created_at: at("created_at")?,

@@ -15,7 +15,7 @@ use crate::views::{LoginView, UserView};
 /// may cure; 500 otherwise.
 fn signing_failed(error: zx_auth::TokenError) -> ApiError {
     match error {
-        zx_auth::TokenError::Remote(_) => ApiError::Unavailable {
+        zx_auth::TokenError::Remote(ref remote) if remote.transient => ApiError::Unavailable {
             detail: "signing is unavailable for a moment; try again shortly".into(),
             retry_after: std::time::Duration::from_secs(2),
             source: Some(Box::new(error)),
@@ -51,12 +51,14 @@ pub async fn start_session(
         revoked: false,
         used_hashes: Vec::new(),
     };
+    // Signed first: a signing failure leaves no session behind.
+    let access = tokens
+        .issue(user, &session.id)
+        .await
+        .map_err(signing_failed)?;
     sessions.create_session(&session).await?;
     Ok(SessionTokens {
-        access: tokens
-            .issue(user, &session.id)
-            .await
-            .map_err(signing_failed)?,
+        access,
         refresh: refresh.token,
         refresh_expires_in: refresh_ttl.as_secs(),
     })
@@ -137,7 +139,9 @@ pub async fn refresh_session(
     // Signed before the rotation: a signing outage (KMS) leaves the session as it was, and the
     // client's retry with the same refresh token still works.
     let access = tokens.issue(&user, &id).await.map_err(|e| match e {
-        zx_auth::TokenError::Remote(_) => RepositoryError::unavailable("signing a token", e),
+        zx_auth::TokenError::Remote(ref remote) if remote.transient => {
+            RepositoryError::unavailable("signing a token", e)
+        }
         other => RepositoryError::failed("signing a token", other),
     })?;
     let new = new_refresh_token(&id).map_err(|e| RepositoryError::failed("refresh token", e))?;

@@ -92,16 +92,24 @@ async fn jwt_kms_key(alias: Option<&str>) -> Outcome {
         }
     });
     let existing = match &alias {
-        Some(alias) => kms
-            .describe_key()
-            .key_id(alias)
-            .send()
-            .await
-            .ok()
-            .and_then(|d| {
-                d.key_metadata()
-                    .map(|m| m.arn().unwrap_or(m.key_id()).to_owned())
-            }),
+        Some(alias) => match kms.describe_key().key_id(alias).send().await {
+            Ok(described) => described
+                .key_metadata()
+                .map(|m| m.arn().unwrap_or(m.key_id()).to_owned()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => {
+                return Err(format!(
+                    "KMS DescribeKey {alias}: {}",
+                    aws_sdk_kms::error::DisplayErrorContext(e)
+                )
+                .into());
+            }
+        },
         None => None,
     };
     let arn = match existing {
@@ -177,15 +185,58 @@ async fn migrate() -> Outcome {
         ),
         (&config.orders_schema, zx_store_postgres::migrate::ORDERS),
     ] {
-        let pool = zx_store_postgres::connect_lazy(url.expose(), &config.pool)?;
+        let pool = admin_pool(&config, url.expose()).await?;
         let applied = zx_store_postgres::migrate(&pool, schema, &set).await?;
         report.push(format!(
             "schema {schema} ({}): applied migrations {applied:?}",
             set.service
         ));
+        if set.service == "users" {
+            // Usernames are unique by a key computed in Rust (migration 4 set lower()).
+            let users = zx_store_postgres::PgUserRepository::new(pool.clone(), schema);
+            let (rekeyed, clashes) = users.rekey_usernames().await?;
+            report.push(format!("usernames re-keyed: {rekeyed}"));
+            if !clashes.is_empty() {
+                report.push(format!(
+                    "look-alike usernames left with their old key (rename one of each): {clashes:?}"
+                ));
+            }
+        }
         pool.close().await;
     }
     Ok(report.join("\n"))
+}
+
+/// A pool for an operator command: with `DATABASE_IAM_AUTH=true`, its password is a token
+/// signed with the default credential chain (the proxy requires IAM authentication).
+async fn admin_pool(
+    config: &Config,
+    url: &str,
+) -> Result<sqlx::PgPool, Box<dyn std::error::Error>> {
+    let mut options = zx_store_postgres::connect_options(url)?;
+    if config.database_iam_auth {
+        use aws_credential_types::provider::ProvideCredentials;
+        let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let credentials = aws
+            .credentials_provider()
+            .ok_or("DATABASE_IAM_AUTH needs AWS credentials")?
+            .provide_credentials()
+            .await?;
+        let region = aws
+            .region()
+            .map(|r| r.as_ref().to_owned())
+            .unwrap_or_default();
+        let token = zx_app::rds_iam::auth_token(
+            &credentials,
+            &region,
+            options.get_host(),
+            options.get_port(),
+            options.get_username(),
+            std::time::SystemTime::now(),
+        )?;
+        options = options.password(&token);
+    }
+    Ok(zx_store_postgres::connect_lazy_with(options, &config.pool))
 }
 
 async fn outbox(resend: Option<&str>) -> Outcome {

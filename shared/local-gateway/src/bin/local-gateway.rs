@@ -16,7 +16,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut routes = RouteTable::from_template(&template)?;
     // The template's CorsAllowedOrigins, as a deployment would override it.
     if let Ok(origins) = std::env::var("CORS_ALLOWED_ORIGINS") {
-        routes = routes.with_allowed_origins(zx_local_gateway::cors::split_list(&origins));
+        let origins = zx_local_gateway::cors::split_list(&origins);
+        // As the template's rule: named origins only.
+        if origins.iter().any(|o| o.contains('*')) {
+            return Err("CORS_ALLOWED_ORIGINS must name origins; \"*\" is refused".into());
+        }
+        routes = routes.with_allowed_origins(origins);
     }
     let port: u16 = std::env::var("GATEWAY_PORT")
         .ok()
