@@ -4007,7 +4007,9 @@ async fn migrate_rekeys_usernames_the_migration_could_only_lower() {
     users.create(&bob).await.unwrap();
     // As migration 4 leaves a row stored before it.
     let schema = app.schema.clone().unwrap();
-    let pool = sqlx::PgPool::connect(&zx_tests::database_url()).await.unwrap();
+    let pool = sqlx::PgPool::connect(&zx_tests::database_url())
+        .await
+        .unwrap();
     sqlx::query(&format!(
         "update \"{}\".users set username_key = lower(username)",
         schema.as_str()
@@ -4033,4 +4035,26 @@ async fn migrate_rekeys_usernames_the_migration_could_only_lower() {
     ));
     assert_eq!(repository.rekey_usernames().await.unwrap(), (0, Vec::new()));
     pool.close().await;
+}
+
+/// Finding 1 (the database): with `DATABASE_IAM_AUTH=true` the pool's password is a signed
+/// token from the end of the cold start, and requests work (local Postgres trusts loopback and
+/// ignores it; RDS Proxy checks it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_iam_authentication_signs_a_token_at_cold_start() {
+    assert_eq!(zx_app::rds_iam::pools_with_a_token(), 0);
+    let app = TestApp::with(
+        Store::Postgres,
+        &zx_tests::aws_endpoint(),
+        &[("DATABASE_IAM_AUTH", "true")],
+    )
+    .await;
+    assert!(app.config.database_iam_auth);
+    assert!(
+        zx_app::rds_iam::pools_with_a_token() >= 1,
+        "a token before any query"
+    );
+    let api = Api::on(app).await;
+    let (_, token) = api.customer("iam_user").await;
+    assert_eq!(api.get("/api/v1/users/me", &token).await.status(), 200);
 }

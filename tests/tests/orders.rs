@@ -1149,7 +1149,7 @@ async fn orders_survive_an_sqs_outage(store: Store) {
     let mut app = TestApp::with(
         store,
         &zx_tests::aws_endpoint(),
-        &[("ORDER_PENDING_TIMEOUT", "5")],
+        &[("ORDER_PENDING_TIMEOUT", "10")],
     )
     .await;
     let target = zx_tests::aws_endpoint()
@@ -1192,8 +1192,10 @@ async fn orders_survive_an_sqs_outage(store: Store) {
     let orders: Vec<(String, String)> = placed.into_iter().flat_map(|r| r.unwrap()).collect();
     assert_eq!(orders.len(), 120);
     assert!(sqs_proxy.refused() > 0, "the sends were attempted");
-    // Longer than the pending timeout, with the relay failing to send anything.
-    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    // Longer than the pending timeout, with the relay failing to send anything. (The timeout
+    // is 10 s: the relay run that sends the 120 reserves must end before the first is due, and
+    // under the full suite LocalStack is slow.)
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
     let report = shop.workers.run_relay().await;
     assert_eq!(report.relayed, 0, "{report:?}");
     assert!(report.failed > 0 && report.outbox_left, "{report:?}");

@@ -2,10 +2,10 @@
 //! A function that uses Postgres (`DATABASE_IAM_AUTH=true`) signs a connection token with its
 //! own role's credentials (SigV4, service `rds-db`, 15 minutes) and uses it as the password of
 //! new connections; its role is granted `rds-db:connect` on the proxy's database user, and the
-//! proxy requires IAM authentication. A token is made at cold start (local work: the Lambda
-//! credentials are in the environment) and renewed every 5 minutes, so every connection the
-//! pool opens presents one with at least 10 minutes left. Open connections are not affected
-//! by a token's expiry.
+//! proxy requires IAM authentication. A token is made at the end of the cold start and, before
+//! an invocation, whenever the last is 5 minutes old (local work: the Lambda credentials are in
+//! the environment), so every connection the pool opens presents one with at least 10 minutes
+//! left. Open connections are not affected by a token's expiry.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -66,47 +66,120 @@ pub fn auth_token(
         .to_owned())
 }
 
-/// Keeps `pool`'s password a fresh token for `options`' host, port and user: now, then every
-/// [`RENEW_EVERY`], in a task that lives as long as the instance.
-pub fn keep_tokens_fresh(pool: PgPool, options: PgConnectOptions, aws: &aws_config::SdkConfig) {
-    let Some(provider) = aws.credentials_provider() else {
-        tracing::error!("DATABASE_IAM_AUTH is set but no AWS credentials are configured");
-        return;
-    };
+/// A pool whose password is an IAM token, and when that token was signed.
+struct Tokens {
+    pool: PgPool,
+    options: PgConnectOptions,
+    provider: aws_credential_types::provider::SharedCredentialsProvider,
+    region: String,
+    signed_at: tokio::sync::Mutex<Option<SystemTime>>,
+}
+
+/// The pools of this process that authenticate with IAM tokens (one in a Lambda function).
+static POOLS: std::sync::Mutex<Vec<Arc<Tokens>>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `pool` to be given IAM tokens for `options`' host, port and user: the first by
+/// [`refresh_due_tokens`] at the end of the cold start (before any query), then before each
+/// invocation whenever the last is older than [`RENEW_EVERY`]. Signing is local work (the
+/// credentials are in the function's environment), so no timer or background task is
+/// involved: a frozen instance that wakes after an hour signs a fresh token before its first
+/// query.
+pub fn register(
+    pool: PgPool,
+    options: PgConnectOptions,
+    aws: &aws_config::SdkConfig,
+) -> Result<(), String> {
+    let provider = aws
+        .credentials_provider()
+        .ok_or("DATABASE_IAM_AUTH is set but no AWS credentials are configured")?;
     let region = aws
         .region()
         .map(|r| r.as_ref().to_owned())
-        .unwrap_or_default();
-    let options = Arc::new(options);
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(RENEW_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            every.tick().await;
-            let renewed = match provider.provide_credentials().await {
-                Ok(credentials) => auth_token(
-                    &credentials,
-                    &region,
-                    options.get_host(),
-                    options.get_port(),
-                    options.get_username(),
-                    SystemTime::now(),
-                ),
-                Err(error) => Err(error.to_string()),
-            };
-            match renewed {
-                Ok(token) => pool.set_connect_options((*options).clone().password(&token)),
-                Err(error) => {
-                    tracing::error!(%error, "could not renew the database token: new connections may fail")
-                }
+        .ok_or("DATABASE_IAM_AUTH is set but no AWS region is configured")?;
+    let tokens = Arc::new(Tokens {
+        pool,
+        options,
+        provider,
+        region,
+        signed_at: tokio::sync::Mutex::new(None),
+    });
+    if let Ok(mut pools) = POOLS.lock() {
+        pools.push(tokens);
+    }
+    Ok(())
+}
+
+/// Whether a token signed at `signed_at` (or none) must be replaced at `now`: after
+/// [`RENEW_EVERY`], or if the clock went back.
+fn is_due(signed_at: Option<SystemTime>, now: SystemTime) -> bool {
+    signed_at.is_none_or(|at| {
+        now.duration_since(at)
+            .map_or(true, |age| age >= RENEW_EVERY)
+    })
+}
+
+/// How many registered pools hold a token (for tests and health).
+pub fn pools_with_a_token() -> usize {
+    let pools: Vec<Arc<Tokens>> = POOLS.lock().map(|p| p.clone()).unwrap_or_default();
+    pools
+        .iter()
+        .filter(|t| t.signed_at.try_lock().is_ok_and(|at| at.is_some()))
+        .count()
+}
+
+/// Gives every registered pool a fresh token if its last one is older than [`RENEW_EVERY`] (or
+/// it has none yet). A failure is logged: new connections may then fail (503) until the next
+/// invocation tries again.
+pub async fn refresh_due_tokens() {
+    let pools: Vec<Arc<Tokens>> = POOLS.lock().map(|p| p.clone()).unwrap_or_default();
+    for tokens in pools {
+        let mut signed_at = tokens.signed_at.lock().await;
+        let now = SystemTime::now();
+        if !is_due(*signed_at, now) {
+            continue;
+        }
+        let renewed = match tokens.provider.provide_credentials().await {
+            Ok(credentials) => auth_token(
+                &credentials,
+                &tokens.region,
+                tokens.options.get_host(),
+                tokens.options.get_port(),
+                tokens.options.get_username(),
+                now,
+            ),
+            Err(error) => Err(error.to_string()),
+        };
+        match renewed {
+            Ok(token) => {
+                tokens
+                    .pool
+                    .set_connect_options(tokens.options.clone().password(&token));
+                *signed_at = Some(now);
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not sign a database token: new connections may fail");
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_renewed_five_minutes_after_it_was_signed() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert!(is_due(None, at));
+        assert!(!is_due(Some(at), at + Duration::from_secs(299)));
+        assert!(is_due(Some(at), at + RENEW_EVERY));
+        // An instance frozen for an hour signs anew before its first query.
+        assert!(is_due(Some(at), at + Duration::from_secs(3600)));
+        assert!(
+            is_due(Some(at), at - Duration::from_secs(1)),
+            "the clock went back"
+        );
+    }
 
     #[test]
     fn a_token_is_a_presigned_connect_request_for_fifteen_minutes() {

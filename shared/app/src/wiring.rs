@@ -321,7 +321,12 @@ impl Backend {
                 })?;
                 let pool = zx_store_postgres::connect_lazy_with(options.clone(), &config.pool);
                 if config.database_iam_auth && uses_a_store {
-                    crate::rds_iam::keep_tokens_fresh(pool.clone(), options, aws);
+                    crate::rds_iam::register(pool.clone(), options, aws).map_err(|reason| {
+                        ConfigError::Invalid {
+                            var: "DATABASE_IAM_AUTH",
+                            reason,
+                        }
+                    })?;
                 }
                 Ok::<_, ConfigError>(pool)
             })
@@ -675,8 +680,11 @@ impl Services {
         } else {
             None
         };
+        let stores = build_stores(config, aws, wiring)?;
+        // The first database token, before any query (IAM authentication only).
+        before_invocation().await;
         Ok(Self {
-            stores: build_stores(config, aws, wiring)?,
+            stores,
             limits: zx_cache::ClientLimits {
                 limiter: cache.clone().map(zx_cache::RateLimiter::new),
                 limits: config.rate_limits,
@@ -847,7 +855,21 @@ pub async fn run_http(function: &crate::functions::HttpFunction) -> Result<(), l
         tracing::error!(%error, "refusing to start: invalid configuration");
     })?;
     drop(services);
+    let handler: zx_http::HttpHandler = Arc::new(move |request| {
+        let handler = handler.clone();
+        Box::pin(async move {
+            before_invocation().await;
+            handler(request).await
+        })
+    });
     zx_http::run(handler).await
+}
+
+/// What every invocation does before its handler: a database token renewed when due (with
+/// `DATABASE_IAM_AUTH`; nothing otherwise).
+pub async fn before_invocation() {
+    #[cfg(feature = "postgres")]
+    crate::rds_iam::refresh_due_tokens().await;
 }
 
 #[cfg(test)]

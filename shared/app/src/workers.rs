@@ -196,8 +196,11 @@ pub async fn run_sqs(function: &SqsFunction) -> Result<(), lambda_runtime::Error
         let handler = handler.clone();
         let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
         let deadline = deadline_of(&event.context);
-        async move { Ok::<_, std::convert::Infallible>(handler(event.payload, deadline).await) }
-            .instrument(span)
+        async move {
+            crate::wiring::before_invocation().await;
+            Ok::<_, std::convert::Infallible>(handler(event.payload, deadline).await)
+        }
+        .instrument(span)
     }))
     .await
 }
@@ -233,6 +236,7 @@ pub async fn run_scheduled() -> Result<(), lambda_runtime::Error> {
                 u64::try_from(left).unwrap_or(u64::MAX).min(900_000),
             );
         async move {
+            crate::wiring::before_invocation().await;
             let report = handler(deadline).await;
             Ok::<_, lambda_runtime::Error>(serde_json::to_value(report).unwrap_or_default())
         }
