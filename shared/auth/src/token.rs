@@ -739,6 +739,26 @@ mod tests {
         ));
     }
 
+    /// Finding 7: at most 5 s of leeway on `exp` (was 30 s).
+    #[test]
+    fn an_expired_token_is_refused_after_five_seconds_of_leeway() {
+        let (issuer, verifier, _) = pair();
+        let (id, email) = sample();
+        let ttl = i64::try_from(settings().ttl.as_secs()).unwrap();
+        let now = Timestamp::now().unix_seconds();
+        let expired_ago = |seconds: i64| {
+            issuer
+                .issue_at(&id, &email, Role::Customer, now - ttl - seconds)
+                .unwrap()
+                .token
+        };
+        assert!(
+            verifier.verify(&expired_ago(2)).is_ok(),
+            "within the leeway"
+        );
+        assert!(verifier.verify(&expired_ago(7)).is_err(), "past the leeway");
+    }
+
     #[test]
     fn der_signatures_become_fixed_width() {
         // r with a sign byte, s short: padded and stripped to 32 bytes each.
