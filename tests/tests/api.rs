@@ -3343,9 +3343,8 @@ async fn twenty_addresses_lock_an_account_on_postgres() {
 /// Findings 2 and 3: a burst of concurrent guesses cannot slip past the lock (each attempt is
 /// counted before its password is checked), and `currentPassword` counts against the same
 /// account as login: 5 wrong ones lock the account for login as well.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn current_password_guesses_lock_the_account_too() {
-    let api = locking_api(Store::DynamoDb, "60").await;
+async fn current_password_guesses_lock_the_account_too(store: Store) {
+    let api = locking_api(store, "6").await;
     let (id, token) = api.customer("owner").await;
     let path = format!("/api/v1/users/{id}");
     let guesses = (0..20).map(|n| {
@@ -3385,6 +3384,34 @@ async fn current_password_guesses_lock_the_account_too() {
         )
         .await;
     assert_eq!(login.status(), 429);
+    // After the lock (6 s), the right current password changes the password.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = api
+            .put(
+                &path,
+                &token,
+                json!({"password": "new-password-1", "currentPassword": "password-123"}),
+            )
+            .await;
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        assert!(Instant::now() < deadline, "still locked after 20 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    api.login("owner@example.com", "new-password-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_password_guesses_lock_the_account_too_on_dynamodb() {
+    current_password_guesses_lock_the_account_too(Store::DynamoDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_password_guesses_lock_the_account_too_on_postgres() {
+    current_password_guesses_lock_the_account_too(Store::Postgres).await;
 }
 
 /// Finding 2: the limits that guard passwords fail closed; route limits fail open, each time
@@ -3634,9 +3661,8 @@ async fn logout_stops_access_tokens_where_it_matters_on_postgres() {
 /// Finding 7: admin checks use the stored role. An admin demoted in the store without its
 /// sessions ending (an operator's change) acts as a customer at once: 403 on admin routes.
 /// Within the cache's bound: the check's cache entry is 30 s at most, so the test waits for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_demoted_admins_token_is_refused_on_admin_routes() {
-    let api = Api::start(Store::DynamoDb).await;
+async fn a_demoted_admins_token_is_refused_on_admin_routes(store: Store) {
+    let api = Api::start(store).await;
     let (id, _) = api.customer("fallen").await;
     let admin = api.promote(&id, "fallen@example.com").await;
     assert_eq!(api.try_create_product(&admin).await.status(), 201);
@@ -3663,6 +3689,16 @@ async fn a_demoted_admins_token_is_refused_on_admin_routes() {
     // validate tells the stored role too.
     let info = api.get_json("/api/v1/users/validate", &admin).await;
     assert_eq!(info["role"], "customer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_admins_token_is_refused_on_admin_routes_on_dynamodb() {
+    a_demoted_admins_token_is_refused_on_admin_routes(Store::DynamoDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_admins_token_is_refused_on_admin_routes_on_postgres() {
+    a_demoted_admins_token_is_refused_on_admin_routes(Store::Postgres).await;
 }
 
 // ---------------------------------------------------------------- bounded search (issue 16)

@@ -181,6 +181,18 @@ fn destinations(source: &Source) -> Result<Option<zx_messaging::Destinations>, C
     }
 }
 
+/// A parser of whole seconds from 1 to `max`.
+fn seconds(max: u64) -> impl Fn(&str) -> Result<Duration, String> {
+    move |text| {
+        text.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("must be seconds from 1 to {max}, got {text:?}"))
+    }
+}
+
 fn per_minute(text: &str) -> Result<u32, String> {
     text.trim()
         .parse::<u32>()
@@ -302,14 +314,12 @@ impl Config {
                 count,
             )?,
             lock_after: parse_or(source, "LOGIN_LOCK_AFTER", guard_defaults.lock_after, count)?,
-            lock_for: parse_or(source, "LOGIN_LOCK_SECONDS", guard_defaults.lock_for, |v| {
-                v.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (1..=86_400).contains(n))
-                    .map(Duration::from_secs)
-                    .ok_or_else(|| format!("must be seconds from 1 to 86400, got {v:?}"))
-            })?,
+            lock_for: parse_or(
+                source,
+                "LOGIN_LOCK_SECONDS",
+                guard_defaults.lock_for,
+                seconds(86_400),
+            )?,
             ..guard_defaults
         };
         let database_iam_auth = parse_or(source, "DATABASE_IAM_AUTH", false, |v| match v.trim() {
@@ -354,26 +364,17 @@ impl Config {
                 Duration::from_millis(3000),
                 millis,
             )?,
-            cache_ttl: parse_or(source, "CACHE_TTL_SECONDS", Duration::from_secs(600), |v| {
-                v.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (1..=86_400).contains(n))
-                    .map(Duration::from_secs)
-                    .ok_or_else(|| format!("must be seconds from 1 to 86400, got {v:?}"))
-            })?,
+            cache_ttl: parse_or(
+                source,
+                "CACHE_TTL_SECONDS",
+                Duration::from_secs(600),
+                seconds(86_400),
+            )?,
             sold_out_ttl: parse_or(
                 source,
                 "SOLD_OUT_TTL_SECONDS",
                 Duration::from_secs(10),
-                |v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| (1..=600).contains(n))
-                        .map(Duration::from_secs)
-                        .ok_or_else(|| format!("must be seconds from 1 to 600, got {v:?}"))
-                },
+                seconds(600),
             )?,
             index_lag: parse_or(
                 source,
