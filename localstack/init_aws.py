@@ -79,8 +79,9 @@ def create_queues():
 
 
 def create_topics():
-    """The order-events topic, with a queue subscribed (raw delivery) so events can be read
-    locally the way a downstream consumer would."""
+    """The order-events and account-notices topics, each with a queue subscribed (raw
+    delivery) so events and notices (an e-mail change's code) can be read locally the way a
+    downstream consumer (the shop's mailer) would."""
     sns, sqs = client("sns"), client("sqs")
     prefix = os.environ.get("ZX_QUEUE_PREFIX", "")
     spec = json.loads((HERE / "sqs" / "queues.json").read_text())

@@ -183,6 +183,7 @@ def main():
         INVENTORY_QUEUE_URL=queues + "zhixuan-inventory", ORDER_QUEUE_URL=queues + "zhixuan-orders",
         INVENTORY_DLQ_URL=queues + "zhixuan-inventory-dlq", ORDER_DLQ_URL=queues + "zhixuan-orders-dlq",
         ORDER_EVENTS_TOPIC_ARN=f"arn:aws:sns:{env.get('AWS_REGION', 'us-east-1')}:000000000000:{run}zhixuan-order-events",
+        ACCOUNT_NOTICES_TOPIC_ARN=f"arn:aws:sns:{env.get('AWS_REGION', 'us-east-1')}:000000000000:{run}zhixuan-account-notices",
         CACHE_KEY_PREFIX=run, GATEWAY_PORT=str(port), BCRYPT_COST="4", RUST_LOG="warn",
         RATE_LIMIT_USERS="100000", RATE_LIMIT_PRODUCTS="100000", RATE_LIMIT_ORDERS="100000",
         RATE_LIMIT_LOGIN="100000", RATE_LIMIT_LOGIN_IP="100000", RATE_LIMIT_REGISTER="100000",

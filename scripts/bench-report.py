@@ -501,7 +501,8 @@ def main():
     queues = f"{env['AWS_ENDPOINT_URL']}/queue/{env['AWS_REGION']}/000000000000/{prefix}"
     env.update(INVENTORY_QUEUE_URL=queues + "zhixuan-inventory", ORDER_QUEUE_URL=queues + "zhixuan-orders",
                INVENTORY_DLQ_URL=queues + "zhixuan-inventory-dlq", ORDER_DLQ_URL=queues + "zhixuan-orders-dlq",
-               ORDER_EVENTS_TOPIC_ARN=f"arn:aws:sns:{env['AWS_REGION']}:000000000000:{prefix}zhixuan-order-events")
+               ORDER_EVENTS_TOPIC_ARN=f"arn:aws:sns:{env['AWS_REGION']}:000000000000:{prefix}zhixuan-order-events",
+               ACCOUNT_NOTICES_TOPIC_ARN=f"arn:aws:sns:{env['AWS_REGION']}:000000000000:{prefix}zhixuan-account-notices")
     peer_table = f"zxbench{run}-peer-products"
     product_id = uuid7()
     item = product_item(product_id)

@@ -196,6 +196,7 @@ export ORDER_QUEUE_URL=\${ORDER_QUEUE_URL:-http://127.0.0.1:$LS_PORT/queue/us-ea
 export INVENTORY_DLQ_URL=\${INVENTORY_DLQ_URL:-http://127.0.0.1:$LS_PORT/queue/us-east-1/000000000000/zhixuan-inventory-dlq}
 export ORDER_DLQ_URL=\${ORDER_DLQ_URL:-http://127.0.0.1:$LS_PORT/queue/us-east-1/000000000000/zhixuan-orders-dlq}
 export ORDER_EVENTS_TOPIC_ARN=\${ORDER_EVENTS_TOPIC_ARN:-arn:aws:sns:us-east-1:000000000000:zhixuan-order-events}
+export ACCOUNT_NOTICES_TOPIC_ARN=\${ACCOUNT_NOTICES_TOPIC_ARN:-arn:aws:sns:us-east-1:000000000000:zhixuan-account-notices}
 EOF
 }
 

@@ -401,6 +401,43 @@ pub fn signing_key() -> &'static zx_auth::SigningKey {
     KEY.get_or_init(|| zx_auth::SigningKey::generate().expect("Ed25519 key"))
 }
 
+/// The next `count` JSON messages of the SQS queue `url` (in any order), each deleted once
+/// read; panics after `within`.
+pub async fn receive_json(
+    aws: &aws_config::SdkConfig,
+    url: &str,
+    count: usize,
+    within: std::time::Duration,
+) -> Vec<serde_json::Value> {
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "messages of {url} so far: {seen:?}"
+        );
+        let received = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        for message in received.messages.unwrap_or_default() {
+            seen.push(serde_json::from_str(message.body().unwrap_or_default()).expect("JSON"));
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(message.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+    seen
+}
+
 /// Services wired as the functions wire them, on isolated storage.
 pub struct TestApp {
     pub services: Services,
@@ -422,6 +459,9 @@ pub struct TestQueues {
     pub orders_dlq: String,
     pub topic: String,
     pub events: String,
+    /// The account-notices topic, and a queue subscribed to it (the mailer's inbox).
+    pub notices_topic: String,
+    pub notices: String,
 }
 
 /// Visibility timeout of test queues.
@@ -468,30 +508,36 @@ impl TestQueues {
                 .expect("queue url");
             urls.push((queue, dlq));
         }
-        let topic = sns
-            .create_topic()
-            .name(format!("{prefix}-order-events"))
-            .send()
-            .await
-            .expect("create topic")
-            .topic_arn
-            .expect("topic arn");
-        let events = sqs
-            .create_queue()
-            .queue_name(format!("{prefix}-order-events"))
-            .send()
-            .await
-            .expect("create events queue")
-            .queue_url
-            .expect("events url");
-        sns.subscribe()
-            .topic_arn(&topic)
-            .protocol("sqs")
-            .endpoint(arn(&events))
-            .attributes("RawMessageDelivery", "true")
-            .send()
-            .await
-            .expect("subscribe");
+        let mut subscribed = Vec::new();
+        for name in ["order-events", "account-notices"] {
+            let topic = sns
+                .create_topic()
+                .name(format!("{prefix}-{name}"))
+                .send()
+                .await
+                .expect("create topic")
+                .topic_arn
+                .expect("topic arn");
+            let queue = sqs
+                .create_queue()
+                .queue_name(format!("{prefix}-{name}"))
+                .send()
+                .await
+                .expect("create subscriber queue")
+                .queue_url
+                .expect("subscriber url");
+            sns.subscribe()
+                .topic_arn(&topic)
+                .protocol("sqs")
+                .endpoint(arn(&queue))
+                .attributes("RawMessageDelivery", "true")
+                .send()
+                .await
+                .expect("subscribe");
+            subscribed.push((topic, queue));
+        }
+        let [(topic, events), (notices_topic, notices)] =
+            <[(String, String); 2]>::try_from(subscribed).expect("two topics");
         let [(inventory, inventory_dlq), (orders, orders_dlq)] =
             <[(String, String); 2]>::try_from(urls).expect("two queues");
         Self {
@@ -501,6 +547,8 @@ impl TestQueues {
             orders_dlq,
             topic,
             events,
+            notices_topic,
+            notices,
         }
     }
 
@@ -513,6 +561,8 @@ impl TestQueues {
             orders_dlq: url("orders-dlq"),
             topic: "arn:aws:sns:us-east-1:000000000000:unreachable".into(),
             events: url("events"),
+            notices_topic: "arn:aws:sns:us-east-1:000000000000:unreachable-notices".into(),
+            notices: url("notices"),
         }
     }
 }
@@ -549,6 +599,10 @@ impl TestApp {
         vars.insert("INVENTORY_DLQ_URL".into(), queues.inventory_dlq.clone());
         vars.insert("ORDER_DLQ_URL".into(), queues.orders_dlq.clone());
         vars.insert("ORDER_EVENTS_TOPIC_ARN".into(), queues.topic.clone());
+        vars.insert(
+            "ACCOUNT_NOTICES_TOPIC_ARN".into(),
+            queues.notices_topic.clone(),
+        );
         vars.insert("OUTBOX_RELAY_DELAY_MS".into(), "1".into());
         match store {
             Store::DynamoDb => {

@@ -39,6 +39,13 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
+    /// The next `count` account notices the shop's mailer receives (in any order), waiting up
+    /// to 20 s.
+    async fn notices(&self, count: usize) -> Vec<Value> {
+        let queue = &self.app.queues.notices;
+        zx_tests::receive_json(&self.app.aws, queue, count, Duration::from_secs(20)).await
+    }
+
     async fn post(&self, path: &str, body: Value) -> Response {
         self.http
             .post(self.url(path))
@@ -2781,6 +2788,10 @@ async fn every_function_starts_with_the_environment_the_template_sets() {
         if !["users-login", "users-refresh"].contains(&binary.as_str()) {
             expected.remove("JWT_SIGNING_KEY_ID");
         }
+        // Only users-update sends account notices.
+        if binary != "users-update" {
+            expected.remove("ACCOUNT_NOTICES_TOPIC_ARN");
+        }
         // The cache is named (CACHE_NAME, resolved at cold start); CACHE_URL is the local
         // alternative to it.
         if names.contains("CACHE_NAME") {
@@ -3526,12 +3537,58 @@ async fn an_email_change_needs_the_password_and_ends_sessions(store: Store) {
             json!({"email": "moved@example.com", "currentPassword": "password-123"}),
         )
         .await;
-    assert_eq!(right.status(), 200);
+    assert_eq!(right.status(), 202);
+    let pending: Value = right.json().await.unwrap();
+    assert_eq!(pending["email"], "mover@example.com", "{pending}");
+    assert_eq!(pending["pendingEmail"], "moved@example.com");
+    // The new address gets the code; nothing has changed yet.
+    let notices = api.notices(1).await;
+    assert_eq!(notices[0]["type"], "account.email_change_code");
+    assert_eq!(notices[0]["to"], "moved@example.com");
+    assert_eq!(notices[0]["userId"], id.as_str());
+    let code = notices[0]["code"].as_str().unwrap().to_owned();
+    let me: Value = api
+        .get("/api/v1/users/me", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email"], "mover@example.com");
+
+    // A wrong code, or the code with another field, changes nothing.
+    let wrong_code = api
+        .put(&path, &token, json!({"emailCode": "A".repeat(22)}))
+        .await;
+    let body = problem(wrong_code, 400).await;
+    assert_eq!(body["errors"][0]["field"], "emailCode");
+    let mixed = api
+        .put(
+            &path,
+            &token,
+            json!({"emailCode": code, "username": "mover2"}),
+        )
+        .await;
+    problem(mixed, 400).await;
+
+    let confirmed = api.put(&path, &token, json!({"emailCode": code})).await;
+    assert_eq!(confirmed.status(), 200);
+    let user: Value = confirmed.json().await.unwrap();
+    assert_eq!(user["email"], "moved@example.com");
+    // Every session ended; the code is used up.
     let refreshed = api
         .post("/api/v1/users/refresh", json!({"refreshToken": refresh}))
         .await;
     problem(refreshed, 401).await;
-    api.login("moved@example.com", "password-123").await;
+    let (fresh, _) = api.login_pair("moved@example.com", "password-123").await;
+    let again = api.put(&path, &fresh, json!({"emailCode": code})).await;
+    problem(again, 400).await;
+    let old = api
+        .post(
+            "/api/v1/users/login",
+            json!({"email": "mover@example.com", "password": "password-123"}),
+        )
+        .await;
+    problem(old, 401).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3542,6 +3599,118 @@ async fn an_email_change_needs_the_password_and_ends_sessions_on_dynamodb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_change_needs_the_password_and_ends_sessions_on_postgres() {
     an_email_change_needs_the_password_and_ends_sessions(Store::Postgres).await;
+}
+
+/// Finding 5: `PUT /users/{me}` answers the same for a taken address as for a free one (202,
+/// the same body); the taken address's owner is told instead of getting a code, and the asker
+/// cannot take the address.
+async fn a_taken_email_looks_like_a_free_one(store: Store) {
+    let api = Api::start(store).await;
+    let (id, token) = api.customer("prober").await;
+    api.customer("owner").await;
+    let path = format!("/api/v1/users/{id}");
+    let mut answers = Vec::new();
+    for candidate in ["owner@example.com", "nobody@example.com"] {
+        let answer = api
+            .put(
+                &path,
+                &token,
+                json!({"email": candidate, "currentPassword": "password-123"}),
+            )
+            .await;
+        let status = answer.status();
+        let headers: BTreeSet<String> = answer
+            .headers()
+            .keys()
+            .map(|k| k.as_str().to_owned())
+            .filter(|k| !["date", "x-request-id", "content-length"].contains(&k.as_str()))
+            .collect();
+        let mut body: Value = answer.json().await.unwrap();
+        assert_eq!(body["pendingEmail"], candidate);
+        for varying in ["pendingEmail", "pendingEmailExpiresAt", "updatedAt"] {
+            body.as_object_mut().unwrap().remove(varying);
+        }
+        answers.push((status, headers, body));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].0, 202);
+    // Two notices: the owner is told, the free address gets a code.
+    let mut notices = api.notices(2).await;
+    notices.sort_by_key(|notice| notice["type"].to_string());
+    assert_eq!(notices[1]["type"], "account.email_in_use", "{notices:?}");
+    assert_eq!(notices[1]["to"], "owner@example.com");
+    assert!(notices[1].get("code").is_none());
+    assert_eq!(notices[0]["type"], "account.email_change_code");
+    assert_eq!(notices[0]["to"], "nobody@example.com");
+    // Asking for the taken address again leaves nothing to confirm it with: no code exists.
+    api.put(
+        &path,
+        &token,
+        json!({"email": "owner@example.com", "currentPassword": "password-123"}),
+    )
+    .await;
+    let stale = notices[0]["code"].as_str().unwrap();
+    let refused = api.put(&path, &token, json!({"emailCode": stale})).await;
+    problem(refused, 400).await;
+    let me: Value = api
+        .get("/api/v1/users/me", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email"], "prober@example.com");
+    // Nobody floods an inbox through us: one address gets at most 3 notices an hour, the
+    // answer staying 202.
+    api.notices(1).await;
+    for candidate in ["flood@example.com"; 4]
+        .into_iter()
+        .chain(["last@example.com"])
+    {
+        let answer = api
+            .put(
+                &path,
+                &token,
+                json!({"email": candidate, "currentPassword": "password-123"}),
+            )
+            .await;
+        assert_eq!(answer.status(), 202);
+    }
+    let mut received = Vec::new();
+    while !received
+        .iter()
+        .any(|n: &Value| n["to"] == "last@example.com")
+    {
+        received.extend(api.notices(1).await);
+    }
+    let flood = received
+        .iter()
+        .filter(|n| n["to"] == "flood@example.com")
+        .count();
+    assert_eq!(flood, 3, "{received:?}");
+    // An admin changing another user's address changes it at once (admins list users anyway).
+    let admin = api.admin().await;
+    let taken = api
+        .put(&path, &admin, json!({"email": "owner@example.com"}))
+        .await;
+    problem(taken, 409).await;
+    let set = api
+        .put(&path, &admin, json!({"email": "set@example.com"}))
+        .await;
+    assert_eq!(set.status(), 200);
+    assert_eq!(
+        set.json::<Value>().await.unwrap()["email"],
+        "set@example.com"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_email_looks_like_a_free_one_on_dynamodb() {
+    a_taken_email_looks_like_a_free_one(Store::DynamoDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_email_looks_like_a_free_one_on_postgres() {
+    a_taken_email_looks_like_a_free_one(Store::Postgres).await;
 }
 
 /// Finding 9: a login with a hash below the configured cost stores a hash at that cost.

@@ -147,6 +147,9 @@ pub struct Config {
     /// `INVENTORY_QUEUE_URL`, `ORDER_QUEUE_URL`, `ORDER_EVENTS_TOPIC_ARN`: all or none; the
     /// functions that send messages refuse to start without them.
     pub destinations: Option<zx_messaging::Destinations>,
+    /// `ACCOUNT_NOTICES_TOPIC_ARN`: where users-update sends account notices (an e-mail
+    /// change's code) for the shop's mailer; users-update refuses to start without it.
+    pub account_notices_topic_arn: Option<String>,
     /// `ORDER_PENDING_TIMEOUT` (default 15m), `ORDER_PAYMENT_TIMEOUT` (default 30m),
     /// `ORDER_MAX_OPEN` (default 10) and `OUTBOX_RELAY_DELAY_MS` (default 10000).
     pub saga: zx_orders::usecases::SagaSettings,
@@ -409,6 +412,7 @@ impl Config {
                     reason,
                 })?,
             signing_key_id: source.get("JWT_SIGNING_KEY_ID"),
+            account_notices_topic_arn: source.get("ACCOUNT_NOTICES_TOPIC_ARN"),
             orders_table: source
                 .get("ORDERS_TABLE")
                 .unwrap_or_else(|| "zhixuan-orders".into()),

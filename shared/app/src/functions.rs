@@ -156,6 +156,7 @@ pub const USERS_UPDATE: HttpFunction = HttpFunction::new(
     users_update,
     Needs {
         sessions: SessionUse::CHECK,
+        notify: true,
         ..needs_users(Use::Write)
     },
 );
@@ -417,15 +418,19 @@ pub fn users_update(services: &Services) -> Result<HttpHandler, ConfigError> {
         services.stores.users()?,
         services.hasher.clone(),
         Arc::new(services.password_guard()?),
-        services.cache.clone(),
+        services
+            .cache
+            .clone()
+            .ok_or(ConfigError::Missing("CACHE_URL"))?,
+        services.notifier()?,
     );
     serve(
         services,
         Access::Checked,
         Group::Users,
         state,
-        |(users, hasher, guard, cache), request| async move {
-            zx_users::update_user(&*users, &hasher, &guard, cache.as_ref(), request).await
+        |(users, hasher, guard, cache, notifier), request| async move {
+            zx_users::update_user(&*users, &hasher, &guard, &cache, &*notifier, request).await
         },
     )
 }

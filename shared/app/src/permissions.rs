@@ -57,6 +57,9 @@ pub fn permissions(needs: &Needs) -> Permissions {
             &["kms:GetPublicKey", "kms:Sign"],
         );
     }
+    if needs.notify {
+        grant(&mut p, "AccountNoticesTopic", zx_messaging::SNS_ACTIONS);
+    }
     if needs.rehash {
         grant(&mut p, "UsersTable", iam::USERS_REHASH);
     }

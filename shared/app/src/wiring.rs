@@ -11,7 +11,7 @@ use std::sync::Arc;
 use zx_auth::{PasswordHasher, TokenIssuer, TokenVerifier};
 use zx_cache::Cache;
 use zx_domain::{
-    InventoryRepository, MessageSender, OrderRepository, Outbox, ProductRepository,
+    InventoryRepository, MessageSender, Notifier, OrderRepository, Outbox, ProductRepository,
     SessionRepository, UserRepository,
 };
 use zx_store_dynamodb::{
@@ -98,6 +98,9 @@ pub struct Needs {
     /// Sign access tokens: `kms:Sign` and `kms:GetPublicKey` on the signing key (users-login,
     /// users-refresh). No other function is built with a signer.
     pub sign: bool,
+    /// Send account notices (an e-mail change's code): `sns:Publish` on the account-notices
+    /// topic (users-update).
+    pub notify: bool,
     /// The cache (catalogue views, per-client limits).
     pub cache: bool,
     /// `DescribeTable` on every table, and the other stores' pings.
@@ -115,6 +118,7 @@ impl Needs {
         sends: Sends::NONE,
         rehash: false,
         sign: false,
+        notify: false,
         cache: false,
         health: false,
     };
@@ -129,6 +133,7 @@ impl Needs {
         sends: Sends::ALL,
         rehash: true,
         sign: true,
+        notify: true,
         cache: true,
         health: true,
     };
@@ -630,6 +635,8 @@ pub struct Services {
     pub sender: Option<Arc<dyn MessageSender>>,
     /// Where messages go (the local gateway polls these queues).
     pub destinations: Option<zx_messaging::Destinations>,
+    /// Present when `ACCOUNT_NOTICES_TOPIC_ARN` is configured and the function sends notices.
+    pub notifier: Option<Arc<dyn Notifier>>,
     pub saga: zx_orders::usecases::SagaSettings,
 }
 
@@ -650,6 +657,25 @@ fn issuer(config: &Config, aws: &aws_config::SdkConfig, sign: bool) -> Option<Ar
         .signing_key
         .as_ref()
         .map(|key| Arc::new(TokenIssuer::new(key, config.token.clone())))
+}
+
+/// The account notifier of a function that sends notices (`needs.notify`), when the topic is
+/// configured.
+fn notifier(
+    config: &Config,
+    aws: &aws_config::SdkConfig,
+    notify: bool,
+) -> Option<Arc<dyn Notifier>> {
+    let topic = config
+        .account_notices_topic_arn
+        .clone()
+        .filter(|_| notify)?;
+    let sns = aws_sdk_sns::Client::from_conf(
+        aws_sdk_sns::config::Builder::from(aws)
+            .timeout_config(sdk_timeouts(config))
+            .build(),
+    );
+    Some(Arc::new(zx_messaging::SnsNotifier::new(sns, topic)))
 }
 
 /// Everything, for the local gateway and the tests (every function in one process).
@@ -705,6 +731,7 @@ impl Services {
             },
             sender: (wiring.sender)(config, aws, wiring.needs.sends),
             destinations: config.destinations.clone(),
+            notifier: notifier(config, aws, wiring.needs.notify),
             saga: config.saga,
         })
     }
@@ -776,6 +803,9 @@ impl Services {
         if !needs.sign {
             services.issuer = None;
         }
+        if !needs.notify {
+            services.notifier = None;
+        }
         services.sender = self
             .sender
             .clone()
@@ -798,6 +828,13 @@ impl Services {
             self.limits.limits,
             accounts,
         ))
+    }
+
+    /// The account notifier, for the function that changes e-mails.
+    pub fn notifier(&self) -> Result<Arc<dyn Notifier>, ConfigError> {
+        self.notifier
+            .clone()
+            .ok_or(ConfigError::Missing("ACCOUNT_NOTICES_TOPIC_ARN"))
     }
 
     /// The token issuer, for the functions that sign tokens.

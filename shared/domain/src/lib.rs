@@ -2,6 +2,7 @@
 //! traits the adapters implement. No AWS, database or HTTP types live here.
 
 pub mod error;
+pub mod notice;
 pub mod order;
 pub mod product;
 pub mod repository;
@@ -11,6 +12,7 @@ pub mod timestamp;
 pub mod user;
 
 pub use error::{FieldError, RepositoryError, UniqueField, ValidationErrors, cause_chain};
+pub use notice::{AccountNotice, Notifier, OneTimeCode};
 pub use order::{
     Commit, Destination, Driver, Envelope, IdempotencyKey, IdempotencyRecord, Order, OrderCursor,
     OrderId, OrderLine, OrderPage, OrderQuery, OrderStatus, OutboxMessage, ParkedRow, Release,

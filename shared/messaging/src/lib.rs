@@ -1,9 +1,12 @@
 //! The message adapter: sends outbox messages to the inventory and order queues (SQS) and the
-//! `order-events` topic (SNS), behind [`zx_domain::MessageSender`].
+//! `order-events` topic (SNS), behind [`zx_domain::MessageSender`]; and account notices to the
+//! `account-notices` topic, behind [`zx_domain::Notifier`].
 
 use async_trait::async_trait;
 use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
-use zx_domain::{Destination, MessageSender, OutboxMessage, RepositoryError};
+use zx_domain::{
+    AccountNotice, Destination, MessageSender, Notifier, OutboxMessage, RepositoryError,
+};
 
 /// Where each destination is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +242,65 @@ impl AwsSender {
     }
 }
 
+/// Account notices to the `account-notices` topic, for the shop's mailer (one SNS client per
+/// instance; only users-update holds one).
+#[derive(Debug, Clone)]
+pub struct SnsNotifier {
+    sns: aws_sdk_sns::Client,
+    topic_arn: String,
+}
+
+impl SnsNotifier {
+    pub fn new(sns: aws_sdk_sns::Client, topic_arn: String) -> Self {
+        Self { sns, topic_arn }
+    }
+}
+
+/// The JSON a notice is published as: `type`, `to`, and for a code `userId`, `code` and
+/// `expiresAt` (RFC 3339).
+pub fn notice_body(notice: &AccountNotice) -> String {
+    let body = match notice {
+        AccountNotice::EmailChangeCode {
+            to,
+            user,
+            code,
+            expires_at,
+        } => serde_json::json!({
+            "type": notice.kind(),
+            "to": to.as_str(),
+            "userId": user.as_str(),
+            "code": code.expose(),
+            "expiresAt": expires_at.to_rfc3339(),
+        }),
+        AccountNotice::EmailInUse { to } => serde_json::json!({
+            "type": notice.kind(),
+            "to": to.as_str(),
+        }),
+    };
+    body.to_string()
+}
+
+#[async_trait]
+impl Notifier for SnsNotifier {
+    #[tracing::instrument(skip_all, fields(kind = notice.kind()))]
+    async fn notify(&self, notice: &AccountNotice) -> Result<(), RepositoryError> {
+        let attribute = aws_sdk_sns::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(notice.kind())
+            .build()
+            .map_err(|e| RepositoryError::failed("building an SNS attribute", e))?;
+        self.sns
+            .publish()
+            .topic_arn(&self.topic_arn)
+            .message(notice_body(notice))
+            .message_attributes("type", attribute)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("SNS Publish", e))
+    }
+}
+
 #[async_trait]
 impl MessageSender for AwsSender {
     #[tracing::instrument(skip_all, fields(message_id = %message.id, destination = message.destination.as_str()))]
@@ -397,5 +459,33 @@ mod iam_tests {
         }
         assert_eq!(super::SQS_ACTIONS, ["sqs:SendMessage"]);
         assert_eq!(super::SNS_ACTIONS, ["sns:Publish"]);
+    }
+}
+
+#[cfg(test)]
+mod notice_tests {
+    use zx_domain::{AccountNotice, Email, OneTimeCode, Timestamp, UserId};
+
+    #[test]
+    fn a_code_goes_only_to_the_new_address_and_an_in_use_notice_carries_none() {
+        let to = Email::parse("new@example.com").unwrap();
+        let code = AccountNotice::EmailChangeCode {
+            to: to.clone(),
+            user: UserId::generate(),
+            code: OneTimeCode::new("c0de".into()),
+            expires_at: Timestamp::now(),
+        };
+        let body: serde_json::Value = serde_json::from_str(&super::notice_body(&code)).unwrap();
+        assert_eq!(body["type"], "account.email_change_code");
+        assert_eq!(body["to"], "new@example.com");
+        assert_eq!(body["code"], "c0de");
+        assert!(
+            !format!("{code:?}").contains("c0de"),
+            "a code is never logged"
+        );
+        let in_use = AccountNotice::EmailInUse { to };
+        let body: serde_json::Value = serde_json::from_str(&super::notice_body(&in_use)).unwrap();
+        assert_eq!(body["type"], "account.email_in_use");
+        assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
     }
 }

@@ -12,13 +12,29 @@ use zx_http::ApiError;
 /// What a 503 from a guard tells the client to wait.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
-fn unavailable(error: CacheError) -> ApiError {
-    tracing::error!(event = "password_guard_unavailable", %error, "password limits cannot be counted: refusing (fail closed)");
+/// A 503 with `Retry-After` for a check that fails closed when the cache cannot answer,
+/// logged at error as `event` (`what` could not be done).
+pub(crate) fn fail_closed(
+    event: &'static str,
+    what: &'static str,
+    detail: &'static str,
+    error: CacheError,
+) -> ApiError {
+    tracing::error!(event, %error, "{what}: refusing (fail closed)");
     ApiError::Unavailable {
-        detail: "sign-in checks are unavailable for a moment; try again shortly".into(),
+        detail: detail.into(),
         retry_after: RETRY_AFTER,
         source: Some(Box::new(error)),
     }
+}
+
+fn unavailable(error: CacheError) -> ApiError {
+    fail_closed(
+        "password_guard_unavailable",
+        "password limits cannot be counted",
+        "sign-in checks are unavailable for a moment; try again shortly",
+        error,
+    )
 }
 
 /// Who is presenting a password, for the security log (never the password).

@@ -5,8 +5,8 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use zx_auth::{PasswordHasher, TokenIssuer};
 use zx_domain::{
-    Email, FieldError, Password, Role, SessionRepository, User, UserId, UserReader, UserRepository,
-    Username, ValidationErrors,
+    Email, FieldError, Notifier, Password, Role, SessionRepository, User, UserId, UserReader,
+    UserRepository, Username, ValidationErrors,
 };
 use zx_http::{ApiError, AuthContext, client_ip, json_body, json_response, path_param};
 
@@ -275,6 +275,10 @@ pub struct UpdateBody {
     /// `customer` or `admin`; admins only.
     #[schema(value_type = Option<Role>)]
     role: Option<String>,
+    /// The code sent to a new address, to confirm one's own e-mail change (on its own, with
+    /// no other field).
+    #[schema(max_length = 64)]
+    email_code: Option<String>,
 }
 
 #[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users",
@@ -283,6 +287,7 @@ pub struct UpdateBody {
     request_body = UpdateBody,
     responses(
         (status = 200, description = "The updated profile. A password, e-mail or role change ends every session of the user.", body = UserView),
+        (status = 202, description = "One's own new e-mail awaits its code (sent to that address, valid for an hour; the same answer whether or not the address is registered); any other change in the request was made.", body = crate::views::PendingEmailView),
         (status = 403, response = zx_http::openapi::Forbidden),
         (status = 404, response = zx_http::openapi::NotFound),
         (status = 409, response = zx_http::openapi::Conflict),
@@ -290,23 +295,29 @@ pub struct UpdateBody {
 /// `PUT /users/{id}`: changes username, e-mail, password (with `currentPassword` when changing
 /// one's own e-mail or password) and, for admins only, role. Unknown fields are rejected. A
 /// wrong `currentPassword` counts against the account's limit (429 `too-many-attempts` while it
-/// is locked; 503 when the limit cannot be counted).
+/// is locked; 503 when the limit cannot be counted). One's own new e-mail waits for the code
+/// sent to it (202, [`crate::email_change`]); `emailCode` confirms it. An admin changing
+/// another user's e-mail changes it at once (409 when it is taken).
 pub async fn update_user(
     users: &dyn UserRepository,
     hasher: &PasswordHasher,
     guard: &PasswordGuard,
-    cache: Option<&zx_cache::Cache>,
+    cache: &zx_cache::Cache,
+    notifier: &dyn Notifier,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let body: UpdateBody = json_body(&request)?;
     let (caller, current) = visible_user(users, &request).await?;
+    if let Some(code) = body.email_code.as_deref() {
+        return confirm_email(users, cache, &body, &caller, current, code, &request).await;
+    }
     if body.username.is_none()
         && body.email.is_none()
         && body.password.is_none()
         && body.role.is_none()
     {
         return Err(ApiError::bad_request(
-            "nothing to update: give at least one of username, email, password, role",
+            "nothing to update: give at least one of username, email, password, role, emailCode",
         ));
     }
     let mut errors = ValidationErrors::default();
@@ -373,39 +384,119 @@ pub async fn update_user(
     }
 
     let mut next = current.next_version();
+    let mut changed = false;
     if let Some(Some(username)) = username {
         next.username = username;
+        changed = true;
     }
+    // One's own new address waits for its code; an admin's change to another user's is made.
+    let mut pending_email = None;
     if let Some(Some(email)) = email
         && email_changes
     {
-        // Sessions were begun under the old address: all of them end.
-        next.email = email;
-        next = next.with_sessions_revoked();
+        if caller.user_id == current.id {
+            pending_email = Some(email);
+        } else {
+            // Sessions were begun under the old address: all of them end.
+            next.email = email;
+            next = next.with_sessions_revoked();
+            changed = true;
+        }
     }
     if let Some(Some(role)) = role
         && role != next.role
     {
         next.role = role;
         next = next.with_sessions_revoked();
+        changed = true;
     }
     if let Some(Some(password)) = password {
         next.password_hash = hasher.hash(&password).await.map_err(ApiError::internal)?;
         next = next.with_sessions_revoked();
+        changed = true;
     }
-    users.update(&current, &next).await?;
+    let next = if changed || pending_email.is_none() {
+        store_update(users, cache, &caller, &current, next, &request).await?
+    } else {
+        current
+    };
+    match pending_email {
+        Some(email) => {
+            let expires_at =
+                crate::email_change::request(users, cache, notifier, &next, email.clone()).await?;
+            json_response(
+                202,
+                &crate::views::PendingEmailView {
+                    user: UserView::from(&next),
+                    pending_email: email.as_str(),
+                    pending_email_expires_at: expires_at,
+                },
+            )
+        }
+        None => json_response(200, &UserView::from(&next)),
+    }
+}
+
+/// Stores `next` in place of `current`; when its sessions ended or its role changed, forgets
+/// the cached standing and logs the revocation.
+async fn store_update(
+    users: &dyn UserRepository,
+    cache: &zx_cache::Cache,
+    caller: &AuthContext,
+    current: &User,
+    next: User,
+    request: &Request,
+) -> Result<User, ApiError> {
+    users.update(current, &next).await?;
     if next.session_epoch != current.session_epoch || next.role != current.role {
-        crate::standing::forget_user(cache, &next.id).await;
+        crate::standing::forget_user(Some(cache), &next.id).await;
         tracing::info!(
             event = "sessions_revoked",
             user_id = %next.id,
             actor = %caller.user_id,
             role = next.role.as_str(),
             role_changed = next.role != current.role,
-            source_ip = client_ip(&request),
+            source_ip = client_ip(request),
             "every session of the user ended"
         );
     }
     tracing::info!(user_id = %next.id, actor = %caller.user_id, "user updated");
+    Ok(next)
+}
+
+/// `PUT /users/{me}` with `emailCode`: the pending address becomes the user's, and every
+/// session ends (they began under the old address). 409 when the address was registered by
+/// someone else meanwhile.
+async fn confirm_email(
+    users: &dyn UserRepository,
+    cache: &zx_cache::Cache,
+    body: &UpdateBody,
+    caller: &AuthContext,
+    current: User,
+    code: &str,
+    request: &Request,
+) -> Result<Response<Body>, ApiError> {
+    if body.username.is_some()
+        || body.email.is_some()
+        || body.password.is_some()
+        || body.role.is_some()
+        || body.current_password.is_some()
+    {
+        return Err(ApiError::invalid_field(
+            "emailCode",
+            "is sent on its own, with no other field",
+        ));
+    }
+    if caller.user_id != current.id {
+        return Err(ApiError::forbidden(
+            "only the account's owner confirms its e-mail",
+        ));
+    }
+    let email = crate::email_change::confirm(cache, &current, code).await?;
+    let mut next = current.next_version();
+    next.email = email;
+    let next = next.with_sessions_revoked();
+    let next = store_update(users, cache, caller, &current, next, request).await?;
+    tracing::info!(event = "email_changed", user_id = %next.id, source_ip = client_ip(request), "the e-mail change was confirmed");
     json_response(200, &UserView::from(&next))
 }

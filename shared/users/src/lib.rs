@@ -1,6 +1,7 @@
 //! The users service: registration, login, token validation and profiles. Handlers are plain
 //! async functions over the repository traits; the edge (`zx_http::Edge`) authenticates.
 
+pub mod email_change;
 pub mod guard;
 pub mod handlers;
 pub mod sessions;

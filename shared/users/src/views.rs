@@ -29,6 +29,20 @@ impl<'a> From<&'a User> for UserView<'a> {
     }
 }
 
+/// A profile whose new e-mail awaits its code: the answer is the same whether or not the new
+/// address is registered.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = PendingEmailChange)]
+pub struct PendingEmailView<'a> {
+    #[serde(flatten)]
+    pub user: UserView<'a>,
+    /// The address asked for; the profile's `email` stays until it is confirmed.
+    pub pending_email: &'a str,
+    /// When the code sent to it stops working.
+    pub pending_email_expires_at: Timestamp,
+}
+
 /// A session's tokens: what a login and a refresh answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
