@@ -3515,7 +3515,7 @@ async fn an_email_change_needs_the_password_and_ends_sessions(store: Store) {
             json!({"email": "mover@example.com", "password": "password-123"}),
         )
         .await;
-    let (_, refresh) = pair(other_device).await;
+    let (_, first_refresh) = pair(other_device).await;
     let path = format!("/api/v1/users/{id}");
     let without = api
         .put(&path, &token, json!({"email": "moved@example.com"}))
@@ -3530,11 +3530,47 @@ async fn an_email_change_needs_the_password_and_ends_sessions(store: Store) {
         )
         .await;
     problem(wrong, 403).await;
-    let right = api
+    // One's own e-mail is changed on its own: nothing else in the request is half-made.
+    let mixed = api
+        .put(
+            &path,
+            &token,
+            json!({"email": "moved@example.com", "username": "mover_2",
+                   "currentPassword": "password-123"}),
+        )
+        .await;
+    assert_eq!(problem(mixed, 400).await["errors"][0]["field"], "email");
+    // A password change since the request voids its code.
+    let voided = api
         .put(
             &path,
             &token,
             json!({"email": "moved@example.com", "currentPassword": "password-123"}),
+        )
+        .await;
+    assert_eq!(voided.status(), 202);
+    let stale = api.notices(1).await[0]["code"].as_str().unwrap().to_owned();
+    let changed = api
+        .put(
+            &path,
+            &token,
+            json!({"password": "password-456", "currentPassword": "password-123"}),
+        )
+        .await;
+    assert_eq!(changed.status(), 200);
+    problem(api.refresh(&first_refresh).await, 401).await;
+    let (token, _) = api.login_pair("mover@example.com", "password-456").await;
+    let refused = api.put(&path, &token, json!({"emailCode": stale})).await;
+    assert_eq!(
+        problem(refused, 400).await["errors"][0]["field"],
+        "emailCode"
+    );
+    let (_, refresh) = api.login_pair("mover@example.com", "password-456").await;
+    let right = api
+        .put(
+            &path,
+            &token,
+            json!({"email": "moved@example.com", "currentPassword": "password-456"}),
         )
         .await;
     assert_eq!(right.status(), 202);
@@ -3579,13 +3615,13 @@ async fn an_email_change_needs_the_password_and_ends_sessions(store: Store) {
         .post("/api/v1/users/refresh", json!({"refreshToken": refresh}))
         .await;
     problem(refreshed, 401).await;
-    let (fresh, _) = api.login_pair("moved@example.com", "password-123").await;
+    let (fresh, _) = api.login_pair("moved@example.com", "password-456").await;
     let again = api.put(&path, &fresh, json!({"emailCode": code})).await;
     problem(again, 400).await;
     let old = api
         .post(
             "/api/v1/users/login",
-            json!({"email": "mover@example.com", "password": "password-123"}),
+            json!({"email": "mover@example.com", "password": "password-456"}),
         )
         .await;
     problem(old, 401).await;
@@ -3659,22 +3695,43 @@ async fn a_taken_email_looks_like_a_free_one(store: Store) {
         .await
         .unwrap();
     assert_eq!(me["email"], "prober@example.com");
-    // Nobody floods an inbox through us: one address gets at most 3 notices an hour, the
-    // answer staying 202.
+    // Nobody floods an inbox through us: one address gets at most 3 notices an hour whoever
+    // asks, and one user asks for at most 5 changes an hour; the answer stays 202.
     api.notices(1).await;
-    for candidate in ["flood@example.com"; 4]
-        .into_iter()
-        .chain(["last@example.com"])
-    {
+    let mut askers = Vec::new();
+    for i in 0..4 {
+        let (asker, asker_token) = api.customer(&format!("asker{i}")).await;
+        askers.push((asker, asker_token));
+    }
+    for (asker, asker_token) in &askers {
         let answer = api
             .put(
-                &path,
-                &token,
-                json!({"email": candidate, "currentPassword": "password-123"}),
+                &format!("/api/v1/users/{asker}"),
+                asker_token,
+                json!({"email": "flood@example.com", "currentPassword": "password-123"}),
             )
             .await;
         assert_eq!(answer.status(), 202);
     }
+    let (asker, asker_token) = &askers[0];
+    for i in 0..5 {
+        let answer = api
+            .put(
+                &format!("/api/v1/users/{asker}"),
+                asker_token,
+                json!({"email": format!("spread{i}@example.com"),
+                       "currentPassword": "password-123"}),
+            )
+            .await;
+        assert_eq!(answer.status(), 202);
+    }
+    let (last, last_token) = &askers[1];
+    api.put(
+        &format!("/api/v1/users/{last}"),
+        last_token,
+        json!({"email": "last@example.com", "currentPassword": "password-123"}),
+    )
+    .await;
     let mut received = Vec::new();
     while !received
         .iter()
@@ -3682,11 +3739,11 @@ async fn a_taken_email_looks_like_a_free_one(store: Store) {
     {
         received.extend(api.notices(1).await);
     }
-    let flood = received
-        .iter()
-        .filter(|n| n["to"] == "flood@example.com")
-        .count();
-    assert_eq!(flood, 3, "{received:?}");
+    let to = |address: &str| received.iter().filter(|n| n["to"] == address).count();
+    assert_eq!(to("flood@example.com"), 3, "{received:?}");
+    // The first asker's first request counted too: 4 more, not 5.
+    let spread: usize = (0..5).map(|i| to(&format!("spread{i}@example.com"))).sum();
+    assert_eq!(spread, 4, "{received:?}");
     // An admin changing another user's address changes it at once (admins list users anyway).
     let admin = api.admin().await;
     let taken = api
@@ -3701,6 +3758,25 @@ async fn a_taken_email_looks_like_a_free_one(store: Store) {
         set.json::<Value>().await.unwrap()["email"],
         "set@example.com"
     );
+}
+
+/// A pending e-mail change is cleared only while it is the one that was confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_delete_keeps_a_newer_value() {
+    let cache = zx_cache::Cache::new(zx_cache::CacheSettings {
+        url: zx_tests::cache_url(),
+        timeout: Duration::from_secs(2),
+        key_prefix: format!("zx-test-{}:", zx_tests::unique()),
+    })
+    .unwrap();
+    cache
+        .set_ex("k", "old", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!cache.delete_if("k", "other").await.unwrap());
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some("old"));
+    assert!(cache.delete_if("k", "old").await.unwrap());
+    assert_eq!(cache.get("k").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

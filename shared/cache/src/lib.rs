@@ -227,6 +227,23 @@ impl Cache {
         self.run_pipeline::<()>(&pipeline).await
     }
 
+    /// `DEL` of a prefixed key only while it still holds `expected` (one script, so a newer
+    /// value written meanwhile stays): whether it was deleted.
+    pub async fn delete_if(&self, key: &str, expected: &str) -> Result<bool, CacheError> {
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+            return redis.call('DEL', KEYS[1]) else return 0 end";
+        let deleted: i64 = self
+            .run(
+                redis::cmd("EVAL")
+                    .arg(SCRIPT)
+                    .arg(1)
+                    .arg(self.key(key))
+                    .arg(expected),
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
     /// `DEL` of prefixed keys, attempted even while the breaker is open (clearing a mark must
     /// never be skipped).
     pub async fn delete_many(&self, keys: &[String]) -> Result<(), CacheError> {

@@ -19,10 +19,14 @@ use zx_http::ApiError;
 /// How long a code stays good.
 pub const EMAIL_CHANGE_TTL: Duration = Duration::from_secs(3600);
 
-/// Most notices (codes or in-use notices) one address receives per [`EMAIL_CHANGE_TTL`],
-/// whoever asks: nobody can flood an inbox through us. Past it the request is answered the
-/// same (202) and nothing is sent.
+/// Most notices (codes or in-use notices) one address receives in one fixed window of
+/// [`EMAIL_CHANGE_TTL`], whoever asks: nobody floods an inbox through us. Past it the request
+/// is answered the same (202) and nothing is changed or sent.
 pub const NOTICES_PER_ADDRESS: i64 = 3;
+
+/// Most e-mail changes one user asks for in one fixed window of [`EMAIL_CHANGE_TTL`]: one
+/// account cannot send notices to many addresses.
+pub const REQUESTS_PER_USER: i64 = 5;
 
 /// A change waiting for its code.
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +41,10 @@ struct Pending {
 
 fn pending_key(user: &UserId) -> String {
     format!("email-change:{user}")
+}
+
+fn requests_key(user: &UserId) -> String {
+    format!("email-change-requests:{user}")
 }
 
 fn notices_key(email: &Email) -> String {
@@ -61,8 +69,9 @@ fn invalid_code() -> ApiError {
 
 /// Records a pending change of `user`'s address to `email` and sends the code (or, when the
 /// address is another account's, a notice to that account) through `notifier`. Does the same
-/// work whatever the address's state: one lookup, one cache write, one count, one notice.
-/// Returns when the code expires.
+/// work whatever the address's state: two counts, one lookup, two codes made, one cache write,
+/// one notice. Past a limit (per address or per user) nothing is changed or sent, and the
+/// answer is the same. Returns when the code expires.
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 pub async fn request(
     users: &dyn UserRepository,
@@ -71,21 +80,34 @@ pub async fn request(
     user: &User,
     email: Email,
 ) -> Result<Timestamp, ApiError> {
+    let expires_at = Timestamp::now().plus(EMAIL_CHANGE_TTL);
+    // Counted first, the same for free and taken addresses; a limited request leaves an
+    // earlier pending change (and the code its owner holds) alone.
+    let (to_address, _) = cache
+        .hit_window(&notices_key(&email), EMAIL_CHANGE_TTL)
+        .await
+        .map_err(unavailable)?;
+    let (by_user, _) = cache
+        .hit_window(&requests_key(&user.id), EMAIL_CHANGE_TTL)
+        .await
+        .map_err(unavailable)?;
     let owner = users.find_by_email(&email).await?;
     let taken = owner.is_some_and(|owner| owner.id != user.id);
+    // Two codes either way: a taken address's pending change keeps one nobody holds.
     let (code, hash) = zx_auth::new_one_time_code().map_err(ApiError::internal)?;
+    let (_, unheld) = zx_auth::new_one_time_code().map_err(ApiError::internal)?;
+    if to_address > NOTICES_PER_ADDRESS || by_user > REQUESTS_PER_USER {
+        tracing::warn!(
+            event = "email_change_limited",
+            to_address,
+            by_user,
+            "e-mail change asked for too often: nothing changed or sent"
+        );
+        return Ok(expires_at);
+    }
     let pending = Pending {
         email: email.as_str().to_owned(),
-        // A taken address gets no code: what is kept matches nothing anyone holds.
-        code: if taken {
-            zx_auth::new_one_time_code()
-                .map_err(ApiError::internal)?
-                .1
-                .as_str()
-                .to_owned()
-        } else {
-            hash.as_str().to_owned()
-        },
+        code: if taken { unheld } else { hash }.as_str().to_owned(),
         epoch: user.session_epoch,
     };
     let value = serde_json::to_string(&pending).map_err(ApiError::internal)?;
@@ -93,18 +115,6 @@ pub async fn request(
         .set_ex(&pending_key(&user.id), &value, EMAIL_CHANGE_TTL)
         .await
         .map_err(unavailable)?;
-    let expires_at = Timestamp::now().plus(EMAIL_CHANGE_TTL);
-    let (sent, _) = cache
-        .hit_window(&notices_key(&email), EMAIL_CHANGE_TTL)
-        .await
-        .map_err(unavailable)?;
-    if sent > NOTICES_PER_ADDRESS {
-        tracing::warn!(
-            event = "email_notices_limited",
-            "an address asked for too often: nothing sent"
-        );
-        return Ok(expires_at);
-    }
     let notice = if taken {
         AccountNotice::EmailInUse { to: email }
     } else {
@@ -123,30 +133,44 @@ pub async fn request(
     Ok(expires_at)
 }
 
-/// The address a presented `code` confirms for `user`: the pending change is used up. 400
-/// when there is none, it expired, the code is wrong, or the user's sessions ended since
-/// (a password change voids it).
+/// A pending change a code confirmed: its address, and what to clear once it is made.
+#[derive(Debug)]
+pub struct Confirmed {
+    pub email: Email,
+    stored: String,
+}
+
+/// The pending change a presented `code` confirms for `user`. 400 when there is none, it
+/// expired, the code is wrong, or the user's sessions ended since (a password change voids
+/// it). Nothing is used up here: a wrong guess costs the owner nothing, and a store failure
+/// while the change is made leaves the code good for a retry; see [`used`].
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
-pub async fn confirm(cache: &Cache, user: &User, code: &str) -> Result<Email, ApiError> {
+pub async fn confirm(cache: &Cache, user: &User, code: &str) -> Result<Confirmed, ApiError> {
     if code.len() > 64 {
         return Err(invalid_code());
     }
-    let key = pending_key(&user.id);
-    let stored = cache.get(&key).await.map_err(unavailable)?;
-    let Some(pending) = stored.and_then(|text| serde_json::from_str::<Pending>(&text).ok()) else {
-        return Err(invalid_code());
-    };
+    let stored = cache
+        .get(&pending_key(&user.id))
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(invalid_code)?;
+    let pending = serde_json::from_str::<Pending>(&stored).map_err(|_| invalid_code())?;
     let kept = TokenHash::from_hex(&pending.code).map_err(|_| invalid_code())?;
     if zx_auth::hash_one_time_code(code) != kept {
         tracing::info!(event = "email_code_refused", "a wrong e-mail change code");
         return Err(invalid_code());
     }
-    cache
-        .delete_many(std::slice::from_ref(&key))
-        .await
-        .map_err(unavailable)?;
     if pending.epoch != user.session_epoch {
         return Err(invalid_code());
     }
-    Email::from_stored(&pending.email).map_err(|_| invalid_code())
+    let email = Email::from_stored(&pending.email).map_err(|_| invalid_code())?;
+    Ok(Confirmed { email, stored })
+}
+
+/// The change was made: its pending record goes, unless a newer request replaced it. Best
+/// effort: the change ended the user's sessions, which voids a record left behind.
+pub async fn used(cache: &Cache, user: &UserId, confirmed: &Confirmed) {
+    if let Err(error) = cache.delete_if(&pending_key(user), &confirmed.stored).await {
+        tracing::warn!(%error, "a used e-mail change record stays until it expires (void)");
+    }
 }

@@ -257,8 +257,9 @@ pub async fn get_user(
     json_response(200, &UserView::from(&user))
 }
 
-/// The body of `PUT /users/{id}`: at least one of `username`, `email`, `password`, `role`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// The body of `PUT /users/{id}`: at least one of `username`, `email`, `password`, `role`,
+/// or `emailCode` alone.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schema(as = UpdateUserBody, min_properties = 1)]
 pub struct UpdateBody {
@@ -281,13 +282,27 @@ pub struct UpdateBody {
     email_code: Option<String>,
 }
 
+/// Which fields are present; never their values (passwords, codes).
+impl std::fmt::Debug for UpdateBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateBody")
+            .field("username", &self.username.is_some())
+            .field("email", &self.email.is_some())
+            .field("password", &self.password.is_some())
+            .field("current_password", &self.current_password.is_some())
+            .field("role", &self.role.is_some())
+            .field("email_code", &self.email_code.is_some())
+            .finish()
+    }
+}
+
 #[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "A user id.", format = "uuid")),
     request_body = UpdateBody,
     responses(
         (status = 200, description = "The updated profile. A password, e-mail or role change ends every session of the user.", body = UserView),
-        (status = 202, description = "One's own new e-mail awaits its code (sent to that address, valid for an hour; the same answer whether or not the address is registered); any other change in the request was made.", body = crate::views::PendingEmailView),
+        (status = 202, description = "One's own new e-mail awaits its code (sent to that address, valid for an hour; the same answer whether or not the address is registered).", body = crate::views::PendingEmailView),
         (status = 403, response = zx_http::openapi::Forbidden),
         (status = 404, response = zx_http::openapi::NotFound),
         (status = 409, response = zx_http::openapi::Conflict),
@@ -295,9 +310,9 @@ pub struct UpdateBody {
 /// `PUT /users/{id}`: changes username, e-mail, password (with `currentPassword` when changing
 /// one's own e-mail or password) and, for admins only, role. Unknown fields are rejected. A
 /// wrong `currentPassword` counts against the account's limit (429 `too-many-attempts` while it
-/// is locked; 503 when the limit cannot be counted). One's own new e-mail waits for the code
-/// sent to it (202, [`crate::email_change`]); `emailCode` confirms it. An admin changing
-/// another user's e-mail changes it at once (409 when it is taken).
+/// is locked; 503 when the limit cannot be counted). One's own new e-mail is asked for on its
+/// own and waits for the code sent to it (202); `emailCode` confirms it and ends every session.
+/// An admin changing another user's e-mail changes it at once (409 when it is taken).
 pub async fn update_user(
     users: &dyn UserRepository,
     hasher: &PasswordHasher,
@@ -343,6 +358,14 @@ pub async fn update_user(
             "is only used together with password or email",
         ));
     }
+    let email_changes = matches!(&email, Some(Some(email)) if *email != current.email);
+    let own_email = email_changes && caller.user_id == current.id;
+    if own_email && (body.username.is_some() || body.password.is_some() || body.role.is_some()) {
+        errors.push(FieldError::new(
+            "email",
+            "one's own e-mail is changed on its own (with currentPassword)",
+        ));
+    }
     errors.into_result()?;
     if role.is_some() && !caller.is_admin() {
         return Err(ApiError::forbidden("only an admin may change a role"));
@@ -350,7 +373,6 @@ pub async fn update_user(
     // One's own e-mail and password are changed only with the current password (a stolen
     // access token alone must not take the account over); an admin acting on another user is
     // one by the stored role (the edge replaced the token's role after checking its session).
-    let email_changes = matches!(&email, Some(Some(email)) if *email != current.email);
     if caller.user_id == current.id && (password.is_some() || email_changes) {
         let what = if password.is_some() {
             "password"
@@ -383,58 +405,42 @@ pub async fn update_user(
         }
     }
 
+    if own_email && let Some(Some(email)) = &email {
+        let expires_at =
+            crate::email_change::request(users, cache, notifier, &current, email.clone()).await?;
+        return json_response(
+            202,
+            &crate::views::PendingEmailView {
+                user: UserView::from(&current),
+                pending_email: email.as_str(),
+                pending_email_expires_at: expires_at,
+            },
+        );
+    }
     let mut next = current.next_version();
-    let mut changed = false;
     if let Some(Some(username)) = username {
         next.username = username;
-        changed = true;
     }
-    // One's own new address waits for its code; an admin's change to another user's is made.
-    let mut pending_email = None;
     if let Some(Some(email)) = email
         && email_changes
     {
-        if caller.user_id == current.id {
-            pending_email = Some(email);
-        } else {
-            // Sessions were begun under the old address: all of them end.
-            next.email = email;
-            next = next.with_sessions_revoked();
-            changed = true;
-        }
+        // An admin's change to another user. Sessions were begun under the old address: all
+        // of them end.
+        next.email = email;
+        next = next.with_sessions_revoked();
     }
     if let Some(Some(role)) = role
         && role != next.role
     {
         next.role = role;
         next = next.with_sessions_revoked();
-        changed = true;
     }
     if let Some(Some(password)) = password {
         next.password_hash = hasher.hash(&password).await.map_err(ApiError::internal)?;
         next = next.with_sessions_revoked();
-        changed = true;
     }
-    let next = if changed || pending_email.is_none() {
-        store_update(users, cache, &caller, &current, next, &request).await?
-    } else {
-        current
-    };
-    match pending_email {
-        Some(email) => {
-            let expires_at =
-                crate::email_change::request(users, cache, notifier, &next, email.clone()).await?;
-            json_response(
-                202,
-                &crate::views::PendingEmailView {
-                    user: UserView::from(&next),
-                    pending_email: email.as_str(),
-                    pending_email_expires_at: expires_at,
-                },
-            )
-        }
-        None => json_response(200, &UserView::from(&next)),
-    }
+    let next = store_update(users, cache, &caller, &current, next, &request).await?;
+    json_response(200, &UserView::from(&next))
 }
 
 /// Stores `next` in place of `current`; when its sessions ended or its role changed, forgets
@@ -492,11 +498,12 @@ async fn confirm_email(
             "only the account's owner confirms its e-mail",
         ));
     }
-    let email = crate::email_change::confirm(cache, &current, code).await?;
+    let confirmed = crate::email_change::confirm(cache, &current, code).await?;
     let mut next = current.next_version();
-    next.email = email;
+    next.email = confirmed.email.clone();
     let next = next.with_sessions_revoked();
     let next = store_update(users, cache, caller, &current, next, request).await?;
+    crate::email_change::used(cache, &next.id, &confirmed).await;
     tracing::info!(event = "email_changed", user_id = %next.id, source_ip = client_ip(request), "the e-mail change was confirmed");
     json_response(200, &UserView::from(&next))
 }
