@@ -258,7 +258,7 @@ fn edge(services: &Services, access: Access, group: Group) -> Result<Edge, Confi
     };
     let limiter = services.limits.limiter.clone().map(|l| (l, limit));
     let edge = Edge::new(access, Some(verifier), limiter);
-    if access == Access::Checked {
+    if access.checks_standing() {
         let standing =
             zx_users::SessionStanding::new(services.stores.sessions()?, services.cache.clone());
         return Ok(edge.with_standing(Arc::new(standing)));
@@ -484,19 +484,19 @@ catalogue_function!(
 );
 catalogue_function!(
     /// `POST /products` (admin)
-    products_create, Access::Checked, zx_products::create_product
+    products_create, Access::Admin, zx_products::create_product
 );
 catalogue_function!(
     /// `PUT /products/{id}` (admin)
-    products_update, Access::Checked, zx_products::update_product
+    products_update, Access::Admin, zx_products::update_product
 );
 catalogue_function!(
     /// `DELETE /products/{id}` (admin)
-    products_delete, Access::Checked, zx_products::delete_product
+    products_delete, Access::Admin, zx_products::delete_product
 );
 catalogue_function!(
     /// `PUT /stock/{productId}` (admin)
-    stock_put, Access::Checked, zx_products::put_stock
+    stock_put, Access::Admin, zx_products::put_stock
 );
 
 pub fn stock_get(services: &Services) -> Result<HttpHandler, ConfigError> {
@@ -509,29 +509,35 @@ pub fn stock_get(services: &Services) -> Result<HttpHandler, ConfigError> {
 
 /// An orders function: authenticated, counted against the orders limit; `handler` gets the
 /// saga's dependencies and the request.
-fn orders<F, Fut>(services: &Services, handler: F) -> Result<HttpHandler, ConfigError>
+fn orders<F, Fut>(
+    services: &Services,
+    access: Access,
+    handler: F,
+) -> Result<HttpHandler, ConfigError>
 where
     F: Fn(Arc<zx_orders::Saga>, Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
     let saga = Arc::new(services.saga()?);
     // Placing, cancelling and moving orders are writes: the session must still stand.
-    serve(services, Access::Checked, Group::Orders, saga, handler)
+    serve(services, access, Group::Orders, saga, handler)
 }
 
 /// An orders function whose handler takes (saga, request).
 macro_rules! orders_function {
-    ($(#[$doc:meta])* $name:ident, $handler:path) => {
+    ($(#[$doc:meta])* $name:ident, $access:expr, $handler:path) => {
         $(#[$doc])*
         pub fn $name(services: &Services) -> Result<HttpHandler, ConfigError> {
-            orders(services, |saga, request| async move { $handler(&saga, request).await })
+            orders(services, $access, |saga, request| async move {
+                $handler(&saga, request).await
+            })
         }
     };
 }
 
 orders_function!(
     /// `POST /orders`
-    orders_create, zx_orders::http::create_order
+    orders_create, Access::Checked, zx_orders::http::create_order
 );
 /// An order read: authenticated, counted against the orders limit, the orders store only.
 fn order_read<F, Fut>(services: &Services, handler: F) -> Result<HttpHandler, ConfigError>
@@ -559,11 +565,11 @@ pub fn orders_list(services: &Services) -> Result<HttpHandler, ConfigError> {
 }
 orders_function!(
     /// `POST /orders/{id}/cancel`
-    orders_cancel, zx_orders::http::cancel_order
+    orders_cancel, Access::Checked, zx_orders::http::cancel_order
 );
 orders_function!(
     /// `PATCH /orders/{id}/status` (admin)
-    orders_update_status, zx_orders::http::update_status
+    orders_update_status, Access::Admin, zx_orders::http::update_status
 );
 
 #[cfg(test)]
@@ -597,6 +603,10 @@ mod tests {
             (
                 "ORDER_EVENTS_TOPIC_ARN",
                 "arn:aws:sns:us-east-1:1:t".to_owned(),
+            ),
+            (
+                "ACCOUNT_NOTICES_TOPIC_ARN",
+                "arn:aws:sns:us-east-1:1:n".to_owned(),
             ),
         ];
         let config = Config::from_source(&Source::map(

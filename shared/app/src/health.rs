@@ -11,6 +11,23 @@ use serde::Serialize;
 use zx_cache::Cache;
 use zx_http::{ApiError, json_response};
 
+/// Why a dependency is down (logged, never in the public body).
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("table {table}")]
+    Table {
+        table: String,
+        #[source]
+        source: zx_domain::RepositoryError,
+    },
+    #[error(transparent)]
+    Store(#[from] zx_domain::RepositoryError),
+    #[error(transparent)]
+    Cache(#[from] zx_cache::CacheError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// One dependency to check.
 #[async_trait]
 pub trait HealthCheck: Send + Sync {
@@ -19,7 +36,7 @@ pub trait HealthCheck: Send + Sync {
     /// Whether the service is unavailable without it.
     fn required(&self) -> bool;
     /// Succeeds when the dependency answers.
-    async fn check(&self) -> Result<(), String>;
+    async fn check(&self) -> Result<(), HealthError>;
 }
 
 /// Every table the functions use must answer `DescribeTable`.
@@ -36,7 +53,7 @@ impl HealthCheck for DynamoCheck {
     fn required(&self) -> bool {
         true
     }
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), HealthError> {
         let pings = self
             .tables
             .iter()
@@ -46,7 +63,10 @@ impl HealthCheck for DynamoCheck {
             .iter()
             .zip(futures::future::join_all(pings).await)
         {
-            result.map_err(|e| format!("table {table}: {}", zx_domain::cause_chain(&e)))?;
+            result.map_err(|source| HealthError::Table {
+                table: table.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -67,10 +87,8 @@ impl HealthCheck for PostgresCheck {
     fn required(&self) -> bool {
         self.required
     }
-    async fn check(&self) -> Result<(), String> {
-        zx_store_postgres::ping(&self.pool)
-            .await
-            .map_err(|e| zx_domain::cause_chain(&e))
+    async fn check(&self) -> Result<(), HealthError> {
+        Ok(zx_store_postgres::ping(&self.pool).await?)
     }
 }
 
@@ -86,11 +104,8 @@ impl HealthCheck for CacheCheck {
     fn required(&self) -> bool {
         false
     }
-    async fn check(&self) -> Result<(), String> {
-        self.cache
-            .ping()
-            .await
-            .map_err(|e| zx_domain::cause_chain(&e))
+    async fn check(&self) -> Result<(), HealthError> {
+        Ok(self.cache.ping().await?)
     }
 }
 
@@ -130,10 +145,11 @@ pub async fn run_checks(checks: &[Arc<dyn HealthCheck>], timeout: Duration) -> H
         let started = Instant::now();
         let outcome = match tokio::time::timeout(timeout, check.check()).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            Err(_) => Err(HealthError::Timeout(timeout)),
         };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Err(error) = &outcome {
+            let error = zx_domain::cause_chain(error);
             tracing::warn!(dependency = check.name(), %error, latency_ms, "health check failed");
         }
         DependencyStatus {

@@ -128,6 +128,12 @@ impl RepositoryError {
         }
     }
 
+    /// `value` as the JSON an adapter stores (lines, history); failing is permanent
+    /// (`operation` names what was being serialised).
+    pub fn json<T: serde::Serialize>(value: &T, operation: &'static str) -> Result<String, Self> {
+        serde_json::to_string(value).map_err(|e| Self::failed(operation, e))
+    }
+
     /// A fault that retrying does not fix (see [`RepositoryError::Failed`]).
     pub fn failed(
         operation: &'static str,

@@ -21,14 +21,21 @@ pub enum Access {
     /// A valid token, else 401.
     Authenticated,
     /// A valid token whose session still stands, else 401; the caller acts with the stored
-    /// role (admin routes and writes: see [`StandingCheck`]).
+    /// role (writes: see [`StandingCheck`]).
     Checked,
+    /// [`Access::Checked`], and the stored role is admin, else 403: the one admin check.
+    Admin,
 }
 
 impl Access {
     /// Whether a request without a valid token is refused.
     pub fn needs_token(self) -> bool {
-        matches!(self, Self::Authenticated | Self::Checked)
+        !matches!(self, Self::Public)
+    }
+
+    /// Whether the caller's session standing (and stored role) is checked.
+    pub fn checks_standing(self) -> bool {
+        matches!(self, Self::Checked | Self::Admin)
     }
 }
 
@@ -157,7 +164,7 @@ impl Edge {
             }
             match caller {
                 Ok(Some(mut caller)) => {
-                    if self.access == Access::Checked && self.standing.is_none() {
+                    if self.access.checks_standing() && self.standing.is_none() {
                         // A checked route wired without its check must not trust the token.
                         return Err(ApiError::internal("a checked route has no standing check"));
                     }
@@ -174,6 +181,9 @@ impl Edge {
                                 return Err(ApiError::invalid_token());
                             }
                         }
+                    }
+                    if self.access == Access::Admin && !caller.is_admin() {
+                        return Err(ApiError::forbidden("only an admin may do this"));
                     }
                     request.extensions_mut().insert(caller);
                 }

@@ -149,13 +149,18 @@ impl Actor {
         }
     }
 
-    pub fn user(user_id: UserId, admin: bool) -> Self {
+    /// A customer acting on its own orders.
+    pub fn customer(user_id: UserId) -> Self {
         Self {
-            driver: if admin {
-                Driver::Admin
-            } else {
-                Driver::Customer
-            },
+            driver: Driver::Customer,
+            user_id: Some(user_id),
+        }
+    }
+
+    /// An admin acting on anyone's orders.
+    pub fn admin(user_id: UserId) -> Self {
+        Self {
+            driver: Driver::Admin,
             user_id: Some(user_id),
         }
     }
@@ -520,16 +525,31 @@ pub enum MessageError {
     Repository(#[from] RepositoryError),
 }
 
+/// Why an inventory message is refused: what it asks does not fit the stored order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Refusal {
+    #[error("names no order")]
+    NoOrder,
+    #[error("reserve for an order that is {0}")]
+    NotPending(OrderStatus),
+    #[error("reserve whose lines differ from the order's")]
+    LinesDiffer,
+    #[error("release for an order that is {0}")]
+    NotEnded(OrderStatus),
+    #[error("commit for an order that is {0} and never shipped")]
+    NeverShipped(OrderStatus),
+}
+
 /// What an inventory message may do to the order it names, decided from the stored order
 /// (SPEC §3: consumers verify what a message asks against the order).
-fn verify(command: &InventoryCommand, order: Option<&Order>) -> Result<(), String> {
+fn verify(command: &InventoryCommand, order: Option<&Order>) -> Result<(), Refusal> {
     let Some(order) = order else {
-        return Err("names no order".into());
+        return Err(Refusal::NoOrder);
     };
     match command {
         InventoryCommand::Reserve(data) => {
             if order.status != OrderStatus::Pending {
-                return Err(format!("reserve for an order that is {}", order.status));
+                return Err(Refusal::NotPending(order.status));
             }
             let ordered: Vec<ReserveLine> = sum_lines(
                 &order
@@ -542,24 +562,21 @@ fn verify(command: &InventoryCommand, order: Option<&Order>) -> Result<(), Strin
                     .collect::<Vec<_>>(),
             );
             if sum_lines(&data.items) != ordered {
-                return Err("reserve whose lines differ from the order's".into());
+                return Err(Refusal::LinesDiffer);
             }
             Ok(())
         }
         // Only an order that was cancelled or refunded gives stock back.
         InventoryCommand::Release(_) => match order.status {
             OrderStatus::Cancelled | OrderStatus::Refunded => Ok(()),
-            other => Err(format!("release for an order that is {other}")),
+            other => Err(Refusal::NotEnded(other)),
         },
         // Only an order that shipped takes its units out of stock for good.
         InventoryCommand::Commit(_) => {
             if order.history.iter().any(|c| c.to == OrderStatus::Shipped) {
                 Ok(())
             } else {
-                Err(format!(
-                    "commit for an order that is {} and never shipped",
-                    order.status
-                ))
+                Err(Refusal::NeverShipped(order.status))
             }
         }
     }
@@ -577,7 +594,7 @@ pub async fn handle_inventory_message(saga: &Saga, body: &str) -> Result<(), Mes
     };
     let order = saga.orders.find_order(order_id).await?;
     if let Err(why) = verify(&command, order.as_ref()) {
-        refused(&command, order.as_ref(), &why);
+        refused(&command, &why);
         return Ok(());
     }
     match command {
@@ -649,7 +666,7 @@ pub async fn reserve_many(
                 }
             }
             Err(why) => {
-                refused(&command, order, &why);
+                refused(&command, &why);
                 results.push((id, Ok(())));
             }
         }
@@ -658,20 +675,16 @@ pub async fn reserve_many(
     results
 }
 
-fn refused(command: &InventoryCommand, order: Option<&Order>, why: &str) {
+fn refused(command: &InventoryCommand, why: &Refusal) {
     let order_id = match command {
         InventoryCommand::Reserve(data) => &data.order_id,
         InventoryCommand::Release(data) | InventoryCommand::Commit(data) => &data.order_id,
     };
     // A redelivered reserve after its order moved on is expected; anything else is not.
-    let moved_on = matches!(
-        (command, order),
-        (InventoryCommand::Reserve(_), Some(order)) if order.status != OrderStatus::Pending
-    );
-    if moved_on {
-        tracing::info!(order_id = %order_id, why, "inventory message for an order that moved on: nothing changed");
+    if let Refusal::NotPending(_) = why {
+        tracing::info!(order_id = %order_id, %why, "inventory message for an order that moved on: nothing changed");
     } else {
-        tracing::error!(order_id = %order_id, why, "inventory message refused: nothing changed");
+        tracing::error!(order_id = %order_id, %why, "inventory message refused: nothing changed");
     }
 }
 

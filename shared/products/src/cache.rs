@@ -90,6 +90,14 @@ fn warn(operation: &str, error: &CacheError) {
     }
 }
 
+/// Whether a write changed what listings show (and so stamps the catalogue: listings are not
+/// cached while the index catches up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listings {
+    Changed,
+    Unchanged,
+}
+
 fn now_millis() -> i64 {
     i64::try_from(Timestamp::now().as_datetime().unix_timestamp_nanos() / 1_000_000)
         .unwrap_or(i64::MAX)
@@ -198,12 +206,11 @@ impl CatalogueCache {
         }
     }
 
-    async fn bump(&self, counters: &[&str], stamp_catalogue: bool, what: &str) {
+    async fn bump(&self, counters: &[&str], listings: Listings, what: &str) {
         let now = now_millis();
-        let stamps: &[(&str, i64)] = if stamp_catalogue {
-            &[(CATALOGUE_WRITTEN, now)]
-        } else {
-            &[]
+        let stamps: &[(&str, i64)] = match listings {
+            Listings::Changed => &[(CATALOGUE_WRITTEN, now)],
+            Listings::Unchanged => &[],
         };
         if let Err(error) = self.cache.bump(counters, stamps).await {
             tracing::error!(
@@ -265,7 +272,7 @@ impl CatalogueCache {
     /// After a change of the product's stock only: its own entries become unreachable; listing
     /// pages (which hold ids, not stock) stay.
     pub async fn invalidate_product(&self, id: &ProductId) {
-        self.bump(&[&product_generation(id)], false, "product")
+        self.bump(&[&product_generation(id)], Listings::Unchanged, "product")
             .await;
     }
 
@@ -274,7 +281,7 @@ impl CatalogueCache {
     pub async fn invalidate_catalogue(&self, id: &ProductId) {
         self.bump(
             &[&product_generation(id), CATALOGUE_GENERATION],
-            true,
+            Listings::Changed,
             "catalogue",
         )
         .await;

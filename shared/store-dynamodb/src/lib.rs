@@ -2,6 +2,7 @@
 //! `localstack/dynamodb/*.json` files the local stack creates tables from).
 
 pub mod iam;
+mod item;
 pub mod orders;
 pub mod products;
 pub mod schema;

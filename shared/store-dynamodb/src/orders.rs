@@ -36,7 +36,16 @@ use zx_domain::{
     RepositoryError, Row, RowKey, ShippingAddress, Timestamp, UserId,
 };
 
-type Item = HashMap<String, AttributeValue>;
+use crate::item::{Item, Strict, n, s, text};
+
+/// Strict reads of order, outbox and idempotency items.
+const ORDER: Strict = Strict("order");
+const MESSAGE: Strict = Strict("outbox");
+const KEY: Strict = Strict("idempotency");
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, RepositoryError> {
+    RepositoryError::json(value, "serialising an order")
+}
 
 mod attr {
     pub const PK: &str = "pk";
@@ -75,14 +84,6 @@ const KEY_SK: &str = "KEY";
 const OPEN_SK: &str = "OPEN";
 const PARKED_PK: &str = "OUTBOX-PARKED";
 
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-fn n(value: impl ToString) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
-
 fn order_pk(id: &OrderId) -> String {
     format!("ORDER#{id}")
 }
@@ -120,28 +121,6 @@ fn created_key(at: &Timestamp, id: &OrderId) -> String {
 
 fn status_key(status: OrderStatus, id: &OrderId) -> String {
     format!("{status}#{:02}", id.shard())
-}
-
-fn corrupt(what: &str) -> RepositoryError {
-    RepositoryError::Corrupt(format!("order item: {what}"))
-}
-
-fn text<'a>(item: &'a Item, name: &str) -> Result<&'a str, RepositoryError> {
-    item.get(name)
-        .and_then(|v| v.as_s().ok())
-        .map(String::as_str)
-        .ok_or_else(|| corrupt(&format!("lacks string attribute {name}")))
-}
-
-fn number(item: &Item, name: &str) -> Result<i64, RepositoryError> {
-    item.get(name)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| corrupt(&format!("lacks numeric attribute {name}")))
-}
-
-fn json<T: serde::Serialize>(value: &T) -> Result<String, RepositoryError> {
-    serde_json::to_string(value).map_err(|e| RepositoryError::failed("serialising an order", e))
 }
 
 fn order_item(order: &Order) -> Result<Item, RepositoryError> {
@@ -184,26 +163,20 @@ fn order_item(order: &Order) -> Result<Item, RepositoryError> {
 }
 
 fn order_from_item(item: &Item) -> Result<Order, RepositoryError> {
-    let time = |name: &str| Timestamp::parse_rfc3339(text(item, name)?).map_err(|e| corrupt(&e));
     Ok(Order {
-        id: OrderId::parse(text(item, attr::ORDER_ID)?).map_err(|e| corrupt(&e))?,
-        user_id: UserId::parse(text(item, attr::USER_ID)?).map_err(|e| corrupt(&e))?,
-        status: OrderStatus::parse(text(item, attr::STATUS)?).map_err(|e| corrupt(&e))?,
-        lines: serde_json::from_str(text(item, attr::LINES)?)
-            .map_err(|e| corrupt(&e.to_string()))?,
-        history: serde_json::from_str(text(item, attr::HISTORY)?)
-            .map_err(|e| corrupt(&e.to_string()))?,
-        total: number(item, attr::TOTAL)?,
-        shipping_address: item
-            .get(attr::ADDRESS)
-            .and_then(|v| v.as_s().ok())
-            .map(|a| ShippingAddress::parse(a))
+        id: ORDER.parsed(item, attr::ORDER_ID, OrderId::parse)?,
+        user_id: ORDER.parsed(item, attr::USER_ID, UserId::parse)?,
+        status: ORDER.parsed(item, attr::STATUS, OrderStatus::parse)?,
+        lines: ORDER.json(item, attr::LINES)?,
+        history: ORDER.json(item, attr::HISTORY)?,
+        total: ORDER.number(item, attr::TOTAL)?,
+        shipping_address: text(item, attr::ADDRESS)
+            .map(ShippingAddress::parse)
             .transpose()
-            .map_err(|e| corrupt(&e))?,
-        created_at: time(attr::CREATED_AT)?,
-        updated_at: time(attr::UPDATED_AT)?,
-        version: u64::try_from(number(item, attr::VERSION)?)
-            .map_err(|_| corrupt("negative version"))?,
+            .map_err(|e| ORDER.corrupt(attr::ADDRESS, e))?,
+        created_at: ORDER.parsed(item, attr::CREATED_AT, Timestamp::parse_rfc3339)?,
+        updated_at: ORDER.parsed(item, attr::UPDATED_AT, Timestamp::parse_rfc3339)?,
+        version: ORDER.count(item, attr::VERSION)?,
     })
 }
 
@@ -234,12 +207,11 @@ fn message_item(message: &OutboxMessage) -> Item {
 
 fn message_from_item(item: &Item) -> Result<OutboxMessage, RepositoryError> {
     Ok(OutboxMessage {
-        id: text(item, attr::MESSAGE_ID)?.to_owned(),
-        order_id: OrderId::parse(text(item, attr::ORDER_ID)?).map_err(|e| corrupt(&e))?,
-        destination: Destination::parse(text(item, attr::DESTINATION)?).map_err(|e| corrupt(&e))?,
-        body: text(item, attr::BODY)?.to_owned(),
-        created_at: Timestamp::parse_rfc3339(text(item, attr::CREATED_AT)?)
-            .map_err(|e| corrupt(&e))?,
+        id: MESSAGE.text(item, attr::MESSAGE_ID)?.to_owned(),
+        order_id: MESSAGE.parsed(item, attr::ORDER_ID, OrderId::parse)?,
+        destination: MESSAGE.parsed(item, attr::DESTINATION, Destination::parse)?,
+        body: MESSAGE.text(item, attr::BODY)?.to_owned(),
+        created_at: MESSAGE.parsed(item, attr::CREATED_AT, Timestamp::parse_rfc3339)?,
     })
 }
 
@@ -458,8 +430,7 @@ impl OrderRepository for DynamoOrderRepository {
                 .iter()
                 .map(|item| Row {
                     key: RowKey(
-                        item.get(attr::PK)
-                            .and_then(|v| v.as_s().ok())
+                        text(item, attr::PK)
                             .and_then(|pk| pk.strip_prefix("ORDER#"))
                             .unwrap_or_default()
                             .to_owned(),
@@ -517,7 +488,7 @@ impl OrderRepository for DynamoOrderRepository {
             .map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?
             .item;
         let Some(item) = item else { return Ok(None) };
-        let expires = number(&item, attr::EXPIRES_AT)?;
+        let expires = KEY.number(&item, attr::EXPIRES_AT)?;
         // TTL deletion is lazy: an expired key is gone even while the item lingers.
         if expires <= Timestamp::now().unix_seconds() {
             return Ok(None);
@@ -525,10 +496,10 @@ impl OrderRepository for DynamoOrderRepository {
         Ok(Some(IdempotencyRecord {
             user_id: user.clone(),
             key: key.clone(),
-            fingerprint: text(&item, attr::FINGERPRINT)?.to_owned(),
-            order_id: OrderId::parse(text(&item, attr::ORDER_ID)?).map_err(|e| corrupt(&e))?,
+            fingerprint: KEY.text(&item, attr::FINGERPRINT)?.to_owned(),
+            order_id: KEY.parsed(&item, attr::ORDER_ID, OrderId::parse)?,
             expires_at: Timestamp::from_unix_millis(expires.saturating_mul(1000))
-                .ok_or_else(|| corrupt("expiresAt"))?,
+                .ok_or_else(|| KEY.corrupt(attr::EXPIRES_AT, "out of range"))?,
         }))
     }
 
@@ -709,17 +680,8 @@ impl OrderRepository for DynamoOrderRepository {
             .iter()
             .flatten()
             .map(|item| {
-                let created = item
-                    .get(attr::CREATED_KEY)
-                    .and_then(|v| v.as_s().ok())
-                    .cloned()
-                    .unwrap_or_default();
-                let key = RowKey(
-                    item.get(attr::PK)
-                        .and_then(|v| v.as_s().ok())
-                        .cloned()
-                        .unwrap_or_default(),
-                );
+                let created = text(item, attr::CREATED_KEY).unwrap_or_default().to_owned();
+                let key = RowKey(text(item, attr::PK).unwrap_or_default().to_owned());
                 let value = order_from_item(item).map_err(|e| e.to_string());
                 (created, Row { key, value })
             })
@@ -762,14 +724,8 @@ impl OrderRepository for DynamoOrderRepository {
 }
 
 fn message_row(item: &Item) -> Row<OutboxMessage> {
-    let pk = item
-        .get(attr::PK)
-        .and_then(|v| v.as_s().ok())
-        .map_or("", String::as_str);
-    let sk = item
-        .get(attr::SK)
-        .and_then(|v| v.as_s().ok())
-        .map_or("", String::as_str);
+    let pk = text(item, attr::PK).unwrap_or_default();
+    let sk = text(item, attr::SK).unwrap_or_default();
     Row {
         key: outbox_row_key(pk, sk),
         value: message_from_item(item).map_err(|e| e.to_string()),
@@ -853,11 +809,7 @@ impl Outbox for DynamoOrderRepository {
             .iter()
             .flatten()
             .map(|item| {
-                let sk = item
-                    .get(attr::SK)
-                    .and_then(|v| v.as_s().ok())
-                    .cloned()
-                    .unwrap_or_default();
+                let sk = text(item, attr::SK).unwrap_or_default().to_owned();
                 (sk, message_row(item))
             })
             // `BETWEEN` includes its lower bound: the cursor's row itself is dropped.
@@ -916,12 +868,7 @@ impl Outbox for DynamoOrderRepository {
         Ok(items
             .iter()
             .map(|item| {
-                let get = |name: &str| {
-                    item.get(name)
-                        .and_then(|v| v.as_s().ok())
-                        .cloned()
-                        .unwrap_or_default()
-                };
+                let get = |name: &str| text(item, name).unwrap_or_default().to_owned();
                 ParkedRow {
                     key: outbox_row_key(PARKED_PK, &get(attr::SK)),
                     reason: get(attr::PARKED_REASON),

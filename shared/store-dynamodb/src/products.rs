@@ -20,6 +20,11 @@ use zx_domain::{
     ProductName, ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, Timestamp,
 };
 
+use crate::item::{Item, Strict, n, s};
+
+/// Strict reads of catalogue items.
+const PRODUCT: Strict = Strict("product");
+
 mod attr {
     pub const PK: &str = "pk";
     pub const GSI1PK: &str = "gsi1pk";
@@ -45,16 +50,6 @@ const CATEGORY_INDEX: &str = "category-newest";
 const ALL_PRODUCTS: &str = "ALL";
 /// Items read per Query call while filling a page.
 const QUERY_BATCH: i32 = 100;
-
-pub(crate) type Item = HashMap<String, AttributeValue>;
-
-pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-pub(crate) fn n(value: i64) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
 
 pub(crate) fn product_key(id: &ProductId) -> String {
     format!("PRODUCT#{id}")
@@ -176,51 +171,29 @@ fn index_keys(product: &Product) -> Vec<(String, AttributeValue)> {
     ]
 }
 
-fn text<'a>(item: &'a Item, name: &str) -> Result<&'a str, RepositoryError> {
-    item.get(name)
-        .and_then(|v| v.as_s().ok())
-        .map(String::as_str)
-        .ok_or_else(|| {
-            RepositoryError::Corrupt(format!("product item lacks string attribute {name}"))
-        })
-}
-
-fn number(item: &Item, name: &str) -> Result<i64, RepositoryError> {
-    item.get(name)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            RepositoryError::Corrupt(format!("product item lacks numeric attribute {name}"))
-        })
-}
-
 /// The catalogue item as a product; its stock is filled in by the caller (zero until then).
 fn product_from_item(item: &Item) -> Result<Product, RepositoryError> {
-    let corrupt = |field: &str, e: String| RepositoryError::Corrupt(format!("{field}: {e}"));
-    let at = |name: &str| Timestamp::parse_rfc3339(text(item, name)?).map_err(|e| corrupt(name, e));
     let images = match item.get(attr::IMAGES) {
         Some(AttributeValue::L(list)) => list
             .iter()
             .map(|v| {
                 v.as_s()
-                    .map_err(|_| corrupt(attr::IMAGES, "not a string".into()))
+                    .map_err(|_| PRODUCT.corrupt(attr::IMAGES, "not a string"))
                     .and_then(|url| {
-                        ImageUrl::from_stored(url).map_err(|e| corrupt(attr::IMAGES, e))
+                        ImageUrl::from_stored(url).map_err(|e| PRODUCT.corrupt(attr::IMAGES, e))
                     })
             })
             .collect::<Result<Vec<_>, _>>()?,
         _ => Vec::new(),
     };
+    let at = |name: &str| PRODUCT.parsed(item, name, Timestamp::parse_rfc3339);
     Ok(Product {
-        id: ProductId::parse(text(item, attr::PRODUCT_ID)?)
-            .map_err(|e| corrupt(attr::PRODUCT_ID, e))?,
-        name: ProductName::parse(text(item, attr::NAME)?).map_err(|e| corrupt(attr::NAME, e))?,
-        description: Description::parse(text(item, attr::DESCRIPTION)?)
-            .map_err(|e| corrupt(attr::DESCRIPTION, e))?,
-        price: Price::from_minor(number(item, attr::PRICE)?)
-            .map_err(|e| corrupt(attr::PRICE, e))?,
-        category: CategoryId::parse(text(item, attr::CATEGORY_ID)?)
-            .map_err(|e| corrupt(attr::CATEGORY_ID, e))?,
+        id: PRODUCT.parsed(item, attr::PRODUCT_ID, ProductId::parse)?,
+        name: PRODUCT.parsed(item, attr::NAME, ProductName::parse)?,
+        description: PRODUCT.parsed(item, attr::DESCRIPTION, Description::parse)?,
+        price: Price::from_minor(PRODUCT.number(item, attr::PRICE)?)
+            .map_err(|e| PRODUCT.corrupt(attr::PRICE, e))?,
+        category: PRODUCT.parsed(item, attr::CATEGORY_ID, CategoryId::parse)?,
         images,
         stock: Stock::default(),
         created_at: at(attr::CREATED_AT)?,
@@ -229,8 +202,7 @@ fn product_from_item(item: &Item) -> Result<Product, RepositoryError> {
             .get(attr::DELETED_AT)
             .map(|_| at(attr::DELETED_AT))
             .transpose()?,
-        version: u64::try_from(number(item, attr::VERSION)?)
-            .map_err(|e| corrupt(attr::VERSION, e.to_string()))?,
+        version: PRODUCT.count(item, attr::VERSION)?,
     })
 }
 

@@ -14,6 +14,12 @@ use zx_domain::{
     UserId,
 };
 
+use crate::item::{Item, Strict, n, s};
+
+/// Strict reads of session items (and of the user's standing).
+const SESSION: Strict = Strict("session");
+const USER: Strict = Strict("user");
+
 mod attr {
     pub const PK: &str = "pk";
     pub const USER_ID: &str = "userId";
@@ -32,18 +38,8 @@ mod attr {
     pub const ROLE: &str = "role";
 }
 
-type Item = HashMap<String, AttributeValue>;
-
 fn session_key(id: &SessionId) -> String {
     format!("SESSION#{id}")
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-fn n(value: impl ToString) -> AttributeValue {
-    AttributeValue::N(value.to_string())
 }
 
 /// Sessions in the users table.
@@ -90,24 +86,13 @@ fn used_hashes(session: &Session) -> AttributeValue {
 }
 
 fn session_from_item(id: &SessionId, item: &Item) -> Result<Session, RepositoryError> {
-    let corrupt =
-        |field: &str, e: String| RepositoryError::Corrupt(format!("session {field}: {e}"));
-    let text = |name: &str| {
-        item.get(name)
-            .and_then(|v| v.as_s().ok())
-            .ok_or_else(|| corrupt(name, "missing".into()))
-    };
-    let at = |name: &str| Timestamp::parse_rfc3339(text(name)?).map_err(|e| corrupt(name, e));
+    let corrupt = |field: &str, e: String| SESSION.corrupt(field, e);
+    let at = |name: &str| SESSION.parsed(item, name, Timestamp::parse_rfc3339);
     Ok(Session {
         id: id.clone(),
-        user_id: UserId::parse(text(attr::USER_ID)?).map_err(|e| corrupt(attr::USER_ID, e))?,
-        token_hash: TokenHash::from_hex(text(attr::TOKEN_HASH)?)
-            .map_err(|e| corrupt(attr::TOKEN_HASH, e))?,
-        user_epoch: item
-            .get(attr::USER_EPOCH)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| corrupt(attr::USER_EPOCH, "not a number".into()))?,
+        user_id: SESSION.parsed(item, attr::USER_ID, UserId::parse)?,
+        token_hash: SESSION.parsed(item, attr::TOKEN_HASH, TokenHash::from_hex)?,
+        user_epoch: SESSION.count(item, attr::USER_EPOCH)?,
         created_at: at(attr::CREATED_AT)?,
         expires_at: at(attr::EXPIRES)?,
         revoked: item
@@ -199,21 +184,12 @@ impl SessionRepository for DynamoSessionRepository {
         let (Some(session), Some(item)) = (session?, account.item) else {
             return Ok(None);
         };
-        let corrupt = |field: &str| RepositoryError::Corrupt(format!("user {field}"));
         // Users stored before sessions existed have no epoch attribute: that is epoch 0.
         let user_epoch = match item.get(attr::SESSION_EPOCH) {
             None => 0,
-            Some(value) => value
-                .as_n()
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| corrupt(attr::SESSION_EPOCH))?,
+            Some(_) => USER.count(&item, attr::SESSION_EPOCH)?,
         };
-        let role = item
-            .get(attr::ROLE)
-            .and_then(|v| v.as_s().ok())
-            .and_then(|v| Role::parse(v).ok())
-            .ok_or_else(|| corrupt(attr::ROLE))?;
+        let role = USER.parsed(&item, attr::ROLE, Role::parse)?;
         Ok(Some(Standing {
             user_id: session.user_id,
             session_epoch: session.user_epoch,

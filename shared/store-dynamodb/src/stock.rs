@@ -24,7 +24,8 @@ use zx_domain::{
     Stock, StockChange, StockChangeId, StockWriter, Timestamp,
 };
 
-use crate::products::{DynamoProductRepository, Item, n, product_key, s};
+use crate::item::{Item, n, number, s, text};
+use crate::products::{DynamoProductRepository, product_key};
 
 mod attr {
     pub const PK: &str = "pk";
@@ -62,14 +63,6 @@ fn change_key(id: &StockChangeId) -> String {
 
 fn key(pk: String) -> Item {
     HashMap::from([(attr::PK.to_owned(), s(pk))])
-}
-
-fn number(item: &Item, name: &str) -> Option<i64> {
-    item.get(name)?.as_n().ok()?.parse().ok()
-}
-
-fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
-    item.get(name)?.as_s().ok().map(String::as_str)
 }
 
 fn built<E: std::error::Error + Send + Sync + 'static>(

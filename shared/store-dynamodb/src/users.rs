@@ -7,11 +7,16 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
 use zx_domain::{
     Email, PasswordHash, RepositoryError, Role, Timestamp, UniqueField, User, UserId, UserReader,
     UserWriter, Username,
 };
+
+use crate::item::{Item, Strict, n, s};
+
+/// Strict reads of user items.
+const USER: Strict = Strict("user");
 
 /// Attribute names, in one place.
 mod attr {
@@ -30,8 +35,6 @@ mod attr {
 /// The nil UUID: never generated (ids are UUIDv7), read in place of a user for unknown e-mails.
 const NO_USER: &str = "00000000-0000-0000-0000-000000000000";
 
-type Item = HashMap<String, AttributeValue>;
-
 pub(crate) fn user_key(id: &UserId) -> String {
     format!("USER#{id}")
 }
@@ -40,10 +43,6 @@ fn email_key(email: &Email) -> String {
 }
 fn username_key(username: &Username) -> String {
     format!("USERNAME#{}", username.key())
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
 }
 
 /// The users table.
@@ -110,59 +109,30 @@ fn user_item(user: &User) -> Item {
         (attr::ROLE.to_owned(), s(user.role.as_str())),
         (attr::CREATED_AT.to_owned(), s(user.created_at.to_rfc3339())),
         (attr::UPDATED_AT.to_owned(), s(user.updated_at.to_rfc3339())),
-        (
-            attr::VERSION.to_owned(),
-            AttributeValue::N(user.version.to_string()),
-        ),
-        (
-            attr::SESSION_EPOCH.to_owned(),
-            AttributeValue::N(user.session_epoch.to_string()),
-        ),
+        (attr::VERSION.to_owned(), n(user.version)),
+        (attr::SESSION_EPOCH.to_owned(), n(user.session_epoch)),
     ])
-}
-
-fn text<'a>(item: &'a Item, name: &str) -> Result<&'a str, RepositoryError> {
-    item.get(name)
-        .and_then(|v| v.as_s().ok())
-        .map(String::as_str)
-        .ok_or_else(|| RepositoryError::Corrupt(format!("user item lacks string attribute {name}")))
 }
 
 /// Reads a stored user item back into the domain type.
 fn user_from_item(item: &Item) -> Result<User, RepositoryError> {
-    {
-        let corrupt = |field: &str, e: String| RepositoryError::Corrupt(format!("{field}: {e}"));
-        Ok(User {
-            id: UserId::parse(text(item, attr::USER_ID)?).map_err(|e| corrupt(attr::USER_ID, e))?,
-            username: Username::from_stored(text(item, attr::USERNAME)?)
-                .map_err(|e| corrupt(attr::USERNAME, e))?,
-            email: Email::from_stored(text(item, attr::EMAIL)?)
-                .map_err(|e| corrupt(attr::EMAIL, e))?,
-            password_hash: PasswordHash::from_stored(text(item, attr::PASSWORD_HASH)?.to_owned())
-                .map_err(|e| corrupt(attr::PASSWORD_HASH, e))?,
-            role: Role::parse(text(item, attr::ROLE)?).map_err(|e| corrupt(attr::ROLE, e))?,
-            created_at: Timestamp::parse_rfc3339(text(item, attr::CREATED_AT)?)
-                .map_err(|e| corrupt(attr::CREATED_AT, e))?,
-            updated_at: Timestamp::parse_rfc3339(text(item, attr::UPDATED_AT)?)
-                .map_err(|e| corrupt(attr::UPDATED_AT, e))?,
-            version: item
-                .get(attr::VERSION)
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| {
-                    RepositoryError::Corrupt("user item lacks a numeric version".into())
-                })?,
-            // Users stored before sessions existed have none: epoch 0.
-            session_epoch: match item.get(attr::SESSION_EPOCH) {
-                None => 0,
-                Some(value) => value
-                    .as_n()
-                    .ok()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| corrupt(attr::SESSION_EPOCH, "not a number".into()))?,
-            },
-        })
-    }
+    Ok(User {
+        id: USER.parsed(item, attr::USER_ID, UserId::parse)?,
+        username: USER.parsed(item, attr::USERNAME, Username::from_stored)?,
+        email: USER.parsed(item, attr::EMAIL, Email::from_stored)?,
+        password_hash: USER.parsed(item, attr::PASSWORD_HASH, |t| {
+            PasswordHash::from_stored(t.to_owned())
+        })?,
+        role: USER.parsed(item, attr::ROLE, Role::parse)?,
+        created_at: USER.parsed(item, attr::CREATED_AT, Timestamp::parse_rfc3339)?,
+        updated_at: USER.parsed(item, attr::UPDATED_AT, Timestamp::parse_rfc3339)?,
+        version: USER.count(item, attr::VERSION)?,
+        // Users stored before sessions existed have none: epoch 0.
+        session_epoch: match item.get(attr::SESSION_EPOCH) {
+            None => 0,
+            Some(_) => USER.count(item, attr::SESSION_EPOCH)?,
+        },
+    })
 }
 
 #[async_trait]
@@ -181,8 +151,7 @@ impl UserReader for DynamoUserRepository {
     async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepositoryError> {
         let guard = self.get(email_key(email)).await?;
         let id = match &guard {
-            Some(guard) => UserId::parse(text(guard, attr::USER_ID)?)
-                .map_err(|e| RepositoryError::Corrupt(format!("email guard: {e}")))?,
+            Some(guard) => Strict("email guard").parsed(guard, attr::USER_ID, UserId::parse)?,
             None => UserId::parse(NO_USER).map_err(RepositoryError::Corrupt)?,
         };
         let user = self.find_by_id(&id).await?;
@@ -229,12 +198,9 @@ impl UserWriter for DynamoUserRepository {
             .expression_attribute_names("#v", attr::VERSION)
             .expression_attribute_names("#u", attr::UPDATED_AT)
             .expression_attribute_values(":hash", s(next.password_hash.expose()))
-            .expression_attribute_values(":next", AttributeValue::N(next.version.to_string()))
+            .expression_attribute_values(":next", n(next.version))
             .expression_attribute_values(":updated", s(next.updated_at.to_rfc3339()))
-            .expression_attribute_values(
-                ":expected",
-                AttributeValue::N(current.version.to_string()),
-            )
+            .expression_attribute_values(":expected", n(current.version))
             .send()
             .await;
         match result {
@@ -255,10 +221,7 @@ impl UserWriter for DynamoUserRepository {
             .set_item(Some(user_item(next)))
             .condition_expression("#v = :expected")
             .expression_attribute_names("#v", attr::VERSION)
-            .expression_attribute_values(
-                ":expected",
-                AttributeValue::N(current.version.to_string()),
-            )
+            .expression_attribute_values(":expected", n(current.version))
             .build()
             .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
         let mut items = vec![TransactWriteItem::builder().put(put).build()];

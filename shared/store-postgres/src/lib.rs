@@ -23,6 +23,11 @@ use zx_domain::RepositoryError;
 /// failures and deadlocks are transient ([`RepositoryError::Unavailable`], a 503 at the edge);
 /// everything else (a missing table, a constraint we did not expect, a decoding error) is
 /// permanent ([`RepositoryError::Failed`], a 500).
+/// `map_err` of a query: [`db_error`] for `operation`.
+pub(crate) fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> RepositoryError {
+    move |e| db_error(operation, e)
+}
+
 pub(crate) fn db_error(operation: &'static str, error: sqlx::Error) -> RepositoryError {
     let transient = match &error {
         sqlx::Error::Io(_)

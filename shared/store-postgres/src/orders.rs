@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row as _};
 
-use crate::PgSchema;
+use crate::{PgSchema, db};
 use zx_domain::{
     Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderId,
     OrderLine, OrderPage, OrderQuery, OrderRepository, OrderStatus, Outbox, OutboxMessage,
@@ -36,10 +36,6 @@ impl PgOrderRepository {
             open: crate::qualified(schema, "open_orders"),
         }
     }
-}
-
-fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> RepositoryError {
-    move |e| crate::db_error(operation, e)
 }
 
 fn corrupt(name: &str, e: impl std::fmt::Display) -> RepositoryError {
@@ -86,7 +82,7 @@ fn order_from_row(row: &PgRow) -> Result<Order, RepositoryError> {
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<String, RepositoryError> {
-    serde_json::to_string(value).map_err(|e| RepositoryError::failed("serialising an order", e))
+    RepositoryError::json(value, "serialising an order")
 }
 
 fn version(order: &Order) -> i64 {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use crate::PgSchema;
+use crate::{PgSchema, db};
 use zx_domain::stock::StockRecords;
 use zx_domain::{
     CategoryId, Cursor, Description, ImageUrl, MAX_EXAMINED, Page, Price, Product, ProductId,
@@ -55,10 +55,6 @@ impl PgProductRepository {
             stock = self.stock
         )
     }
-}
-
-fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> RepositoryError {
-    move |e| crate::db_error(operation, e)
 }
 
 fn product_from_row(row: &PgRow) -> Result<Product, RepositoryError> {

@@ -20,11 +20,8 @@ use zx_domain::{
     STOCK_CHANGE_RETENTION, Stock, StockChange, StockChangeId, StockWriter, Timestamp,
 };
 
+use crate::db;
 use crate::products::PgProductRepository;
-
-fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> RepositoryError {
-    move |e| crate::db_error(operation, e)
-}
 
 fn corrupt(what: impl std::fmt::Display) -> RepositoryError {
     RepositoryError::Corrupt(format!("stock: {what}"))
