@@ -3161,8 +3161,8 @@ fn the_description_covers_every_route_of_the_template_and_no_other() {
     );
     // A route added to the template without a description is caught.
     let added = text.replacen(
-        "        Openapi:\n          Type: HttpApi\n",
-        "        Extra:\n          Type: HttpApi\n          Properties: { ApiId: !Ref HttpApi, Path: /api/v1/extra, Method: GET }\n        Openapi:\n          Type: HttpApi\n",
+        "        GetOpenapiJson:\n          Type: HttpApi\n",
+        "        Extra:\n          Type: HttpApi\n          Properties: { ApiId: !Ref HttpApi, Path: /api/v1/extra, Method: GET }\n        GetOpenapiJson:\n          Type: HttpApi\n",
         1,
     );
     assert_ne!(added, text);

@@ -17,22 +17,90 @@ use crate::{ConfigError, Services};
 /// Builds a function's handler from the services of its cold start.
 pub type Builder = fn(&Services) -> Result<HttpHandler, ConfigError>;
 
+/// One route of an HTTP function: the method (upper case) and the path API Gateway matches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: String,
+}
+
+/// The routes of the operation a `#[utoipa::path]` describes: a route is written there only,
+/// and the registry, the template and the description read it from there.
+pub fn routes_of<P: utoipa::Path>() -> Vec<Route> {
+    use utoipa::openapi::path::HttpMethod;
+    P::methods()
+        .into_iter()
+        .map(|method| Route {
+            method: match method {
+                HttpMethod::Get => "GET",
+                HttpMethod::Post => "POST",
+                HttpMethod::Put => "PUT",
+                HttpMethod::Delete => "DELETE",
+                HttpMethod::Patch => "PATCH",
+                HttpMethod::Head => "HEAD",
+                HttpMethod::Options => "OPTIONS",
+                HttpMethod::Trace => "TRACE",
+            },
+            path: P::path(),
+        })
+        .collect()
+}
+
 /// One HTTP function: its binary name (the crate under `functions/`, `BuildProperties.Binary`
-/// in `template.yaml`), its builder, and what its cold start builds.
+/// in `template.yaml`), its routes, its builder, what its cold start builds, and its memory
+/// when not the default.
 pub struct HttpFunction {
     pub name: &'static str,
+    pub routes: fn() -> Vec<Route>,
     pub build: Builder,
     pub wiring: Wiring,
+    pub memory_mb: Option<u16>,
 }
 
 impl HttpFunction {
-    const fn new(name: &'static str, build: Builder, needs: Needs) -> Self {
+    const fn new(
+        name: &'static str,
+        routes: fn() -> Vec<Route>,
+        build: Builder,
+        needs: Needs,
+    ) -> Self {
         Self {
             name,
+            routes,
             build,
             wiring: needs.wiring(),
+            memory_mb: None,
         }
     }
+
+    /// A small function (no store, or one read): 128 MB.
+    const fn small(self) -> Self {
+        Self {
+            memory_mb: Some(128),
+            ..self
+        }
+    }
+}
+
+/// `GET /health`, also served under each service's path.
+fn health_routes() -> Vec<Route> {
+    let mut routes = routes_of::<crate::health::__path_health_handler>();
+    routes.extend(
+        crate::openapi::SERVICE_HEALTH_PATHS
+            .iter()
+            .map(|path| Route {
+                method: "GET",
+                path: (*path).to_owned(),
+            }),
+    );
+    routes
+}
+
+/// The docs page and its assets.
+fn docs_routes() -> Vec<Route> {
+    let mut routes = routes_of::<zx_docs::__path_docs_page>();
+    routes.extend(routes_of::<zx_docs::__path_docs_asset>());
+    routes
 }
 
 /// Every HTTP function uses the cache (per-client limits).
@@ -93,6 +161,7 @@ const fn needs_orders(orders: Use) -> Needs {
 
 pub const HEALTH: HttpFunction = HttpFunction::new(
     "health",
+    health_routes,
     health,
     Needs {
         health: true,
@@ -101,12 +170,23 @@ pub const HEALTH: HttpFunction = HttpFunction::new(
     },
 );
 /// The API description and its page: static, no store, no cache, no limit.
-pub const OPENAPI: HttpFunction = HttpFunction::new("openapi", openapi, Needs::NONE);
-pub const DOCS: HttpFunction = HttpFunction::new("docs", docs, Needs::NONE);
-pub const USERS_REGISTER: HttpFunction =
-    HttpFunction::new("users-register", users_register, needs_users(Use::Write));
+pub const OPENAPI: HttpFunction = HttpFunction::new(
+    "openapi",
+    routes_of::<crate::openapi::__path_serve_openapi>,
+    openapi,
+    Needs::NONE,
+)
+.small();
+pub const DOCS: HttpFunction = HttpFunction::new("docs", docs_routes, docs, Needs::NONE).small();
+pub const USERS_REGISTER: HttpFunction = HttpFunction::new(
+    "users-register",
+    routes_of::<zx_users::handlers::__path_register>,
+    users_register,
+    needs_users(Use::Write),
+);
 pub const USERS_LOGIN: HttpFunction = HttpFunction::new(
     "users-login",
+    routes_of::<zx_users::handlers::__path_login>,
     users_login,
     needs_sessions(SessionUse {
         start: true,
@@ -115,6 +195,7 @@ pub const USERS_LOGIN: HttpFunction = HttpFunction::new(
 );
 pub const USERS_REFRESH: HttpFunction = HttpFunction::new(
     "users-refresh",
+    routes_of::<zx_users::sessions::__path_refresh>,
     users_refresh,
     needs_sessions(SessionUse {
         rotate: true,
@@ -123,6 +204,7 @@ pub const USERS_REFRESH: HttpFunction = HttpFunction::new(
 );
 pub const USERS_LOGOUT: HttpFunction = HttpFunction::new(
     "users-logout",
+    routes_of::<zx_users::sessions::__path_logout>,
     users_logout,
     Needs {
         sessions: SessionUse {
@@ -135,16 +217,24 @@ pub const USERS_LOGOUT: HttpFunction = HttpFunction::new(
 );
 pub const USERS_VALIDATE: HttpFunction = HttpFunction::new(
     "users-validate",
+    routes_of::<zx_users::handlers::__path_validate>,
     users_validate,
     Needs {
         sessions: SessionUse::CHECK,
         cache: true,
         ..Needs::NONE
     },
+)
+.small();
+pub const USERS_ME: HttpFunction = HttpFunction::new(
+    "users-me",
+    routes_of::<zx_users::handlers::__path_me>,
+    users_me,
+    needs_users(Use::Read),
 );
-pub const USERS_ME: HttpFunction = HttpFunction::new("users-me", users_me, needs_users(Use::Read));
 pub const USERS_GET: HttpFunction = HttpFunction::new(
     "users-get",
+    routes_of::<zx_users::handlers::__path_get_user>,
     users_get,
     Needs {
         sessions: SessionUse::CHECK,
@@ -153,6 +243,7 @@ pub const USERS_GET: HttpFunction = HttpFunction::new(
 );
 pub const USERS_UPDATE: HttpFunction = HttpFunction::new(
     "users-update",
+    routes_of::<zx_users::handlers::__path_update_user>,
     users_update,
     Needs {
         sessions: SessionUse::CHECK,
@@ -160,39 +251,75 @@ pub const USERS_UPDATE: HttpFunction = HttpFunction::new(
         ..needs_users(Use::Write)
     },
 );
-pub const PRODUCTS_LIST: HttpFunction =
-    HttpFunction::new("products-list", products_list, needs_catalogue(Use::Read));
-pub const PRODUCTS_GET: HttpFunction =
-    HttpFunction::new("products-get", products_get, needs_catalogue(Use::Read));
+pub const PRODUCTS_LIST: HttpFunction = HttpFunction::new(
+    "products-list",
+    routes_of::<zx_products::handlers::__path_list_products>,
+    products_list,
+    needs_catalogue(Use::Read),
+);
+pub const PRODUCTS_GET: HttpFunction = HttpFunction::new(
+    "products-get",
+    routes_of::<zx_products::handlers::__path_get_product>,
+    products_get,
+    needs_catalogue(Use::Read),
+);
 pub const PRODUCTS_CREATE: HttpFunction = HttpFunction::new(
     "products-create",
+    routes_of::<zx_products::handlers::__path_create_product>,
     products_create,
     needs_catalogue(Use::Write),
 );
 pub const PRODUCTS_UPDATE: HttpFunction = HttpFunction::new(
     "products-update",
+    routes_of::<zx_products::handlers::__path_update_product>,
     products_update,
     needs_catalogue(Use::Write),
 );
 pub const PRODUCTS_DELETE: HttpFunction = HttpFunction::new(
     "products-delete",
+    routes_of::<zx_products::handlers::__path_delete_product>,
     products_delete,
     needs_catalogue(Use::Write),
 );
-pub const STOCK_GET: HttpFunction =
-    HttpFunction::new("stock-get", stock_get, needs_catalogue(Use::Read));
-pub const STOCK_PUT: HttpFunction =
-    HttpFunction::new("stock-put", stock_put, needs_catalogue(Use::Write));
-pub const ORDERS_CREATE: HttpFunction =
-    HttpFunction::new("orders-create", orders_create, needs_order_moves(Use::Read));
-pub const ORDERS_GET: HttpFunction =
-    HttpFunction::new("orders-get", orders_get, needs_orders(Use::Read));
-pub const ORDERS_LIST: HttpFunction =
-    HttpFunction::new("orders-list", orders_list, needs_orders(Use::Read));
-pub const ORDERS_CANCEL: HttpFunction =
-    HttpFunction::new("orders-cancel", orders_cancel, needs_order_moves(Use::No));
+pub const STOCK_GET: HttpFunction = HttpFunction::new(
+    "stock-get",
+    routes_of::<zx_products::stock::__path_get_stock>,
+    stock_get,
+    needs_catalogue(Use::Read),
+);
+pub const STOCK_PUT: HttpFunction = HttpFunction::new(
+    "stock-put",
+    routes_of::<zx_products::stock::__path_put_stock>,
+    stock_put,
+    needs_catalogue(Use::Write),
+);
+pub const ORDERS_CREATE: HttpFunction = HttpFunction::new(
+    "orders-create",
+    routes_of::<zx_orders::http::__path_create_order>,
+    orders_create,
+    needs_order_moves(Use::Read),
+);
+pub const ORDERS_GET: HttpFunction = HttpFunction::new(
+    "orders-get",
+    routes_of::<zx_orders::http::__path_get_order>,
+    orders_get,
+    needs_orders(Use::Read),
+);
+pub const ORDERS_LIST: HttpFunction = HttpFunction::new(
+    "orders-list",
+    routes_of::<zx_orders::http::__path_list_orders>,
+    orders_list,
+    needs_orders(Use::Read),
+);
+pub const ORDERS_CANCEL: HttpFunction = HttpFunction::new(
+    "orders-cancel",
+    routes_of::<zx_orders::http::__path_cancel_order>,
+    orders_cancel,
+    needs_order_moves(Use::No),
+);
 pub const ORDERS_UPDATE_STATUS: HttpFunction = HttpFunction::new(
     "orders-update-status",
+    routes_of::<zx_orders::http::__path_update_status>,
     orders_update_status,
     needs_order_moves(Use::No),
 );

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod permissions;
 #[cfg(feature = "postgres")]
 pub mod rds_iam;
+pub mod template;
 pub mod unwired;
 pub mod wiring;
 pub mod workers;

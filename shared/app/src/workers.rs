@@ -31,15 +31,27 @@ pub type SqsBuilder = fn(&Services) -> Result<SqsHandler, ConfigError>;
 pub type ScheduledHandler =
     Arc<dyn Fn(Instant) -> Pin<Box<dyn Future<Output = RelayReport> + Send>> + Send + Sync>;
 
-/// One SQS-triggered function: binary name, builder, what its cold start builds.
+/// One SQS-triggered function: binary name, the queue it reads (its logical id in
+/// `template.yaml`), builder, what its cold start builds.
 pub struct SqsFunction {
     pub name: &'static str,
+    pub queue: &'static str,
     pub build: SqsBuilder,
     pub wiring: Wiring,
 }
 
+/// Messages per batch a queue worker receives (`BatchSize`).
+pub const BATCH_SIZE: u16 = 10;
+/// Batches of one queue handled at once (`ScalingConfig.MaximumConcurrency`): bounds the
+/// Postgres connections the workers open.
+pub const MAX_CONCURRENT_BATCHES: u16 = 10;
+/// How often the relay runs, and how long one run may take.
+pub const RELAY_SCHEDULE: &str = "rate(1 minute)";
+pub const RELAY_TIMEOUT_SECONDS: u16 = 60;
+
 pub const INVENTORY_WORKER: SqsFunction = SqsFunction {
     name: "inventory-worker",
+    queue: "InventoryQueue",
     build: inventory_worker,
     // Reads the order each message names (to verify it), reserves, releases and commits
     // stock, answers on the order queue directly (no outbox), and marks the products' cached
@@ -59,6 +71,7 @@ pub const INVENTORY_WORKER: SqsFunction = SqsFunction {
 };
 pub const ORDER_WORKER: SqsFunction = SqsFunction {
     name: "order-worker",
+    queue: "OrderQueue",
     build: order_worker,
     // Confirms and cancels pending orders and publishes their events. The release of a
     // rejected order (a tombstone: nothing is held) stays in the outbox for the relay, so the

@@ -74,6 +74,15 @@ pub const OUTBOX: &[&str] = &[
     "dynamodb:DeleteItem",
 ];
 
+/// Leading keys of the users table's items, for IAM's `dynamodb:LeadingKeys` (the functions
+/// that handle sessions are granted item by item: they can never write a user item).
+pub const USER_ITEMS: &str = "USER#*";
+pub const EMAIL_ITEMS: &str = "EMAIL#*";
+pub const SESSION_ITEMS: &str = "SESSION#*";
+
+/// What the rehash's `UpdateItem` may touch (`dynamodb:Attributes`): nothing else of a user.
+pub const REHASH_ATTRIBUTES: &[&str] = &["pk", "passwordHash", "version", "updatedAt"];
+
 /// The health check's `DescribeTable`.
 pub const HEALTH: &[&str] = &["dynamodb:DescribeTable"];
 
@@ -112,6 +121,26 @@ mod tests {
             .iter()
             .flat_map(|l| l.iter().map(|a| (*a).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn the_leading_keys_are_the_items_keys() {
+        use zx_domain::{SessionId, UserId};
+        let user = UserId::generate();
+        assert!(crate::users::user_key(&user).starts_with(super::USER_ITEMS.trim_end_matches('*')));
+        let session = SessionId::generate();
+        assert!(
+            crate::sessions::session_key(&session)
+                .starts_with(super::SESSION_ITEMS.trim_end_matches('*'))
+        );
+        let users = include_str!("users.rs");
+        assert!(users.contains(&format!(
+            "\"{}{{email}}\"",
+            super::EMAIL_ITEMS.trim_end_matches('*')
+        )));
+        for attribute in super::REHASH_ATTRIBUTES {
+            assert!(users.contains(&format!("\"{attribute}\"")), "{attribute}");
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ mod attr {
     pub const ROLE: &str = "role";
 }
 
-fn session_key(id: &SessionId) -> String {
+pub(crate) fn session_key(id: &SessionId) -> String {
     format!("SESSION#{id}")
 }
 

@@ -42,6 +42,8 @@ async fn main() -> ExitCode {
         ["openapi", path] => std::fs::write(path, zx_app::openapi::json())
             .map(|()| format!("wrote {path}"))
             .map_err(|e| format!("cannot write {path}: {e}").into()),
+        ["template"] => template("template.yaml"),
+        ["template", path] => template(path),
         ["ensure-admin", email, username] => ensure_admin(email, username).await,
         ["outbox", "parked"] => outbox(None).await,
         ["outbox", "resend", key] => outbox(Some(key)).await,
@@ -51,7 +53,7 @@ async fn main() -> ExitCode {
             _ => Err("COUNT must be a number up to 10000".into()),
         },
         _ => Err(
-            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | outbox parked | outbox resend KEY | openapi [PATH] | jwt-kms-key [ALIAS] | jwt-keygen"
+            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | outbox parked | outbox resend KEY | openapi [PATH] | template [PATH] | jwt-kms-key [ALIAS] | jwt-keygen"
                 .into(),
         ),
     };
@@ -76,6 +78,17 @@ fn jwt_keygen() -> Outcome {
         key.to_base64(),
         key.public_key().encoded()
     ))
+}
+
+/// Rewrites the generated blocks of the SAM template at `path` from the registry.
+fn template(path: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let current = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let next = zx_app::template::regenerate(&current)?;
+    if next == current {
+        return Ok(format!("{path} is up to date"));
+    }
+    std::fs::write(path, next).map_err(|e| format!("cannot write {path}: {e}"))?;
+    Ok(format!("wrote {path}"))
 }
 
 /// The token-signing KMS key `alias` names (made if absent), or a new one: its ARN and public
