@@ -669,10 +669,11 @@ orders_function!(
 /// An order read: authenticated, counted against the orders limit, the orders store only.
 fn order_read<F, Fut>(services: &Services, handler: F) -> Result<HttpHandler, ConfigError>
 where
-    F: Fn(Arc<dyn zx_domain::OrderRepository>, Request) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<dyn zx_domain::OrderReader>, Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
 {
-    let orders = services.stores.orders()?;
+    // Reads only: the function is granted reads only.
+    let orders: Arc<dyn zx_domain::OrderReader> = services.stores.orders()?;
     // An admin reads every customer's orders: the role is the stored one.
     serve(services, Access::Checked, Group::Orders, orders, handler)
 }

@@ -10,11 +10,12 @@ use async_trait::async_trait;
 use zx_domain::stock::StockRecords;
 use zx_domain::{
     BatchReservation, Commit, Destination, Email, IdempotencyKey, IdempotencyRecord,
-    InventoryRepository, MessageSender, Order, OrderCreation, OrderId, OrderPage, OrderQuery,
-    OrderRepository, OrderStatus, Outbox, OutboxMessage, Page, ParkedRow, Product, ProductId,
-    ProductQuery, ProductReader, ProductRepository, ProductWriter, Release, RepositoryError,
-    ReserveLine, Row, RowKey, Session, SessionId, SessionRepository, Stock, StockChange,
-    StockChangeId, StockWriter, Timestamp, User, UserId, UserReader, UserRepository, UserWriter,
+    InventoryRepository, MessageSender, Order, OrderCreation, OrderExpiry, OrderId, OrderPage,
+    OrderQuery, OrderReader, OrderRepository, OrderStatus, OrderWriter, Outbox, OutboxMessage,
+    Page, ParkedRow, Product, ProductId, ProductQuery, ProductReader, ProductRepository,
+    ProductWriter, Release, RepositoryError, ReserveLine, Row, RowKey, Session, SessionId,
+    SessionRepository, Stock, StockChange, StockChangeId, StockWriter, Timestamp, User, UserId,
+    UserReader, UserRepository, UserWriter,
 };
 
 use crate::wiring::Sends;
@@ -48,7 +49,7 @@ impl ProductReader for Unwired {
 }
 
 #[async_trait]
-impl OrderRepository for Unwired {
+impl OrderReader for Unwired {
     async fn find_order(&self, _: &OrderId) -> Result<Option<Order>, RepositoryError> {
         self.refuse()
     }
@@ -58,6 +59,10 @@ impl OrderRepository for Unwired {
     async fn list_orders(&self, _: &OrderQuery) -> Result<OrderPage, RepositoryError> {
         self.refuse()
     }
+}
+
+#[async_trait]
+impl OrderWriter for Unwired {
     async fn find_idempotency(
         &self,
         _: &UserId,
@@ -85,6 +90,10 @@ impl OrderRepository for Unwired {
     async fn start_pending_clock(&self, _: &OrderId, _: Timestamp) -> Result<(), RepositoryError> {
         self.refuse()
     }
+}
+
+#[async_trait]
+impl OrderExpiry for Unwired {
     async fn overdue(
         &self,
         _: OrderStatus,
@@ -329,7 +338,7 @@ impl StockWriter for ReadOnly<dyn ProductRepository> {
 }
 
 #[async_trait]
-impl OrderRepository for ReadOnly<dyn OrderRepository> {
+impl OrderReader for ReadOnly<dyn OrderRepository> {
     async fn find_order(&self, id: &OrderId) -> Result<Option<Order>, RepositoryError> {
         self.0.find_order(id).await
     }
@@ -339,6 +348,10 @@ impl OrderRepository for ReadOnly<dyn OrderRepository> {
     async fn list_orders(&self, query: &OrderQuery) -> Result<OrderPage, RepositoryError> {
         self.0.list_orders(query).await
     }
+}
+
+#[async_trait]
+impl OrderWriter for ReadOnly<dyn OrderRepository> {
     async fn find_idempotency(
         &self,
         user: &UserId,
@@ -366,6 +379,10 @@ impl OrderRepository for ReadOnly<dyn OrderRepository> {
     async fn start_pending_clock(&self, _: &OrderId, _: Timestamp) -> Result<(), RepositoryError> {
         read_only("orders")
     }
+}
+
+#[async_trait]
+impl OrderExpiry for ReadOnly<dyn OrderRepository> {
     async fn overdue(
         &self,
         status: OrderStatus,
@@ -472,7 +489,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stand_in_refuses_naming_its_store_and_a_restricted_sender_its_destination() {
-        let error = OrderRepository::find_order(&Unwired("orders"), &OrderId::generate())
+        let error = OrderReader::find_order(&Unwired("orders"), &OrderId::generate())
             .await
             .unwrap_err();
         assert!(matches!(

@@ -23,10 +23,10 @@ pub use product::{
     ProductId, ProductName, ProductQuery, SearchTerm, Stock, StockChangeId, is_cjk_ideograph,
 };
 pub use repository::{
-    BatchReservation, InventoryRepository, MessageSender, OrderCreation, OrderRepository, Outbox,
-    ProductReader, ProductRepository, ProductWriter, Purged, RESERVATION_RETENTION,
-    STOCK_CHANGE_RETENTION, SessionRepository, StockChange, StockWriter, UserReader,
-    UserRepository, UserWriter,
+    BatchReservation, InventoryRepository, MessageSender, OrderCreation, OrderExpiry, OrderReader,
+    OrderRepository, OrderWriter, Outbox, ProductReader, ProductRepository, ProductWriter, Purged,
+    RESERVATION_RETENTION, STOCK_CHANGE_RETENTION, SessionRepository, StockChange, StockWriter,
+    UserReader, UserRepository, UserWriter,
 };
 pub use session::{
     MAX_SESSION_LIFETIME, Presented, REMEMBERED_TOKENS, Session, SessionId, Standing, TokenHash,

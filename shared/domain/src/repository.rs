@@ -225,10 +225,10 @@ pub enum OrderCreation {
     TooManyOpen,
 }
 
-/// Orders, their idempotency keys and their outbox: one store, so that an order and the
-/// messages it sends are written in one atomic write (the transactional outbox).
+/// Reads orders: what the order reads (`orders-get`, `orders-list`) and the workers'
+/// verifications need.
 #[async_trait]
-pub trait OrderRepository: Send + Sync {
+pub trait OrderReader: Send + Sync {
     /// The order with this id, if any. Strongly consistent.
     async fn find_order(&self, id: &OrderId) -> Result<Option<Order>, RepositoryError>;
 
@@ -242,7 +242,12 @@ pub trait OrderRepository: Send + Sync {
     /// at most `query.limit`, starting after `query.after`; `next` is set when more may follow.
     /// Listings come from indexes that may lag a moment behind the latest writes.
     async fn list_orders(&self, query: &OrderQuery) -> Result<OrderPage, RepositoryError>;
+}
 
+/// Places and moves orders: an order, its idempotency key and its messages in one atomic write
+/// (the transactional outbox), and each transition with its messages.
+#[async_trait]
+pub trait OrderWriter: Send + Sync {
     /// What `key` was used for by `user`, unless it has expired.
     async fn find_idempotency(
         &self,
@@ -279,7 +284,12 @@ pub trait OrderRepository: Send + Sync {
     /// is.
     async fn start_pending_clock(&self, id: &OrderId, at: Timestamp)
     -> Result<(), RepositoryError>;
+}
 
+/// What the relay does to orders that wait: finds the overdue ones, sets unreadable ones
+/// aside, purges expired idempotency keys.
+#[async_trait]
+pub trait OrderExpiry: Send + Sync {
     /// Orders in `status` whose clock started before `cutoff`, oldest first, at most `limit`:
     /// pending orders by when their reserve was sent, others by when they entered `status`.
     /// An order that cannot be read is returned as such (to be parked), never failing the
@@ -291,7 +301,7 @@ pub trait OrderRepository: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Row<Order>>, RepositoryError>;
 
-    /// Sets an order that cannot be read aside with `reason`: [`OrderRepository::overdue`]
+    /// Sets an order that cannot be read aside with `reason`: [`OrderExpiry::overdue`]
     /// never returns it again. The row is kept for an operator.
     async fn park_order(&self, key: &RowKey, reason: &str) -> Result<(), RepositoryError>;
 
@@ -305,6 +315,12 @@ pub trait OrderRepository: Send + Sync {
         Ok(0)
     }
 }
+
+/// Orders, their idempotency keys and their outbox rows live in one store, so that an order and
+/// the messages it sends are written in one atomic write: every part, for adapters and wiring.
+pub trait OrderRepository: OrderReader + OrderWriter + OrderExpiry {}
+
+impl<T: OrderReader + OrderWriter + OrderExpiry> OrderRepository for T {}
 
 /// The outbox: messages stored with the writes that caused them, until they are sent.
 #[async_trait]

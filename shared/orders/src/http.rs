@@ -3,7 +3,7 @@
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
 use zx_domain::{
-    FieldError, IdempotencyKey, OrderCursor, OrderId, OrderQuery, OrderRepository, OrderStatus,
+    FieldError, IdempotencyKey, OrderCursor, OrderId, OrderQuery, OrderReader, OrderStatus,
     PageLimit, ProductId, ShippingAddress, UserId, ValidationErrors,
 };
 use zx_http::{ApiError, AuthContext, json_body, json_response, path_param, query_param};
@@ -214,7 +214,7 @@ pub async fn create_order(saga: &Saga, request: Request) -> Result<Response<Body
     ))]
 /// `GET /orders/{id}`: the owner's or, for an admin, any order; others → 404.
 pub async fn get_order(
-    orders: &dyn OrderRepository,
+    orders: &dyn OrderReader,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let actor = actor(&request)?;
@@ -248,7 +248,7 @@ pub struct ListView<'a> {
     ))]
 /// `GET /orders`: customers their own, admins all (`?userId=`, `?status=`), newest first.
 pub async fn list_orders(
-    orders: &dyn OrderRepository,
+    orders: &dyn OrderReader,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let actor = actor(&request)?;

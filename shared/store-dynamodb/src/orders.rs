@@ -31,9 +31,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use futures::future::try_join_all;
 use zx_domain::{
-    Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderId,
-    OrderPage, OrderQuery, OrderRepository, OrderStatus, Outbox, OutboxMessage, ParkedRow,
-    RepositoryError, Row, RowKey, ShippingAddress, Timestamp, UserId,
+    Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderExpiry,
+    OrderId, OrderPage, OrderQuery, OrderReader, OrderStatus, OrderWriter, Outbox, OutboxMessage,
+    ParkedRow, RepositoryError, Row, RowKey, ShippingAddress, Timestamp, UserId,
 };
 
 use crate::item::{Item, Strict, n, s, text};
@@ -394,7 +394,7 @@ impl DynamoOrderRepository {
 }
 
 #[async_trait]
-impl OrderRepository for DynamoOrderRepository {
+impl OrderReader for DynamoOrderRepository {
     #[tracing::instrument(skip_all, fields(order_id = %id))]
     async fn find_order(&self, id: &OrderId) -> Result<Option<Order>, RepositoryError> {
         self.client
@@ -470,7 +470,10 @@ impl OrderRepository for DynamoOrderRepository {
             }
         }
     }
+}
 
+#[async_trait]
+impl OrderWriter for DynamoOrderRepository {
     async fn find_idempotency(
         &self,
         user: &UserId,
@@ -657,7 +660,10 @@ impl OrderRepository for DynamoOrderRepository {
             Err(error) => Err(crate::sdk_error("DynamoDB UpdateItem", error)),
         }
     }
+}
 
+#[async_trait]
+impl OrderExpiry for DynamoOrderRepository {
     async fn overdue(
         &self,
         status: OrderStatus,

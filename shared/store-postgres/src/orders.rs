@@ -8,9 +8,10 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row as _};
 
 use crate::{PgSchema, db};
 use zx_domain::{
-    Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderId,
-    OrderLine, OrderPage, OrderQuery, OrderRepository, OrderStatus, Outbox, OutboxMessage,
-    ParkedRow, RepositoryError, Row, RowKey, ShippingAddress, StatusChange, Timestamp, UserId,
+    Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderExpiry,
+    OrderId, OrderLine, OrderPage, OrderQuery, OrderReader, OrderStatus, OrderWriter, Outbox,
+    OutboxMessage, ParkedRow, RepositoryError, Row, RowKey, ShippingAddress, StatusChange,
+    Timestamp, UserId,
 };
 
 const COLUMNS: &str = "order_id, user_id, status, lines, history, total, shipping_address, \
@@ -115,7 +116,7 @@ impl PgOrderRepository {
 }
 
 #[async_trait]
-impl OrderRepository for PgOrderRepository {
+impl OrderReader for PgOrderRepository {
     #[tracing::instrument(skip_all, fields(order_id = %id))]
     async fn find_order(&self, id: &OrderId) -> Result<Option<Order>, RepositoryError> {
         sqlx::query(&format!(
@@ -189,7 +190,10 @@ impl OrderRepository for PgOrderRepository {
         };
         Ok(OrderPage { items, next })
     }
+}
 
+#[async_trait]
+impl OrderWriter for PgOrderRepository {
     async fn find_idempotency(
         &self,
         user: &UserId,
@@ -361,7 +365,10 @@ impl OrderRepository for PgOrderRepository {
         .map_err(db("Postgres start pending clock"))?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl OrderExpiry for PgOrderRepository {
     async fn overdue(
         &self,
         status: OrderStatus,

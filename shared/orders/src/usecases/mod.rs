@@ -15,7 +15,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use zx_domain::{
     Commit, Destination, Driver, IdempotencyKey, IdempotencyRecord, InventoryRepository,
-    MessageSender, Order, OrderCreation, OrderId, OrderLine, OrderPage, OrderQuery,
+    MessageSender, Order, OrderCreation, OrderId, OrderLine, OrderPage, OrderQuery, OrderReader,
     OrderRepository, OrderStatus, Outbox, OutboxMessage, ProductId, ProductReader, Release,
     RepositoryError, Reservation, ReserveLine, RowKey, ShippingAddress, StatusChange, Timestamp,
     UserId,

@@ -6,7 +6,7 @@ use super::*;
 /// The order `id` if `actor` may see it (others' orders are [`OrderError::NotFound`]).
 /// Reads only: the functions that serve it are granted reads only.
 pub async fn get_order(
-    orders: &dyn OrderRepository,
+    orders: &dyn OrderReader,
     actor: &Actor,
     id: &OrderId,
 ) -> Result<Order, OrderError> {
@@ -19,7 +19,7 @@ pub async fn get_order(
 
 /// A page of orders: customers see only their own, whatever they ask for.
 pub async fn list_orders(
-    orders: &dyn OrderRepository,
+    orders: &dyn OrderReader,
     actor: &Actor,
     mut query: OrderQuery,
 ) -> Result<OrderPage, OrderError> {
