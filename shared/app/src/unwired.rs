@@ -14,7 +14,8 @@ use zx_domain::{
     OrderQuery, OrderReader, OrderRepository, OrderStatus, OrderWriter, Outbox, OutboxMessage,
     Page, ParkedRow, Product, ProductId, ProductQuery, ProductReader, ProductRepository,
     ProductWriter, Release, RepositoryError, ReserveLine, Row, RowKey, Session, SessionId,
-    SessionRepository, Stock, StockChange, StockChangeId, StockWriter, Timestamp, User, UserId,
+    SessionReader, SessionRepository, SessionRevoker, SessionRotator, SessionStarter,
+    StandingReader, Stock, StockChange, StockChangeId, StockWriter, Timestamp, User, UserId,
     UserReader, UserRepository, UserWriter,
 };
 
@@ -417,15 +418,23 @@ impl LimitedSessions {
 }
 
 #[async_trait]
-impl SessionRepository for LimitedSessions {
+impl SessionStarter for LimitedSessions {
     async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
         self.check(self.allowed.start, "start")?;
         self.inner.create_session(session).await
     }
+}
+
+#[async_trait]
+impl SessionReader for LimitedSessions {
     async fn find_session(&self, id: &SessionId) -> Result<Option<Session>, RepositoryError> {
         self.check(self.allowed.rotate || self.allowed.end, "read")?;
         self.inner.find_session(id).await
     }
+}
+
+#[async_trait]
+impl SessionRotator for LimitedSessions {
     async fn rotate_session(
         &self,
         current: &Session,
@@ -434,10 +443,18 @@ impl SessionRepository for LimitedSessions {
         self.check(self.allowed.rotate, "rotate")?;
         self.inner.rotate_session(current, next).await
     }
+}
+
+#[async_trait]
+impl SessionRevoker for LimitedSessions {
     async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError> {
         self.check(self.allowed.rotate || self.allowed.end, "revoke")?;
         self.inner.revoke_session(id).await
     }
+}
+
+#[async_trait]
+impl StandingReader for LimitedSessions {
     async fn find_standing(
         &self,
         id: &SessionId,

@@ -25,8 +25,9 @@ pub use product::{
 pub use repository::{
     BatchReservation, InventoryRepository, MessageSender, OrderCreation, OrderExpiry, OrderReader,
     OrderRepository, OrderWriter, Outbox, ProductReader, ProductRepository, ProductWriter, Purged,
-    RESERVATION_RETENTION, STOCK_CHANGE_RETENTION, SessionRepository, StockChange, StockWriter,
-    UserReader, UserRepository, UserWriter,
+    RESERVATION_RETENTION, STOCK_CHANGE_RETENTION, SessionEnding, SessionReader, SessionRepository,
+    SessionRevoker, SessionRotation, SessionRotator, SessionStarter, StandingReader, StockChange,
+    StockWriter, UserReader, UserRepository, UserWriter,
 };
 pub use session::{
     MAX_SESSION_LIFETIME, Presented, REMEMBERED_TOKENS, Session, SessionId, Standing, TokenHash,

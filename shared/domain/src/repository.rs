@@ -45,16 +45,24 @@ pub trait UserWriter: Send + Sync {
     ) -> Result<(), RepositoryError>;
 }
 
-/// Sessions (refresh tokens). Reads are strongly consistent.
+/// Starts sessions (refresh tokens): a login.
 #[async_trait]
-pub trait SessionRepository: Send + Sync {
+pub trait SessionStarter: Send + Sync {
     /// Stores a new session. An existing session with the same id is
     /// [`RepositoryError::ConcurrentUpdate`].
     async fn create_session(&self, session: &Session) -> Result<(), RepositoryError>;
+}
 
+/// Reads sessions. Strongly consistent.
+#[async_trait]
+pub trait SessionReader: Send + Sync {
     /// The session with this id, revoked or expired or not, if any.
     async fn find_session(&self, id: &SessionId) -> Result<Option<Session>, RepositoryError>;
+}
 
+/// Rotates a session's refresh token: a refresh.
+#[async_trait]
+pub trait SessionRotator: Send + Sync {
     /// Replaces `current` with `next` (a new token hash and expiry, see [`Session::rotated`])
     /// only if, atomically: the stored token hash is still `current.token_hash`, the session is
     /// not revoked, and the user's session epoch is still `current.user_epoch`. Otherwise
@@ -65,10 +73,18 @@ pub trait SessionRepository: Send + Sync {
         current: &Session,
         next: &Session,
     ) -> Result<(), RepositoryError>;
+}
 
+/// Ends sessions: a logout, or a refresh that finds its token replayed.
+#[async_trait]
+pub trait SessionRevoker: Send + Sync {
     /// Marks the session revoked. Revoking a revoked or unknown session succeeds.
     async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError>;
+}
 
+/// Reads whether an access token's session still stands: the checked routes.
+#[async_trait]
+pub trait StandingReader: Send + Sync {
     /// The session `id` and the current epoch and role of `user`, read together (strongly
     /// consistent); `None` when either is missing.
     async fn find_standing(
@@ -77,6 +93,24 @@ pub trait SessionRepository: Send + Sync {
         user: &crate::UserId,
     ) -> Result<Option<crate::Standing>, RepositoryError>;
 }
+
+/// What a refresh does to sessions: read, rotate, revoke on a replay.
+pub trait SessionRotation: SessionReader + SessionRotator + SessionRevoker {}
+
+impl<T: SessionReader + SessionRotator + SessionRevoker> SessionRotation for T {}
+
+/// What a logout does to sessions: read, revoke.
+pub trait SessionEnding: SessionReader + SessionRevoker {}
+
+impl<T: SessionReader + SessionRevoker> SessionEnding for T {}
+
+/// Every session operation, for adapters and for wiring.
+pub trait SessionRepository:
+    SessionStarter + SessionRotation + SessionEnding + StandingReader
+{
+}
+
+impl<T: SessionStarter + SessionRotation + SessionEnding + StandingReader> SessionRepository for T {}
 
 /// Both halves, for adapters and for wiring.
 pub trait UserRepository: UserReader + UserWriter {}

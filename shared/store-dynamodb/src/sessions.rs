@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, TransactWriteItem, Update};
 use zx_domain::{
-    RepositoryError, Role, Session, SessionId, SessionRepository, Standing, Timestamp, TokenHash,
-    UserId,
+    RepositoryError, Role, Session, SessionId, SessionReader, SessionRevoker, SessionRotator,
+    SessionStarter, Standing, StandingReader, Timestamp, TokenHash, UserId,
 };
 
 use crate::item::{Item, Strict, n, s};
@@ -118,7 +118,7 @@ fn session_from_item(id: &SessionId, item: &Item) -> Result<Session, RepositoryE
 }
 
 #[async_trait]
-impl SessionRepository for DynamoSessionRepository {
+impl SessionStarter for DynamoSessionRepository {
     #[tracing::instrument(skip_all)]
     async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
         use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -142,7 +142,10 @@ impl SessionRepository for DynamoSessionRepository {
             Err(e) => Err(crate::sdk_error("DynamoDB PutItem", e)),
         }
     }
+}
 
+#[async_trait]
+impl SessionReader for DynamoSessionRepository {
     #[tracing::instrument(skip_all)]
     async fn find_session(&self, id: &SessionId) -> Result<Option<Session>, RepositoryError> {
         let output = self
@@ -160,45 +163,10 @@ impl SessionRepository for DynamoSessionRepository {
             .map(|item| session_from_item(id, item))
             .transpose()
     }
+}
 
-    /// Two strongly consistent reads at once: the session's item and the user item's epoch and
-    /// role (projected: the password hash never leaves the table here).
-    #[tracing::instrument(skip_all)]
-    async fn find_standing(
-        &self,
-        id: &SessionId,
-        user: &UserId,
-    ) -> Result<Option<Standing>, RepositoryError> {
-        let account = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(crate::users::user_key(user)))
-            .consistent_read(true)
-            .projection_expression("#se, #ro")
-            .expression_attribute_names("#se", attr::SESSION_EPOCH)
-            .expression_attribute_names("#ro", attr::ROLE)
-            .send();
-        let (session, account) = futures::future::join(self.find_session(id), account).await;
-        let account = account.map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?;
-        let (Some(session), Some(item)) = (session?, account.item) else {
-            return Ok(None);
-        };
-        // Users stored before sessions existed have no epoch attribute: that is epoch 0.
-        let user_epoch = match item.get(attr::SESSION_EPOCH) {
-            None => 0,
-            Some(_) => USER.count(&item, attr::SESSION_EPOCH)?,
-        };
-        let role = USER.parsed(&item, attr::ROLE, Role::parse)?;
-        Ok(Some(Standing {
-            user_id: session.user_id,
-            session_epoch: session.user_epoch,
-            revoked: session.revoked,
-            user_epoch,
-            role,
-        }))
-    }
-
+#[async_trait]
+impl SessionRotator for DynamoSessionRepository {
     #[tracing::instrument(skip_all)]
     async fn rotate_session(
         &self,
@@ -249,7 +217,10 @@ impl SessionRepository for DynamoSessionRepository {
             Err(_) => Err(RepositoryError::ConcurrentUpdate),
         }
     }
+}
 
+#[async_trait]
+impl SessionRevoker for DynamoSessionRepository {
     #[tracing::instrument(skip_all)]
     async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError> {
         use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -276,5 +247,46 @@ impl SessionRepository for DynamoSessionRepository {
             }
             Err(e) => Err(crate::sdk_error("DynamoDB UpdateItem", e)),
         }
+    }
+}
+
+#[async_trait]
+impl StandingReader for DynamoSessionRepository {
+    /// Two strongly consistent reads at once: the session's item and the user item's epoch and
+    /// role (projected: the password hash never leaves the table here).
+    #[tracing::instrument(skip_all)]
+    async fn find_standing(
+        &self,
+        id: &SessionId,
+        user: &UserId,
+    ) -> Result<Option<Standing>, RepositoryError> {
+        let account = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(crate::users::user_key(user)))
+            .consistent_read(true)
+            .projection_expression("#se, #ro")
+            .expression_attribute_names("#se", attr::SESSION_EPOCH)
+            .expression_attribute_names("#ro", attr::ROLE)
+            .send();
+        let (session, account) = futures::future::join(self.find_session(id), account).await;
+        let account = account.map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?;
+        let (Some(session), Some(item)) = (session?, account.item) else {
+            return Ok(None);
+        };
+        // Users stored before sessions existed have no epoch attribute: that is epoch 0.
+        let user_epoch = match item.get(attr::SESSION_EPOCH) {
+            None => 0,
+            Some(_) => USER.count(&item, attr::SESSION_EPOCH)?,
+        };
+        let role = USER.parsed(&item, attr::ROLE, Role::parse)?;
+        Ok(Some(Standing {
+            user_id: session.user_id,
+            session_epoch: session.user_epoch,
+            revoked: session.revoked,
+            user_epoch,
+            role,
+        }))
     }
 }

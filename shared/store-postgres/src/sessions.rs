@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use zx_domain::{
-    RepositoryError, Role, Session, SessionId, SessionRepository, Standing, Timestamp, TokenHash,
-    UserId,
+    RepositoryError, Role, Session, SessionId, SessionReader, SessionRevoker, SessionRotator,
+    SessionStarter, Standing, StandingReader, Timestamp, TokenHash, UserId,
 };
 
 use crate::PgSchema;
@@ -76,7 +76,110 @@ fn hashes(session: &Session) -> Vec<&str> {
 }
 
 #[async_trait]
-impl SessionRepository for PgSessionRepository {
+impl SessionStarter for PgSessionRepository {
+    #[tracing::instrument(skip_all)]
+    async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
+        // Each login also deletes up to 100 expired sessions (DynamoDB has a TTL for this), in
+        // the same statement: no extra round trip, and rows another login is deleting are
+        // skipped, not waited for.
+        let result = sqlx::query(&format!(
+            "with purged as (
+                 delete from {sessions} where session_id in (
+                     select session_id from {sessions} where expires_at < now()
+                     limit 100 for update skip locked))
+             insert into {sessions} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)
+             on conflict (session_id) do nothing",
+            sessions = self.sessions
+        ))
+        .bind(session.id.as_str())
+        .bind(session.user_id.as_str())
+        .bind(session.token_hash.as_str())
+        .bind(version_param(session.user_epoch)?)
+        .bind(session.created_at.as_datetime())
+        .bind(session.expires_at.as_datetime())
+        .bind(session.revoked)
+        .bind(hashes(session))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| crate::db_error("Postgres insert session", e))?;
+        if result.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(RepositoryError::ConcurrentUpdate)
+        }
+    }
+}
+
+#[async_trait]
+impl SessionReader for PgSessionRepository {
+    #[tracing::instrument(skip_all)]
+    async fn find_session(&self, id: &SessionId) -> Result<Option<Session>, RepositoryError> {
+        sqlx::query(&format!(
+            "select {COLUMNS} from {} where session_id = $1",
+            self.sessions
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| crate::db_error("Postgres select session", e))?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()
+    }
+}
+
+#[async_trait]
+impl SessionRotator for PgSessionRepository {
+    #[tracing::instrument(skip_all)]
+    async fn rotate_session(
+        &self,
+        current: &Session,
+        next: &Session,
+    ) -> Result<(), RepositoryError> {
+        let result = sqlx::query(&format!(
+            "update {sessions} s set token_hash = $3, expires_at = $4, used_hashes = $6
+             where s.session_id = $1 and s.token_hash = $2 and not s.revoked
+               and exists (select 1 from {users} u
+                           where u.user_id = s.user_id and u.session_epoch = $5
+                           for share)",
+            sessions = self.sessions,
+            users = self.users,
+        ))
+        .bind(current.id.as_str())
+        .bind(current.token_hash.as_str())
+        .bind(next.token_hash.as_str())
+        .bind(next.expires_at.as_datetime())
+        .bind(version_param(current.user_epoch)?)
+        .bind(hashes(next))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| crate::db_error("Postgres rotate session", e))?;
+        if result.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(RepositoryError::ConcurrentUpdate)
+        }
+    }
+}
+
+#[async_trait]
+impl SessionRevoker for PgSessionRepository {
+    #[tracing::instrument(skip_all)]
+    async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError> {
+        sqlx::query(&format!(
+            "update {} set revoked = true where session_id = $1",
+            self.sessions
+        ))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| crate::db_error("Postgres revoke session", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StandingReader for PgSessionRepository {
     /// One query: the session joined with its user's epoch and role.
     #[tracing::instrument(skip_all)]
     async fn find_standing(
@@ -122,96 +225,5 @@ impl SessionRepository for PgSessionRepository {
             user_epoch: epoch("session_epoch")?,
             role: Role::parse(&role).map_err(|e| corrupt("role", e))?,
         }))
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
-        // Each login also deletes up to 100 expired sessions (DynamoDB has a TTL for this), in
-        // the same statement: no extra round trip, and rows another login is deleting are
-        // skipped, not waited for.
-        let result = sqlx::query(&format!(
-            "with purged as (
-                 delete from {sessions} where session_id in (
-                     select session_id from {sessions} where expires_at < now()
-                     limit 100 for update skip locked))
-             insert into {sessions} ({COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)
-             on conflict (session_id) do nothing",
-            sessions = self.sessions
-        ))
-        .bind(session.id.as_str())
-        .bind(session.user_id.as_str())
-        .bind(session.token_hash.as_str())
-        .bind(version_param(session.user_epoch)?)
-        .bind(session.created_at.as_datetime())
-        .bind(session.expires_at.as_datetime())
-        .bind(session.revoked)
-        .bind(hashes(session))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| crate::db_error("Postgres insert session", e))?;
-        if result.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(RepositoryError::ConcurrentUpdate)
-        }
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn find_session(&self, id: &SessionId) -> Result<Option<Session>, RepositoryError> {
-        sqlx::query(&format!(
-            "select {COLUMNS} from {} where session_id = $1",
-            self.sessions
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| crate::db_error("Postgres select session", e))?
-        .as_ref()
-        .map(session_from_row)
-        .transpose()
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn rotate_session(
-        &self,
-        current: &Session,
-        next: &Session,
-    ) -> Result<(), RepositoryError> {
-        let result = sqlx::query(&format!(
-            "update {sessions} s set token_hash = $3, expires_at = $4, used_hashes = $6
-             where s.session_id = $1 and s.token_hash = $2 and not s.revoked
-               and exists (select 1 from {users} u
-                           where u.user_id = s.user_id and u.session_epoch = $5
-                           for share)",
-            sessions = self.sessions,
-            users = self.users,
-        ))
-        .bind(current.id.as_str())
-        .bind(current.token_hash.as_str())
-        .bind(next.token_hash.as_str())
-        .bind(next.expires_at.as_datetime())
-        .bind(version_param(current.user_epoch)?)
-        .bind(hashes(next))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| crate::db_error("Postgres rotate session", e))?;
-        if result.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(RepositoryError::ConcurrentUpdate)
-        }
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError> {
-        sqlx::query(&format!(
-            "update {} set revoked = true where session_id = $1",
-            self.sessions
-        ))
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| crate::db_error("Postgres revoke session", e))?;
-        Ok(())
     }
 }

@@ -5,7 +5,7 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use zx_auth::{PasswordHasher, TokenIssuer};
 use zx_domain::{
-    Email, FieldError, Notifier, Password, Role, SessionRepository, User, UserId, UserReader,
+    Email, FieldError, Notifier, Password, Role, SessionStarter, User, UserId, UserReader,
     UserRepository, Username, ValidationErrors,
 };
 use zx_http::{ApiError, AuthContext, client_ip, json_body, json_response, path_param};
@@ -104,7 +104,7 @@ fn account_key(email: &str) -> String {
 /// cannot be counted. A hash below the configured bcrypt cost is replaced on success.
 pub async fn login(
     users: &dyn UserRepository,
-    sessions: &dyn SessionRepository,
+    sessions: &dyn SessionStarter,
     hasher: &PasswordHasher,
     tokens: &TokenIssuer,
     guard: &PasswordGuard,

@@ -5,7 +5,8 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use zx_auth::{IssuedToken, TokenIssuer, new_refresh_token, parse_refresh_token};
 use zx_domain::{
-    Presented, RepositoryError, Session, SessionId, SessionRepository, Timestamp, User, UserReader,
+    Presented, RepositoryError, Session, SessionEnding, SessionId, SessionRotation, SessionStarter,
+    Timestamp, User, UserReader,
 };
 use zx_http::{ApiError, json_body, json_response};
 
@@ -34,7 +35,7 @@ pub struct SessionTokens {
 /// Starts a session for `user` (who just proved who they are): stores it and returns its pair.
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 pub async fn start_session(
-    sessions: &dyn SessionRepository,
+    sessions: &dyn SessionStarter,
     tokens: &TokenIssuer,
     user: &User,
 ) -> Result<SessionTokens, ApiError> {
@@ -105,7 +106,7 @@ pub enum Refreshed {
 #[tracing::instrument(skip_all)]
 pub async fn refresh_session(
     users: &dyn UserReader,
-    sessions: &dyn SessionRepository,
+    sessions: &dyn SessionRotation,
     tokens: &TokenIssuer,
     presented: &str,
 ) -> Result<Refreshed, RepositoryError> {
@@ -192,7 +193,7 @@ fn replayed(session: &Session) {
 /// session, changes nothing and is not an error (RFC 7009 §2.2).
 #[tracing::instrument(skip_all)]
 pub async fn end_session(
-    sessions: &dyn SessionRepository,
+    sessions: &dyn SessionEnding,
     presented: &str,
 ) -> Result<(), RepositoryError> {
     let Some((id, hash)) = parse_refresh_token(presented) else {
@@ -252,7 +253,7 @@ fn refused_refresh() -> ApiError {
 /// `POST /users/refresh`: a new pair for a valid refresh token; 401 otherwise.
 pub async fn refresh(
     users: &dyn UserReader,
-    sessions: &dyn SessionRepository,
+    sessions: &dyn SessionRotation,
     tokens: &TokenIssuer,
     cache: Option<&zx_cache::Cache>,
     request: Request,
@@ -290,7 +291,7 @@ pub async fn refresh(
 /// `/users/validate` (they check the session's standing); reads accept them until they expire
 /// (`JWT_EXPIRES_IN`).
 pub async fn logout(
-    sessions: &dyn SessionRepository,
+    sessions: &dyn SessionEnding,
     cache: Option<&zx_cache::Cache>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use zx_cache::Cache;
-use zx_domain::{Role, SessionId, SessionRepository, Standing, UserId};
+use zx_domain::{Role, SessionId, Standing, StandingReader, UserId};
 use zx_http::{ApiError, AuthContext, StandingCheck};
 
 /// How long a standing is cached: the bound on a change that was not forgotten in the cache.
@@ -74,12 +74,12 @@ fn decode(session: &str, user: &str) -> Option<Standing> {
 
 /// Reads standings through the cache.
 pub struct SessionStanding {
-    sessions: Arc<dyn SessionRepository>,
+    sessions: Arc<dyn StandingReader>,
     cache: Option<Cache>,
 }
 
 impl SessionStanding {
-    pub fn new(sessions: Arc<dyn SessionRepository>, cache: Option<Cache>) -> Self {
+    pub fn new(sessions: Arc<dyn StandingReader>, cache: Option<Cache>) -> Self {
         Self { sessions, cache }
     }
 
