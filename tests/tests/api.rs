@@ -3487,6 +3487,25 @@ async fn password_limits_fail_closed_and_route_limits_fail_open_counted() {
         .await;
     assert!(change.headers().contains_key("retry-after"));
     problem(change, 503).await;
+    // An e-mail change, asked for or confirmed, fails closed too.
+    let email = api
+        .put(
+            &format!("/api/v1/users/{}", user.id),
+            &token,
+            json!({"email": "elsewhere@example.com", "currentPassword": "password-123"}),
+        )
+        .await;
+    assert!(email.headers().contains_key("retry-after"));
+    problem(email, 503).await;
+    let confirm = api
+        .put(
+            &format!("/api/v1/users/{}", user.id),
+            &token,
+            json!({"emailCode": "A".repeat(22)}),
+        )
+        .await;
+    assert!(confirm.headers().contains_key("retry-after"));
+    problem(confirm, 503).await;
 
     // The users route limit (3 a minute here) lets requests through, each one counted.
     let before = zx_cache::rate_limit::fail_opens();
@@ -3787,6 +3806,67 @@ async fn a_taken_email_looks_like_a_free_one_on_dynamodb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_email_looks_like_a_free_one_on_postgres() {
     a_taken_email_looks_like_a_free_one(Store::Postgres).await;
+}
+
+/// Finding 11: logins, replays and revocations are security events naming the user, the
+/// session and the client's address, and no line carries a password or a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_events_name_the_user_the_session_and_the_address() {
+    let logs = zx_tests::LogCapture::install();
+    let api = Api::start(Store::DynamoDb).await;
+    let (id, _) = api.customer("watched").await;
+    let (access, first) = api.login_pair("watched@example.com", "password-123").await;
+    let (_, second) = pair(api.refresh(&first).await).await;
+    problem(api.refresh(&first).await, 401).await;
+    let admin = api.admin().await;
+    let promoted = api
+        .put(
+            &format!("/api/v1/users/{id}"),
+            &admin,
+            json!({"role": "admin"}),
+        )
+        .await;
+    assert_eq!(promoted.status(), 200);
+    let lines = logs.lines();
+    let events =
+        |name: &str| -> Vec<&Value> { lines.iter().filter(|l| l["event"] == name).collect() };
+    assert!(
+        events("login_succeeded")
+            .iter()
+            .any(|l| l["user_id"] == id.as_str()
+                && l["source_ip"]
+                    .as_str()
+                    .is_some_and(|ip| ip.starts_with("127."))),
+        "{:?}",
+        events("login_succeeded")
+    );
+    let session = first.split('.').next().unwrap();
+    assert!(
+        events("refresh_replayed")
+            .iter()
+            .any(|l| l["user_id"] == id.as_str() && l["session_id"] == session),
+        "{:?}",
+        events("refresh_replayed")
+    );
+    assert!(
+        events("sessions_revoked")
+            .iter()
+            .any(|l| l["user_id"] == id.as_str()
+                && l["role_changed"] == true
+                && l["actor"] != id.as_str()
+                && l["source_ip"].as_str().is_some()),
+        "{:?}",
+        events("sessions_revoked")
+    );
+    let text = serde_json::to_string(&lines).unwrap();
+    for secret in [
+        first.as_str(),
+        second.as_str(),
+        access.as_str(),
+        "password-123",
+    ] {
+        assert!(!text.contains(secret), "a log line carries a secret");
+    }
 }
 
 /// Finding 9: a login with a hash below the configured cost stores a hash at that cost.
