@@ -79,6 +79,16 @@ pub struct HeldLine {
     pub shard: u16,
 }
 
+/// The products held lines are of, each once, in order.
+pub fn products_of(lines: &[HeldLine]) -> Vec<ProductId> {
+    lines
+        .iter()
+        .map(|l| l.product_id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// What the plan decided for one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Planned {

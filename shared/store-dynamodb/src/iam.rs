@@ -162,10 +162,14 @@ mod tests {
                     SESSIONS_CHECK,
                 ],
             ),
-            // The catalogue reads its stock through the stock module.
+            // The catalogue reads its stock through the stock module; reservations sit beside.
             (
-                "products+stock",
-                vec![include_str!("products.rs"), include_str!("stock.rs")],
+                "products+stock+reservations",
+                vec![
+                    include_str!("products.rs"),
+                    include_str!("stock.rs"),
+                    include_str!("reservations.rs"),
+                ],
                 vec![CATALOGUE_READ, CATALOGUE_WRITE, INVENTORY],
             ),
             (

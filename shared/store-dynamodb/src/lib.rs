@@ -5,6 +5,7 @@ pub mod iam;
 mod item;
 pub mod orders;
 pub mod products;
+mod reservations;
 pub mod schema;
 pub mod sessions;
 pub mod stock;

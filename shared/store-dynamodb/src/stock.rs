@@ -2,32 +2,25 @@
 //! `pk = STOCK#<product id>#<shard, 2 digits>`, in no index, holding `available`, `reserved`
 //! and `version` (+1 on every write); shard `00` also holds `shards` (how many shards new
 //! reservations use) and `slots` (how many records exist: retired shards keep their reserved
-//! units until released or shipped). A reservation record `RESERVATION#<order id>` (`state`,
-//! `lines` with the shard each line was taken from) sits beside them.
-//!
-//! A batch of reservations is planned against the records read (consistently) for it
-//! ([`zx_domain::stock::plan`]) and written in one transaction: one conditional update per
-//! (product, shard) the batch takes from, plus one record per held order. A rejection writes
-//! nothing.
+//! units until released or shipped). Reservation records sit beside them
+//! ([`crate::reservations`]). Here: reading stock, and admins' changes (`PUT /stock`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
     Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
-use zx_domain::stock::{HeldLine, MAX_SHARDS, Planned, Shard, StockRecords};
+use zx_domain::stock::{MAX_SHARDS, Shard, StockRecords};
 use zx_domain::{
-    BatchReservation, Commit, InventoryRepository, OrderId, ProductId, RESERVATION_RETENTION,
-    Release, RepositoryError, Reservation, ReservationState, ReserveLine, STOCK_CHANGE_RETENTION,
-    Stock, StockChange, StockChangeId, StockWriter, Timestamp,
+    ProductId, RepositoryError, STOCK_CHANGE_RETENTION, Stock, StockChange, StockChangeId,
+    StockWriter, Timestamp,
 };
 
 use crate::item::{Item, n, number, s, text};
-use crate::products::{DynamoProductRepository, product_key};
+use crate::products::DynamoProductRepository;
 
-mod attr {
+pub(crate) mod attr {
     pub const PK: &str = "pk";
     pub const AVAILABLE: &str = "available";
     pub const RESERVED: &str = "reserved";
@@ -43,29 +36,25 @@ mod attr {
 }
 
 /// Most items one `TransactWriteItems` may hold.
-const TRANSACTION_ITEMS: usize = 100;
+pub(crate) const TRANSACTION_ITEMS: usize = 100;
 /// Plans tried for one batch before it is left for redelivery (each after a collision).
-const ATTEMPTS: usize = 8;
+pub(crate) const ATTEMPTS: usize = 8;
 /// How long a stock change id is remembered (DynamoDB TTL on the change record).
-const CHANGE_RECORD_TTL_SECONDS: i64 = STOCK_CHANGE_RETENTION.as_secs() as i64;
+pub(crate) const CHANGE_RECORD_TTL_SECONDS: i64 = STOCK_CHANGE_RETENTION.as_secs() as i64;
 
 pub(crate) fn stock_key(id: &ProductId, shard: u16) -> String {
     format!("STOCK#{id}#{shard:02}")
 }
 
-fn reservation_key(order: &OrderId) -> String {
-    format!("RESERVATION#{order}")
-}
-
-fn change_key(id: &StockChangeId) -> String {
+pub(crate) fn change_key(id: &StockChangeId) -> String {
     format!("STOCKCHANGE#{}", id.as_str())
 }
 
-fn key(pk: String) -> Item {
+pub(crate) fn key(pk: String) -> Item {
     HashMap::from([(attr::PK.to_owned(), s(pk))])
 }
 
-fn built<E: std::error::Error + Send + Sync + 'static>(
+pub(crate) fn built<E: std::error::Error + Send + Sync + 'static>(
     what: &'static str,
 ) -> impl FnOnce(E) -> RepositoryError {
     move |e| RepositoryError::failed(what, e)
@@ -83,7 +72,7 @@ pub(crate) fn first_stock_item(id: &ProductId, available: i64) -> Item {
     ])
 }
 
-fn shard_of(item: &Item, index: u16) -> Result<Shard, RepositoryError> {
+pub(crate) fn shard_of(item: &Item, index: u16) -> Result<Shard, RepositoryError> {
     let corrupt = |what: &str| {
         RepositoryError::Corrupt(format!(
             "stock record {}: {what}",
@@ -102,7 +91,7 @@ fn shard_of(item: &Item, index: u16) -> Result<Shard, RepositoryError> {
 
 /// An update of one shard's counters: `available += change` (a negative change only while the
 /// shard holds that much), and `reserved += moved` when units move to or from `reserved`.
-fn shard_update(
+pub(crate) fn shard_update(
     table: &str,
     id: &ProductId,
     shard: u16,
@@ -147,24 +136,6 @@ fn shard_update(
         .build()
         .map_err(built("building a DynamoDB Update"))?;
     Ok(TransactWriteItem::builder().update(update).build())
-}
-
-/// Where a reservation record stands.
-fn parse_reservation(item: &Item) -> Result<(ReservationState, Vec<HeldLine>), RepositoryError> {
-    let state = ReservationState::parse(text(item, attr::STATE).unwrap_or_default())
-        .map_err(RepositoryError::Corrupt)?;
-    let lines = serde_json::from_str(text(item, attr::LINES).unwrap_or("[]"))
-        .map_err(|e| RepositoryError::Corrupt(format!("reservation lines: {e}")))?;
-    Ok((state, lines))
-}
-
-fn products_of(lines: &[HeldLine]) -> Vec<ProductId> {
-    lines
-        .iter()
-        .map(|l| l.product_id.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
 }
 
 /// Items by key (consistent reads), in any order; unknown keys are left out. `BatchGetItem`
@@ -243,7 +214,10 @@ impl DynamoProductRepository {
 
     /// [`batch_get_items`] of this table, only what stock, reservations and a product's
     /// liveness are made of (a catalogue item's descriptions are not read to reserve).
-    async fn batch_get_stock(&self, keys: Vec<Item>) -> Result<Vec<Item>, RepositoryError> {
+    pub(crate) async fn batch_get_stock(
+        &self,
+        keys: Vec<Item>,
+    ) -> Result<Vec<Item>, RepositoryError> {
         batch_get_items(&self.client, &self.table, keys, STOCK_ATTRIBUTES).await
     }
 
@@ -259,7 +233,7 @@ impl DynamoProductRepository {
     }
 
     /// [`Self::read_stock`]; with `projected`, only [`STOCK_ATTRIBUTES`] of every item.
-    async fn read_stock_with(
+    pub(crate) async fn read_stock_with(
         &self,
         ids: &[ProductId],
         extra: Vec<Item>,
@@ -355,7 +329,7 @@ impl DynamoProductRepository {
 
     /// The stock of these products, and whether each is live (exists, not deleted), read for
     /// a change: a product without stock records or deleted is not live.
-    async fn stock_for_change(
+    pub(crate) async fn stock_for_change(
         &self,
         ids: &[ProductId],
     ) -> Result<HashMap<ProductId, StockRecords>, RepositoryError> {
@@ -363,265 +337,17 @@ impl DynamoProductRepository {
     }
 
     /// One live product's stock, for a change ([`RepositoryError::NotFound`] when it is not).
-    async fn live_stock(&self, id: &ProductId) -> Result<StockRecords, RepositoryError> {
+    pub(crate) async fn live_stock(&self, id: &ProductId) -> Result<StockRecords, RepositoryError> {
         self.stock_for_change(std::slice::from_ref(id))
             .await?
             .remove(id)
             .filter(|r| r.live)
             .ok_or(RepositoryError::NotFound)
     }
-
-    /// [`Self::stock_for_change`] and the reservation records of `orders`, in one read (a
-    /// second only for products of several shards).
-    async fn stock_and_reservations(
-        &self,
-        ids: &[ProductId],
-        orders: &[OrderId],
-    ) -> Result<
-        (
-            HashMap<ProductId, StockRecords>,
-            HashMap<OrderId, (ReservationState, Vec<HeldLine>)>,
-        ),
-        RepositoryError,
-    > {
-        let mut extra: Vec<Item> = ids.iter().map(|id| key(product_key(id))).collect();
-        extra.extend(orders.iter().map(|o| key(reservation_key(o))));
-        let (mut records, items) = self.read_stock_with(ids, extra, true).await?;
-        for (id, entry) in records.iter_mut() {
-            let product = items
-                .iter()
-                .find(|item| text(item, attr::PK) == Some(product_key(id).as_str()));
-            entry.live = product.is_some_and(|p| !p.contains_key(attr::DELETED_AT));
-        }
-        let mut found = HashMap::new();
-        for item in &items {
-            let pk = text(item, attr::PK).unwrap_or_default();
-            if let Some(order) = orders.iter().find(|o| pk == reservation_key(o)) {
-                found.insert(order.clone(), parse_reservation(item)?);
-            }
-        }
-        Ok((records, found))
-    }
-
-    async fn reservations(
-        &self,
-        orders: &[OrderId],
-    ) -> Result<HashMap<OrderId, (ReservationState, Vec<HeldLine>)>, RepositoryError> {
-        let keys = orders.iter().map(|o| key(reservation_key(o))).collect();
-        let mut found = HashMap::new();
-        for item in self.batch_get_stock(keys).await? {
-            let pk = text(&item, attr::PK).unwrap_or_default();
-            if let Some(order) = orders.iter().find(|o| pk == reservation_key(o)) {
-                found.insert(order.clone(), parse_reservation(&item)?);
-            }
-        }
-        Ok(found)
-    }
-
-    /// Writes a held reservation's stock back (`release`) or out (`commit`) and flips its
-    /// record from `held` to `state`, in one transaction. `false` when the record was no
-    /// longer held (a concurrent delivery settled it).
-    async fn settle(
-        &self,
-        order: &OrderId,
-        lines: &[HeldLine],
-        state: ReservationState,
-    ) -> Result<bool, RepositoryError> {
-        let record = Update::builder()
-            .table_name(&self.table)
-            .key(attr::PK, s(reservation_key(order)))
-            .update_expression("SET #state = :to, #expires = :expires")
-            .condition_expression("#state = :held")
-            .expression_attribute_names("#state", attr::STATE)
-            .expression_attribute_names("#expires", attr::EXPIRES_AT)
-            .expression_attribute_values(":to", s(state.as_str()))
-            .expression_attribute_values(":expires", n(finished_record_expiry()))
-            .expression_attribute_values(":held", s(ReservationState::Held.as_str()))
-            .build()
-            .map_err(built("building a DynamoDB Update"))?;
-        let mut items = vec![TransactWriteItem::builder().update(record).build()];
-        // One update per (product, shard).
-        let mut moves: HashMap<(ProductId, u16), i64> = HashMap::new();
-        for line in lines {
-            *moves
-                .entry((line.product_id.clone(), line.shard))
-                .or_default() += i64::from(line.quantity);
-        }
-        for ((id, shard), quantity) in moves {
-            let back = if state == ReservationState::Released {
-                quantity
-            } else {
-                0
-            };
-            items.push(shard_update(
-                &self.table,
-                &id,
-                shard,
-                back,
-                -quantity,
-                None,
-            )?);
-        }
-        match crate::transact(&self.client, items).await? {
-            Ok(()) => Ok(true),
-            Err(reasons) if crate::condition_failed(&reasons, 0) => Ok(false),
-            Err(_) => Err(RepositoryError::Corrupt(format!(
-                "reservation of order {order}: a stock record is gone or holds fewer reserved units"
-            ))),
-        }
-    }
-
-    /// One attempt at the batch: plans the undecided orders and writes the plan in as few
-    /// transactions as fit. Returns the outcomes decided (by index) and the products found
-    /// sold out; orders left undecided collided with another writer and are planned again.
-    async fn reserve_attempt(
-        &self,
-        orders: &[(OrderId, Vec<ReserveLine>)],
-        undecided: &[usize],
-        spread: usize,
-    ) -> Result<(Vec<(usize, Reservation)>, Vec<ProductId>), RepositoryError> {
-        let ids: Vec<OrderId> = undecided
-            .iter()
-            .filter_map(|&i| orders.get(i).map(|(id, _)| id.clone()))
-            .collect();
-        // Every product the undecided orders name, read with their reservation records.
-        let products: Vec<ProductId> = undecided
-            .iter()
-            .filter_map(|&i| orders.get(i))
-            .flat_map(|(_, lines)| lines.iter().map(|l| l.product_id.clone()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let (stock, recorded) = self.stock_and_reservations(&products, &ids).await?;
-        let mut decided = Vec::new();
-        let mut to_plan = Vec::new();
-        for &i in undecided {
-            let Some((order, _)) = orders.get(i) else {
-                continue;
-            };
-            match recorded.get(order) {
-                // Recorded before: a redelivery, or a release that came first.
-                Some((ReservationState::Released, _)) => {
-                    decided.push((i, Reservation::AlreadyReleased))
-                }
-                Some(_) => decided.push((i, Reservation::Held)),
-                None => to_plan.push(i),
-            }
-        }
-        if to_plan.is_empty() {
-            return Ok((decided, Vec::new()));
-        }
-        let lines: Vec<Vec<ReserveLine>> = to_plan
-            .iter()
-            .filter_map(|&i| orders.get(i).map(|(_, lines)| lines.clone()))
-            .collect();
-        let plan = zx_domain::stock::plan(&lines, &stock, spread);
-        // Held orders grouped so that each group's transaction fits.
-        let mut groups: Vec<Vec<(usize, Vec<HeldLine>)>> = vec![Vec::new()];
-        let mut group_keys: BTreeSet<(ProductId, u16)> = BTreeSet::new();
-        for (&i, outcome) in to_plan.iter().zip(&plan.outcomes) {
-            let Planned::Held(held) = outcome else {
-                continue;
-            };
-            let keys: BTreeSet<(ProductId, u16)> = held
-                .iter()
-                .map(|l| (l.product_id.clone(), l.shard))
-                .collect();
-            let size = |g: &Vec<(usize, Vec<HeldLine>)>, k: &BTreeSet<(ProductId, u16)>| {
-                g.len() + 1 + k.union(&keys).count()
-            };
-            if groups
-                .last()
-                .is_some_and(|g| !g.is_empty() && size(g, &group_keys) > TRANSACTION_ITEMS)
-            {
-                groups.push(Vec::new());
-                group_keys.clear();
-            }
-            group_keys.extend(keys);
-            if let Some(group) = groups.last_mut() {
-                group.push((i, held.clone()));
-            }
-        }
-        for group in groups.iter().filter(|g| !g.is_empty()) {
-            let mut takes: HashMap<(ProductId, u16), i64> = HashMap::new();
-            let mut items = Vec::new();
-            for (i, held) in group {
-                let Some((order, _)) = orders.get(*i) else {
-                    continue;
-                };
-                for line in held {
-                    *takes
-                        .entry((line.product_id.clone(), line.shard))
-                        .or_default() += i64::from(line.quantity);
-                }
-                let record = Put::builder()
-                    .table_name(&self.table)
-                    .item(attr::PK, s(reservation_key(order)))
-                    .item(attr::STATE, s(ReservationState::Held.as_str()))
-                    .item(
-                        attr::LINES,
-                        s(serde_json::to_string(held)
-                            .map_err(built("serialising a reservation"))?),
-                    )
-                    .condition_expression("attribute_not_exists(#pk)")
-                    .expression_attribute_names("#pk", attr::PK)
-                    .build()
-                    .map_err(built("building a DynamoDB Put"))?;
-                items.push(TransactWriteItem::builder().put(record).build());
-            }
-            let records = items.len();
-            let mut takes: Vec<_> = takes.into_iter().collect();
-            takes.sort();
-            for ((id, shard), quantity) in takes {
-                items.push(shard_update(
-                    &self.table,
-                    &id,
-                    shard,
-                    -quantity,
-                    quantity,
-                    None,
-                )?);
-            }
-            match crate::transact(&self.client, items).await {
-                Ok(Ok(())) => decided.extend(group.iter().map(|(i, _)| (*i, Reservation::Held))),
-                // A condition failed (another writer took the units, or recorded one of the
-                // orders), or the transaction kept colliding: the orders left (and the
-                // rejections planned after this group, which depended on it) are planned again.
-                Ok(Err(reasons)) => {
-                    let record_taken = (0..records).any(|i| crate::condition_failed(&reasons, i));
-                    tracing::debug!(record_taken, "reservation batch collided; planning again");
-                    return Ok((decided, Vec::new()));
-                }
-                Err(error) if error.is_transient() => {
-                    tracing::debug!(error = %zx_domain::cause_chain(&error), "reservation batch collided; planning again");
-                    return Ok((decided, Vec::new()));
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        for (&i, outcome) in to_plan.iter().zip(&plan.outcomes) {
-            if let Planned::Rejected { product_id, reason } = outcome {
-                decided.push((
-                    i,
-                    Reservation::Rejected {
-                        product_id: product_id.clone(),
-                        reason,
-                    },
-                ));
-            }
-        }
-        let sold_out = plan
-            .left
-            .iter()
-            .filter(|(_, left)| **left == 0)
-            .map(|(id, _)| id.clone())
-            .collect();
-        Ok((decided, sold_out))
-    }
 }
 
 /// The product (one of `ids`) and shard a stock item is of.
-fn stock_item_of(item: &Item, ids: &[ProductId]) -> Option<(ProductId, u16)> {
+pub(crate) fn stock_item_of(item: &Item, ids: &[ProductId]) -> Option<(ProductId, u16)> {
     let (id_part, shard) = text(item, attr::PK)?
         .strip_prefix("STOCK#")?
         .rsplit_once('#')?;
@@ -632,7 +358,7 @@ fn stock_item_of(item: &Item, ids: &[ProductId]) -> Option<(ProductId, u16)> {
 }
 
 /// What a stock read takes of the products table's items.
-const STOCK_ATTRIBUTES: &[&str] = &[
+pub(crate) const STOCK_ATTRIBUTES: &[&str] = &[
     attr::PK,
     attr::AVAILABLE,
     attr::RESERVED,
@@ -643,134 +369,6 @@ const STOCK_ATTRIBUTES: &[&str] = &[
     attr::STATE,
     attr::LINES,
 ];
-
-/// When a finished (released or committed) reservation record expires: the table's TTL deletes
-/// it after [`RESERVATION_RETENTION`] (held ones have no expiry).
-fn finished_record_expiry() -> i64 {
-    Timestamp::now().unix_seconds()
-        + i64::try_from(RESERVATION_RETENTION.as_secs()).unwrap_or(i64::MAX / 2)
-}
-
-#[async_trait]
-impl InventoryRepository for DynamoProductRepository {
-    #[tracing::instrument(skip_all, fields(orders = orders.len()))]
-    async fn reserve_batch(
-        &self,
-        orders: &[(OrderId, Vec<ReserveLine>)],
-    ) -> Result<BatchReservation, RepositoryError> {
-        let mut outcomes: Vec<Option<Reservation>> = orders.iter().map(|_| None).collect();
-        let mut sold_out = Vec::new();
-        // Concurrent batches of one product start on different shards.
-        let mut spread = usize::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0),
-        )
-        .unwrap_or(0);
-        for attempt in 0..ATTEMPTS {
-            let undecided: Vec<usize> = (0..orders.len())
-                .filter(|&i| outcomes.get(i).is_some_and(Option::is_none))
-                .collect();
-            if undecided.is_empty() {
-                break;
-            }
-            if attempt > 0 {
-                crate::backoff(u32::try_from(attempt).unwrap_or(4)).await;
-            }
-            let (decided, empty) = self.reserve_attempt(orders, &undecided, spread).await?;
-            for (i, outcome) in decided {
-                if let Some(slot) = outcomes.get_mut(i) {
-                    *slot = Some(outcome);
-                }
-            }
-            sold_out = empty;
-            spread = spread.wrapping_add(1);
-        }
-        let outcomes = outcomes
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                RepositoryError::unavailable(
-                    "DynamoDB reserve",
-                    "the product's stock records kept changing under the batch",
-                )
-            })?;
-        Ok(BatchReservation { outcomes, sold_out })
-    }
-
-    #[tracing::instrument(skip_all, fields(order_id = %order))]
-    async fn release(&self, order: &OrderId) -> Result<Release, RepositoryError> {
-        // Twice at most: a reserve that landed between our read and our tombstone.
-        for _ in 0..2 {
-            match self
-                .reservations(std::slice::from_ref(order))
-                .await?
-                .remove(order)
-            {
-                // Released before, or shipped (no restock).
-                Some((ReservationState::Released | ReservationState::Committed, _)) => {
-                    return Ok(Release::Nothing);
-                }
-                None => {
-                    let tombstone = self
-                        .client
-                        .put_item()
-                        .table_name(&self.table)
-                        .item(attr::PK, s(reservation_key(order)))
-                        .item(attr::STATE, s(ReservationState::Released.as_str()))
-                        .item(attr::LINES, s("[]"))
-                        .item(attr::EXPIRES_AT, n(finished_record_expiry()))
-                        .condition_expression("attribute_not_exists(#pk)")
-                        .expression_attribute_names("#pk", attr::PK)
-                        .send()
-                        .await;
-                    match tombstone {
-                        Ok(_) => return Ok(Release::Nothing),
-                        Err(error)
-                            if error.as_service_error().is_some_and(
-                                PutItemError::is_conditional_check_failed_exception,
-                            ) =>
-                        {
-                            continue;
-                        }
-                        Err(error) => return Err(crate::sdk_error("DynamoDB PutItem", error)),
-                    }
-                }
-                Some((ReservationState::Held, lines)) => {
-                    return if self
-                        .settle(order, &lines, ReservationState::Released)
-                        .await?
-                    {
-                        Ok(Release::Restored(products_of(&lines)))
-                    } else {
-                        Ok(Release::Nothing)
-                    };
-                }
-            }
-        }
-        Err(RepositoryError::ConcurrentUpdate)
-    }
-
-    #[tracing::instrument(skip_all, fields(order_id = %order))]
-    async fn commit(&self, order: &OrderId) -> Result<Commit, RepositoryError> {
-        let Some((ReservationState::Held, lines)) = self
-            .reservations(std::slice::from_ref(order))
-            .await?
-            .remove(order)
-        else {
-            return Ok(Commit::Nothing);
-        };
-        if self
-            .settle(order, &lines, ReservationState::Committed)
-            .await?
-        {
-            Ok(Commit::Committed(products_of(&lines)))
-        } else {
-            Ok(Commit::Nothing)
-        }
-    }
-}
 
 #[async_trait]
 impl StockWriter for DynamoProductRepository {
@@ -941,7 +539,7 @@ impl StockWriter for DynamoProductRepository {
 }
 
 impl DynamoProductRepository {
-    async fn totals(&self, id: &ProductId) -> Result<Stock, RepositoryError> {
+    pub(crate) async fn totals(&self, id: &ProductId) -> Result<Stock, RepositoryError> {
         self.read_stock(std::slice::from_ref(id), Vec::new())
             .await?
             .0
@@ -952,7 +550,7 @@ impl DynamoProductRepository {
 
     /// The counters if `change_id` was already applied as `change` to `id` (a retry whose
     /// tag went stale because its first attempt applied it).
-    async fn replayed(
+    pub(crate) async fn replayed(
         &self,
         id: &ProductId,
         change_id: &StockChangeId,

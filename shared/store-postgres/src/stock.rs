@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use sqlx::{Postgres, Row, Transaction};
-use zx_domain::stock::{HeldLine, MAX_SHARDS, Planned, Shard, StockRecords};
+use zx_domain::stock::{HeldLine, MAX_SHARDS, Planned, Shard, StockRecords, products_of};
 use zx_domain::{
     BatchReservation, Commit, InventoryRepository, OrderId, ProductId, Purged,
     RESERVATION_RETENTION, Release, RepositoryError, Reservation, ReservationState, ReserveLine,
@@ -25,15 +25,6 @@ use crate::products::PgProductRepository;
 
 fn corrupt(what: impl std::fmt::Display) -> RepositoryError {
     RepositoryError::Corrupt(format!("stock: {what}"))
-}
-
-fn products_of(lines: &[HeldLine]) -> Vec<ProductId> {
-    lines
-        .iter()
-        .map(|l| l.product_id.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
 }
 
 impl PgProductRepository {
