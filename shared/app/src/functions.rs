@@ -438,7 +438,7 @@ pub fn users_register(services: &Services) -> Result<HttpHandler, ConfigError> {
     )
 }
 
-/// One of the two functions that hold the private key (with `users-refresh`).
+/// One of the two functions that sign tokens, in KMS (with `users-refresh`).
 pub fn users_login(services: &Services) -> Result<HttpHandler, ConfigError> {
     let state = (
         services.stores.users()?,
@@ -458,7 +458,7 @@ pub fn users_login(services: &Services) -> Result<HttpHandler, ConfigError> {
     )
 }
 
-/// Holds the private key: a refresh signs a new access token.
+/// Signs in KMS: a refresh signs a new access token.
 pub fn users_refresh(services: &Services) -> Result<HttpHandler, ConfigError> {
     let state = (
         services.stores.users()?,

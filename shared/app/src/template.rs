@@ -213,9 +213,10 @@ fn statements(needs: &Needs) -> Vec<Statement> {
             rehash: false,
         })
         .collect();
+    // The cache's statement first, then by resource.
     rest.sort_by(|a, b| {
-        let cache = |s: &Statement| s.resources.iter().all(|r| r != "Cache");
-        (cache(a), &a.resources).cmp(&(cache(b), &b.resources))
+        let not_cache = |s: &Statement| s.resources.iter().all(|r| r != "Cache");
+        (not_cache(a), &a.resources).cmp(&(not_cache(b), &b.resources))
     });
     rest.extend(statements);
     rest
@@ -420,18 +421,9 @@ pub struct MissingMarkers;
 
 /// `template` with the generated blocks between its markers replaced by [`generated`].
 pub fn regenerate(template: &str) -> Result<String, MissingMarkers> {
-    let begin = template.find(BEGIN).ok_or(MissingMarkers)?;
-    let after_begin = begin + BEGIN.len();
-    let end = template[after_begin..]
-        .find(END)
-        .map(|i| after_begin + i)
-        .ok_or(MissingMarkers)?;
-    Ok(format!(
-        "{}\n{}{}",
-        &template[..after_begin],
-        generated(),
-        &template[end..]
-    ))
+    let (head, rest) = template.split_once(BEGIN).ok_or(MissingMarkers)?;
+    let (_, tail) = rest.split_once(END).ok_or(MissingMarkers)?;
+    Ok(format!("{head}{BEGIN}\n{}{END}{tail}", generated()))
 }
 
 #[cfg(test)]
@@ -451,6 +443,12 @@ mod tests {
             regenerated == committed,
             "template.yaml is stale: run `cargo run -p zx-app --bin zx-admin -- template`"
         );
+    }
+
+    #[test]
+    fn a_template_without_its_markers_is_refused() {
+        assert!(regenerate("Resources:\n").is_err());
+        assert!(regenerate(&format!("{END}\n{BEGIN}\n")).is_err());
     }
 
     #[test]
