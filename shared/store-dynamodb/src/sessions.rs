@@ -36,6 +36,9 @@ mod attr {
     /// On the user item (see `users.rs`).
     pub const SESSION_EPOCH: &str = "sessionEpoch";
     pub const ROLE: &str = "role";
+    /// Which `create_session` call wrote the item: the SDK's retry of a put whose answer was
+    /// lost (under load, past the attempt timeout) finds its own write and succeeds.
+    pub const WRITE_ID: &str = "writeId";
 }
 
 pub(crate) fn session_key(id: &SessionId) -> String {
@@ -122,13 +125,20 @@ impl SessionStarter for DynamoSessionRepository {
     #[tracing::instrument(skip_all)]
     async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
         use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        // A fresh id per call: a retried attempt of this call matches it, another call with the
+        // same session does not (it is a ConcurrentUpdate).
+        let write = SessionId::generate();
+        let mut item = session_item(session);
+        item.insert(attr::WRITE_ID.to_owned(), s(write.as_str()));
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(session_item(session)))
-            .condition_expression("attribute_not_exists(#pk)")
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk) OR #w = :w")
             .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#w", attr::WRITE_ID)
+            .expression_attribute_values(":w", s(write.as_str()))
             .send()
             .await;
         match result {
