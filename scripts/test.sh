@@ -2,7 +2,7 @@
 # All tests: brings the local stack up (reusing services already running), then
 # cargo fmt --check, cargo clippy -D warnings, cfn-lint and sam validate --lint on template.yaml,
 # and every test
-# (unit, the repository contract suite on DynamoDB and Postgres, end-to-end through the local
+# (unit, the compile-fail doctest of zx_app::http_function!, the repository contract suite on DynamoDB and Postgres, end-to-end through the local
 # gateway) with cargo-nextest, then the API contract (scripts/api-check.py: the OpenAPI
 # description validated, the docs page in headless Chromium, Schemathesis over every operation).
 # Prints "N passed, M failed" and exits non-zero on any failure. Stops what it started.
@@ -53,6 +53,12 @@ failed=$((failed + timed_out))
 if [ "$nextest_status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi  # build failure
 rm -f "$log"
 
+echo "[test] compile-fail: a handler calling what its function's ports lack does not compile"
+# The doctest of zx_app::http_function! must fail with E0599 (no such method on the port);
+# stable rustdoc ignores the error code, so it runs through a rustdoc that checks it.
+RUSTDOC="$ROOT/scripts/rustdoc-checking-error-codes.sh" cargo test -p zx-app --doc --locked \
+  || failed_checks+=(compile-fail)
+
 echo "[test] API contract: OpenAPI 3.1 description, docs page in Chromium, Schemathesis"
 api_log=$(mktemp)
 python3 scripts/api-check.py 2>&1 | tee "$api_log"
@@ -61,7 +67,7 @@ api_summary=$(grep -oE '^api-check: [0-9]+ cases, [0-9]+ failures.*fuzzing [0-9]
 rm -f "$api_log"
 
 check() { [[ " ${failed_checks[*]} " == *" $1 "* ]] && echo "$1 FAILED" || echo "$1 ok"; }
-checks="$(check fmt), $(check clippy), $(check template), $(check api)${api_summary:+ (${api_summary#api-check: })}"
+checks="$(check fmt), $(check clippy), $(check template), $(check compile-fail), $(check api)${api_summary:+ (${api_summary#api-check: })}"
 echo
 echo "$passed passed, $failed failed ($checks; $((SECONDS - t0)) s)"
 [ "$failed" -eq 0 ] && [ ${#failed_checks[@]} -eq 0 ]

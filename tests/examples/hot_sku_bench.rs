@@ -31,11 +31,11 @@ async fn run(store: Store, reservations: usize, shards: u16) {
     )
     .await;
     let workers = Arc::new(app.workers());
-    let products = app.services.stores.products().expect("products");
+    let products = app.services.products().expect("products");
     let product = zx_tests::sample_product("Hot", "hot item", "bench", 100, 1_000_000);
     products.create_product(&product).await.expect("product");
     zx_tests::split_stock(&app, &product.id, shards).await;
-    let orders = app.services.stores.orders().expect("orders");
+    let orders = app.services.orders().expect("orders");
     let stored = products
         .find_product(&product.id)
         .await

@@ -38,7 +38,6 @@ async fn create_to_confirmed(store: Store, orders: usize) {
     let _pollers = app.start_pollers(&workers, &[]);
     let product = zx_tests::sample_product("Bench", "bench item", "bench", 100, 1_000_000);
     app.services
-        .stores
         .products()
         .unwrap()
         .create_product(&product)

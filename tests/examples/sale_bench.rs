@@ -22,7 +22,7 @@ async fn sale(store: Store, buyers: usize, units: i64) {
     let base = app.gateway().await;
     let workers = app.workers();
     let _pollers = app.start_pollers(&workers, &[]);
-    let products = app.services.stores.products().expect("products");
+    let products = app.services.products().expect("products");
     let product = zx_tests::sample_product("Sale", "the sale item", "sale", 100, units);
     products.create_product(&product).await.expect("product");
     // Stored customers with sessions (placing an order checks both), made before the clock.

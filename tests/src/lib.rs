@@ -791,7 +791,6 @@ impl TestApp {
             )
         };
         self.services
-            .stores
             .users()
             .expect("users")
             .create(&user)
@@ -815,7 +814,6 @@ impl TestApp {
             used_hashes: Vec::new(),
         };
         self.services
-            .stores
             .sessions()
             .expect("sessions")
             .create_session(&session)
@@ -1117,7 +1115,6 @@ pub async fn store_order(
 pub async fn split_stock(app: &TestApp, product: &zx_domain::ProductId, shards: u16) {
     let records = app
         .services
-        .stores
         .products()
         .expect("products")
         .set_stock_shards(product, shards)

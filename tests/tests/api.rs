@@ -137,7 +137,7 @@ impl Api {
 
     /// Makes `id` an admin in the store, as `zx-admin ensure-admin` does, and logs in again.
     async fn promote(&self, id: &str, email: &str) -> String {
-        let users = &self.app.services.stores.users().unwrap();
+        let users = &self.app.services.users().unwrap();
         let current = users
             .find_by_id(&UserId::parse(id).unwrap())
             .await
@@ -687,7 +687,6 @@ async fn sample_events_run_through_their_handlers() {
         )
     };
     app.services
-        .stores
         .users()
         .unwrap()
         .create(&event_user)
@@ -697,7 +696,6 @@ async fn sample_events_run_through_their_handlers() {
         zx_tests::sample_product("Phone X", "flagship phone", "phones", 399_900, 10);
     event_product.id = zx_domain::ProductId::parse("0192f0c4-7000-7abc-8def-0123456789ab").unwrap();
     app.services
-        .stores
         .products()
         .unwrap()
         .create_product(&event_product)
@@ -709,7 +707,7 @@ async fn sample_events_run_through_their_handlers() {
         ("0192f0c4-8001-7abc-8def-0123456789ab", false),
     ] {
         zx_tests::store_order(
-            &app.services.stores.orders().unwrap(),
+            &app.services.orders().unwrap(),
             zx_domain::OrderId::parse(id).unwrap(),
             &event_user.id,
             &event_product,
@@ -726,7 +724,6 @@ async fn sample_events_run_through_their_handlers() {
         Role::Admin,
     );
     app.services
-        .stores
         .users()
         .unwrap()
         .create(&event_admin)
@@ -1278,7 +1275,6 @@ async fn reads_stay_fast_with_cache_at(cache_url: &str) {
     .await;
     let product = zx_tests::sample_product("Lamp", "desk lamp", "home", 5_900, 2);
     app.services
-        .stores
         .products()
         .unwrap()
         .create_product(&product)
@@ -1613,8 +1609,8 @@ async fn behind_lagging_index(lag_ms: &str) -> (Api, std::sync::Arc<zx_tests::La
         &[("CACHE_INDEX_LAG_MS", lag_ms)],
     )
     .await;
-    let lagging = zx_tests::LaggingIndex::new(app.services.stores.products().unwrap().clone());
-    app.services.stores.products = Some(lagging.clone());
+    let lagging = zx_tests::LaggingIndex::new(app.services.products().unwrap().clone());
+    app.services.substitutes.products = Some(lagging.clone());
     (Api::on(app).await, lagging)
 }
 
@@ -2097,7 +2093,7 @@ async fn login_costs_the_same_whether_or_not_the_email_exists() {
             .interceptor(calls.clone())
             .build(),
     );
-    app.services.stores.users = Some(std::sync::Arc::new(
+    app.services.substitutes.users = Some(std::sync::Arc::new(
         zx_store_dynamodb::DynamoUserRepository::new(client, app.config.users_table.clone()),
     ));
     let api = Api::on(app).await;
@@ -2613,8 +2609,8 @@ fn logical_resource(value: &serde_yaml::Value) -> String {
 /// Every IAM action a function's code calls is granted to it, on the resources it uses, and
 /// nothing else. The chain: each adapter's declared actions equal the calls in its source
 /// (`zx_store_dynamodb::iam`, `zx_messaging`); a function reaches only the stores and
-/// destinations its `Needs` declare (the local gateway runs every end-to-end test through
-/// `Services::restricted`, where anything else refuses); and here, the template's policies
+/// destinations its ports offer (its handler takes only those types, so it cannot call
+/// anything else, and its needs are computed from them); and here, the template's policies
 /// equal what `zx_app::permissions` derives from those needs.
 #[test]
 fn every_function_is_granted_exactly_the_actions_its_code_calls() {
@@ -2819,15 +2815,15 @@ async fn every_function_starts_with_the_environment_the_template_sets() {
         env.insert("CACHE_URL".into(), "rediss://127.0.0.1:1".into());
         let config = zx_app::Config::from_source(&zx_app::config::Source::map(env))
             .unwrap_or_else(|e| panic!("{binary}: {e}"));
-        let wiring = if let Some(f) = zx_app::functions::function(&binary) {
-            f.wiring
+        let needs = if let Some(f) = zx_app::functions::function(&binary) {
+            f.needs
         } else if let Some(f) = zx_app::workers::sqs_function(&binary) {
-            f.wiring
+            f.needs
         } else {
             assert_eq!(binary, "outbox-relay");
             zx_app::workers::OUTBOX_RELAY
         };
-        let services = zx_app::Services::build_wired(&config, &aws, &wiring)
+        let services = zx_app::Services::build_for(&config, &aws, &needs)
             .await
             .unwrap_or_else(|e| panic!("{binary}: {e}"));
         let built = if let Some(f) = zx_app::functions::function(&binary) {
@@ -2847,7 +2843,7 @@ async fn every_function_starts_with_the_environment_the_template_sets() {
 /// the first https request) reaches the local stack over plain HTTP.
 #[tokio::test]
 async fn the_functions_aws_configuration_calls_the_local_stack() {
-    let aws = zx_app::wiring::lambda_aws_config();
+    let aws = zx_app::backend::lambda_aws_config();
     assert!(
         aws.endpoint_url().is_some(),
         "AWS_ENDPOINT_URL is set by the test command"
@@ -3452,13 +3448,7 @@ async fn password_limits_fail_closed_and_route_limits_fail_open_counted() {
         hash,
         Role::Customer,
     );
-    app.services
-        .stores
-        .users()
-        .unwrap()
-        .create(&user)
-        .await
-        .unwrap();
+    app.services.users().unwrap().create(&user).await.unwrap();
     let token = app.session_token(&user).await;
     let api = Api::on(app).await;
 
@@ -3882,7 +3872,7 @@ async fn login_raises_a_cheaper_hash(store: Store) {
             .unwrap(),
         Role::Customer,
     );
-    let users = app.services.stores.users().unwrap();
+    let users = app.services.users().unwrap();
     users.create(&user).await.unwrap();
     let api = Api::on(app).await;
     api.login("old@example.com", "password-123").await;
@@ -3992,7 +3982,7 @@ async fn a_demoted_admins_token_is_refused_on_admin_routes(store: Store) {
     let admin = api.promote(&id, "fallen@example.com").await;
     assert_eq!(api.try_create_product(&admin).await.status(), 201);
     // Demoted behind the API's back: same epoch, new role.
-    let users = api.app.services.stores.users().unwrap();
+    let users = api.app.services.users().unwrap();
     let current = users
         .find_by_id(&UserId::parse(&id).unwrap())
         .await
@@ -4100,7 +4090,7 @@ async fn a_search_costs_a_bounded_number_of_queries_on_dynamodb() {
         }
     }))
     .await;
-    app.services.stores.products = Some(products);
+    app.services.substitutes.products = Some(products);
     let api = Api::on(app).await;
     let before = calls.0.load(std::sync::atomic::Ordering::SeqCst);
     let started = Instant::now();
@@ -4341,11 +4331,10 @@ async fn tokens_are_signed_in_kms_and_only_the_issuers_can_sign() {
         "KMS-signed token (LocalStack): median {:?}, p90 {:?}",
         times[15], times[27]
     );
-    // A function that does not declare signing is built without a signer.
+    // Only the functions whose ports include the signer are granted (and build) one.
     for function in zx_app::functions::HTTP_FUNCTIONS {
-        let services = api.app.services.restricted(&function.wiring.needs);
         assert_eq!(
-            services.issuer().is_ok(),
+            function.needs.sign,
             ["users-login", "users-refresh"].contains(&function.name),
             "{}",
             function.name
@@ -4358,7 +4347,7 @@ async fn tokens_are_signed_in_kms_and_only_the_issuers_can_sign() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_rekeys_usernames_the_migration_could_only_lower() {
     let app = TestApp::new(Store::Postgres).await;
-    let users = app.services.stores.users().unwrap();
+    let users = app.services.users().unwrap();
     let bob = User::new(
         Username::parse("bob1").unwrap(),
         Email::parse("bob1@example.com").unwrap(),

@@ -66,7 +66,6 @@ impl Shop {
         let product = zx_tests::sample_product("Lamp", "a desk lamp", "home", price, available);
         self.app
             .services
-            .stores
             .products()
             .unwrap()
             .create_product(&product)
@@ -77,7 +76,7 @@ impl Shop {
 
     /// The product as the store has it now.
     async fn stored(&self, id: &ProductId) -> zx_domain::Product {
-        let products = self.app.services.stores.products().unwrap();
+        let products = self.app.services.products().unwrap();
         products.find_product(id).await.unwrap().unwrap()
     }
 
@@ -453,13 +452,12 @@ async fn redelivery_changes_stock_once(store: Store) {
     let product = shop.product(10, 100).await;
     let (user, _) = shop.customer().await;
     let order = zx_tests::store_order(
-        &shop.app.services.stores.orders().unwrap(),
+        &shop.app.services.orders().unwrap(),
         OrderId::generate(),
         &user,
         &shop
             .app
             .services
-            .stores
             .products()
             .unwrap()
             .find_product(&product)
@@ -484,7 +482,7 @@ async fn redelivery_changes_stock_once(store: Store) {
         (8, 2),
         "a pending order keeps its stock"
     );
-    let orders = shop.app.services.stores.orders().unwrap();
+    let orders = shop.app.services.orders().unwrap();
     let cancelled = order
         .transitioned(
             zx_domain::OrderStatus::Cancelled,
@@ -511,7 +509,7 @@ async fn poison_messages_reach_the_dead_letter_queue(store: Store) {
     let shop = Shop::start(store).await;
     let product = shop.product(10, 100).await;
     let stored = shop.stored(&product).await;
-    let orders = shop.app.services.stores.orders().unwrap();
+    let orders = shop.app.services.orders().unwrap();
     // Reserves of real pending orders (2 units each): only those change stock.
     let mut good = Vec::new();
     for _ in 0..3 {
@@ -609,9 +607,9 @@ async fn hot_sku_sale(store: Store, shards: u16, reshard: bool) {
     let shop = Shop::start(store).await;
     let product = shop.product(STOCK, 100).await;
     zx_tests::split_stock(&shop.app, &product, shards).await;
-    let products = shop.app.services.stores.products().unwrap();
+    let products = shop.app.services.products().unwrap();
     let stored = products.find_product(&product).await.unwrap().unwrap();
-    let orders = shop.app.services.stores.orders().unwrap();
+    let orders = shop.app.services.orders().unwrap();
     let placed: Vec<zx_domain::Order> = futures::future::join_all((0..ORDERS / 50).map(|_| {
         let (orders, stored) = (orders.clone(), stored.clone());
         async move {
@@ -791,7 +789,7 @@ async fn a_slow_batch_reports_only_what_it_did_not_finish(store: Store) {
     let shop = Shop::start(store).await;
     let product = shop.product(20, 100).await;
     let stored = shop.stored(&product).await;
-    let orders = shop.app.services.stores.orders().unwrap();
+    let orders = shop.app.services.orders().unwrap();
     // Three orders reserved, then cancelled by their customers (their releases are due), and
     // three pending orders whose reserves are slow.
     let mut releases = Vec::new();
@@ -813,16 +811,17 @@ async fn a_slow_batch_reports_only_what_it_did_not_finish(store: Store) {
             zx_tests::store_order_of(&orders, OrderId::generate(), &user, &stored, 1, false).await;
         reserves.push(zx_orders::messages::reserve(&order).body);
     }
-    let saga = shop.app.services.saga().unwrap();
+    let steps =
+        <zx_orders::InventorySteps as zx_app::ports::Port>::wire(&shop.app.services).unwrap();
     let slow = Arc::new(SlowReserves {
-        inner: saga.inventory.clone(),
+        inner: steps.inventory.clone(),
         lag: Duration::from_secs(30),
         calls: Default::default(),
     });
-    let slow_saga = zx_orders::Saga {
+    let slow_steps = zx_orders::workers::Worker::Inventory(zx_orders::InventorySteps {
         inventory: slow.clone(),
-        ..saga.clone()
-    };
+        ..steps.clone()
+    });
     let mut messages = Vec::new();
     for (i, body) in releases.iter().enumerate() {
         messages.push(zx_orders::workers::QueueMessage {
@@ -838,13 +837,7 @@ async fn a_slow_batch_reports_only_what_it_did_not_finish(store: Store) {
     }
     let started = Instant::now();
     let deadline = started + Duration::from_millis(2_500);
-    let mut failed = zx_orders::workers::process_batch(
-        &slow_saga,
-        zx_orders::workers::Worker::Inventory,
-        &messages,
-        deadline,
-    )
-    .await;
+    let mut failed = zx_orders::workers::process_batch(&slow_steps, &messages, deadline).await;
     assert!(Instant::now() < deadline, "the batch overran its deadline");
     assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     failed.sort();
@@ -858,8 +851,7 @@ async fn a_slow_batch_reports_only_what_it_did_not_finish(store: Store) {
         .filter(|m| failed.contains(&m.id))
         .collect();
     let failed = zx_orders::workers::process_batch(
-        &saga,
-        zx_orders::workers::Worker::Inventory,
+        &zx_orders::workers::Worker::Inventory(steps),
         &again,
         Instant::now() + Duration::from_secs(10),
     )
@@ -929,7 +921,6 @@ async fn sold_out_products_are_refused_at_once(store: Store) {
     let marked = Instant::now();
     shop.app
         .services
-        .stores
         .products()
         .unwrap()
         .change_stock(
@@ -967,9 +958,9 @@ async fn sold_out_products_are_refused_at_once(store: Store) {
 async fn finished_records_are_purged_on_schedule(store: Store) {
     let shop = Shop::start(store).await;
     let product = shop.product(10, 100).await;
-    let products = shop.app.services.stores.products().unwrap();
+    let products = shop.app.services.products().unwrap();
     let stored = products.find_product(&product).await.unwrap().unwrap();
-    let orders = shop.app.services.stores.orders().unwrap();
+    let orders = shop.app.services.orders().unwrap();
     let inventory = shop.worker("inventory-worker");
     // held: reserved and pending. old, recent: reserved, cancelled, released.
     let mut placed = Vec::new();
@@ -1151,7 +1142,7 @@ async fn orders_survive_an_sqs_outage(store: Store) {
         zx_tests::aws_config_for(&via(&sqs_proxy)).await,
         zx_tests::aws_config_for(&via(&sns_proxy)).await,
     );
-    app.services.sender = Some(Arc::new(zx_messaging::AwsSender::new(
+    app.services.substitutes.sender = Some(Arc::new(zx_messaging::AwsSender::new(
         aws_sdk_sqs::Client::new(&sqs_config),
         aws_sdk_sns::Client::new(&sns_config),
         app.services.destinations.clone().unwrap(),
@@ -1273,7 +1264,7 @@ async fn corrupt_rows_are_parked_and_everything_else_flows(store: Store) {
     }
     raw.corrupt_order(&OrderId::parse(&broken).unwrap()).await;
     // A status change whose messages wait in the outbox (written, never sent).
-    let orders = shop.app.services.stores.orders().unwrap();
+    let orders = shop.app.services.orders().unwrap();
     let (user, waiting_token) = shop.customer().await;
     let stored = shop.stored(&product).await;
     let waiting = zx_tests::store_order(&orders, OrderId::generate(), &user, &stored, true).await;
@@ -1323,7 +1314,7 @@ async fn corrupt_rows_are_parked_and_everything_else_flows(store: Store) {
         "{report:?}"
     );
     // The operator lists the parked row, and can put it back for the next run.
-    let outbox = shop.app.services.stores.outbox().unwrap();
+    let outbox = shop.app.services.outbox().unwrap();
     let listing = zx_app::admin::parked_outbox(&*outbox).await.unwrap();
     assert!(listing.contains("unreadable"), "{listing}");
     let key = outbox.parked(10).await.unwrap()[0].key.clone();
@@ -1362,7 +1353,7 @@ async fn refused_rows_are_parked_and_their_orders_expire(store: Store) {
     let report = shop.workers.run_relay().await;
     assert_eq!(report.parked, 1, "{report:?}");
     assert_eq!(report.expired, 0, "{report:?}");
-    let outbox = shop.app.services.stores.outbox().unwrap();
+    let outbox = shop.app.services.outbox().unwrap();
     let listing = zx_app::admin::parked_outbox(&*outbox).await.unwrap();
     assert!(listing.contains("refused by"), "{listing}");
     // Later runs do not try it again; the order expires once its clock has run.

@@ -1,17 +1,27 @@
-//! One builder per HTTP function: the only place a function's handler is put together (its
-//! edge: authentication and rate-limit group; its handler; the services it uses). Each
-//! function's `main.rs` calls its builder through [`crate::run_http`], and the local gateway
-//! calls the same builders through [`HTTP_FUNCTIONS`], so the gateway runs the deployed code.
+//! Every HTTP function, declared once with [`http_function!`](crate::http_function): its
+//! binary name, routes (read from its handler's `#[utoipa::path]`), access (`Public`,
+//! `Authenticated`, `Checked`, `Admin`: the one admin check, in the edge), per-client limit
+//! group, dependencies (ports, `crate::ports`) and handler. Its needs, and so its IAM grant,
+//! follow from those types. Each function's `main.rs` runs its declaration through
+//! [`crate::run_http`]; the local gateway runs [`HTTP_FUNCTIONS`] through the same builders, so
+//! it runs the deployed code; the template, the permissions and the sample events read the same
+//! list.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};
-use zx_domain::{ProductRepository, UserRepository};
+use zx_auth::{PasswordHasher, TokenIssuer};
+use zx_cache::Cache;
+use zx_domain::{
+    Notifier, OrderReader, ProductReader, ProductRepository, SessionEnding, SessionRotation,
+    SessionStarter, StandingReader, UserReader, UserRepository, UserSignIn,
+};
 use zx_http::{Access, ApiError, Edge, HttpHandler, RouteLimit};
-use zx_products::CatalogueCache;
+use zx_users::PasswordGuard;
 
-use crate::wiring::{Needs, Sends, SessionUse, Use, Wiring};
+use crate::capabilities::{Needs, OrderMoves, SessionUse};
+use crate::ports::{HealthChecks, Moving, Port};
 use crate::{ConfigError, Services};
 
 /// Builds a function's handler from the services of its cold start.
@@ -47,39 +57,171 @@ pub fn routes_of<P: utoipa::Path>() -> Vec<Route> {
 }
 
 /// One HTTP function: its binary name (the crate under `functions/`, `BuildProperties.Binary`
-/// in `template.yaml`), its routes, its builder, what its cold start builds, and its memory
-/// when not the default.
+/// in `template.yaml`), its routes, its builder, what its cold start builds and is granted,
+/// and its memory when not the default.
 pub struct HttpFunction {
     pub name: &'static str,
     pub routes: fn() -> Vec<Route>,
     pub build: Builder,
-    pub wiring: Wiring,
+    pub needs: Needs,
     pub memory_mb: Option<u16>,
 }
 
-impl HttpFunction {
-    const fn new(
-        name: &'static str,
-        routes: fn() -> Vec<Route>,
-        build: Builder,
-        needs: Needs,
-    ) -> Self {
-        Self {
-            name,
-            routes,
-            build,
-            wiring: needs.wiring(),
-            memory_mb: None,
-        }
-    }
+/// The seed's Kong services: which per-client limit a route counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Users,
+    Products,
+    Orders,
+}
 
-    /// A small function (no store, or one read): 128 MB.
-    const fn small(self) -> Self {
-        Self {
-            memory_mb: Some(128),
-            ..self
-        }
+/// What the edge itself needs: the cache to count requests per client (a limit group), and
+/// the session standing of `Checked` and `Admin` callers.
+pub const fn edge_needs(access: Access, limit: Option<Group>) -> Needs {
+    Needs {
+        cache: limit.is_some(),
+        sessions: if access.checks_standing() {
+            SessionUse::CHECK
+        } else {
+            SessionUse::NONE
+        },
+        ..Needs::NONE
     }
+}
+
+/// Declares an HTTP function: `$name` becomes an [`HttpFunction`] whose builder wires the ports
+/// of `$deps`'s type, puts `$body` behind the edge for (`access`, `limit`), and whose needs are
+/// the edge's and the ports' together.
+///
+/// A handler that uses what its ports do not offer does not compile: here the function's
+/// port reads orders, and the handler tries to write one.
+///
+/// ```compile_fail,E0599
+/// use std::sync::Arc;
+/// use zx_app::functions::Group;
+/// use zx_domain::OrderReader;
+/// use zx_http::Access;
+///
+/// zx_app::http_function! {
+///     const SNEAKY = "sneaky" {
+///         routes: Vec::new,
+///         access: Access::Checked,
+///         limit: Some(Group::Orders),
+///         ports: Arc<dyn OrderReader>,
+///         handler: |orders, _request| {
+///             let order = orders.find_order(&zx_domain::OrderId::generate()).await?;
+///             if let Some(order) = order {
+///                 orders.update_order(&order, &order, &[]).await?;
+///             }
+///             zx_http::json_response(200, &())
+///         }
+///     }
+/// }
+/// ```
+///
+/// The same function, reading only, compiles (`crate::functions::tests` builds it).
+#[macro_export]
+macro_rules! http_function {
+    (
+        $(#[$doc:meta])*
+        $vis:vis const $name:ident = $binary:literal {
+            routes: $routes:expr,
+            access: $access:expr,
+            limit: $limit:expr,
+            $(memory_mb: $memory:expr,)?
+            ports: $ty:ty,
+            handler: |$deps:pat_param, $request:ident| $body:expr $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        $vis const $name: $crate::functions::HttpFunction = {
+            fn build(
+                services: &$crate::Services,
+            ) -> ::std::result::Result<$crate::functions::__private::HttpHandler, $crate::ConfigError>
+            {
+                $crate::functions::serve::<$ty, _, _>(
+                    services,
+                    $access,
+                    $limit,
+                    |$deps: $ty, $request: $crate::functions::__private::Request| async move { $body },
+                )
+            }
+            $crate::functions::HttpFunction {
+                name: $binary,
+                routes: $routes,
+                build,
+                needs: $crate::functions::edge_needs($access, $limit)
+                    .and(<$ty as $crate::ports::Port>::NEEDS),
+                memory_mb: $crate::functions::memory_mb(&[$($memory)?]),
+            }
+        };
+    };
+}
+
+/// A memory size when one is given (the default otherwise).
+pub const fn memory_mb(given: &[u16]) -> Option<u16> {
+    match given {
+        [mb] => Some(*mb),
+        _ => None,
+    }
+}
+
+/// What [`http_function!`](crate::http_function) names from outside this crate.
+#[doc(hidden)]
+pub mod __private {
+    pub use lambda_http::Request;
+    pub use zx_http::HttpHandler;
+}
+
+/// The edge of a function: it verifies bearer tokens (required unless `Public`, and used to
+/// tell clients apart everywhere), counts requests per client for `limit`, and checks the
+/// session standing (and stored role) of `Checked` and `Admin` callers. Without a limit group
+/// (health, the description, the docs) it does none of that.
+fn edge(services: &Services, access: Access, limit: Option<Group>) -> Result<Edge, ConfigError> {
+    let Some(group) = limit else {
+        return Ok(Edge::new(access, None, None));
+    };
+    let verifier = services.verifier()?;
+    let limits = services.limits.limits;
+    let limit = match group {
+        Group::Users => RouteLimit {
+            group: "users",
+            per_minute: limits.users_per_client,
+        },
+        Group::Products => RouteLimit {
+            group: "products",
+            per_minute: limits.products_per_client,
+        },
+        Group::Orders => RouteLimit {
+            group: "orders",
+            per_minute: limits.orders_per_client,
+        },
+    };
+    let limiter = services.limits.limiter.clone().map(|l| (l, limit));
+    let edge = Edge::new(access, Some(verifier), limiter);
+    if access.checks_standing() {
+        let sessions = <Arc<dyn StandingReader> as Port>::wire(services)?;
+        let standing = zx_users::SessionStanding::new(sessions, services.cache.clone());
+        return Ok(edge.with_standing(Arc::new(standing)));
+    }
+    Ok(edge)
+}
+
+/// `handler` behind the edge for (`access`, `limit`), given its own clone of the ports `D` per
+/// request: what every function's builder comes down to.
+pub fn serve<D, F, Fut>(
+    services: &Services,
+    access: Access,
+    limit: Option<Group>,
+    handler: F,
+) -> Result<HttpHandler, ConfigError>
+where
+    D: Port,
+    F: Fn(D, Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
+{
+    let deps = D::wire(services)?;
+    Ok(edge(services, access, limit)?.wrap(move |request| handler(deps.clone(), request)))
 }
 
 /// `GET /health`, also served under each service's path.
@@ -103,226 +245,299 @@ fn docs_routes() -> Vec<Route> {
     routes
 }
 
-/// Every HTTP function uses the cache (per-client limits).
-const fn needs_users(users: Use) -> Needs {
-    Needs {
-        users,
-        cache: true,
-        ..Needs::NONE
-    }
-}
-/// A login or a refresh: reads the user (a login also rehashes a password stored at a lower
-/// bcrypt cost), starts or rotates a session.
-const fn needs_sessions(sessions: SessionUse) -> Needs {
-    Needs {
-        users: Use::Read,
-        sessions,
-        rehash: sessions.start,
-        sign: true,
-        cache: true,
-        ..Needs::NONE
-    }
-}
-/// Catalogue writes are admin routes: they check the caller's session and stored role.
-const fn needs_catalogue(products: Use) -> Needs {
-    Needs {
-        products,
-        sessions: if matches!(products, Use::Write) {
-            SessionUse::CHECK
-        } else {
-            SessionUse::NONE
+http_function! {
+    /// `GET /health` (and `/api/v1/<service>/health`): no token, no limit.
+    pub const HEALTH = "health" {
+        routes: health_routes,
+        access: Access::Public,
+        limit: None,
+        ports: HealthChecks,
+        handler: |health, request| {
+            crate::health_handler(&health.checks, health.timeout, request).await
         },
-        cache: true,
-        ..Needs::NONE
-    }
-}
-/// Placing or moving an order: the order and its outbox rows in one write, then the inventory
-/// command and the order event sent.
-const fn needs_order_moves(products: Use) -> Needs {
-    Needs {
-        products,
-        orders: Use::Write,
-        outbox: Use::Write,
-        sends: Sends::ORDER_MOVES,
-        sessions: SessionUse::CHECK,
-        cache: true,
-        ..Needs::NONE
-    }
-}
-/// Order reads: an admin reads anyone's, so the session and stored role are checked.
-const fn needs_orders(orders: Use) -> Needs {
-    Needs {
-        orders,
-        sessions: SessionUse::CHECK,
-        cache: true,
-        ..Needs::NONE
     }
 }
 
-pub const HEALTH: HttpFunction = HttpFunction::new(
-    "health",
-    health_routes,
-    health,
-    Needs {
-        health: true,
-        cache: true,
-        ..Needs::NONE
-    },
-);
-/// The API description and its page: static, no store, no cache, no limit.
-pub const OPENAPI: HttpFunction = HttpFunction::new(
-    "openapi",
-    routes_of::<crate::openapi::__path_serve_openapi>,
-    openapi,
-    Needs::NONE,
-)
-.small();
-pub const DOCS: HttpFunction = HttpFunction::new("docs", docs_routes, docs, Needs::NONE).small();
-pub const USERS_REGISTER: HttpFunction = HttpFunction::new(
-    "users-register",
-    routes_of::<zx_users::handlers::__path_register>,
-    users_register,
-    needs_users(Use::Write),
-);
-pub const USERS_LOGIN: HttpFunction = HttpFunction::new(
-    "users-login",
-    routes_of::<zx_users::handlers::__path_login>,
-    users_login,
-    needs_sessions(SessionUse {
-        start: true,
-        ..SessionUse::NONE
-    }),
-);
-pub const USERS_REFRESH: HttpFunction = HttpFunction::new(
-    "users-refresh",
-    routes_of::<zx_users::sessions::__path_refresh>,
-    users_refresh,
-    needs_sessions(SessionUse {
-        rotate: true,
-        ..SessionUse::NONE
-    }),
-);
-pub const USERS_LOGOUT: HttpFunction = HttpFunction::new(
-    "users-logout",
-    routes_of::<zx_users::sessions::__path_logout>,
-    users_logout,
-    Needs {
-        sessions: SessionUse {
-            end: true,
-            ..SessionUse::NONE
+http_function! {
+    /// `GET /api/v1/openapi.json`: static, no store, no cache, no limit.
+    pub const OPENAPI = "openapi" {
+        routes: routes_of::<crate::openapi::__path_serve_openapi>,
+        access: Access::Public,
+        limit: None,
+        memory_mb: 128,
+        ports: (),
+        handler: |_none, request| crate::openapi::serve_openapi(request).await,
+    }
+}
+
+http_function! {
+    /// `GET /docs` and `GET /docs/{file}`.
+    pub const DOCS = "docs" {
+        routes: docs_routes,
+        access: Access::Public,
+        limit: None,
+        memory_mb: 128,
+        ports: (),
+        handler: |_none, request| {
+            if zx_http::path_param(&request, "file").is_ok() {
+                zx_docs::docs_asset(request).await
+            } else {
+                zx_docs::docs_page(request).await
+            }
         },
-        cache: true,
-        ..Needs::NONE
-    },
-);
-pub const USERS_VALIDATE: HttpFunction = HttpFunction::new(
-    "users-validate",
-    routes_of::<zx_users::handlers::__path_validate>,
-    users_validate,
-    Needs {
-        sessions: SessionUse::CHECK,
-        cache: true,
-        ..Needs::NONE
-    },
-)
-.small();
-pub const USERS_ME: HttpFunction = HttpFunction::new(
-    "users-me",
-    routes_of::<zx_users::handlers::__path_me>,
-    users_me,
-    needs_users(Use::Read),
-);
-pub const USERS_GET: HttpFunction = HttpFunction::new(
-    "users-get",
-    routes_of::<zx_users::handlers::__path_get_user>,
-    users_get,
-    Needs {
-        sessions: SessionUse::CHECK,
-        ..needs_users(Use::Read)
-    },
-);
-pub const USERS_UPDATE: HttpFunction = HttpFunction::new(
-    "users-update",
-    routes_of::<zx_users::handlers::__path_update_user>,
-    users_update,
-    Needs {
-        sessions: SessionUse::CHECK,
-        notify: true,
-        ..needs_users(Use::Write)
-    },
-);
-pub const PRODUCTS_LIST: HttpFunction = HttpFunction::new(
-    "products-list",
-    routes_of::<zx_products::handlers::__path_list_products>,
-    products_list,
-    needs_catalogue(Use::Read),
-);
-pub const PRODUCTS_GET: HttpFunction = HttpFunction::new(
-    "products-get",
-    routes_of::<zx_products::handlers::__path_get_product>,
-    products_get,
-    needs_catalogue(Use::Read),
-);
-pub const PRODUCTS_CREATE: HttpFunction = HttpFunction::new(
-    "products-create",
-    routes_of::<zx_products::handlers::__path_create_product>,
-    products_create,
-    needs_catalogue(Use::Write),
-);
-pub const PRODUCTS_UPDATE: HttpFunction = HttpFunction::new(
-    "products-update",
-    routes_of::<zx_products::handlers::__path_update_product>,
-    products_update,
-    needs_catalogue(Use::Write),
-);
-pub const PRODUCTS_DELETE: HttpFunction = HttpFunction::new(
-    "products-delete",
-    routes_of::<zx_products::handlers::__path_delete_product>,
-    products_delete,
-    needs_catalogue(Use::Write),
-);
-pub const STOCK_GET: HttpFunction = HttpFunction::new(
-    "stock-get",
-    routes_of::<zx_products::stock::__path_get_stock>,
-    stock_get,
-    needs_catalogue(Use::Read),
-);
-pub const STOCK_PUT: HttpFunction = HttpFunction::new(
-    "stock-put",
-    routes_of::<zx_products::stock::__path_put_stock>,
-    stock_put,
-    needs_catalogue(Use::Write),
-);
-pub const ORDERS_CREATE: HttpFunction = HttpFunction::new(
-    "orders-create",
-    routes_of::<zx_orders::http::__path_create_order>,
-    orders_create,
-    needs_order_moves(Use::Read),
-);
-pub const ORDERS_GET: HttpFunction = HttpFunction::new(
-    "orders-get",
-    routes_of::<zx_orders::http::__path_get_order>,
-    orders_get,
-    needs_orders(Use::Read),
-);
-pub const ORDERS_LIST: HttpFunction = HttpFunction::new(
-    "orders-list",
-    routes_of::<zx_orders::http::__path_list_orders>,
-    orders_list,
-    needs_orders(Use::Read),
-);
-pub const ORDERS_CANCEL: HttpFunction = HttpFunction::new(
-    "orders-cancel",
-    routes_of::<zx_orders::http::__path_cancel_order>,
-    orders_cancel,
-    needs_order_moves(Use::No),
-);
-pub const ORDERS_UPDATE_STATUS: HttpFunction = HttpFunction::new(
-    "orders-update-status",
-    routes_of::<zx_orders::http::__path_update_status>,
-    orders_update_status,
-    needs_order_moves(Use::No),
-);
+    }
+}
+
+http_function! {
+    pub const USERS_REGISTER = "users-register" {
+        routes: routes_of::<zx_users::handlers::__path_register>,
+        access: Access::Public,
+        limit: Some(Group::Users),
+        ports: (Arc<dyn UserRepository>, Passwords),
+        handler: |(users, (hasher, guard)), request| {
+            zx_users::register(&*users, &hasher, &guard, request).await
+        },
+    }
+}
+
+http_function! {
+    /// One of the two functions that sign tokens, in KMS (with `users-refresh`); it rehashes a
+    /// password stored at a lower bcrypt cost.
+    pub const USERS_LOGIN = "users-login" {
+        routes: routes_of::<zx_users::handlers::__path_login>,
+        access: Access::Public,
+        limit: Some(Group::Users),
+        ports: (Arc<dyn UserSignIn>, Arc<dyn SessionStarter>, Passwords, Issuer),
+        handler: |(users, sessions, (hasher, guard), issuer), request| {
+            zx_users::login(&*users, &*sessions, &hasher, &issuer, &guard, request).await
+        },
+    }
+}
+
+http_function! {
+    /// Signs in KMS: a refresh signs a new access token.
+    pub const USERS_REFRESH = "users-refresh" {
+        routes: routes_of::<zx_users::sessions::__path_refresh>,
+        access: Access::Public,
+        limit: Some(Group::Users),
+        ports: (Arc<dyn UserReader>, Arc<dyn SessionRotation>, Issuer, Option<Cache>),
+        handler: |(users, sessions, issuer, cache), request| {
+            zx_users::refresh(&*users, &*sessions, &issuer, cache.as_ref(), request).await
+        },
+    }
+}
+
+http_function! {
+    pub const USERS_LOGOUT = "users-logout" {
+        routes: routes_of::<zx_users::sessions::__path_logout>,
+        access: Access::Public,
+        limit: Some(Group::Users),
+        ports: (Arc<dyn SessionEnding>, Option<Cache>),
+        handler: |(sessions, cache), request| {
+            zx_users::logout(&*sessions, cache.as_ref(), request).await
+        },
+    }
+}
+
+http_function! {
+    pub const USERS_VALIDATE = "users-validate" {
+        routes: routes_of::<zx_users::handlers::__path_validate>,
+        access: Access::Checked,
+        limit: Some(Group::Users),
+        memory_mb: 128,
+        ports: (),
+        handler: |_none, request| zx_users::validate(request).await,
+    }
+}
+
+http_function! {
+    pub const USERS_ME = "users-me" {
+        routes: routes_of::<zx_users::handlers::__path_me>,
+        access: Access::Authenticated,
+        limit: Some(Group::Users),
+        ports: Arc<dyn UserReader>,
+        handler: |users, request| zx_users::me(&*users, request).await,
+    }
+}
+
+http_function! {
+    /// An admin reads anyone's profile: the role is the stored one.
+    pub const USERS_GET = "users-get" {
+        routes: routes_of::<zx_users::handlers::__path_get_user>,
+        access: Access::Checked,
+        limit: Some(Group::Users),
+        ports: Arc<dyn UserReader>,
+        handler: |users, request| zx_users::get_user(&*users, request).await,
+    }
+}
+
+http_function! {
+    pub const USERS_UPDATE = "users-update" {
+        routes: routes_of::<zx_users::handlers::__path_update_user>,
+        access: Access::Checked,
+        limit: Some(Group::Users),
+        ports: (Arc<dyn UserRepository>, Passwords, Cache, Arc<dyn Notifier>),
+        handler: |(users, (hasher, guard), cache, notifier), request| {
+            zx_users::update_user(&*users, &hasher, &guard, &cache, &*notifier, request).await
+        },
+    }
+}
+
+/// Checking passwords: the hasher, and the limits that guard it.
+type Passwords = (PasswordHasher, Arc<PasswordGuard>);
+/// Signing access tokens.
+type Issuer = Arc<TokenIssuer>;
+
+/// The catalogue store and its cache view.
+type Catalogue<P> = (Arc<P>, Option<zx_products::CatalogueCache>);
+
+http_function! {
+    /// `GET /products`: searches count against their own per-client limit too.
+    pub const PRODUCTS_LIST = "products-list" {
+        routes: routes_of::<zx_products::handlers::__path_list_products>,
+        access: Access::Public,
+        limit: Some(Group::Products),
+        ports: (Catalogue<dyn ProductReader>, Arc<zx_cache::ClientLimits>),
+        handler: |((products, cache), limits), request| {
+            zx_products::list_products(&*products, cache.as_ref(), &limits, request).await
+        },
+    }
+}
+
+http_function! {
+    pub const PRODUCTS_GET = "products-get" {
+        routes: routes_of::<zx_products::handlers::__path_get_product>,
+        access: Access::Public,
+        limit: Some(Group::Products),
+        ports: Catalogue<dyn ProductReader>,
+        handler: |(products, cache), request| {
+            zx_products::get_product(&*products, cache.as_ref(), request).await
+        },
+    }
+}
+
+http_function! {
+    pub const PRODUCTS_CREATE = "products-create" {
+        routes: routes_of::<zx_products::handlers::__path_create_product>,
+        access: Access::Admin,
+        limit: Some(Group::Products),
+        ports: Catalogue<dyn ProductRepository>,
+        handler: |(products, cache), request| {
+            zx_products::create_product(&*products, cache.as_ref(), request).await
+        },
+    }
+}
+
+http_function! {
+    pub const PRODUCTS_UPDATE = "products-update" {
+        routes: routes_of::<zx_products::handlers::__path_update_product>,
+        access: Access::Admin,
+        limit: Some(Group::Products),
+        ports: Catalogue<dyn ProductRepository>,
+        handler: |(products, cache), request| {
+            zx_products::update_product(&*products, cache.as_ref(), request).await
+        },
+    }
+}
+
+http_function! {
+    pub const PRODUCTS_DELETE = "products-delete" {
+        routes: routes_of::<zx_products::handlers::__path_delete_product>,
+        access: Access::Admin,
+        limit: Some(Group::Products),
+        ports: Catalogue<dyn ProductRepository>,
+        handler: |(products, cache), request| {
+            zx_products::delete_product(&*products, cache.as_ref(), request).await
+        },
+    }
+}
+
+http_function! {
+    pub const STOCK_GET = "stock-get" {
+        routes: routes_of::<zx_products::stock::__path_get_stock>,
+        access: Access::Public,
+        limit: Some(Group::Products),
+        ports: Arc<dyn ProductReader>,
+        handler: |products, request| {
+            zx_products::get_stock(&*products, request).await
+        },
+    }
+}
+
+http_function! {
+    pub const STOCK_PUT = "stock-put" {
+        routes: routes_of::<zx_products::stock::__path_put_stock>,
+        access: Access::Admin,
+        limit: Some(Group::Products),
+        ports: Catalogue<dyn ProductRepository>,
+        handler: |(products, cache), request| {
+            zx_products::put_stock(&*products, cache.as_ref(), request).await
+        },
+    }
+}
+
+http_function! {
+    /// Placing an order: the order and its outbox rows in one write, then the reserve and the
+    /// event sent.
+    pub const ORDERS_CREATE = "orders-create" {
+        routes: routes_of::<zx_orders::http::__path_create_order>,
+        access: Access::Checked,
+        limit: Some(Group::Orders),
+        ports: zx_orders::Placement,
+        handler: |placement, request| {
+            zx_orders::http::create_order(&placement, request).await
+        },
+    }
+}
+
+http_function! {
+    /// An admin reads every customer's orders: the role is the stored one. Reads only.
+    pub const ORDERS_GET = "orders-get" {
+        routes: routes_of::<zx_orders::http::__path_get_order>,
+        access: Access::Checked,
+        limit: Some(Group::Orders),
+        ports: Arc<dyn OrderReader>,
+        handler: |orders, request| {
+            zx_orders::http::get_order(&*orders, request).await
+        },
+    }
+}
+
+http_function! {
+    pub const ORDERS_LIST = "orders-list" {
+        routes: routes_of::<zx_orders::http::__path_list_orders>,
+        access: Access::Checked,
+        limit: Some(Group::Orders),
+        ports: Arc<dyn OrderReader>,
+        handler: |orders, request| {
+            zx_orders::http::list_orders(&*orders, request).await
+        },
+    }
+}
+
+http_function! {
+    pub const ORDERS_CANCEL = "orders-cancel" {
+        routes: routes_of::<zx_orders::http::__path_cancel_order>,
+        access: Access::Checked,
+        limit: Some(Group::Orders),
+        ports: Moving<OrderMoves>,
+        handler: |moving, request| {
+            zx_orders::http::cancel_order(&moving.0, request).await
+        },
+    }
+}
+
+http_function! {
+    pub const ORDERS_UPDATE_STATUS = "orders-update-status" {
+        routes: routes_of::<zx_orders::http::__path_update_status>,
+        access: Access::Admin,
+        limit: Some(Group::Orders),
+        ports: Moving<OrderMoves>,
+        handler: |moving, request| {
+            zx_orders::http::update_status(&moving.0, request).await
+        },
+    }
+}
 
 /// Every HTTP function (the local gateway builds them all; each `main.rs` names its own).
 pub const HTTP_FUNCTIONS: &[HttpFunction] = &[
@@ -355,350 +570,6 @@ pub const HTTP_FUNCTIONS: &[HttpFunction] = &[
 pub fn function(binary: &str) -> Option<&'static HttpFunction> {
     HTTP_FUNCTIONS.iter().find(|f| f.name == binary)
 }
-
-/// The seed's Kong services: which per-client limit a route counts against.
-#[derive(Debug, Clone, Copy)]
-enum Group {
-    Users,
-    Products,
-    Orders,
-}
-
-/// The edge of a function: it verifies bearer tokens (required for `access: Authenticated`,
-/// and used to tell clients apart everywhere) and counts requests per client for `group`.
-fn edge(services: &Services, access: Access, group: Group) -> Result<Edge, ConfigError> {
-    let verifier = services.verifier()?;
-    let limits = services.limits.limits;
-    let limit = match group {
-        Group::Users => RouteLimit {
-            group: "users",
-            per_minute: limits.users_per_client,
-        },
-        Group::Products => RouteLimit {
-            group: "products",
-            per_minute: limits.products_per_client,
-        },
-        Group::Orders => RouteLimit {
-            group: "orders",
-            per_minute: limits.orders_per_client,
-        },
-    };
-    let limiter = services.limits.limiter.clone().map(|l| (l, limit));
-    let edge = Edge::new(access, Some(verifier), limiter);
-    if access.checks_standing() {
-        let standing =
-            zx_users::SessionStanding::new(services.stores.sessions()?, services.cache.clone());
-        return Ok(edge.with_standing(Arc::new(standing)));
-    }
-    Ok(edge)
-}
-
-/// `GET /health` (and `/api/v1/<service>/health`): no token, no limit.
-pub fn health(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let checks = Arc::new(services.health_checks());
-    let timeout = services.health_timeout;
-    Ok(Edge::new(Access::Public, None, None).wrap(move |request| {
-        let checks = checks.clone();
-        async move { crate::health_handler(&checks, timeout, request).await }
-    }))
-}
-
-/// `GET /api/v1/openapi.json`.
-pub fn openapi(_services: &Services) -> Result<HttpHandler, ConfigError> {
-    Ok(Edge::new(Access::Public, None, None).wrap(crate::openapi::serve_openapi))
-}
-
-/// `GET /docs` and `GET /docs/{file}`.
-pub fn docs(_services: &Services) -> Result<HttpHandler, ConfigError> {
-    Ok(
-        Edge::new(Access::Public, None, None).wrap(|request: Request| async move {
-            if zx_http::path_param(&request, "file").is_ok() {
-                zx_docs::docs_asset(request).await
-            } else {
-                zx_docs::docs_page(request).await
-            }
-        }),
-    )
-}
-
-pub fn users_register(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let state = (
-        services.stores.users()?,
-        services.hasher.clone(),
-        Arc::new(services.password_guard()?),
-    );
-    serve(
-        services,
-        Access::Public,
-        Group::Users,
-        state,
-        |(users, hasher, guard), request| async move {
-            zx_users::register(&*users, &hasher, &guard, request).await
-        },
-    )
-}
-
-/// One of the two functions that sign tokens, in KMS (with `users-refresh`).
-pub fn users_login(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let state = (
-        services.stores.users()?,
-        services.stores.sessions()?,
-        services.hasher.clone(),
-        services.issuer()?,
-        Arc::new(services.password_guard()?),
-    );
-    serve(
-        services,
-        Access::Public,
-        Group::Users,
-        state,
-        |(users, sessions, hasher, issuer, guard), request| async move {
-            zx_users::login(&*users, &*sessions, &hasher, &issuer, &guard, request).await
-        },
-    )
-}
-
-/// Signs in KMS: a refresh signs a new access token.
-pub fn users_refresh(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let state = (
-        services.stores.users()?,
-        services.stores.sessions()?,
-        services.issuer()?,
-        services.cache.clone(),
-    );
-    serve(
-        services,
-        Access::Public,
-        Group::Users,
-        state,
-        |(users, sessions, issuer, cache), request| async move {
-            zx_users::refresh(&*users, &*sessions, &issuer, cache.as_ref(), request).await
-        },
-    )
-}
-
-pub fn users_logout(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let state = (services.stores.sessions()?, services.cache.clone());
-    serve(
-        services,
-        Access::Public,
-        Group::Users,
-        state,
-        |(sessions, cache), request| async move {
-            zx_users::logout(&*sessions, cache.as_ref(), request).await
-        },
-    )
-}
-
-pub fn users_validate(services: &Services) -> Result<HttpHandler, ConfigError> {
-    Ok(edge(services, Access::Checked, Group::Users)?.wrap(zx_users::validate))
-}
-
-/// A profile read for the authenticated caller: `handler` gets the users and the request.
-fn profile_read<F, Fut>(
-    services: &Services,
-    access: Access,
-    handler: F,
-) -> Result<HttpHandler, ConfigError>
-where
-    F: Fn(Arc<dyn UserRepository>, Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
-{
-    let users = services.stores.users()?;
-    serve(services, access, Group::Users, users, handler)
-}
-
-/// `handler` behind the edge for (`access`, `group`), given its own clone of `state` per
-/// request: what every function's builder comes down to.
-fn serve<S, F, Fut>(
-    services: &Services,
-    access: Access,
-    group: Group,
-    state: S,
-    handler: F,
-) -> Result<HttpHandler, ConfigError>
-where
-    S: Clone + Send + Sync + 'static,
-    F: Fn(S, Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
-{
-    Ok(edge(services, access, group)?.wrap(move |request| handler(state.clone(), request)))
-}
-
-pub fn users_me(services: &Services) -> Result<HttpHandler, ConfigError> {
-    profile_read(
-        services,
-        Access::Authenticated,
-        |users, request| async move { zx_users::me(&*users, request).await },
-    )
-}
-
-pub fn users_get(services: &Services) -> Result<HttpHandler, ConfigError> {
-    // An admin reads anyone's profile: the role is the stored one.
-    profile_read(services, Access::Checked, |users, request| async move {
-        zx_users::get_user(&*users, request).await
-    })
-}
-
-pub fn users_update(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let state = (
-        services.stores.users()?,
-        services.hasher.clone(),
-        Arc::new(services.password_guard()?),
-        services
-            .cache
-            .clone()
-            .ok_or(ConfigError::Missing("CACHE_URL"))?,
-        services.notifier()?,
-    );
-    serve(
-        services,
-        Access::Checked,
-        Group::Users,
-        state,
-        |(users, hasher, guard, cache, notifier), request| async move {
-            zx_users::update_user(&*users, &hasher, &guard, &cache, &*notifier, request).await
-        },
-    )
-}
-
-/// A catalogue function: `handler` gets the product repository and the catalogue cache.
-fn catalogue<F, Fut>(
-    services: &Services,
-    access: Access,
-    handler: F,
-) -> Result<HttpHandler, ConfigError>
-where
-    F: Fn(Arc<dyn ProductRepository>, Option<CatalogueCache>, Request) -> Fut
-        + Send
-        + Sync
-        + 'static,
-    Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
-{
-    let state = (services.stores.products()?, services.catalogue_cache());
-    serve(
-        services,
-        access,
-        Group::Products,
-        state,
-        move |(products, cache), request| handler(products, cache, request),
-    )
-}
-
-/// A catalogue function whose handler takes (products, cache, request).
-macro_rules! catalogue_function {
-    ($(#[$doc:meta])* $name:ident, $access:expr, $handler:path) => {
-        $(#[$doc])*
-        pub fn $name(services: &Services) -> Result<HttpHandler, ConfigError> {
-            catalogue(services, $access, |products, cache, request| async move {
-                $handler(&*products, cache.as_ref(), request).await
-            })
-        }
-    };
-}
-
-/// `GET /products`: searches count against their own per-client limit too.
-pub fn products_list(services: &Services) -> Result<HttpHandler, ConfigError> {
-    let limits = Arc::new(services.limits.clone());
-    catalogue(services, Access::Public, move |products, cache, request| {
-        let limits = limits.clone();
-        async move { zx_products::list_products(&*products, cache.as_ref(), &limits, request).await }
-    })
-}
-catalogue_function!(
-    /// `GET /products/{id}`
-    products_get, Access::Public, zx_products::get_product
-);
-catalogue_function!(
-    /// `POST /products` (admin)
-    products_create, Access::Admin, zx_products::create_product
-);
-catalogue_function!(
-    /// `PUT /products/{id}` (admin)
-    products_update, Access::Admin, zx_products::update_product
-);
-catalogue_function!(
-    /// `DELETE /products/{id}` (admin)
-    products_delete, Access::Admin, zx_products::delete_product
-);
-catalogue_function!(
-    /// `PUT /stock/{productId}` (admin)
-    stock_put, Access::Admin, zx_products::put_stock
-);
-
-pub fn stock_get(services: &Services) -> Result<HttpHandler, ConfigError> {
-    catalogue(
-        services,
-        Access::Public,
-        |products, _, request| async move { zx_products::get_stock(&*products, request).await },
-    )
-}
-
-/// An orders function: authenticated, counted against the orders limit; `handler` gets the
-/// saga's dependencies and the request.
-fn orders<F, Fut>(
-    services: &Services,
-    access: Access,
-    handler: F,
-) -> Result<HttpHandler, ConfigError>
-where
-    F: Fn(Arc<zx_orders::Saga>, Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
-{
-    let saga = Arc::new(services.saga()?);
-    // Placing, cancelling and moving orders are writes: the session must still stand.
-    serve(services, access, Group::Orders, saga, handler)
-}
-
-/// An orders function whose handler takes (saga, request).
-macro_rules! orders_function {
-    ($(#[$doc:meta])* $name:ident, $access:expr, $handler:path) => {
-        $(#[$doc])*
-        pub fn $name(services: &Services) -> Result<HttpHandler, ConfigError> {
-            orders(services, $access, |saga, request| async move {
-                $handler(&saga, request).await
-            })
-        }
-    };
-}
-
-orders_function!(
-    /// `POST /orders`
-    orders_create, Access::Checked, zx_orders::http::create_order
-);
-/// An order read: authenticated, counted against the orders limit, the orders store only.
-fn order_read<F, Fut>(services: &Services, handler: F) -> Result<HttpHandler, ConfigError>
-where
-    F: Fn(Arc<dyn zx_domain::OrderReader>, Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, ApiError>> + Send + 'static,
-{
-    // Reads only: the function is granted reads only.
-    let orders: Arc<dyn zx_domain::OrderReader> = services.stores.orders()?;
-    // An admin reads every customer's orders: the role is the stored one.
-    serve(services, Access::Checked, Group::Orders, orders, handler)
-}
-
-/// `GET /orders/{id}`
-pub fn orders_get(services: &Services) -> Result<HttpHandler, ConfigError> {
-    order_read(services, |orders, request| async move {
-        zx_orders::http::get_order(&*orders, request).await
-    })
-}
-
-/// `GET /orders`
-pub fn orders_list(services: &Services) -> Result<HttpHandler, ConfigError> {
-    order_read(services, |orders, request| async move {
-        zx_orders::http::list_orders(&*orders, request).await
-    })
-}
-orders_function!(
-    /// `POST /orders/{id}/cancel`
-    orders_cancel, Access::Checked, zx_orders::http::cancel_order
-);
-orders_function!(
-    /// `PATCH /orders/{id}/status` (admin)
-    orders_update_status, Access::Admin, zx_orders::http::update_status
-);
 
 #[cfg(test)]
 mod tests {
@@ -747,71 +618,119 @@ mod tests {
         config
     }
 
-    /// Each function's cold start builds only what its `Needs` declare, and its builder finds
-    /// everything it uses there (the local gateway, wired with everything, cannot show this).
+    /// Each function's cold start builds only what its ports need, and its builder finds
+    /// everything it uses there (the local gateway, built with everything, cannot show this).
     #[tokio::test]
-    async fn every_function_builds_with_only_what_its_needs_declare() {
+    async fn every_function_builds_with_only_what_its_ports_need() {
         let (config, aws) = (config(), aws().await);
         for function in HTTP_FUNCTIONS {
-            let services = Services::build_wired(&config, &aws, &function.wiring)
+            let services = Services::build_for(&config, &aws, &function.needs)
                 .await
                 .unwrap();
-            let needs = function.wiring.needs;
             assert_eq!(
-                services.stores.users.is_some(),
-                needs.users.any(),
-                "{}",
-                function.name
-            );
-            assert_eq!(
-                services.stores.orders.is_some(),
-                needs.orders.any(),
-                "{}",
-                function.name
-            );
-            assert_eq!(
-                services.sender.is_some(),
-                needs.sends.any(),
+                services.cache.is_some(),
+                function.needs.cache,
                 "{}",
                 function.name
             );
             if let Err(error) = (function.build)(&services) {
                 panic!(
-                    "{} does not build with its own wiring: {error}",
+                    "{} does not build with its own needs: {error}",
                     function.name
                 );
             }
         }
         for function in SQS_FUNCTIONS {
-            let services = Services::build_wired(&config, &aws, &function.wiring)
+            let services = Services::build_for(&config, &aws, &function.needs)
                 .await
                 .unwrap();
             assert!((function.build)(&services).is_ok(), "{}", function.name);
         }
-        let services = Services::build_wired(&config, &aws, &OUTBOX_RELAY)
+        let services = Services::build_for(&config, &aws, &OUTBOX_RELAY)
             .await
             .unwrap();
         assert!(outbox_relay(&services).is_ok());
     }
 
     #[tokio::test]
-    async fn a_builder_without_its_store_names_it() {
+    async fn a_cold_start_without_a_store_refuses_naming_it() {
         let (config, aws) = (config(), aws().await);
-        let wiring = Needs {
+        let needs = Needs {
             cache: true,
             ..Needs::NONE
-        }
-        .wiring();
-        let services = Services::build_wired(&config, &aws, &wiring).await.unwrap();
-        let error = products_get(&services).err().unwrap();
+        };
+        let services = Services::build_for(&config, &aws, &needs).await.unwrap();
+        let error = (PRODUCTS_GET.build)(&services).err().unwrap();
         assert_eq!(
             error.to_string(),
             "this function is not wired with the products store"
         );
-        // The saga's stores may be stand-ins, but it cannot run without its sender.
         assert!(matches!(
-            orders_create(&services),
-            Err(ConfigError::Missing("INVENTORY_QUEUE_URL"))
+            (ORDERS_CREATE.build)(&services),
+            Err(ConfigError::NotWired("orders"))
         ));
+    }
+
+    /// The one guard left at run time: a sender refuses destinations outside its port's set
+    /// and says so, so a transition leaves those messages in the outbox for the relay.
+    #[tokio::test]
+    async fn a_sender_sends_only_where_its_port_allows() {
+        use crate::capabilities::SendSet as _;
+        use zx_domain::{Destination, MessageSender as _};
+        let services = Services::build_for(&config(), &aws().await, &Needs::NONE)
+            .await
+            .unwrap();
+        let sender = services
+            .sender(crate::capabilities::OrderAnswers::SENDS)
+            .unwrap();
+        assert!(sender.sends_to(Destination::OrderEvents));
+        assert!(!sender.sends_to(Destination::InventoryQueue));
+        let release = zx_orders::messages::release(&zx_domain::OrderId::generate());
+        let refused = sender.send(&release).await.unwrap_err();
+        assert_eq!(
+            zx_domain::cause_chain(&refused),
+            "send failed: this function does not send to InventoryQueue"
+        );
+        let refused = sender
+            .dead_letter(Destination::InventoryQueue, "{", "malformed")
+            .await
+            .unwrap_err();
+        assert!(!refused.is_transient());
+    }
+
+    http_function! {
+        /// The doctest of `http_function!` that must not compile, reading only: it compiles,
+        /// and it needs what reading orders behind a checked edge needs.
+        const READER = "reader" {
+            routes: Vec::new,
+            access: Access::Checked,
+            limit: Some(Group::Orders),
+            ports: Arc<dyn OrderReader>,
+            handler: |orders, _request| {
+                let order = orders.find_order(&zx_domain::OrderId::generate()).await?;
+                zx_http::json_response(200, &order.is_some())
+            },
+        }
+    }
+
+    #[test]
+    fn a_function_needs_what_its_edge_and_its_ports_need() {
+        use crate::capabilities::Use;
+        assert_eq!(
+            READER.needs,
+            Needs {
+                orders: Use::Read,
+                sessions: SessionUse::CHECK,
+                cache: true,
+                ..Needs::NONE
+            }
+        );
+        // Signing follows from the issuer port: only the two functions that take it sign.
+        let signers: Vec<&str> = HTTP_FUNCTIONS
+            .iter()
+            .filter(|f| f.needs.sign)
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(signers, ["users-login", "users-refresh"]);
     }
 }

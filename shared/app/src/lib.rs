@@ -1,8 +1,20 @@
-//! Wiring shared by every function: typed configuration, building the store, cache and
-//! credential services once per cold start, each function's handler (one builder per function,
-//! called by its `main.rs` and by the local gateway alike), and the health checks.
+//! The composition of every function, in dependency order (no module imports one after it):
+//!
+//! 1. [`config`]: typed configuration from the environment.
+//! 2. [`capabilities`]: what a function may do, as IAM sees it ([`capabilities::Needs`]).
+//! 3. [`health`]: the dependency checks of `GET /health`.
+//! 4. [`backend`]: one cold start's clients, pool and cache ([`Services`]), one adapter per
+//!    port on request.
+//! 5. [`ports`]: capabilities as types: each port's needs and how it is wired.
+//! 6. [`functions`] and [`workers`]: each function declared once (routes, access, limit, ports,
+//!    handler); its needs follow from its ports' types.
+//! 7. [`runtime`]: the Lambda entry points (`main.rs` calls one).
+//! 8. [`permissions`], [`template`], [`openapi`], [`admin`]: what is generated from the
+//!    declarations (IAM statements, the template's function blocks, the API description).
 
 pub mod admin;
+pub mod backend;
+pub mod capabilities;
 pub mod config;
 pub mod discovery;
 pub mod functions;
@@ -11,14 +23,14 @@ pub mod http_client;
 pub mod kms;
 pub mod openapi;
 pub mod permissions;
+pub mod ports;
 #[cfg(feature = "postgres")]
 pub mod rds_iam;
+pub mod runtime;
 pub mod template;
-pub mod unwired;
-pub mod wiring;
 pub mod workers;
 
+pub use backend::{Services, build_cache};
 pub use config::{Config, ConfigError, StoreKind};
 pub use health::{HealthCheck, HealthReport, health_handler};
-pub use wiring::{Services, Stores, build_cache, build_stores, run_http, start};
-pub use workers::{run_scheduled, run_sqs};
+pub use runtime::{run_http, run_scheduled, run_sqs, start};

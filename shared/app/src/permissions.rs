@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use zx_store_dynamodb::iam;
 
-use crate::wiring::{Needs, Use};
+use crate::capabilities::{Needs, Use};
 
 /// Resource (logical id, or `<Table>/index/*`) → actions.
 pub type Permissions = BTreeMap<String, BTreeSet<&'static str>>;
@@ -130,14 +130,14 @@ pub fn permissions(needs: &Needs) -> Permissions {
 pub fn functions() -> Vec<(&'static str, Needs)> {
     let mut all: Vec<(&'static str, Needs)> = crate::functions::HTTP_FUNCTIONS
         .iter()
-        .map(|f| (f.name, f.wiring.needs))
+        .map(|f| (f.name, f.needs))
         .collect();
     all.extend(
         crate::workers::SQS_FUNCTIONS
             .iter()
-            .map(|f| (f.name, f.wiring.needs)),
+            .map(|f| (f.name, f.needs)),
     );
-    all.push(("outbox-relay", crate::workers::OUTBOX_RELAY.needs));
+    all.push(("outbox-relay", crate::workers::OUTBOX_RELAY));
     all
 }
 

@@ -9,9 +9,9 @@ use std::fmt::Write as _;
 
 use zx_store_dynamodb::iam;
 
+use crate::capabilities::Needs;
 use crate::functions::{HTTP_FUNCTIONS, Route};
 use crate::permissions::permissions;
-use crate::wiring::Needs;
 use crate::workers::{
     BATCH_SIZE, MAX_CONCURRENT_BATCHES, OUTBOX_RELAY, RELAY_SCHEDULE, RELAY_TIMEOUT_SECONDS,
     SQS_FUNCTIONS,
@@ -45,7 +45,7 @@ fn functions() -> Vec<Function> {
     let mut all: Vec<Function> = HTTP_FUNCTIONS
         .iter()
         .map(|f| {
-            let needs = f.wiring.needs;
+            let needs = f.needs;
             let mut environment = Vec::new();
             if needs.sign {
                 environment.push(("JWT_SIGNING_KEY_ID", "!Ref JwtSigningKeyArn"));
@@ -65,7 +65,7 @@ fn functions() -> Vec<Function> {
         .collect();
     all.extend(SQS_FUNCTIONS.iter().map(|f| Function {
         binary: f.name,
-        needs: f.wiring.needs,
+        needs: f.needs,
         memory_mb: None,
         timeout_s: None,
         environment: vec![worker_pool],
@@ -73,7 +73,7 @@ fn functions() -> Vec<Function> {
     }));
     all.push(Function {
         binary: "outbox-relay",
-        needs: OUTBOX_RELAY.needs,
+        needs: OUTBOX_RELAY,
         memory_mb: None,
         timeout_s: Some(RELAY_TIMEOUT_SECONDS),
         environment: vec![worker_pool],

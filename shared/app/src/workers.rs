@@ -1,6 +1,7 @@
 //! The non-HTTP functions: the SQS-triggered workers (partial batch responses) and the
-//! scheduled outbox relay. Like the HTTP functions, each is built by one builder, called by its
-//! `main.rs` and by the local gateway alike.
+//! scheduled outbox relay. Like the HTTP functions, each is declared once, its needs following
+//! from its ports (`crate::ports`), and built by one builder that its `main.rs` and the local
+//! gateway call alike.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,12 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use lambda_runtime::{LambdaEvent, service_fn};
-use tracing::Instrument;
-use zx_orders::usecases::RelayReport;
+use zx_orders::usecases::{InventorySteps, Relay, RelayReport};
 use zx_orders::workers::{QueueMessage, Worker};
 
-use crate::wiring::{Needs, Sends, Use, Wiring};
+use crate::capabilities::{Needs, OrderAnswers};
+use crate::ports::{Moving, Port};
 use crate::{ConfigError, Services};
 
 /// An SQS-triggered function: a batch and the instant it must be answered by in, the records
@@ -32,12 +32,41 @@ pub type ScheduledHandler =
     Arc<dyn Fn(Instant) -> Pin<Box<dyn Future<Output = RelayReport> + Send>> + Send + Sync>;
 
 /// One SQS-triggered function: binary name, the queue it reads (its logical id in
-/// `template.yaml`), builder, what its cold start builds.
+/// `template.yaml`), builder, what its cold start builds and is granted.
 pub struct SqsFunction {
     pub name: &'static str,
     pub queue: &'static str,
     pub build: SqsBuilder,
-    pub wiring: Wiring,
+    pub needs: Needs,
+}
+
+/// The ports of a queue worker, as the worker they feed.
+pub trait WorkerPorts: Port {
+    fn worker(self) -> Worker;
+}
+
+impl WorkerPorts for InventorySteps {
+    fn worker(self) -> Worker {
+        Worker::Inventory(self)
+    }
+}
+
+impl WorkerPorts for Moving<OrderAnswers> {
+    fn worker(self) -> Worker {
+        Worker::Order(self.0)
+    }
+}
+
+impl SqsFunction {
+    /// The worker fed by `queue` with the ports `P`: built from them, granted what they need.
+    const fn of<P: WorkerPorts>(name: &'static str, queue: &'static str) -> Self {
+        Self {
+            name,
+            queue,
+            build: worker::<P>,
+            needs: P::NEEDS,
+        }
+    }
 }
 
 /// Messages per batch a queue worker receives (`BatchSize`).
@@ -49,68 +78,24 @@ pub const MAX_CONCURRENT_BATCHES: u16 = 10;
 pub const RELAY_SCHEDULE: &str = "rate(1 minute)";
 pub const RELAY_TIMEOUT_SECONDS: u16 = 60;
 
-pub const INVENTORY_WORKER: SqsFunction = SqsFunction {
-    name: "inventory-worker",
-    queue: "InventoryQueue",
-    build: inventory_worker,
-    // Reads the order each message names (to verify it), reserves, releases and commits
-    // stock, answers on the order queue directly (no outbox), and marks the products' cached
-    // views stale.
-    wiring: Needs {
-        inventory: Use::Write,
-        orders: Use::Read,
-        sends: Sends {
-            order_queue: true,
-            inventory_dlq: true,
-            ..Sends::NONE
-        },
-        cache: true,
-        ..Needs::NONE
-    }
-    .wiring(),
-};
-pub const ORDER_WORKER: SqsFunction = SqsFunction {
-    name: "order-worker",
-    queue: "OrderQueue",
-    build: order_worker,
-    // Confirms and cancels pending orders and publishes their events. The release of a
-    // rejected order (a tombstone: nothing is held) stays in the outbox for the relay, so the
-    // order worker may not send to the inventory queue.
-    wiring: Needs {
-        sends: Sends {
-            order_events: true,
-            order_dlq: true,
-            ..Sends::NONE
-        },
-        ..ORDER_MOVES
-    }
-    .wiring(),
-};
+/// `inventory-worker`: reserves, releases and commits stock, each verified against its order.
+pub const INVENTORY_WORKER: SqsFunction =
+    SqsFunction::of::<InventorySteps>("inventory-worker", "InventoryQueue");
+/// `order-worker`: confirms or cancels orders on the inventory's answer and publishes their
+/// events.
+pub const ORDER_WORKER: SqsFunction =
+    SqsFunction::of::<Moving<OrderAnswers>>("order-worker", "OrderQueue");
 
 /// Every SQS-triggered function.
 pub const SQS_FUNCTIONS: &[SqsFunction] = &[INVENTORY_WORKER, ORDER_WORKER];
 
-/// What the relay's cold start builds.
-/// Moving orders without a client: the order worker's transitions and the relay's expiry and
-/// resends (no message on the order queue ever goes through the outbox).
-const ORDER_MOVES: Needs = Needs {
-    orders: Use::Write,
-    outbox: Use::Write,
-    sends: Sends::ORDER_MOVES,
-    ..Needs::NONE
-};
+/// What the relay's cold start builds and is granted: its ports' needs.
+pub const OUTBOX_RELAY: Needs = <Relay as Port>::NEEDS;
 
-/// The relay also purges finished reservations and old stock change ids (Postgres).
-pub const OUTBOX_RELAY: Wiring = Needs {
-    inventory: Use::Read,
-    ..ORDER_MOVES
-}
-.wiring();
-
-fn worker(services: &Services, worker: Worker) -> Result<SqsHandler, ConfigError> {
-    let saga = Arc::new(services.saga()?);
+fn worker<P: WorkerPorts>(services: &Services) -> Result<SqsHandler, ConfigError> {
+    let worker = Arc::new(P::wire(services)?.worker());
     Ok(Arc::new(move |event: SqsEvent, deadline: Instant| {
-        let saga = saga.clone();
+        let worker = worker.clone();
         Box::pin(async move {
             let started = Instant::now();
             let mut unidentified = 0usize;
@@ -128,8 +113,7 @@ fn worker(services: &Services, worker: Worker) -> Result<SqsHandler, ConfigError
                     }
                 })
                 .collect();
-            let failed =
-                zx_orders::workers::process_batch(&saga, worker, &messages, deadline).await;
+            let failed = zx_orders::workers::process_batch(&worker, &messages, deadline).await;
             tracing::info!(
                 worker = worker.name(),
                 records = messages.len() + unidentified,
@@ -152,24 +136,14 @@ fn worker(services: &Services, worker: Worker) -> Result<SqsHandler, ConfigError
     }))
 }
 
-/// `inventory-worker`: reserve and release stock.
-pub fn inventory_worker(services: &Services) -> Result<SqsHandler, ConfigError> {
-    worker(services, Worker::Inventory)
-}
-
-/// `order-worker`: confirm or cancel orders on the inventory's answer.
-pub fn order_worker(services: &Services) -> Result<SqsHandler, ConfigError> {
-    worker(services, Worker::Order)
-}
-
 /// `outbox-relay`: resend unsent messages, park what cannot be sent, expire overdue orders.
 pub fn outbox_relay(services: &Services) -> Result<ScheduledHandler, ConfigError> {
-    let saga = Arc::new(services.saga()?);
+    let relay = Arc::new(<Relay as Port>::wire(services)?);
     Ok(Arc::new(move |deadline: Instant| {
-        let saga = saga.clone();
+        let relay = relay.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let report = zx_orders::usecases::run_relay(&saga, deadline).await;
+            let report = zx_orders::usecases::run_relay(&relay, deadline).await;
             tracing::info!(
                 relayed = report.relayed,
                 failed = report.failed,
@@ -192,68 +166,4 @@ pub fn outbox_relay(services: &Services) -> Result<ScheduledHandler, ConfigError
 /// The SQS function named `binary`.
 pub fn sqs_function(binary: &str) -> Option<&'static SqsFunction> {
     SQS_FUNCTIONS.iter().find(|f| f.name == binary)
-}
-
-fn refuse(error: ConfigError) -> ConfigError {
-    tracing::error!(%error, "refusing to start: invalid configuration");
-    error
-}
-
-/// An SQS function's `main`: cold start, build with `build`, serve batches with partial batch
-/// responses.
-pub async fn run_sqs(function: &SqsFunction) -> Result<(), lambda_runtime::Error> {
-    let services = crate::start(&function.wiring).await?;
-    let handler = (function.build)(&services).map_err(refuse)?;
-    drop(services);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let handler = handler.clone();
-        let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
-        let deadline = deadline_of(&event.context);
-        async move {
-            crate::wiring::before_invocation().await;
-            Ok::<_, std::convert::Infallible>(handler(event.payload, deadline).await)
-        }
-        .instrument(span)
-    }))
-    .await
-}
-
-/// The invocation's deadline (milliseconds since the epoch) as an instant of this clock.
-fn deadline_of(context: &lambda_runtime::Context) -> Instant {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let left = u128::from(context.deadline).saturating_sub(now_ms);
-    Instant::now()
-        + std::time::Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX).min(900_000))
-}
-
-/// The relay's `main`: each scheduled event is one run, which ends before the invocation's
-/// deadline and reports what it did and left (faults are logged at error level).
-pub async fn run_scheduled() -> Result<(), lambda_runtime::Error> {
-    let services = crate::start(&OUTBOX_RELAY).await?;
-    let handler = outbox_relay(&services).map_err(refuse)?;
-    drop(services);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
-        let handler = handler.clone();
-        let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
-        // The invocation's deadline (milliseconds since the epoch) as an instant of this clock.
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let left = u128::from(event.context.deadline).saturating_sub(now_ms);
-        let deadline = Instant::now()
-            + std::time::Duration::from_millis(
-                u64::try_from(left).unwrap_or(u64::MAX).min(900_000),
-            );
-        async move {
-            crate::wiring::before_invocation().await;
-            let report = handler(deadline).await;
-            Ok::<_, lambda_runtime::Error>(serde_json::to_value(report).unwrap_or_default())
-        }
-        .instrument(span)
-    }))
-    .await
 }

@@ -23,11 +23,12 @@ pub use product::{
     ProductId, ProductName, ProductQuery, SearchTerm, Stock, StockChangeId, is_cjk_ideograph,
 };
 pub use repository::{
-    BatchReservation, InventoryRepository, MessageSender, OrderCreation, OrderExpiry, OrderReader,
-    OrderRepository, OrderWriter, Outbox, ProductReader, ProductRepository, ProductWriter, Purged,
-    RESERVATION_RETENTION, STOCK_CHANGE_RETENTION, SessionEnding, SessionReader, SessionRepository,
+    BatchReservation, InventoryRepository, InventoryStore, MessageSender, OrderCreation,
+    OrderExpiry, OrderReader, OrderRepository, OrderStore, OrderWriter, Outbox, PasswordRehasher,
+    ProductReader, ProductRepository, ProductWriter, Purged, RESERVATION_RETENTION,
+    ReservationPurge, STOCK_CHANGE_RETENTION, SessionEnding, SessionReader, SessionRepository,
     SessionRevoker, SessionRotation, SessionRotator, SessionStarter, StandingReader, StockChange,
-    StockWriter, UserReader, UserRepository, UserWriter,
+    StockWriter, UserReader, UserRepository, UserSignIn, UserWriter,
 };
 pub use session::{
     MAX_SESSION_LIFETIME, Presented, REMEMBERED_TOKENS, Session, SessionId, Standing, TokenHash,

@@ -33,7 +33,11 @@ pub trait UserWriter: Send + Sync {
     /// [`RepositoryError::ConcurrentUpdate`]. A changed e-mail or username that another user
     /// holds gives [`RepositoryError::Conflict`] and changes nothing.
     async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError>;
+}
 
+/// Replaces password hashes: a login's rehash, its own IAM grant.
+#[async_trait]
+pub trait PasswordRehasher: Send + Sync {
     /// Replaces only the password hash of `current` (a rehash at login), as a new version, if
     /// the stored version is still `current.version`; otherwise
     /// [`RepositoryError::ConcurrentUpdate`]. Nothing else of the user is written, so the IAM
@@ -113,9 +117,14 @@ pub trait SessionRepository:
 impl<T: SessionStarter + SessionRotation + SessionEnding + StandingReader> SessionRepository for T {}
 
 /// Both halves, for adapters and for wiring.
-pub trait UserRepository: UserReader + UserWriter {}
+pub trait UserRepository: UserReader + UserWriter + PasswordRehasher + UserSignIn {}
 
-impl<T: UserReader + UserWriter> UserRepository for T {}
+impl<T: UserReader + UserWriter + PasswordRehasher> UserRepository for T {}
+
+/// What a login does to users: reads them, and replaces a hash stored at a lower cost.
+pub trait UserSignIn: UserReader + PasswordRehasher {}
+
+impl<T: UserReader + PasswordRehasher> UserSignIn for T {}
 
 /// Reads the catalogue. Reads by id are strongly consistent; listings come from an index that
 /// may lag behind the latest writes.
@@ -352,9 +361,14 @@ pub trait OrderExpiry: Send + Sync {
 
 /// Orders, their idempotency keys and their outbox rows live in one store, so that an order and
 /// the messages it sends are written in one atomic write: every part, for adapters and wiring.
-pub trait OrderRepository: OrderReader + OrderWriter + OrderExpiry {}
+pub trait OrderRepository: OrderReader + OrderWriter + OrderExpiry + OrderStore {}
 
 impl<T: OrderReader + OrderWriter + OrderExpiry> OrderRepository for T {}
+
+/// Reads and writes orders: placing and moving them (not expiry).
+pub trait OrderStore: OrderReader + OrderWriter {}
+
+impl<T: OrderReader + OrderWriter> OrderStore for T {}
 
 /// The outbox: messages stored with the writes that caused them, until they are sent.
 #[async_trait]
@@ -437,7 +451,11 @@ pub trait InventoryRepository: Send + Sync {
     /// Takes a held reservation out of `reserved` for good (the order shipped), exactly once.
     /// Anything but a held reservation is [`Commit::Nothing`].
     async fn commit(&self, order: &OrderId) -> Result<Commit, RepositoryError>;
+}
 
+/// Purges finished reservations: the relay's housekeeping, apart from taking stock.
+#[async_trait]
+pub trait ReservationPurge: Send + Sync {
     /// Deletes up to `limit` each of the reservation records finished (released or committed)
     /// more than [`RESERVATION_RETENTION`] before `now`, and of the stock change records older
     /// than [`STOCK_CHANGE_RETENTION`]. A held reservation is never purged. A store whose
@@ -450,6 +468,11 @@ pub trait InventoryRepository: Send + Sync {
         Ok(Purged::default())
     }
 }
+
+/// Reservations and their purge: what an adapter of the inventory implements.
+pub trait InventoryStore: InventoryRepository + ReservationPurge {}
+
+impl<T: InventoryRepository + ReservationPurge> InventoryStore for T {}
 
 /// How long a finished reservation record is kept: longer than a message can wait in a queue
 /// or its dead-letter queue (14 days), so a redelivery still finds it.

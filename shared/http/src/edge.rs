@@ -34,7 +34,7 @@ impl Access {
     }
 
     /// Whether the caller's session standing (and stored role) is checked.
-    pub fn checks_standing(self) -> bool {
+    pub const fn checks_standing(self) -> bool {
         matches!(self, Self::Checked | Self::Admin)
     }
 }

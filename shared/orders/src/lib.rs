@@ -12,4 +12,6 @@ pub mod usecases;
 pub mod views;
 pub mod workers;
 
-pub use usecases::{OrderError, Saga, SagaSettings, StaleViews};
+pub use usecases::{
+    Dispatch, InventorySteps, OrderError, Placement, Relay, SagaSettings, StaleViews, Transitions,
+};

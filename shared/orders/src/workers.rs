@@ -15,10 +15,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use zx_domain::Destination;
+use zx_domain::{Destination, MessageSender};
 
 use crate::messages::{InventoryCommand, InventoryOutcome, MalformedMessage};
-use crate::usecases::{self, MessageError, Saga};
+use crate::usecases::{self, InventorySteps, MessageError, Transitions};
 
 /// Messages of one batch handled at once (besides the batch's bulk reservation): a worker's
 /// Postgres pool holds one more than this (`WorkerPgConnections` in template.yaml).
@@ -26,28 +26,36 @@ pub const CONCURRENCY: usize = 10;
 /// What a batch keeps in hand before its deadline, to report its outcome.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
-/// Which worker a queue feeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which worker a queue feeds, with what its steps work with.
+#[derive(Clone)]
 pub enum Worker {
     /// `inventory-worker`: reserve, release and commit.
-    Inventory,
+    Inventory(InventorySteps),
     /// `order-worker`: confirm or cancel on the inventory's answer.
-    Order,
+    Order(Transitions),
 }
 
 impl Worker {
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
-            Self::Inventory => "inventory-worker",
-            Self::Order => "order-worker",
+            Self::Inventory(_) => "inventory-worker",
+            Self::Order(_) => "order-worker",
         }
     }
 
     /// The queue this worker consumes.
-    pub fn queue(self) -> Destination {
+    pub fn queue(&self) -> Destination {
         match self {
-            Self::Inventory => Destination::InventoryQueue,
-            Self::Order => Destination::OrderQueue,
+            Self::Inventory(_) => Destination::InventoryQueue,
+            Self::Order(_) => Destination::OrderQueue,
+        }
+    }
+
+    /// Where it answers, and dead-letters what it cannot parse.
+    fn sender(&self) -> &dyn MessageSender {
+        match self {
+            Self::Inventory(steps) => &*steps.sender,
+            Self::Order(transitions) => &*transitions.dispatch.sender,
         }
     }
 }
@@ -62,8 +70,7 @@ pub struct QueueMessage {
 /// Handles every message of a batch and returns the ids of those that failed or did not finish
 /// by `deadline` (less [`DEADLINE_MARGIN`]); each is logged with its message id.
 pub async fn process_batch(
-    saga: &Saga,
-    worker: Worker,
+    worker: &Worker,
     messages: &[QueueMessage],
     deadline: Instant,
 ) -> Vec<String> {
@@ -78,7 +85,7 @@ pub async fn process_batch(
     let mut others = Vec::new();
     for message in messages {
         let malformed = match worker {
-            Worker::Inventory => match InventoryCommand::parse(&message.body) {
+            Worker::Inventory(_) => match InventoryCommand::parse(&message.body) {
                 Ok(InventoryCommand::Reserve(data)) => {
                     reserves.push((message.id.clone(), data));
                     continue;
@@ -86,21 +93,23 @@ pub async fn process_batch(
                 Ok(_) => None,
                 Err(malformed) => Some(malformed),
             },
-            Worker::Order => InventoryOutcome::parse(&message.body).err(),
+            Worker::Order(_) => InventoryOutcome::parse(&message.body).err(),
         };
         others.push((message.clone(), malformed));
     }
     let work = async {
         let bulk = async {
-            if !reserves.is_empty() {
-                for (id, result) in usecases::reserve_many(saga, reserves).await {
+            if let Worker::Inventory(steps) = worker
+                && !reserves.is_empty()
+            {
+                for (id, result) in usecases::reserve_many(steps, reserves).await {
                     finish(id, result);
                 }
             }
         };
         let one_by_one = async {
             let mut results = futures::stream::iter(others)
-                .map(|(message, malformed)| one(saga, worker, message, malformed))
+                .map(|(message, malformed)| one(worker, message, malformed))
                 .buffer_unordered(CONCURRENCY);
             while let Some((id, result)) = results.next().await {
                 finish(id, result);
@@ -141,14 +150,13 @@ pub async fn process_batch(
 }
 
 async fn one(
-    saga: &Saga,
-    worker: Worker,
+    worker: &Worker,
     message: QueueMessage,
     malformed: Option<MalformedMessage>,
 ) -> (String, Result<(), MessageError>) {
     let result = match malformed {
-        Some(malformed) => dead_letter(saga, worker, &message, malformed).await,
-        None => handle(saga, worker, &message.body).await,
+        Some(malformed) => dead_letter(worker, &message, malformed).await,
+        None => handle(worker, &message.body).await,
     };
     (message.id, result)
 }
@@ -156,14 +164,13 @@ async fn one(
 /// A message no retry can make valid goes to the dead-letter queue now; if that fails, it is
 /// left for redelivery (and the queue's redrive moves it there after its retries).
 async fn dead_letter(
-    saga: &Saga,
-    worker: Worker,
+    worker: &Worker,
     message: &QueueMessage,
     malformed: MalformedMessage,
 ) -> Result<(), MessageError> {
     let reason = malformed.to_string();
-    match saga
-        .sender
+    match worker
+        .sender()
         .dead_letter(worker.queue(), &message.body, &reason)
         .await
     {
@@ -178,9 +185,9 @@ async fn dead_letter(
     }
 }
 
-async fn handle(saga: &Saga, worker: Worker, body: &str) -> Result<(), MessageError> {
+async fn handle(worker: &Worker, body: &str) -> Result<(), MessageError> {
     match worker {
-        Worker::Inventory => usecases::handle_inventory_message(saga, body).await,
-        Worker::Order => usecases::handle_order_message(saga, body).await,
+        Worker::Inventory(steps) => usecases::handle_inventory_message(steps, body).await,
+        Worker::Order(transitions) => usecases::handle_order_message(transitions, body).await,
     }
 }

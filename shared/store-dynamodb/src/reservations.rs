@@ -13,7 +13,8 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use zx_domain::stock::{HeldLine, Planned, StockRecords, products_of};
 use zx_domain::{
     BatchReservation, Commit, InventoryRepository, OrderId, ProductId, RESERVATION_RETENTION,
-    Release, RepositoryError, Reservation, ReservationState, ReserveLine, Timestamp,
+    Release, RepositoryError, Reservation, ReservationPurge, ReservationState, ReserveLine,
+    Timestamp,
 };
 
 use crate::item::{Item, n, s, text};
@@ -289,6 +290,9 @@ impl DynamoProductRepository {
         Ok((decided, sold_out))
     }
 }
+
+/// Finished reservations expire by DynamoDB's TTL: nothing to purge.
+impl ReservationPurge for DynamoProductRepository {}
 
 #[async_trait]
 impl InventoryRepository for DynamoProductRepository {

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
 use zx_domain::{
-    Email, PasswordHash, RepositoryError, Role, Timestamp, UniqueField, User, UserId, UserReader,
-    UserWriter, Username,
+    Email, PasswordHash, PasswordRehasher, RepositoryError, Role, Timestamp, UniqueField, User,
+    UserId, UserReader, UserWriter, Username,
 };
 
 use crate::item::{Item, Strict, n, s};
@@ -179,42 +179,6 @@ impl UserWriter for DynamoUserRepository {
         }
     }
 
-    /// One `UpdateItem` of the user item touching only `passwordHash`, `version` and
-    /// `updatedAt` (users-login's grant allows no other attribute).
-    async fn replace_password_hash(
-        &self,
-        current: &User,
-        next: &User,
-    ) -> Result<(), RepositoryError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(user_key(&current.id)))
-            .update_expression("SET #h = :hash, #v = :next, #u = :updated")
-            .condition_expression("#v = :expected")
-            .expression_attribute_names("#h", attr::PASSWORD_HASH)
-            .expression_attribute_names("#v", attr::VERSION)
-            .expression_attribute_names("#u", attr::UPDATED_AT)
-            .expression_attribute_values(":hash", s(next.password_hash.expose()))
-            .expression_attribute_values(":next", n(next.version))
-            .expression_attribute_values(":updated", s(next.updated_at.to_rfc3339()))
-            .expression_attribute_values(":expected", n(current.version))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
-            {
-                Err(RepositoryError::ConcurrentUpdate)
-            }
-            Err(e) => Err(crate::sdk_error("DynamoDB UpdateItem", e)),
-        }
-    }
-
     async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError> {
         let put = Put::builder()
             .table_name(&self.table)
@@ -266,6 +230,45 @@ impl UserWriter for DynamoUserRepository {
                 .map_or(RepositoryError::ConcurrentUpdate, |(_, field)| {
                     RepositoryError::Conflict(*field)
                 })),
+        }
+    }
+}
+
+#[async_trait]
+impl PasswordRehasher for DynamoUserRepository {
+    /// One `UpdateItem` of the user item touching only `passwordHash`, `version` and
+    /// `updatedAt` (users-login's grant allows no other attribute).
+    async fn replace_password_hash(
+        &self,
+        current: &User,
+        next: &User,
+    ) -> Result<(), RepositoryError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(user_key(&current.id)))
+            .update_expression("SET #h = :hash, #v = :next, #u = :updated")
+            .condition_expression("#v = :expected")
+            .expression_attribute_names("#h", attr::PASSWORD_HASH)
+            .expression_attribute_names("#v", attr::VERSION)
+            .expression_attribute_names("#u", attr::UPDATED_AT)
+            .expression_attribute_values(":hash", s(next.password_hash.expose()))
+            .expression_attribute_values(":next", n(next.version))
+            .expression_attribute_values(":updated", s(next.updated_at.to_rfc3339()))
+            .expression_attribute_values(":expected", n(current.version))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
+            {
+                Err(RepositoryError::ConcurrentUpdate)
+            }
+            Err(e) => Err(crate::sdk_error("DynamoDB UpdateItem", e)),
         }
     }
 }

@@ -16,8 +16,9 @@ use sqlx::{Postgres, Row, Transaction};
 use zx_domain::stock::{HeldLine, MAX_SHARDS, Planned, Shard, StockRecords, products_of};
 use zx_domain::{
     BatchReservation, Commit, InventoryRepository, OrderId, ProductId, Purged,
-    RESERVATION_RETENTION, Release, RepositoryError, Reservation, ReservationState, ReserveLine,
-    STOCK_CHANGE_RETENTION, Stock, StockChange, StockChangeId, StockWriter, Timestamp,
+    RESERVATION_RETENTION, Release, RepositoryError, Reservation, ReservationPurge,
+    ReservationState, ReserveLine, STOCK_CHANGE_RETENTION, Stock, StockChange, StockChangeId,
+    StockWriter, Timestamp,
 };
 
 use crate::db;
@@ -400,7 +401,10 @@ impl InventoryRepository for PgProductRepository {
             }
         }
     }
+}
 
+#[async_trait]
+impl ReservationPurge for PgProductRepository {
     /// Two bounded statements: finished reservations past their retention, stock change ids
     /// past theirs. Held reservations stay, whatever their age.
     #[tracing::instrument(skip_all)]

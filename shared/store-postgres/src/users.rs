@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use zx_domain::{
-    Email, PasswordHash, RepositoryError, Role, Timestamp, UniqueField, User, UserId, UserReader,
-    UserWriter, Username,
+    Email, PasswordHash, PasswordRehasher, RepositoryError, Role, Timestamp, UniqueField, User,
+    UserId, UserReader, UserWriter, Username,
 };
 
 const COLUMNS: &str = "user_id, username, email, password_hash, role, created_at, updated_at, \
@@ -177,31 +177,6 @@ impl UserWriter for PgUserRepository {
         Ok(())
     }
 
-    async fn replace_password_hash(
-        &self,
-        current: &User,
-        next: &User,
-    ) -> Result<(), RepositoryError> {
-        let result = sqlx::query(&format!(
-            "update {} set password_hash = $3, version = $4, updated_at = $5
-             where user_id = $1 and version = $2",
-            self.table
-        ))
-        .bind(current.id.as_str())
-        .bind(version_param(current.version)?)
-        .bind(next.password_hash.expose())
-        .bind(version_param(next.version)?)
-        .bind(next.updated_at.as_datetime())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_write_error("Postgres rehash user", e))?;
-        if result.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(RepositoryError::ConcurrentUpdate)
-        }
-    }
-
     async fn update(&self, current: &User, next: &User) -> Result<(), RepositoryError> {
         let result = sqlx::query(&format!(
             "update {} set username = $3, email = $4, password_hash = $5, role = $6,
@@ -222,6 +197,34 @@ impl UserWriter for PgUserRepository {
         .execute(&self.pool)
         .await
         .map_err(|e| map_write_error("Postgres update user", e))?;
+        if result.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(RepositoryError::ConcurrentUpdate)
+        }
+    }
+}
+
+#[async_trait]
+impl PasswordRehasher for PgUserRepository {
+    async fn replace_password_hash(
+        &self,
+        current: &User,
+        next: &User,
+    ) -> Result<(), RepositoryError> {
+        let result = sqlx::query(&format!(
+            "update {} set password_hash = $3, version = $4, updated_at = $5
+             where user_id = $1 and version = $2",
+            self.table
+        ))
+        .bind(current.id.as_str())
+        .bind(version_param(current.version)?)
+        .bind(next.password_hash.expose())
+        .bind(version_param(next.version)?)
+        .bind(next.updated_at.as_datetime())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_write_error("Postgres rehash user", e))?;
         if result.rows_affected() == 1 {
             Ok(())
         } else {

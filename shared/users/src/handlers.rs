@@ -6,7 +6,7 @@ use serde::Deserialize;
 use zx_auth::{PasswordHasher, TokenIssuer};
 use zx_domain::{
     Email, FieldError, Notifier, Password, Role, SessionStarter, User, UserId, UserReader,
-    UserRepository, Username, ValidationErrors,
+    UserRepository, UserSignIn, Username, ValidationErrors,
 };
 use zx_http::{ApiError, AuthContext, client_ip, json_body, json_response, path_param};
 
@@ -103,7 +103,7 @@ fn account_key(email: &str) -> String {
 /// (whatever the IP) waits after repeated wrong passwords or is locked; 503 when those limits
 /// cannot be counted. A hash below the configured bcrypt cost is replaced on success.
 pub async fn login(
-    users: &dyn UserRepository,
+    users: &dyn UserSignIn,
     sessions: &dyn SessionStarter,
     hasher: &PasswordHasher,
     tokens: &TokenIssuer,
@@ -154,7 +154,7 @@ pub async fn login(
 /// anew when the stored one is cheaper. A failure to store it (a concurrent change, a store
 /// fault) is logged and does not fail the login: the next login tries again.
 async fn rehash_if_weaker(
-    users: &dyn UserRepository,
+    users: &dyn UserSignIn,
     hasher: &PasswordHasher,
     user: User,
     password: &str,

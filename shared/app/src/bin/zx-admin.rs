@@ -255,7 +255,7 @@ async fn admin_pool(
 async fn outbox(resend: Option<&str>) -> Outcome {
     let config = Config::from_env()?;
     let services = Services::build(&config).await?;
-    let outbox = services.stores.outbox()?;
+    let outbox = services.outbox()?;
     Ok(match resend {
         None => zx_app::admin::parked_outbox(&*outbox).await?,
         Some(key) => zx_app::admin::resend_parked(&*outbox, key)
@@ -272,7 +272,7 @@ async fn ensure_admin(email: &str, username: &str) -> Outcome {
     let password = std::env::var("ADMIN_PASSWORD").map_err(|_| "ADMIN_PASSWORD is required")?;
     let password = Password::parse(&password).map_err(|e| format!("ADMIN_PASSWORD {e}"))?;
     let hash = services.hasher.hash(&password).await?;
-    let users = &services.stores.users()?;
+    let users = &services.users()?;
     match users.find_by_email(&email).await? {
         Some(current) => {
             let mut next = current.next_version();
@@ -385,7 +385,7 @@ fn demo_product(i: usize) -> Result<zx_domain::Product, String> {
 async fn seed_catalogue(count: usize) -> Outcome {
     let config = Config::from_env()?;
     let services = Services::build(&config).await?;
-    let products = &services.stores.products()?;
+    let products = &services.products()?;
     let mut last = None;
     for i in 0..count {
         let product = demo_product(i)?;

@@ -9,7 +9,7 @@ use zx_local_gateway::{Functions, Gateway, Pollers, RouteTable, Workers, sources
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let services = zx_app::start(&zx_app::wiring::ALL).await?;
+    let services = zx_app::start(&zx_app::capabilities::Needs::ALL).await?;
     let template_path = std::env::var("TEMPLATE").unwrap_or_else(|_| "template.yaml".into());
     let template = std::fs::read_to_string(&template_path)
         .map_err(|e| format!("cannot read {template_path}: {e}"))?;
@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The workers and the relay, fed as their event source mappings and schedule would.
     let (queues, schedules) = sources_from_template(&template)?;
     let workers = Workers::new(&services)?;
-    let sqs = aws_sdk_sqs::Client::new(&zx_app::wiring::aws_config().await);
+    let sqs = aws_sdk_sqs::Client::new(&zx_app::backend::aws_config().await);
     let _pollers = Pollers::start(&workers, &services, sqs, &queues, &schedules)?;
     tracing::info!(
         queues = queues.len(),

@@ -76,25 +76,28 @@ fn verify(command: &InventoryCommand, order: Option<&Order>) -> Result<(), Refus
 /// each only when the stored order asks for it, then tell the order worker. Redeliveries change
 /// stock once; a forged or stray message changes nothing (logged at error).
 #[tracing::instrument(skip_all)]
-pub async fn handle_inventory_message(saga: &Saga, body: &str) -> Result<(), MessageError> {
+pub async fn handle_inventory_message(
+    steps: &InventorySteps,
+    body: &str,
+) -> Result<(), MessageError> {
     let command = InventoryCommand::parse(body)?;
     let order_id = match &command {
         InventoryCommand::Reserve(data) => &data.order_id,
         InventoryCommand::Release(data) | InventoryCommand::Commit(data) => &data.order_id,
     };
-    let order = saga.orders.find_order(order_id).await?;
+    let order = steps.orders.find_order(order_id).await?;
     if let Err(why) = verify(&command, order.as_ref()) {
         refused(&command, &why);
         return Ok(());
     }
     match command {
         InventoryCommand::Reserve(data) => {
-            let mut results = reserve_verified(saga, vec![(String::new(), data)]).await;
+            let mut results = reserve_verified(steps, vec![(String::new(), data)]).await;
             results.pop().map_or(Ok(()), |(_, result)| result)
         }
         InventoryCommand::Release(data) => {
-            if let Release::Restored(products) = saga.inventory.release(&data.order_id).await? {
-                if let Some(views) = &saga.views {
+            if let Release::Restored(products) = steps.inventory.release(&data.order_id).await? {
+                if let Some(views) = &steps.views {
                     views.stock_returned(&products).await;
                 }
                 tracing::info!(order_id = %data.order_id, "stock released");
@@ -103,7 +106,7 @@ pub async fn handle_inventory_message(saga: &Saga, body: &str) -> Result<(), Mes
         }
         // Only `reserved` changes: no cached view shows it, so nothing is invalidated.
         InventoryCommand::Commit(data) => {
-            if let Commit::Committed(_) = saga.inventory.commit(&data.order_id).await? {
+            if let Commit::Committed(_) = steps.inventory.commit(&data.order_id).await? {
                 tracing::info!(order_id = %data.order_id, "reserved stock shipped");
             }
             Ok(())
@@ -118,14 +121,14 @@ pub async fn handle_inventory_message(saga: &Saga, body: &str) -> Result<(), Mes
 /// only then the cached views told (a sold-out product is marked). One result per message.
 #[tracing::instrument(skip_all, fields(reserves = reserves.len()))]
 pub async fn reserve_many(
-    saga: &Saga,
+    steps: &InventorySteps,
     reserves: Vec<(String, ReserveData)>,
 ) -> Vec<(String, Result<(), MessageError>)> {
     let mut ids: Vec<OrderId> = reserves.iter().map(|(_, d)| d.order_id.clone()).collect();
     ids.sort();
     ids.dedup();
     // One read for the batch's orders.
-    let found = match saga.orders.find_orders(&ids).await {
+    let found = match steps.orders.find_orders(&ids).await {
         Ok(found) => found,
         Err(error) => {
             return reserves
@@ -161,7 +164,7 @@ pub async fn reserve_many(
             }
         }
     }
-    results.extend(reserve_verified(saga, verified).await);
+    results.extend(reserve_verified(steps, verified).await);
     results
 }
 
@@ -181,7 +184,7 @@ fn refused(command: &InventoryCommand, why: &Refusal) {
 /// Reserves verified reserves in one batch (several messages for one order, a redelivery
 /// within the batch, count once), then answers each order.
 async fn reserve_verified(
-    saga: &Saga,
+    steps: &InventorySteps,
     reserves: Vec<(String, ReserveData)>,
 ) -> Vec<(String, Result<(), MessageError>)> {
     if reserves.is_empty() {
@@ -198,7 +201,7 @@ async fn reserve_verified(
             }
         }
     }
-    let batch = match saga.inventory.reserve_batch(&orders).await {
+    let batch = match steps.inventory.reserve_batch(&orders).await {
         Ok(batch) => batch,
         Err(error) => {
             return reserves
@@ -230,8 +233,8 @@ async fn reserve_verified(
         }
     }
     // Answers first: the order worker never waits on the cache.
-    let sent = saga.sender.send_batch(&replies).await;
-    if let Some(views) = &saga.views {
+    let sent = steps.sender.send_batch(&replies).await;
+    if let Some(views) = &steps.views {
         taken.sort();
         taken.dedup();
         views.stock_taken(&taken, &batch.sold_out).await;
@@ -285,11 +288,14 @@ fn sum_lines(items: &[ReserveLine]) -> Vec<ReserveLine> {
 /// rejection; idempotent. A reservation for an order that was cancelled meanwhile needs no
 /// answer: every cancellation of a pending order carries its own release.
 #[tracing::instrument(skip_all)]
-pub async fn handle_order_message(saga: &Saga, body: &str) -> Result<(), MessageError> {
+pub async fn handle_order_message(
+    transitions: &Transitions,
+    body: &str,
+) -> Result<(), MessageError> {
     match InventoryOutcome::parse(body)? {
         InventoryOutcome::Reserved(data) => {
             let status = settle(
-                saga,
+                transitions,
                 &data.order_id,
                 OrderStatus::Pending,
                 OrderStatus::Confirmed,
@@ -307,7 +313,7 @@ pub async fn handle_order_message(saga: &Saga, body: &str) -> Result<(), Message
                 _ => "unavailable",
             };
             settle(
-                saga,
+                transitions,
                 &data.order_id,
                 OrderStatus::Pending,
                 OrderStatus::Cancelled,

@@ -15,10 +15,10 @@ use futures::StreamExt;
 use futures::future::join_all;
 use zx_domain::{
     Commit, Destination, Driver, IdempotencyKey, IdempotencyRecord, InventoryRepository,
-    MessageSender, Order, OrderCreation, OrderId, OrderLine, OrderPage, OrderQuery, OrderReader,
-    OrderRepository, OrderStatus, Outbox, OutboxMessage, ProductId, ProductReader, Release,
-    RepositoryError, Reservation, ReserveLine, RowKey, ShippingAddress, StatusChange, Timestamp,
-    UserId,
+    MessageSender, Order, OrderCreation, OrderExpiry, OrderId, OrderLine, OrderPage, OrderQuery,
+    OrderReader, OrderStatus, OrderStore, OrderWriter, Outbox, OutboxMessage, ProductId,
+    ProductReader, Release, RepositoryError, Reservation, ReservationPurge, ReserveLine, RowKey,
+    ShippingAddress, StatusChange, Timestamp, UserId,
 };
 
 use crate::messages::{self, InventoryCommand, InventoryOutcome, MalformedMessage, ReserveData};
@@ -105,15 +105,49 @@ impl Default for SagaSettings {
     }
 }
 
-/// Everything the saga's use cases work with.
+/// Sending an order's messages now: the sender, the orders (a sent reserve starts its order's
+/// pending clock) and the outbox (what was sent is forgotten).
 #[derive(Clone)]
-pub struct Saga {
-    pub orders: Arc<dyn OrderRepository>,
+pub struct Dispatch {
+    pub orders: Arc<dyn OrderWriter>,
     pub outbox: Arc<dyn Outbox>,
+    pub sender: Arc<dyn MessageSender>,
+}
+
+/// What placing an order works with ([`place_order`]).
+#[derive(Clone)]
+pub struct Placement {
+    pub orders: Arc<dyn OrderStore>,
     pub catalogue: Arc<dyn ProductReader>,
+    pub views: Option<Arc<dyn StaleViews>>,
+    pub dispatch: Dispatch,
+    pub settings: SagaSettings,
+}
+
+/// What moving an order works with ([`change_status`], the order worker, expiry).
+#[derive(Clone)]
+pub struct Transitions {
+    pub orders: Arc<dyn OrderStore>,
+    pub dispatch: Dispatch,
+}
+
+/// What the inventory worker works with ([`handle_inventory_message`], [`reserve_many`]): it
+/// reads the order a message names, takes or gives back stock, and answers on the order queue.
+#[derive(Clone)]
+pub struct InventorySteps {
+    pub orders: Arc<dyn OrderReader>,
     pub inventory: Arc<dyn InventoryRepository>,
     pub sender: Arc<dyn MessageSender>,
     pub views: Option<Arc<dyn StaleViews>>,
+}
+
+/// What the relay works with ([`run_relay`]): resends, expiry (as transitions) and purges.
+#[derive(Clone)]
+pub struct Relay {
+    pub outbox: Arc<dyn Outbox>,
+    pub expiry: Arc<dyn OrderExpiry>,
+    pub purge: Arc<dyn ReservationPurge>,
+    pub transitions: Transitions,
     pub settings: SagaSettings,
 }
 
@@ -200,16 +234,16 @@ impl Actor {
 /// Sends `messages` now (those this function may send) and forgets the ones sent; what fails
 /// or is not this function's to send stays in the outbox for the relay (logged, never an
 /// error: the order is already safe).
-pub async fn dispatch(saga: &Saga, messages: &[OutboxMessage]) {
+pub async fn dispatch(dispatch: &Dispatch, messages: &[OutboxMessage]) {
     let mine: Vec<OutboxMessage> = messages
         .iter()
-        .filter(|m| saga.sender.sends_to(m.destination))
+        .filter(|m| dispatch.sender.sends_to(m.destination))
         .cloned()
         .collect();
     if mine.is_empty() {
         return;
     }
-    let results = saga.sender.send_batch(&mine).await;
+    let results = dispatch.sender.send_batch(&mine).await;
     let mut sent = Vec::with_capacity(mine.len());
     for (message, result) in mine.into_iter().zip(results) {
         match result {
@@ -222,7 +256,7 @@ pub async fn dispatch(saga: &Saga, messages: &[OutboxMessage]) {
             ),
         }
     }
-    forget_sent(saga, sent).await;
+    forget_sent(dispatch, sent).await;
 }
 
 /// Starts the pending clock of the orders whose reserve was just sent, then forgets the sent
@@ -234,14 +268,15 @@ fn is_reserve(message: &OutboxMessage) -> bool {
         && messages::kind_of(&message.body).as_deref() == Some(messages::RESERVE)
 }
 
-async fn forget_sent(saga: &Saga, sent: Vec<OutboxMessage>) -> usize {
+async fn forget_sent(dispatch: &Dispatch, sent: Vec<OutboxMessage>) -> usize {
     if sent.is_empty() {
         return 0;
     }
     let now = Timestamp::now();
     let clocks = join_all(sent.iter().map(|message| async move {
         if is_reserve(message) {
-            saga.orders
+            dispatch
+                .orders
                 .start_pending_clock(&message.order_id, now)
                 .await
         } else {
@@ -260,7 +295,7 @@ async fn forget_sent(saga: &Saga, sent: Vec<OutboxMessage>) -> usize {
             ),
         }
     }
-    if let Err(error) = saga.outbox.mark_sent(&forget).await {
+    if let Err(error) = dispatch.outbox.mark_sent(&forget).await {
         // Sent but not forgotten: sent again later (consumers are idempotent).
         tracing::warn!(error = %zx_domain::cause_chain(&error), "sent messages not marked; the relay may send them again");
     }

@@ -45,14 +45,14 @@ pub struct Placed {
 }
 
 async fn replay(
-    saga: &Saga,
+    placement: &Placement,
     record: &IdempotencyRecord,
     fingerprint: &str,
 ) -> Result<Placed, OrderError> {
     if record.fingerprint != fingerprint {
         return Err(OrderError::KeyReused);
     }
-    let order = saga
+    let order = placement
         .orders
         .find_order(&record.order_id)
         .await?
@@ -69,25 +69,25 @@ async fn replay(
 /// [`OrderError::KeyReused`].
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn place_order(
-    saga: &Saga,
+    placement: &Placement,
     user: &UserId,
     key: IdempotencyKey,
     request: &OrderRequest,
 ) -> Result<Placed, OrderError> {
     let fingerprint = request.fingerprint();
-    if let Some(record) = saga.orders.find_idempotency(user, &key).await? {
-        return replay(saga, &record, &fingerprint).await;
+    if let Some(record) = placement.orders.find_idempotency(user, &key).await? {
+        return replay(placement, &record, &fingerprint).await;
     }
     let wanted = request.normalised();
     let ids: Vec<ProductId> = wanted.iter().map(|(id, _)| id.clone()).collect();
     // A sale's sold-out product is refused here, before an order is stored and a reserve sent.
-    if let Some(views) = &saga.views
+    if let Some(views) = &placement.views
         && let Some(product) = views.known_sold_out(&ids).await
     {
         tracing::info!(product_id = %product, "order refused: product known sold out");
         return Err(OrderError::SoldOut(product));
     }
-    let found = saga.catalogue.find_products(&ids).await?;
+    let found = placement.catalogue.find_products(&ids).await?;
     let mut lines = Vec::with_capacity(wanted.len());
     let mut unknown = Vec::new();
     for (id, quantity) in &wanted {
@@ -139,23 +139,25 @@ pub async fn place_order(
         .unwrap_or(now),
     };
     let outgoing = [messages::reserve(&order), messages::order_created(&order)];
-    match saga
+    match placement
         .orders
-        .create_order(&order, &record, &outgoing, saga.settings.max_open)
+        .create_order(&order, &record, &outgoing, placement.settings.max_open)
         .await?
     {
         OrderCreation::Created => {}
-        OrderCreation::KeyTaken(existing) => return replay(saga, &existing, &fingerprint).await,
+        OrderCreation::KeyTaken(existing) => {
+            return replay(placement, &existing, &fingerprint).await;
+        }
         OrderCreation::TooManyOpen => {
             tracing::info!(
-                max_open = saga.settings.max_open,
+                max_open = placement.settings.max_open,
                 "order refused: too many open orders"
             );
-            return Err(OrderError::TooManyOpen(saga.settings.max_open));
+            return Err(OrderError::TooManyOpen(placement.settings.max_open));
         }
     }
     tracing::info!(order_id = %order.id, total = order.total, lines = order.lines.len(), "order placed");
-    dispatch(saga, &outgoing).await;
+    dispatch(&placement.dispatch, &outgoing).await;
     Ok(Placed {
         order,
         replayed: false,

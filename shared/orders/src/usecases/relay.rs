@@ -55,13 +55,13 @@ struct Held {
 /// `payment_timeout`), each releasing its stock. It starts no page after `deadline` less a
 /// margin, and reports what it left.
 #[tracing::instrument(skip_all)]
-pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
+pub async fn run_relay(relay: &Relay, deadline: Instant) -> RelayReport {
     let mut report = RelayReport::default();
     let stop_at = deadline.checked_sub(RELAY_MARGIN).unwrap_or(deadline);
     // A backlog of messages never starves expiry and purges: the outbox has two thirds of the
     // run, what it leaves waits for the next run.
     let outbox_stop = Instant::now() + stop_at.saturating_duration_since(Instant::now()) * 2 / 3;
-    let cutoff = Timestamp::now().minus(saga.settings.relay_delay);
+    let cutoff = Timestamp::now().minus(relay.settings.relay_delay);
     let mut after: Option<RowKey> = None;
     let mut down: HashSet<Destination> = HashSet::new();
     loop {
@@ -69,7 +69,7 @@ pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
             report.outbox_left = true;
             break;
         }
-        let rows = match saga.outbox.unsent(cutoff, after.as_ref(), BATCH).await {
+        let rows = match relay.outbox.unsent(cutoff, after.as_ref(), BATCH).await {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::error!(error = %zx_domain::cause_chain(&error), "relay could not read the outbox");
@@ -85,7 +85,7 @@ pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
             match row.value {
                 Err(reason) => {
                     park(
-                        saga,
+                        relay,
                         &mut report,
                         &row.key,
                         &format!("unreadable: {reason}"),
@@ -108,7 +108,12 @@ pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
                 .map(|(destination, held)| async move {
                     let messages: Vec<OutboxMessage> =
                         held.iter().map(|h| h.message.clone()).collect();
-                    let results = saga.sender.send_batch(&messages).await;
+                    let results = relay
+                        .transitions
+                        .dispatch
+                        .sender
+                        .send_batch(&messages)
+                        .await;
                     (destination, held, results)
                 }),
         )
@@ -135,14 +140,16 @@ pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
                         // hold one of its customer's open places): its clock starts now, so it
                         // expires by the pending timeout unless an operator resends it first.
                         if is_reserve(&item.message)
-                            && let Err(error) = saga
+                            && let Err(error) = relay
+                                .transitions
+                                .dispatch
                                 .orders
                                 .start_pending_clock(&item.message.order_id, Timestamp::now())
                                 .await
                         {
                             tracing::warn!(order_id = %item.message.order_id, error = %zx_domain::cause_chain(&error), "the pending clock of a parked reserve's order could not be started");
                         }
-                        park(saga, &mut report, &item.key, &reason).await;
+                        park(relay, &mut report, &item.key, &reason).await;
                     }
                 }
             }
@@ -154,14 +161,14 @@ pub async fn run_relay(saga: &Saga, deadline: Instant) -> RelayReport {
                 down.insert(destination);
             }
         }
-        report.relayed += forget_sent(saga, sent).await;
+        report.relayed += forget_sent(&relay.transitions.dispatch, sent).await;
         if !full {
             break;
         }
     }
     report.outbox_left |= report.failed + report.deferred > 0;
-    expire(saga, &mut report, stop_at).await;
-    purge(saga, &mut report, stop_at).await;
+    expire(relay, &mut report, stop_at).await;
+    purge(relay, &mut report, stop_at).await;
     report
 }
 
@@ -171,12 +178,12 @@ const PURGE_LIMIT: u32 = 1_000;
 /// Deletes what no one needs any more, in bounded batches, if the run has time left: expired
 /// idempotency keys, finished reservations and stock change ids past their retention. A fault
 /// is logged; the next run tries again.
-async fn purge(saga: &Saga, report: &mut RelayReport, stop_at: Instant) {
+async fn purge(relay: &Relay, report: &mut RelayReport, stop_at: Instant) {
     let now = Timestamp::now();
     let work = async {
         let (keys, finished) = futures::join!(
-            saga.orders.purge_expired_keys(now, PURGE_LIMIT),
-            saga.inventory.purge_finished(now, PURGE_LIMIT)
+            relay.expiry.purge_expired_keys(now, PURGE_LIMIT),
+            relay.purge.purge_finished(now, PURGE_LIMIT)
         );
         (keys, finished)
     };
@@ -201,8 +208,8 @@ async fn purge(saga: &Saga, report: &mut RelayReport, stop_at: Instant) {
     }
 }
 
-async fn park(saga: &Saga, report: &mut RelayReport, key: &RowKey, reason: &str) {
-    match saga.outbox.park(key, reason).await {
+async fn park(relay: &Relay, report: &mut RelayReport, key: &RowKey, reason: &str) {
+    match relay.outbox.park(key, reason).await {
         Ok(()) => {
             report.parked += 1;
             tracing::error!(row = %key, reason, "outbox row parked: an operator can list and resend it (zx-admin outbox parked)");
@@ -216,16 +223,16 @@ async fn park(saga: &Saga, report: &mut RelayReport, key: &RowKey, reason: &str)
 
 /// Cancels the overdue orders: pending ones (`timeout`), then confirmed ones
 /// (`payment_timeout`).
-async fn expire(saga: &Saga, report: &mut RelayReport, stop_at: Instant) {
+async fn expire(relay: &Relay, report: &mut RelayReport, stop_at: Instant) {
     let rules = [
         (
             OrderStatus::Pending,
-            saga.settings.pending_timeout,
+            relay.settings.pending_timeout,
             "timeout",
         ),
         (
             OrderStatus::Confirmed,
-            saga.settings.payment_timeout,
+            relay.settings.payment_timeout,
             "payment_timeout",
         ),
     ];
@@ -237,7 +244,7 @@ async fn expire(saga: &Saga, report: &mut RelayReport, stop_at: Instant) {
                 break;
             }
             let cutoff = Timestamp::now().minus(timeout);
-            let rows = match saga.orders.overdue(status, cutoff, BATCH).await {
+            let rows = match relay.expiry.overdue(status, cutoff, BATCH).await {
                 Ok(rows) => rows,
                 Err(error) => {
                     tracing::error!(%status, error = %zx_domain::cause_chain(&error), "could not read overdue orders");
@@ -251,7 +258,7 @@ async fn expire(saga: &Saga, report: &mut RelayReport, stop_at: Instant) {
                 match row.value {
                     Ok(order) if skipped.contains(&order.id) => {}
                     Ok(order) => due.push(order.id),
-                    Err(why) => match saga.orders.park_order(&row.key, &why).await {
+                    Err(why) => match relay.expiry.park_order(&row.key, &why).await {
                         Ok(()) => {
                             report.orders_parked += 1;
                             tracing::error!(row = %row.key, why, "unreadable order parked: it is left out of expiry");
@@ -267,8 +274,14 @@ async fn expire(saga: &Saga, report: &mut RelayReport, stop_at: Instant) {
             let outcomes: Vec<(OrderId, Result<OrderStatus, OrderError>)> =
                 futures::stream::iter(due)
                     .map(|id| async move {
-                        let result =
-                            settle(saga, &id, status, OrderStatus::Cancelled, Some(reason)).await;
+                        let result = settle(
+                            &relay.transitions,
+                            &id,
+                            status,
+                            OrderStatus::Cancelled,
+                            Some(reason),
+                        )
+                        .await;
                         (id, result)
                     })
                     .buffer_unordered(EXPIRY_CONCURRENCY)

@@ -35,19 +35,19 @@ pub async fn list_orders(
 /// transitions exactly one wins; the other is [`OrderError::Conflict`].
 #[tracing::instrument(skip_all, fields(order_id = %id, to = %to))]
 pub async fn change_status(
-    saga: &Saga,
+    transitions: &Transitions,
     actor: &Actor,
     id: &OrderId,
     to: OrderStatus,
     reason: Option<&str>,
 ) -> Result<Order, OrderError> {
-    let order = get_order(&*saga.orders, actor, id).await?;
-    let next = transition(saga, actor, &order, to, reason).await?;
+    let order = get_order(&*transitions.orders, actor, id).await?;
+    let next = transition(transitions, actor, &order, to, reason).await?;
     Ok(next)
 }
 
 async fn transition(
-    saga: &Saga,
+    transitions: &Transitions,
     actor: &Actor,
     order: &Order,
     to: OrderStatus,
@@ -70,13 +70,17 @@ async fn transition(
     if order.status.commits_stock(to) {
         outgoing.push(messages::commit(&order.id));
     }
-    match saga.orders.update_order(order, &next, &outgoing).await {
+    match transitions
+        .orders
+        .update_order(order, &next, &outgoing)
+        .await
+    {
         Ok(()) => {}
         Err(RepositoryError::ConcurrentUpdate) => return Err(OrderError::Conflict),
         Err(other) => return Err(other.into()),
     }
     tracing::info!(order_id = %order.id, from = %order.status, to = %to, actor = %actor.label(), "order status changed");
-    dispatch(saga, &outgoing).await;
+    dispatch(&transitions.dispatch, &outgoing).await;
     Ok(next)
 }
 
@@ -84,7 +88,7 @@ async fn transition(
 /// a confirmed one): re-read and decided again when it loses a race. Returns the status the
 /// order has afterwards (untouched when it is no longer `from`).
 pub(super) async fn settle(
-    saga: &Saga,
+    transitions: &Transitions,
     id: &OrderId,
     from: OrderStatus,
     to: OrderStatus,
@@ -92,11 +96,11 @@ pub(super) async fn settle(
 ) -> Result<OrderStatus, OrderError> {
     let system = Actor::system();
     for _ in 0..3 {
-        let order = get_order(&*saga.orders, &system, id).await?;
+        let order = get_order(&*transitions.orders, &system, id).await?;
         if order.status != from {
             return Ok(order.status);
         }
-        match transition(saga, &system, &order, to, reason).await {
+        match transition(transitions, &system, &order, to, reason).await {
             Ok(next) => return Ok(next.status),
             Err(OrderError::Conflict) => continue,
             Err(other) => return Err(other),
