@@ -12,6 +12,7 @@ header with a placeholder token: as they are, they get 401. To invoke one for re
 
 import json
 import pathlib
+import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 USER_ID = "0192f0c4-6a8e-7b3c-9d2e-1f4a5b6c7d8e"
@@ -46,58 +47,77 @@ def event(method, path, route_path, body=None, headers=None, path_params=None, q
     return e
 
 
+def routes():
+    """Every HTTP function's routes, from the code's declarations (`zx-admin routes`): a route is
+    written once, in its handler's `#[utoipa::path]`."""
+    out = subprocess.run(["cargo", "run", "-q", "-p", "zx-app", "--bin", "zx-admin", "--", "routes"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+ROUTES = routes()
+
+
+def http(function, path=None, route=0, **kw):
+    """An event of `function`'s route (its first, or the one at `route`), at `path` (the
+    route's own when it has no parameters)."""
+    method, route_path = ROUTES[function][route]
+    return event(method, path or route_path, route_path, **kw)
+
+
 EVENTS = {
-    "health": event("GET", "/health", "/health"),
-    "openapi": event("GET", "/api/v1/openapi.json", "/api/v1/openapi.json"),
-    "docs": event("GET", "/docs", "/docs"),
-    "docs.asset": event("GET", "/docs/init.js", "/docs/{file}", path_params={"file": "init.js"}),
-    "users-register": event("POST", "/api/v1/users/register", "/api/v1/users/register",
+    "health": http("health"),
+    "openapi": http("openapi"),
+    "docs": http("docs"),
+    "docs.asset": http("docs", "/docs/init.js", route=1, path_params={"file": "init.js"}),
+    "users-register": http("users-register",
         body=json.dumps({"username": "new_user", "email": "New.User@Example.com", "password": "correct horse 1"})),
-    "users-register.invalid": event("POST", "/api/v1/users/register", "/api/v1/users/register",
+    "users-register.invalid": http("users-register",
         body=json.dumps({"username": "x", "email": "not-an-email", "password": "p" * 73})),
-    "users-login": event("POST", "/api/v1/users/login", "/api/v1/users/login",
+    "users-login": http("users-login",
         body=json.dumps({"email": "li.wei@example.com", "password": "correct horse 1"})),
     # A refresh token of the right form that names no session: 401 as it is; put the
     # refreshToken of a login there to refresh (or end) that session.
-    "users-refresh": event("POST", "/api/v1/users/refresh", "/api/v1/users/refresh",
+    "users-refresh": http("users-refresh",
         body=json.dumps({"refreshToken": SAMPLE_REFRESH_TOKEN})),
-    "users-logout": event("POST", "/api/v1/users/logout", "/api/v1/users/logout",
+    "users-logout": http("users-logout",
         body=json.dumps({"refreshToken": SAMPLE_REFRESH_TOKEN})),
-    "users-validate": event("GET", "/api/v1/users/validate", "/api/v1/users/validate",
+    "users-validate": http("users-validate",
         headers=TOKEN_HEADER),
-    "users-me": event("GET", "/api/v1/users/me", "/api/v1/users/me", headers=TOKEN_HEADER),
-    "users-get": event("GET", f"/api/v1/users/{USER_ID}", "/api/v1/users/{id}",
+    "users-me": http("users-me", headers=TOKEN_HEADER),
+    "users-get": http("users-get", f"/api/v1/users/{USER_ID}",
         path_params={"id": USER_ID}, headers=TOKEN_HEADER),
-    "users-update": event("PUT", f"/api/v1/users/{USER_ID}", "/api/v1/users/{id}",
+    "users-update": http("users-update", f"/api/v1/users/{USER_ID}",
         path_params={"id": USER_ID}, body=json.dumps({"username": "li_wei_2"}), headers=TOKEN_HEADER),
-    "products-list": event("GET", "/api/v1/products", "/api/v1/products",
+    "products-list": http("products-list",
         query={"category": "phones", "minPrice": "100", "maxPrice": "500000", "search": "phone", "limit": "10"}),
-    "products-get": event("GET", f"/api/v1/products/{PRODUCT_ID}", "/api/v1/products/{id}",
+    "products-get": http("products-get", f"/api/v1/products/{PRODUCT_ID}",
         path_params={"id": PRODUCT_ID}),
-    "products-create": event("POST", "/api/v1/products", "/api/v1/products", headers=TOKEN_HEADER,
+    "products-create": http("products-create", headers=TOKEN_HEADER,
         body=json.dumps({"name": "Phone Lite", "description": "A budget phone", "price": 99900, "stock": 25,
                          "categoryId": "phones", "images": ["https://img.zhixuan.local/phone-lite.jpg"]})),
-    "products-create.customer": event("POST", "/api/v1/products", "/api/v1/products",
+    "products-create.customer": http("products-create",
         headers=TOKEN_HEADER, body=json.dumps({"name": "Nope", "price": 1, "stock": 1, "categoryId": "x"})),
-    "products-update": event("PUT", f"/api/v1/products/{PRODUCT_ID}", "/api/v1/products/{id}",
+    "products-update": http("products-update", f"/api/v1/products/{PRODUCT_ID}",
         path_params={"id": PRODUCT_ID}, headers=TOKEN_HEADER, body=json.dumps({"price": 379900})),
-    "products-delete": event("DELETE", f"/api/v1/products/{PRODUCT_ID}", "/api/v1/products/{id}",
+    "products-delete": http("products-delete", f"/api/v1/products/{PRODUCT_ID}",
         path_params={"id": PRODUCT_ID}, headers=TOKEN_HEADER),
-    "stock-get": event("GET", f"/api/v1/stock/{PRODUCT_ID}", "/api/v1/stock/{productId}",
+    "categories-list": http("categories-list"),
+    "stock-get": http("stock-get", f"/api/v1/stock/{PRODUCT_ID}",
         path_params={"productId": PRODUCT_ID}, query={"quantity": "3"}),
-    "stock-put": event("PUT", f"/api/v1/stock/{PRODUCT_ID}", "/api/v1/stock/{productId}",
+    "stock-put": http("stock-put", f"/api/v1/stock/{PRODUCT_ID}",
         path_params={"productId": PRODUCT_ID}, headers=TOKEN_HEADER, body=json.dumps({"delta": 5})),
-    "orders-create": event("POST", "/api/v1/orders", "/api/v1/orders",
+    "orders-create": http("orders-create",
         headers={**TOKEN_HEADER, "idempotency-key": "checkout-2026-11-24-0001"},
         body=json.dumps({"items": [{"productId": PRODUCT_ID, "quantity": 2}],
                          "shippingAddress": "No. 1 Zhongguancun Street, Haidian, Beijing"})),
-    "orders-get": event("GET", f"/api/v1/orders/{ORDER_ID}", "/api/v1/orders/{id}",
+    "orders-get": http("orders-get", f"/api/v1/orders/{ORDER_ID}",
         path_params={"id": ORDER_ID}, headers=TOKEN_HEADER),
-    "orders-list": event("GET", "/api/v1/orders", "/api/v1/orders", headers=TOKEN_HEADER,
+    "orders-list": http("orders-list", headers=TOKEN_HEADER,
         query={"limit": "10"}),
-    "orders-cancel": event("POST", f"/api/v1/orders/{CANCEL_ORDER_ID}/cancel", "/api/v1/orders/{id}/cancel",
+    "orders-cancel": http("orders-cancel", f"/api/v1/orders/{CANCEL_ORDER_ID}/cancel",
         path_params={"id": CANCEL_ORDER_ID}, headers=TOKEN_HEADER),
-    "orders-update-status": event("PATCH", f"/api/v1/orders/{ORDER_ID}/status", "/api/v1/orders/{id}/status",
+    "orders-update-status": http("orders-update-status", f"/api/v1/orders/{ORDER_ID}/status",
         path_params={"id": ORDER_ID}, headers=TOKEN_HEADER, body=json.dumps({"status": "paid"})),
 }
 

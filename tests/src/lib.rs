@@ -949,6 +949,15 @@ impl zx_domain::ProductWriter for LaggingIndex {
 }
 
 #[async_trait::async_trait]
+impl zx_domain::CategoryReader for LaggingIndex {
+    async fn categories(
+        &self,
+    ) -> Result<Vec<zx_domain::CategoryCount>, zx_domain::RepositoryError> {
+        self.inner.categories().await
+    }
+}
+
+#[async_trait::async_trait]
 impl zx_domain::StockWriter for LaggingIndex {
     async fn change_stock(
         &self,

@@ -758,6 +758,7 @@ async fn sample_events_run_through_their_handlers() {
         ("products-create.json", Some(Role::Admin), 201),
         ("products-create.customer.json", Some(Role::Customer), 403),
         ("products-update.json", Some(Role::Admin), 200),
+        ("categories-list.json", None, 200),
         ("stock-get.json", None, 200),
         ("stock-put.json", Some(Role::Admin), 200),
         ("orders-create.json", Some(Role::Customer), 202),
@@ -1263,6 +1264,58 @@ async fn reads_are_cached_and_writes_invalidate() {
             .len(),
         2
     );
+}
+
+/// `GET /api/v1/categories` (issue 17's worked example of a new endpoint): public, live
+/// products counted by category, served from the cache until the catalogue changes.
+async fn categories_are_counted_and_cached_until_the_catalogue_changes(store: Store) {
+    let api = Api::start(store).await;
+    let admin = api.admin().await;
+    let categories = || api.get_public("/api/v1/categories");
+    let empty = categories().await;
+    assert_eq!(empty.status(), 200);
+    assert_eq!(x_cache(&empty), "MISS");
+    assert_eq!(empty.json::<Value>().await.unwrap(), json!({"items": []}));
+    let mut ids = Vec::new();
+    for (name, category) in [
+        ("Kettle", "kitchen"),
+        ("Pan", "kitchen"),
+        ("Atlas", "books"),
+    ] {
+        let body = json!({"name": name, "price": 100, "stock": 1, "categoryId": category});
+        ids.push(api.create_product(&admin, body).await);
+    }
+    let counted = categories().await;
+    assert_eq!(x_cache(&counted), "MISS");
+    let expected = json!({"items": [
+        {"id": "books", "products": 1},
+        {"id": "kitchen", "products": 2},
+    ]});
+    assert_eq!(counted.json::<Value>().await.unwrap(), expected);
+    let cached = categories().await;
+    assert_eq!(x_cache(&cached), "HIT");
+    assert_eq!(cached.json::<Value>().await.unwrap(), expected);
+    // A delete changes the catalogue: the next read is the store's, without the product.
+    let gone = api
+        .delete(&format!("/api/v1/products/{}", ids[2]), &admin)
+        .await;
+    assert_eq!(gone.status(), 204);
+    let after = categories().await;
+    assert_eq!(x_cache(&after), "MISS");
+    assert_eq!(
+        after.json::<Value>().await.unwrap(),
+        json!({"items": [{"id": "kitchen", "products": 2}]})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn categories_on_dynamodb() {
+    categories_are_counted_and_cached_until_the_catalogue_changes(Store::DynamoDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn categories_on_postgres() {
+    categories_are_counted_and_cached_until_the_catalogue_changes(Store::Postgres).await;
 }
 
 /// Reads through an app whose cache is at `cache_url`: all 200 (MISS), p99 under 200 ms.

@@ -1235,6 +1235,60 @@ mod catalogue {
         );
     }
 
+    /// `GET /categories`: live products counted by category, kept right by creations, moves,
+    /// soft deletes, a stale write and a retried creation; an emptied category is not listed.
+    pub async fn categories_count_live_products(products: Arc<dyn ProductRepository>) {
+        let counts = |products: Arc<dyn ProductRepository>| async move {
+            products
+                .categories()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.id.as_str().to_owned(), c.products))
+                .collect::<Vec<_>>()
+        };
+        let owned = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+            pairs.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect()
+        };
+        assert!(counts(products.clone()).await.is_empty());
+        let a = product("A", "", "phones", 1, 1);
+        let b = product("B", "", "phones", 1, 1);
+        let c = product("C", "", "books", 1, 1);
+        for p in [&a, &b, &c] {
+            products.create_product(p).await.unwrap();
+        }
+        // A retried creation counts once.
+        products.create_product(&a).await.unwrap();
+        assert_eq!(
+            counts(products.clone()).await,
+            owned(&[("books", 1), ("phones", 2)])
+        );
+        // B moves to books; a stale write of B changes nothing.
+        let mut moved = b.clone();
+        moved.category = CategoryId::parse("books").unwrap();
+        moved.version += 1;
+        products.update_product(&b, &moved).await.unwrap();
+        assert!(matches!(
+            products.update_product(&b, &moved).await,
+            Err(RepositoryError::ConcurrentUpdate)
+        ));
+        // A price change leaves the counts alone.
+        let mut repriced = c.clone();
+        repriced.price = Price::from_minor(2).unwrap();
+        repriced.version += 1;
+        products.update_product(&c, &repriced).await.unwrap();
+        assert_eq!(
+            counts(products.clone()).await,
+            owned(&[("books", 2), ("phones", 1)])
+        );
+        // A soft delete takes A out; phones is then empty and not listed.
+        let mut deleted = a.clone();
+        deleted.deleted_at = Some(Timestamp::now());
+        deleted.version += 1;
+        products.update_product(&a, &deleted).await.unwrap();
+        assert_eq!(counts(products.clone()).await, owned(&[("books", 2)]));
+    }
+
     pub async fn find_products_reads_many_at_once(products: Arc<dyn ProductRepository>) {
         let a = product("Alpha", "", "misc", 1, 1);
         let b = product("Beta", "", "misc", 2, 2);
@@ -1266,6 +1320,7 @@ contract_suites!(products = zx_tests::ProductBackend, field products, cases crat
     retried_creates_succeed_once,
     find_products_reads_many_at_once,
     searches_examine_a_bounded_number_of_products,
+    categories_count_live_products,
 );
 
 /// Loses the response of the first `TransactWriteItems` after DynamoDB applied it: the SDK sees

@@ -1,5 +1,5 @@
 //! Lambda function `docs`: GET /docs and GET /docs/{file} (the API docs page and its assets).
-//! Its handler is built by `zx_app::functions::docs` (wiring: `zx_app::functions::DOCS`), which the local gateway calls too.
+//! Declared by `zx_app::functions::DOCS` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,5 @@
 //! Lambda function `health`: GET /health and GET /api/v1/{service}/health.
-//! Its handler is built by `zx_app::functions::health` (wiring: `zx_app::functions::HEALTH`), which the local gateway calls too.
+//! Declared by `zx_app::functions::HEALTH` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,5 @@
 //! Lambda function `inventory-worker`: the inventory queue's consumer (reserve, release), triggered by SQS with partial batch responses.
-//! Its handler is built by `zx_app::workers::inventory_worker`, which the local gateway calls too.
+//! Declared by `zx_app::workers::INVENTORY_WORKER` (its queue and ports), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

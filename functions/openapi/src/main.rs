@@ -1,5 +1,5 @@
 //! Lambda function `openapi`: GET /api/v1/openapi.json (the API's OpenAPI 3.1 description).
-//! Its handler is built by `zx_app::functions::openapi` (wiring: `zx_app::functions::OPENAPI`), which the local gateway calls too.
+//! Declared by `zx_app::functions::OPENAPI` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

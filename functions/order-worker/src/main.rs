@@ -1,5 +1,5 @@
 //! Lambda function `order-worker`: the order queue's consumer (confirm, cancel), triggered by SQS with partial batch responses.
-//! Its handler is built by `zx_app::workers::order_worker`, which the local gateway calls too.
+//! Declared by `zx_app::workers::ORDER_WORKER` (its queue and ports), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

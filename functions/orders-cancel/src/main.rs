@@ -1,5 +1,5 @@
 //! Lambda function `orders-cancel`: POST /api/v1/orders/{id}/cancel.
-//! Its handler is built by `zx_app::functions::orders_cancel` (wiring: `zx_app::functions::ORDERS_CANCEL`), which the local gateway calls too.
+//! Declared by `zx_app::functions::ORDERS_CANCEL` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,5 @@
 //! Lambda function `orders-create`: POST /api/v1/orders.
-//! Its handler is built by `zx_app::functions::orders_create` (wiring: `zx_app::functions::ORDERS_CREATE`), which the local gateway calls too.
+//! Declared by `zx_app::functions::ORDERS_CREATE` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,5 @@
 //! Lambda function `orders-update-status`: PATCH /api/v1/orders/{id}/status.
-//! Its handler is built by `zx_app::functions::orders_update_status` (wiring: `zx_app::functions::ORDERS_UPDATE_STATUS`), which the local gateway calls too.
+//! Declared by `zx_app::functions::ORDERS_UPDATE_STATUS` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,5 @@
 //! Lambda function `products-delete`: DELETE /api/v1/products/{id}.
-//! Its handler is built by `zx_app::functions::products_delete` (wiring: `zx_app::functions::PRODUCTS_DELETE`), which the local gateway calls too.
+//! Declared by `zx_app::functions::PRODUCTS_DELETE` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,5 @@
 //! Lambda function `products-list`: GET /api/v1/products.
-//! Its handler is built by `zx_app::functions::products_list` (wiring: `zx_app::functions::PRODUCTS_LIST`), which the local gateway calls too.
+//! Declared by `zx_app::functions::PRODUCTS_LIST` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

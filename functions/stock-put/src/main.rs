@@ -1,5 +1,5 @@
 //! Lambda function `stock-put`: PUT /api/v1/stock/{productId}.
-//! Its handler is built by `zx_app::functions::stock_put` (wiring: `zx_app::functions::STOCK_PUT`), which the local gateway calls too.
+//! Declared by `zx_app::functions::STOCK_PUT` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,5 @@
 //! Lambda function `users-login`: POST /api/v1/users/login.
-//! Its handler is built by `zx_app::functions::users_login` (wiring: `zx_app::functions::USERS_LOGIN`), which the local gateway calls too.
+//! Declared by `zx_app::functions::USERS_LOGIN` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,5 @@
 //! Lambda function `users-logout`: POST /api/v1/users/logout.
-//! Its handler is built by `zx_app::functions::users_logout` (wiring: `zx_app::functions::USERS_LOGOUT`), which the local gateway calls too.
+//! Declared by `zx_app::functions::USERS_LOGOUT` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

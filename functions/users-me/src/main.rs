@@ -1,5 +1,5 @@
 //! Lambda function `users-me`: GET /api/v1/users/me.
-//! Its handler is built by `zx_app::functions::users_me` (wiring: `zx_app::functions::USERS_ME`), which the local gateway calls too.
+//! Declared by `zx_app::functions::USERS_ME` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

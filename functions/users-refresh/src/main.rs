@@ -1,5 +1,5 @@
 //! Lambda function `users-refresh`: POST /api/v1/users/refresh.
-//! Its handler is built by `zx_app::functions::users_refresh` (wiring: `zx_app::functions::USERS_REFRESH`), which the local gateway calls too.
+//! Declared by `zx_app::functions::USERS_REFRESH` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,5 @@
 //! Lambda function `users-update`: PUT /api/v1/users/{id}.
-//! Its handler is built by `zx_app::functions::users_update` (wiring: `zx_app::functions::USERS_UPDATE`), which the local gateway calls too.
+//! Declared by `zx_app::functions::USERS_UPDATE` (routes, access, ports, handler), which the local gateway runs too.
 
 // One invocation at a time per instance: one thread, no worker pool to start.
 #[tokio::main(flavor = "current_thread")]

@@ -145,6 +145,21 @@ impl SessionUse {
         end: true,
         check: true,
     };
+    /// Start sessions (login).
+    pub const START: SessionUse = SessionUse {
+        start: true,
+        ..SessionUse::NONE
+    };
+    /// Rotate sessions (refresh).
+    pub const ROTATE: SessionUse = SessionUse {
+        rotate: true,
+        ..SessionUse::NONE
+    };
+    /// End sessions (logout).
+    pub const END: SessionUse = SessionUse {
+        end: true,
+        ..SessionUse::NONE
+    };
     /// Only the standing of access tokens.
     pub const CHECK: SessionUse = SessionUse {
         check: true,

@@ -14,8 +14,8 @@ use lambda_http::{Body, Request, Response};
 use zx_auth::{PasswordHasher, TokenIssuer};
 use zx_cache::Cache;
 use zx_domain::{
-    Notifier, OrderReader, ProductReader, ProductRepository, SessionEnding, SessionRotation,
-    SessionStarter, StandingReader, UserReader, UserRepository, UserSignIn,
+    CategoryReader, Notifier, OrderReader, ProductReader, ProductRepository, SessionEnding,
+    SessionRotation, SessionStarter, StandingReader, UserReader, UserRepository, UserSignIn,
 };
 use zx_http::{Access, ApiError, Edge, HttpHandler, RouteLimit};
 use zx_users::PasswordGuard;
@@ -56,12 +56,63 @@ pub fn routes_of<P: utoipa::Path>() -> Vec<Route> {
         .collect()
 }
 
+/// The schemas an operation's description refers to.
+pub type Schemas = Vec<(
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+)>;
+
+/// What a function serves, from its handlers' `#[utoipa::path]`s: its routes, and its part of
+/// the API description (`crate::openapi` assembles every function's).
+pub trait Operations {
+    fn routes() -> Vec<Route>;
+    fn describe(paths: &mut utoipa::openapi::path::Paths, schemas: &mut Schemas);
+}
+
+/// The operation of one `#[utoipa::path]` (its `__path_<handler>` type).
+pub struct Op<P>(std::marker::PhantomData<P>);
+
+impl<P> Operations for Op<P>
+where
+    P: utoipa::Path + utoipa::__dev::SchemaReferences + utoipa::__dev::Tags<'static>,
+{
+    fn routes() -> Vec<Route> {
+        routes_of::<P>()
+    }
+    /// What `#[derive(OpenApi)]` does for each of its `paths(...)`: the operation with its
+    /// tags, and the schemas it refers to.
+    fn describe(paths: &mut utoipa::openapi::path::Paths, schemas: &mut Schemas) {
+        let mut operation = P::operation();
+        operation
+            .tags
+            .get_or_insert_with(Vec::new)
+            .extend(P::tags().into_iter().map(str::to_owned));
+        paths.add_path_operation(P::path(), P::methods(), operation);
+        P::schemas(schemas);
+    }
+}
+
+/// Two operations of one function (the docs page and its assets).
+impl<A: Operations, B: Operations> Operations for (A, B) {
+    fn routes() -> Vec<Route> {
+        let mut routes = A::routes();
+        routes.extend(B::routes());
+        routes
+    }
+    fn describe(paths: &mut utoipa::openapi::path::Paths, schemas: &mut Schemas) {
+        A::describe(paths, schemas);
+        B::describe(paths, schemas);
+    }
+}
+
 /// One HTTP function: its binary name (the crate under `functions/`, `BuildProperties.Binary`
 /// in `template.yaml`), its routes, its builder, what its cold start builds and is granted,
 /// and its memory when not the default.
 pub struct HttpFunction {
     pub name: &'static str,
     pub routes: fn() -> Vec<Route>,
+    /// Adds the function's operations to the API description.
+    pub describe: fn(&mut utoipa::openapi::path::Paths, &mut Schemas),
     pub build: Builder,
     pub needs: Needs,
     pub memory_mb: Option<u16>,
@@ -89,8 +140,9 @@ pub const fn edge_needs(access: Access, limit: Option<Group>) -> Needs {
     }
 }
 
-/// Declares an HTTP function: `$name` becomes an [`HttpFunction`] whose builder wires the ports
-/// of `$deps`'s type, puts `$body` behind the edge for (`access`, `limit`), and whose needs are
+/// Declares an HTTP function: `$name` becomes an [`HttpFunction`] whose routes and description
+/// are its `operations`' (`Op<__path_handler>`: the route is written in the handler's
+/// `#[utoipa::path]` only), whose builder wires its `ports`, puts `$body` behind the edge for (`access`, `limit`), and whose needs are
 /// the edge's and the ports' together.
 ///
 /// A handler that uses what its ports do not offer does not compile: here the function's
@@ -104,7 +156,7 @@ pub const fn edge_needs(access: Access, limit: Option<Group>) -> Needs {
 ///
 /// zx_app::http_function! {
 ///     const SNEAKY = "sneaky" {
-///         routes: Vec::new,
+///         operations: (),
 ///         access: Access::Checked,
 ///         limit: Some(Group::Orders),
 ///         ports: Arc<dyn OrderReader>,
@@ -125,7 +177,7 @@ macro_rules! http_function {
     (
         $(#[$doc:meta])*
         $vis:vis const $name:ident = $binary:literal {
-            routes: $routes:expr,
+            operations: $operations:ty,
             access: $access:expr,
             limit: $limit:expr,
             $(memory_mb: $memory:expr,)?
@@ -148,7 +200,8 @@ macro_rules! http_function {
             }
             $crate::functions::HttpFunction {
                 name: $binary,
-                routes: $routes,
+                routes: <$operations as $crate::functions::Operations>::routes,
+                describe: <$operations as $crate::functions::Operations>::describe,
                 build,
                 needs: $crate::functions::edge_needs($access, $limit)
                     .and(<$ty as $crate::ports::Port>::NEEDS),
@@ -224,31 +277,40 @@ where
     Ok(edge(services, access, limit)?.wrap(move |request| handler(deps.clone(), request)))
 }
 
-/// `GET /health`, also served under each service's path.
-fn health_routes() -> Vec<Route> {
-    let mut routes = routes_of::<crate::health::__path_health_handler>();
-    routes.extend(
-        crate::openapi::SERVICE_HEALTH_PATHS
-            .iter()
-            .map(|path| Route {
-                method: "GET",
-                path: (*path).to_owned(),
-            }),
-    );
-    routes
+/// `GET /health`, also served under each service's path (the description adds those paths
+/// itself: `crate::openapi::SERVICE_HEALTH_PATHS`).
+pub struct HealthOperations;
+
+impl Operations for HealthOperations {
+    fn routes() -> Vec<Route> {
+        let mut routes = Op::<crate::health::__path_health_handler>::routes();
+        routes.extend(
+            crate::openapi::SERVICE_HEALTH_PATHS
+                .iter()
+                .map(|path| Route {
+                    method: "GET",
+                    path: (*path).to_owned(),
+                }),
+        );
+        routes
+    }
+    fn describe(paths: &mut utoipa::openapi::path::Paths, schemas: &mut Schemas) {
+        Op::<crate::health::__path_health_handler>::describe(paths, schemas);
+    }
 }
 
-/// The docs page and its assets.
-fn docs_routes() -> Vec<Route> {
-    let mut routes = routes_of::<zx_docs::__path_docs_page>();
-    routes.extend(routes_of::<zx_docs::__path_docs_asset>());
-    routes
+/// No operation (tests).
+impl Operations for () {
+    fn routes() -> Vec<Route> {
+        Vec::new()
+    }
+    fn describe(_: &mut utoipa::openapi::path::Paths, _: &mut Schemas) {}
 }
 
 http_function! {
     /// `GET /health` (and `/api/v1/<service>/health`): no token, no limit.
     pub const HEALTH = "health" {
-        routes: health_routes,
+        operations: HealthOperations,
         access: Access::Public,
         limit: None,
         ports: HealthChecks,
@@ -261,7 +323,7 @@ http_function! {
 http_function! {
     /// `GET /api/v1/openapi.json`: static, no store, no cache, no limit.
     pub const OPENAPI = "openapi" {
-        routes: routes_of::<crate::openapi::__path_serve_openapi>,
+        operations: Op<crate::openapi::__path_serve_openapi>,
         access: Access::Public,
         limit: None,
         memory_mb: 128,
@@ -273,7 +335,7 @@ http_function! {
 http_function! {
     /// `GET /docs` and `GET /docs/{file}`.
     pub const DOCS = "docs" {
-        routes: docs_routes,
+        operations: (Op<zx_docs::__path_docs_page>, Op<zx_docs::__path_docs_asset>),
         access: Access::Public,
         limit: None,
         memory_mb: 128,
@@ -290,7 +352,7 @@ http_function! {
 
 http_function! {
     pub const USERS_REGISTER = "users-register" {
-        routes: routes_of::<zx_users::handlers::__path_register>,
+        operations: Op<zx_users::handlers::__path_register>,
         access: Access::Public,
         limit: Some(Group::Users),
         ports: (Arc<dyn UserRepository>, Passwords),
@@ -304,7 +366,7 @@ http_function! {
     /// One of the two functions that sign tokens, in KMS (with `users-refresh`); it rehashes a
     /// password stored at a lower bcrypt cost.
     pub const USERS_LOGIN = "users-login" {
-        routes: routes_of::<zx_users::handlers::__path_login>,
+        operations: Op<zx_users::handlers::__path_login>,
         access: Access::Public,
         limit: Some(Group::Users),
         ports: (Arc<dyn UserSignIn>, Arc<dyn SessionStarter>, Passwords, Issuer),
@@ -317,7 +379,7 @@ http_function! {
 http_function! {
     /// Signs in KMS: a refresh signs a new access token.
     pub const USERS_REFRESH = "users-refresh" {
-        routes: routes_of::<zx_users::sessions::__path_refresh>,
+        operations: Op<zx_users::sessions::__path_refresh>,
         access: Access::Public,
         limit: Some(Group::Users),
         ports: (Arc<dyn UserReader>, Arc<dyn SessionRotation>, Issuer, Option<Cache>),
@@ -329,7 +391,7 @@ http_function! {
 
 http_function! {
     pub const USERS_LOGOUT = "users-logout" {
-        routes: routes_of::<zx_users::sessions::__path_logout>,
+        operations: Op<zx_users::sessions::__path_logout>,
         access: Access::Public,
         limit: Some(Group::Users),
         ports: (Arc<dyn SessionEnding>, Option<Cache>),
@@ -341,7 +403,7 @@ http_function! {
 
 http_function! {
     pub const USERS_VALIDATE = "users-validate" {
-        routes: routes_of::<zx_users::handlers::__path_validate>,
+        operations: Op<zx_users::handlers::__path_validate>,
         access: Access::Checked,
         limit: Some(Group::Users),
         memory_mb: 128,
@@ -352,7 +414,7 @@ http_function! {
 
 http_function! {
     pub const USERS_ME = "users-me" {
-        routes: routes_of::<zx_users::handlers::__path_me>,
+        operations: Op<zx_users::handlers::__path_me>,
         access: Access::Authenticated,
         limit: Some(Group::Users),
         ports: Arc<dyn UserReader>,
@@ -363,7 +425,7 @@ http_function! {
 http_function! {
     /// An admin reads anyone's profile: the role is the stored one.
     pub const USERS_GET = "users-get" {
-        routes: routes_of::<zx_users::handlers::__path_get_user>,
+        operations: Op<zx_users::handlers::__path_get_user>,
         access: Access::Checked,
         limit: Some(Group::Users),
         ports: Arc<dyn UserReader>,
@@ -373,7 +435,7 @@ http_function! {
 
 http_function! {
     pub const USERS_UPDATE = "users-update" {
-        routes: routes_of::<zx_users::handlers::__path_update_user>,
+        operations: Op<zx_users::handlers::__path_update_user>,
         access: Access::Checked,
         limit: Some(Group::Users),
         ports: (Arc<dyn UserRepository>, Passwords, Cache, Arc<dyn Notifier>),
@@ -394,7 +456,7 @@ type Catalogue<P> = (Arc<P>, Option<zx_products::CatalogueCache>);
 http_function! {
     /// `GET /products`: searches count against their own per-client limit too.
     pub const PRODUCTS_LIST = "products-list" {
-        routes: routes_of::<zx_products::handlers::__path_list_products>,
+        operations: Op<zx_products::handlers::__path_list_products>,
         access: Access::Public,
         limit: Some(Group::Products),
         ports: (Catalogue<dyn ProductReader>, Arc<zx_cache::ClientLimits>),
@@ -406,7 +468,7 @@ http_function! {
 
 http_function! {
     pub const PRODUCTS_GET = "products-get" {
-        routes: routes_of::<zx_products::handlers::__path_get_product>,
+        operations: Op<zx_products::handlers::__path_get_product>,
         access: Access::Public,
         limit: Some(Group::Products),
         ports: Catalogue<dyn ProductReader>,
@@ -418,7 +480,7 @@ http_function! {
 
 http_function! {
     pub const PRODUCTS_CREATE = "products-create" {
-        routes: routes_of::<zx_products::handlers::__path_create_product>,
+        operations: Op<zx_products::handlers::__path_create_product>,
         access: Access::Admin,
         limit: Some(Group::Products),
         ports: Catalogue<dyn ProductRepository>,
@@ -430,7 +492,7 @@ http_function! {
 
 http_function! {
     pub const PRODUCTS_UPDATE = "products-update" {
-        routes: routes_of::<zx_products::handlers::__path_update_product>,
+        operations: Op<zx_products::handlers::__path_update_product>,
         access: Access::Admin,
         limit: Some(Group::Products),
         ports: Catalogue<dyn ProductRepository>,
@@ -442,7 +504,7 @@ http_function! {
 
 http_function! {
     pub const PRODUCTS_DELETE = "products-delete" {
-        routes: routes_of::<zx_products::handlers::__path_delete_product>,
+        operations: Op<zx_products::handlers::__path_delete_product>,
         access: Access::Admin,
         limit: Some(Group::Products),
         ports: Catalogue<dyn ProductRepository>,
@@ -453,8 +515,22 @@ http_function! {
 }
 
 http_function! {
+    /// `GET /categories`: the catalogue's categories and their product counts, cached.
+    pub const CATEGORIES_LIST = "categories-list" {
+        operations: Op<zx_products::categories::__path_list_categories>,
+        access: Access::Public,
+        limit: Some(Group::Products),
+        memory_mb: 128,
+        ports: (Arc<dyn CategoryReader>, Option<zx_products::CatalogueCache>),
+        handler: |(categories, cache), request| {
+            zx_products::list_categories(&*categories, cache.as_ref(), request).await
+        },
+    }
+}
+
+http_function! {
     pub const STOCK_GET = "stock-get" {
-        routes: routes_of::<zx_products::stock::__path_get_stock>,
+        operations: Op<zx_products::stock::__path_get_stock>,
         access: Access::Public,
         limit: Some(Group::Products),
         ports: Arc<dyn ProductReader>,
@@ -466,7 +542,7 @@ http_function! {
 
 http_function! {
     pub const STOCK_PUT = "stock-put" {
-        routes: routes_of::<zx_products::stock::__path_put_stock>,
+        operations: Op<zx_products::stock::__path_put_stock>,
         access: Access::Admin,
         limit: Some(Group::Products),
         ports: Catalogue<dyn ProductRepository>,
@@ -480,7 +556,7 @@ http_function! {
     /// Placing an order: the order and its outbox rows in one write, then the reserve and the
     /// event sent.
     pub const ORDERS_CREATE = "orders-create" {
-        routes: routes_of::<zx_orders::http::__path_create_order>,
+        operations: Op<zx_orders::http::__path_create_order>,
         access: Access::Checked,
         limit: Some(Group::Orders),
         ports: zx_orders::Placement,
@@ -493,7 +569,7 @@ http_function! {
 http_function! {
     /// An admin reads every customer's orders: the role is the stored one. Reads only.
     pub const ORDERS_GET = "orders-get" {
-        routes: routes_of::<zx_orders::http::__path_get_order>,
+        operations: Op<zx_orders::http::__path_get_order>,
         access: Access::Checked,
         limit: Some(Group::Orders),
         ports: Arc<dyn OrderReader>,
@@ -505,7 +581,7 @@ http_function! {
 
 http_function! {
     pub const ORDERS_LIST = "orders-list" {
-        routes: routes_of::<zx_orders::http::__path_list_orders>,
+        operations: Op<zx_orders::http::__path_list_orders>,
         access: Access::Checked,
         limit: Some(Group::Orders),
         ports: Arc<dyn OrderReader>,
@@ -517,7 +593,7 @@ http_function! {
 
 http_function! {
     pub const ORDERS_CANCEL = "orders-cancel" {
-        routes: routes_of::<zx_orders::http::__path_cancel_order>,
+        operations: Op<zx_orders::http::__path_cancel_order>,
         access: Access::Checked,
         limit: Some(Group::Orders),
         ports: Moving<OrderMoves>,
@@ -529,7 +605,7 @@ http_function! {
 
 http_function! {
     pub const ORDERS_UPDATE_STATUS = "orders-update-status" {
-        routes: routes_of::<zx_orders::http::__path_update_status>,
+        operations: Op<zx_orders::http::__path_update_status>,
         access: Access::Admin,
         limit: Some(Group::Orders),
         ports: Moving<OrderMoves>,
@@ -557,6 +633,7 @@ pub const HTTP_FUNCTIONS: &[HttpFunction] = &[
     PRODUCTS_CREATE,
     PRODUCTS_UPDATE,
     PRODUCTS_DELETE,
+    CATEGORIES_LIST,
     STOCK_GET,
     STOCK_PUT,
     ORDERS_CREATE,
@@ -676,7 +753,7 @@ mod tests {
     #[tokio::test]
     async fn a_sender_sends_only_where_its_port_allows() {
         use crate::capabilities::SendSet as _;
-        use zx_domain::{Destination, MessageSender as _};
+        use zx_domain::Destination;
         let services = Services::build_for(&config(), &aws().await, &Needs::NONE)
             .await
             .unwrap();
@@ -702,7 +779,7 @@ mod tests {
         /// The doctest of `http_function!` that must not compile, reading only: it compiles,
         /// and it needs what reading orders behind a checked edge needs.
         const READER = "reader" {
-            routes: Vec::new,
+            operations: (),
             access: Access::Checked,
             limit: Some(Group::Orders),
             ports: Arc<dyn OrderReader>,

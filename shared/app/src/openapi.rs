@@ -1,6 +1,6 @@
 //! The API's OpenAPI 3.1 description, generated from the code: the request and response
-//! types derive their schemas, each handler carries its `#[utoipa::path]`, and the edge adds
-//! what every operation shares (`zx_http::openapi::EdgeAnswers`). Served by the `openapi`
+//! types derive their schemas, each handler carries its `#[utoipa::path]`, the registry of
+//! functions lists the operations, and the edge adds what every operation shares (`zx_http::openapi::EdgeAnswers`). Served by the `openapi`
 //! function at `GET /api/v1/openapi.json`, rendered by `GET /docs`, and written to
 //! `docs/openapi.json` by `zx-admin openapi` (a test fails when the file, the served document
 //! or the template's routes disagree).
@@ -29,34 +29,7 @@ An empty query parameter is the same as an absent one. Every client has per-minu
 over them: 429 with `Retry-After`. Money is integer minor units (fen); times are RFC 3339 UTC.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(
-        crate::health::health_handler,
-        zx_users::handlers::register,
-        zx_users::handlers::login,
-        zx_users::sessions::refresh,
-        zx_users::sessions::logout,
-        zx_users::handlers::validate,
-        zx_users::handlers::me,
-        zx_users::handlers::get_user,
-        zx_users::handlers::update_user,
-        zx_products::handlers::list_products,
-        zx_products::handlers::get_product,
-        zx_products::handlers::create_product,
-        zx_products::handlers::update_product,
-        zx_products::handlers::delete_product,
-        zx_products::stock::get_stock,
-        zx_products::stock::put_stock,
-        zx_orders::http::create_order,
-        zx_orders::http::list_orders,
-        zx_orders::http::get_order,
-        zx_orders::http::cancel_order,
-        zx_orders::http::update_status,
-        serve_openapi,
-        zx_docs::docs_page,
-        zx_docs::docs_asset,
-    ),
     components(schemas(zx_http::problem::Problem, zx_domain::FieldError)),
-    modifiers(&ServiceHealthRoutes, &Summaries, &EDGE),
     tags(
         (name = "users", description = "Registration, sessions (login, refresh, logout) and profiles."),
         (name = "products", description = "The catalogue: public, cached reads; admin writes."),
@@ -127,9 +100,25 @@ impl utoipa::Modify for Summaries {
     }
 }
 
-/// The description.
+/// The description: the document's head (`ApiDoc`), every HTTP function's operations from the
+/// registry (`crate::functions::HTTP_FUNCTIONS`: an operation is listed nowhere else), and what
+/// the edge adds to each.
 pub fn document() -> OpenApi {
-    ApiDoc::openapi()
+    let mut openapi = ApiDoc::openapi();
+    let mut schemas = Vec::new();
+    for function in crate::functions::HTTP_FUNCTIONS {
+        (function.describe)(&mut openapi.paths, &mut schemas);
+    }
+    openapi
+        .components
+        .get_or_insert_with(utoipa::openapi::Components::new)
+        .schemas
+        .extend(schemas);
+    let modifiers: [&dyn utoipa::Modify; 3] = [&ServiceHealthRoutes, &Summaries, &EDGE];
+    for modifier in modifiers {
+        modifier.modify(&mut openapi);
+    }
+    openapi
 }
 
 /// The description as served and as written to `docs/openapi.json` (pretty JSON and a final

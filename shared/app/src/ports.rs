@@ -12,9 +12,10 @@ use std::sync::Arc;
 use zx_auth::{PasswordHasher, TokenIssuer};
 use zx_cache::{Cache, ClientLimits};
 use zx_domain::{
-    InventoryRepository, MessageSender, Notifier, OrderExpiry, OrderReader, OrderStore,
-    OrderWriter, Outbox, ProductReader, ProductRepository, ReservationPurge, SessionEnding,
-    SessionRotation, SessionStarter, StandingReader, UserReader, UserRepository, UserSignIn,
+    CategoryReader, InventoryRepository, MessageSender, Notifier, OrderExpiry, OrderReader,
+    OrderStore, OrderWriter, Outbox, ProductReader, ProductRepository, ReservationPurge,
+    SessionEnding, SessionRotation, SessionStarter, StandingReader, UserReader, UserRepository,
+    UserSignIn,
 };
 use zx_orders::usecases::{
     Dispatch, InventorySteps, Placement, Relay, SagaSettings, StaleViews, Transitions,
@@ -47,53 +48,30 @@ macro_rules! store_ports {
     )*};
 }
 
-const fn users(users: Use) -> Needs {
-    Needs {
-        users,
-        ..Needs::NONE
-    }
-}
-const fn sessions(sessions: SessionUse) -> Needs {
-    Needs {
-        sessions,
-        ..Needs::NONE
-    }
-}
-const fn products(products: Use) -> Needs {
-    Needs {
-        products,
-        ..Needs::NONE
-    }
-}
-const fn orders(orders: Use) -> Needs {
-    Needs {
-        orders,
-        ..Needs::NONE
-    }
-}
 const CACHE: Needs = Needs {
     cache: true,
     ..Needs::NONE
 };
 
 store_ports! {
-    UserReader => users, users(Use::Read);
+    UserReader => users, Needs { users: Use::Read, ..Needs::NONE };
     /// Reads users and replaces a password hash (a login's rehash): those attributes only.
-    UserSignIn => users, Needs { rehash: true, ..users(Use::Read) };
-    UserRepository => users, users(Use::Write);
-    SessionStarter => sessions, sessions(SessionUse { start: true, ..SessionUse::NONE });
-    SessionRotation => sessions, sessions(SessionUse { rotate: true, ..SessionUse::NONE });
-    SessionEnding => sessions, sessions(SessionUse { end: true, ..SessionUse::NONE });
-    StandingReader => sessions, sessions(SessionUse::CHECK);
-    ProductReader => products, products(Use::Read);
-    ProductRepository => products, products(Use::Write);
+    UserSignIn => users, Needs { users: Use::Read, rehash: true, ..Needs::NONE };
+    UserRepository => users, Needs { users: Use::Write, ..Needs::NONE };
+    SessionStarter => sessions, Needs { sessions: SessionUse::START, ..Needs::NONE };
+    SessionRotation => sessions, Needs { sessions: SessionUse::ROTATE, ..Needs::NONE };
+    SessionEnding => sessions, Needs { sessions: SessionUse::END, ..Needs::NONE };
+    StandingReader => sessions, Needs { sessions: SessionUse::CHECK, ..Needs::NONE };
+    ProductReader => products, Needs { products: Use::Read, ..Needs::NONE };
+    CategoryReader => products, Needs { products: Use::Read, ..Needs::NONE };
+    ProductRepository => products, Needs { products: Use::Write, ..Needs::NONE };
     InventoryRepository => inventory, Needs { inventory: Use::Write, ..Needs::NONE };
     /// Purges finished reservations (Postgres; DynamoDB's TTL does it, so it grants nothing).
     ReservationPurge => inventory, Needs { inventory: Use::Read, ..Needs::NONE };
-    OrderReader => orders, orders(Use::Read);
-    OrderWriter => orders, orders(Use::Write);
-    OrderStore => orders, orders(Use::Write);
-    OrderExpiry => orders, orders(Use::Write);
+    OrderReader => orders, Needs { orders: Use::Read, ..Needs::NONE };
+    OrderWriter => orders, Needs { orders: Use::Write, ..Needs::NONE };
+    OrderStore => orders, Needs { orders: Use::Write, ..Needs::NONE };
+    OrderExpiry => orders, Needs { orders: Use::Write, ..Needs::NONE };
     Outbox => outbox, Needs { outbox: Use::Write, ..Needs::NONE };
 }
 

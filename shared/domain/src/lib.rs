@@ -19,16 +19,17 @@ pub use order::{
     Reservation, ReservationState, ReserveLine, Row, RowKey, ShippingAddress, StatusChange,
 };
 pub use product::{
-    CategoryId, Cursor, Description, ImageUrl, MAX_EXAMINED, Page, PageLimit, Price, Product,
-    ProductId, ProductName, ProductQuery, SearchTerm, Stock, StockChangeId, is_cjk_ideograph,
+    CategoryCount, CategoryId, Cursor, Description, ImageUrl, MAX_EXAMINED, Page, PageLimit, Price,
+    Product, ProductId, ProductName, ProductQuery, SearchTerm, Stock, StockChangeId,
+    is_cjk_ideograph,
 };
 pub use repository::{
-    BatchReservation, InventoryRepository, InventoryStore, MessageSender, OrderCreation,
-    OrderExpiry, OrderReader, OrderRepository, OrderStore, OrderWriter, Outbox, PasswordRehasher,
-    ProductReader, ProductRepository, ProductWriter, Purged, RESERVATION_RETENTION,
-    ReservationPurge, STOCK_CHANGE_RETENTION, SessionEnding, SessionReader, SessionRepository,
-    SessionRevoker, SessionRotation, SessionRotator, SessionStarter, StandingReader, StockChange,
-    StockWriter, UserReader, UserRepository, UserSignIn, UserWriter,
+    BatchReservation, CategoryReader, InventoryRepository, InventoryStore, MessageSender,
+    OrderCreation, OrderExpiry, OrderReader, OrderRepository, OrderStore, OrderWriter, Outbox,
+    PasswordRehasher, ProductReader, ProductRepository, ProductWriter, Purged,
+    RESERVATION_RETENTION, ReservationPurge, STOCK_CHANGE_RETENTION, SessionEnding, SessionReader,
+    SessionRepository, SessionRevoker, SessionRotation, SessionRotator, SessionStarter,
+    StandingReader, StockChange, StockWriter, UserReader, UserRepository, UserSignIn, UserWriter,
 };
 pub use session::{
     MAX_SESSION_LIFETIME, Presented, REMEMBERED_TOKENS, Session, SessionId, Standing, TokenHash,

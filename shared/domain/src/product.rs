@@ -97,6 +97,13 @@ impl CategoryId {
     }
 }
 
+/// A category and how many live products it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CategoryCount {
+    pub id: CategoryId,
+    pub products: u64,
+}
+
 /// A price in minor units of the shop's currency (fen for CNY): exact, never negative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]

@@ -4,9 +4,9 @@
 use async_trait::async_trait;
 
 use crate::{
-    Commit, Email, IdempotencyKey, IdempotencyRecord, Order, OrderId, OrderPage, OrderQuery,
-    OrderStatus, OutboxMessage, Page, ParkedRow, Product, ProductId, ProductQuery, Release,
-    RepositoryError, Reservation, ReserveLine, Row, RowKey, Session, SessionId, Stock,
+    CategoryCount, Commit, Email, IdempotencyKey, IdempotencyRecord, Order, OrderId, OrderPage,
+    OrderQuery, OrderStatus, OutboxMessage, Page, ParkedRow, Product, ProductId, ProductQuery,
+    Release, RepositoryError, Reservation, ReserveLine, Row, RowKey, Session, SessionId, Stock,
     StockChangeId, Timestamp, User, UserId,
 };
 
@@ -251,9 +251,18 @@ pub trait StockWriter: Send + Sync {
 }
 
 /// Every catalogue capability, for adapters and wiring.
-pub trait ProductRepository: ProductReader + ProductWriter + StockWriter {}
+/// Counts the catalogue's live products by category (`GET /categories`).
+#[async_trait]
+pub trait CategoryReader: Send + Sync {
+    /// Every category with at least one live (not deleted) product, by id, with its count. Its
+    /// cost does not grow with the catalogue on DynamoDB (one item of counters, kept by every
+    /// catalogue write); on Postgres it is one aggregate over the category index.
+    async fn categories(&self) -> Result<Vec<CategoryCount>, RepositoryError>;
+}
 
-impl<T: ProductReader + ProductWriter + StockWriter> ProductRepository for T {}
+pub trait ProductRepository: ProductReader + ProductWriter + StockWriter + CategoryReader {}
+
+impl<T: ProductReader + ProductWriter + StockWriter + CategoryReader> ProductRepository for T {}
 
 /// The outcome of storing a new order under an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -149,6 +149,19 @@ impl CatalogueCache {
     /// The cached page of a listing (`canonical_query` identifies it). Its key is left out,
     /// so it is not filled, while the listing index may still lag behind a recent write.
     pub async fn listing(&self, canonical_query: &str) -> (Option<CachedPage>, Lookup) {
+        let lookup = self.catalogue_view(canonical_query).await;
+        let page = lookup.hit.as_deref().and_then(|body| {
+            serde_json::from_str::<CachedPage>(body)
+                .inspect_err(|error| tracing::warn!(%error, "unreadable cached listing ignored"))
+                .ok()
+        });
+        (page, lookup)
+    }
+
+    /// A cached view of the whole catalogue named `name` (a listing page, the categories): its
+    /// key follows the catalogue generation, so every catalogue change makes it unreachable, and
+    /// it is left out (not filled) while the listing index may still lag behind a recent write.
+    pub async fn catalogue_view(&self, name: &str) -> Lookup {
         let keys = [
             CATALOGUE_GENERATION.to_owned(),
             CATALOGUE_WRITTEN.to_owned(),
@@ -160,26 +173,21 @@ impl CatalogueCache {
             ),
             Err(error) => {
                 warn("read catalogue generation", &error);
-                return (None, Lookup::default());
+                return Lookup::default();
             }
         };
-        let key = format!("products:g{generation}:{canonical_query}");
+        let key = format!("products:g{generation}:{name}");
         let hit = match self.cache.get(&key).await {
             Ok(hit) => hit,
             Err(error) => {
-                warn("read listing", &error);
-                return (None, Lookup::default());
+                warn("read catalogue view", &error);
+                return Lookup::default();
             }
         };
-        let page = hit.as_deref().and_then(|body| {
-            serde_json::from_str::<CachedPage>(body)
-                .inspect_err(|error| tracing::warn!(%error, "unreadable cached listing ignored"))
-                .ok()
-        });
         let lag_ms = i64::try_from(self.settings.index_lag.as_millis()).unwrap_or(i64::MAX);
         let settled = now_millis().saturating_sub(written) >= lag_ms;
         let key = settled.then_some(key);
-        (page, Lookup { hit, key })
+        Lookup { hit, key }
     }
 
     /// Fills the key a lookup missed.

@@ -18,7 +18,11 @@ use crate::views::ProductView;
 /// The deepest `page` accepted (seed compatibility; cursors have no limit).
 pub const MAX_PAGE: u32 = 50;
 
-fn cached_json(status: u16, body: String, hit: bool) -> Result<Response<Body>, ApiError> {
+pub(crate) fn cached_json(
+    status: u16,
+    body: String,
+    hit: bool,
+) -> Result<Response<Body>, ApiError> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

@@ -10,14 +10,14 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use zx_domain::stock::StockRecords;
 use zx_domain::{
-    CategoryId, Cursor, Description, ImageUrl, MAX_EXAMINED, Page, Price, Product, ProductId,
-    ProductName, ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, Timestamp,
+    CategoryCount, CategoryId, CategoryReader, Cursor, Description, ImageUrl, MAX_EXAMINED, Page,
+    Price, Product, ProductId, ProductName, ProductQuery, ProductReader, ProductWriter,
+    RepositoryError, Stock, Timestamp,
 };
 
 use crate::item::{Item, Strict, n, s};
@@ -53,6 +53,28 @@ const QUERY_BATCH: i32 = 100;
 
 pub(crate) fn product_key(id: &ProductId) -> String {
     format!("PRODUCT#{id}")
+}
+
+/// The item of category counters: one number per category (`cat:<id>`), changed in the same
+/// transaction as every catalogue write that adds, removes or moves a live product.
+const CATEGORIES_KEY: &str = "CATEGORIES";
+const CATEGORY_COUNTER: &str = "cat:";
+
+/// The counter changes of a catalogue write from `before` (none for a creation) to `after`:
+/// a live product counts in its category, a deleted one nowhere.
+fn category_moves<'a>(
+    before: Option<&'a Product>,
+    after: &'a Product,
+) -> Vec<(&'a CategoryId, i64)> {
+    let live = |p: &'a Product| p.deleted_at.is_none().then_some(&p.category);
+    match (before.and_then(live), live(after)) {
+        (Some(old), Some(new)) if old == new => Vec::new(),
+        (old, new) => old
+            .map(|c| (c, -1))
+            .into_iter()
+            .chain(new.map(|c| (c, 1)))
+            .collect(),
+    }
 }
 
 fn category_key(category: &CategoryId) -> String {
@@ -361,10 +383,11 @@ impl ProductWriter for DynamoProductRepository {
             .expression_attribute_names("#pk", attr::PK)
             .build()
             .map_err(|e| RepositoryError::failed("building a DynamoDB Put", e))?;
-        let items = vec![
+        let mut items = vec![
             TransactWriteItem::builder().put(catalogue).build(),
             TransactWriteItem::builder().put(stock).build(),
         ];
+        items.extend(self.count_categories(&category_moves(None, product))?);
         match crate::transact(&self.client, items).await? {
             Ok(()) => Ok(()),
             Err(reasons) => {
@@ -420,25 +443,94 @@ impl ProductWriter for DynamoProductRepository {
                 .collect();
             expression.push_str(&format!(" REMOVE {}", placeholders.join(", ")));
         }
-        self.client
-            .update_item()
+        // The product, and its category counters when a live product moves, appears or goes,
+        // in one transaction.
+        let update = Update::builder()
             .table_name(&self.table)
             .key(attr::PK, s(product_key(&current.id)))
             .update_expression(expression)
             .condition_expression("#v = :expected")
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        items.extend(self.count_categories(&category_moves(Some(current), next))?);
+        match crate::transact(&self.client, items).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(RepositoryError::ConcurrentUpdate),
+        }
+    }
+}
+
+impl DynamoProductRepository {
+    /// The transaction item that applies `moves` to the category counters (none without any).
+    fn count_categories(
+        &self,
+        moves: &[(&CategoryId, i64)],
+    ) -> Result<Option<TransactWriteItem>, RepositoryError> {
+        if moves.is_empty() {
+            return Ok(None);
+        }
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        let mut adds = Vec::with_capacity(moves.len());
+        for (i, (category, delta)) in moves.iter().enumerate() {
+            adds.push(format!("#c{i} :d{i}"));
+            names.insert(
+                format!("#c{i}"),
+                format!("{CATEGORY_COUNTER}{}", category.as_str()),
+            );
+            values.insert(format!(":d{i}"), AttributeValue::N(delta.to_string()));
+        }
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key(attr::PK, s(CATEGORIES_KEY))
+            .update_expression(format!("ADD {}", adds.join(", ")))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(|e| RepositoryError::failed("building a DynamoDB Update", e))?;
+        Ok(Some(TransactWriteItem::builder().update(update).build()))
+    }
+}
+
+#[async_trait]
+impl CategoryReader for DynamoProductRepository {
+    /// One `GetItem` of the counters item, whatever the catalogue's size.
+    #[tracing::instrument(skip_all)]
+    async fn categories(&self) -> Result<Vec<CategoryCount>, RepositoryError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(CATEGORIES_KEY))
+            .consistent_read(true)
             .send()
             .await
-            .map_err(|e| {
-                if e.as_service_error()
-                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception)
-                {
-                    RepositoryError::ConcurrentUpdate
-                } else {
-                    crate::sdk_error("DynamoDB UpdateItem", e)
-                }
-            })?;
-        Ok(())
+            .map_err(|e| crate::sdk_error("DynamoDB GetItem", e))?
+            .item
+            .unwrap_or_default();
+        let mut counts = Vec::new();
+        for (name, value) in &item {
+            let Some(id) = name.strip_prefix(CATEGORY_COUNTER) else {
+                continue;
+            };
+            let id = CategoryId::parse(id)
+                .map_err(|e| RepositoryError::Corrupt(format!("category counter {name}: {e}")))?;
+            let count = value
+                .as_n()
+                .ok()
+                .and_then(|n| n.parse::<i64>().ok())
+                .ok_or_else(|| RepositoryError::Corrupt(format!("category counter {name}")))?;
+            // A category whose last product left counts zero: not listed.
+            if let Ok(products) = u64::try_from(count)
+                && products > 0
+            {
+                counts.push(CategoryCount { id, products });
+            }
+        }
+        counts.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(counts)
     }
 }

@@ -10,8 +10,9 @@ use sqlx::{PgPool, Row};
 use crate::{PgSchema, db};
 use zx_domain::stock::StockRecords;
 use zx_domain::{
-    CategoryId, Cursor, Description, ImageUrl, MAX_EXAMINED, Page, Price, Product, ProductId,
-    ProductName, ProductQuery, ProductReader, ProductWriter, RepositoryError, Stock, Timestamp,
+    CategoryCount, CategoryId, CategoryReader, Cursor, Description, ImageUrl, MAX_EXAMINED, Page,
+    Price, Product, ProductId, ProductName, ProductQuery, ProductReader, ProductWriter,
+    RepositoryError, Stock, Timestamp,
 };
 
 /// The catalogue columns.
@@ -317,5 +318,34 @@ impl ProductWriter for PgProductRepository {
         } else {
             Err(RepositoryError::ConcurrentUpdate)
         }
+    }
+}
+
+#[async_trait]
+impl CategoryReader for PgProductRepository {
+    /// One aggregate over the partial category index (live products only).
+    #[tracing::instrument(skip_all)]
+    async fn categories(&self) -> Result<Vec<CategoryCount>, RepositoryError> {
+        let rows = sqlx::query(&format!(
+            "select category_id, count(*) as products from {} where deleted_at is null
+             group by category_id order by category_id collate \"C\"",
+            self.products
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("Postgres select categories"))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row
+                    .try_get("category_id")
+                    .map_err(db("Postgres categories"))?;
+                let products: i64 = row.try_get("products").map_err(db("Postgres categories"))?;
+                Ok(CategoryCount {
+                    id: CategoryId::parse(&id)
+                        .map_err(|e| RepositoryError::Corrupt(format!("category_id: {e}")))?,
+                    products: u64::try_from(products).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 }

@@ -42,6 +42,7 @@ async fn main() -> ExitCode {
         ["openapi", path] => std::fs::write(path, zx_app::openapi::json())
             .map(|()| format!("wrote {path}"))
             .map_err(|e| format!("cannot write {path}: {e}").into()),
+        ["routes"] => routes(),
         ["template"] => template("template.yaml"),
         ["template", path] => template(path),
         ["ensure-admin", email, username] => ensure_admin(email, username).await,
@@ -53,7 +54,7 @@ async fn main() -> ExitCode {
             _ => Err("COUNT must be a number up to 10000".into()),
         },
         _ => Err(
-            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | outbox parked | outbox resend KEY | openapi [PATH] | template [PATH] | jwt-kms-key [ALIAS] | jwt-keygen"
+            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | outbox parked | outbox resend KEY | openapi [PATH] | routes | template [PATH] | jwt-kms-key [ALIAS] | jwt-keygen"
                 .into(),
         ),
     };
@@ -81,6 +82,22 @@ fn jwt_keygen() -> Outcome {
 }
 
 /// Rewrites the generated blocks of the SAM template at `path` from the registry.
+/// Every HTTP function's routes as JSON (`{"<binary>": [["GET", "/path"], ...]}`), in the
+/// registry's order: what `scripts/gen-events.py` builds the sample events from.
+fn routes() -> Outcome {
+    let routes: serde_json::Map<String, serde_json::Value> = zx_app::functions::HTTP_FUNCTIONS
+        .iter()
+        .map(|f| {
+            let routes = (f.routes)()
+                .into_iter()
+                .map(|r| serde_json::json!([r.method, r.path]))
+                .collect();
+            (f.name.to_owned(), serde_json::Value::Array(routes))
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(&routes)?)
+}
+
 fn template(path: &str) -> Result<String, Box<dyn std::error::Error>> {
     let current = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let next = zx_app::template::regenerate(&current)?;

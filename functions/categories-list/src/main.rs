@@ -1,0 +1,8 @@
+//! Lambda function `categories-list`: GET /api/v1/categories.
+//! Declared by `zx_app::functions::CATEGORIES_LIST` (routes, access, ports, handler), which the local gateway runs too.
+
+// One invocation at a time per instance: one thread, no worker pool to start.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_http::Error> {
+    zx_app::run_http(&zx_app::functions::CATEGORIES_LIST).await
+}
