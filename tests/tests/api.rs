@@ -3198,7 +3198,7 @@ fn route_differences(
 #[test]
 fn the_description_covers_every_route_of_the_template_and_no_other() {
     let text = std::fs::read_to_string(zx_tests::repo_root().join("template.yaml")).unwrap();
-    let description: Value = serde_json::from_str(zx_app::openapi::json()).unwrap();
+    let description: Value = serde_json::from_str(zx_app::functions::description()).unwrap();
     let (undescribed, unrouted) = route_differences(&text, &description);
     assert!(
         undescribed.is_empty(),

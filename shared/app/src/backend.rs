@@ -172,7 +172,7 @@ impl Services {
         };
         let backend = Backend::new(config, aws, needs)?;
         // The first database token, before any query (IAM authentication only).
-        crate::runtime::before_invocation().await;
+        before_invocation().await;
         Ok(Self {
             backend: Arc::new(backend),
             aws: aws.clone(),
@@ -492,6 +492,13 @@ pub async fn build_cache(
         })
     })
     .transpose()
+}
+
+/// What every invocation does before its handler, and a cold start before its first: a
+/// database token renewed when due (with `DATABASE_IAM_AUTH`; nothing otherwise).
+pub async fn before_invocation() {
+    #[cfg(feature = "postgres")]
+    crate::rds_iam::refresh_due_tokens().await;
 }
 
 /// The AWS configuration of a function on Lambda, built without I/O: region and credentials

@@ -21,6 +21,7 @@ use zx_http::{Access, ApiError, Edge, HttpHandler, RouteLimit};
 use zx_users::PasswordGuard;
 
 use crate::capabilities::{Needs, OrderMoves, SessionUse};
+use crate::openapi::{Describe, Schemas};
 use crate::ports::{HealthChecks, Moving, Port};
 use crate::{ConfigError, Services};
 
@@ -55,12 +56,6 @@ pub fn routes_of<P: utoipa::Path>() -> Vec<Route> {
         })
         .collect()
 }
-
-/// The schemas an operation's description refers to.
-pub type Schemas = Vec<(
-    String,
-    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
-)>;
 
 /// What a function serves, from its handlers' `#[utoipa::path]`s: its routes, and its part of
 /// the API description (`crate::openapi` assembles every function's).
@@ -112,7 +107,7 @@ pub struct HttpFunction {
     pub name: &'static str,
     pub routes: fn() -> Vec<Route>,
     /// Adds the function's operations to the API description.
-    pub describe: fn(&mut utoipa::openapi::path::Paths, &mut Schemas),
+    pub describe: Describe,
     pub build: Builder,
     pub needs: Needs,
     pub memory_mb: Option<u16>,
@@ -142,8 +137,8 @@ pub const fn edge_needs(access: Access, limit: Option<Group>) -> Needs {
 
 /// Declares an HTTP function: `$name` becomes an [`HttpFunction`] whose routes and description
 /// are its `operations`' (`Op<__path_handler>`: the route is written in the handler's
-/// `#[utoipa::path]` only), whose builder wires its `ports`, puts `$body` behind the edge for (`access`, `limit`), and whose needs are
-/// the edge's and the ports' together.
+/// `#[utoipa::path]` only), whose builder wires its `ports` and puts `$body` behind the edge
+/// for (`access`, `limit`), and whose needs are the edge's and the ports' together.
 ///
 /// A handler that uses what its ports do not offer does not compile: here the function's
 /// port reads orders, and the handler tries to write one.
@@ -227,14 +222,18 @@ pub mod __private {
 }
 
 /// The edge of a function: it verifies bearer tokens (required unless `Public`, and used to
-/// tell clients apart everywhere), counts requests per client for `limit`, and checks the
-/// session standing (and stored role) of `Checked` and `Admin` callers. Without a limit group
-/// (health, the description, the docs) it does none of that.
+/// tell clients apart everywhere), counts requests per client for `limit` (none without a
+/// group: health, the description, the docs), and checks the session standing (and stored
+/// role) of `Checked` and `Admin` callers.
 fn edge(services: &Services, access: Access, limit: Option<Group>) -> Result<Edge, ConfigError> {
-    let Some(group) = limit else {
-        return Ok(Edge::new(access, None, None));
+    let verifier = if access.needs_token() || limit.is_some() {
+        Some(services.verifier()?)
+    } else {
+        None
     };
-    let verifier = services.verifier()?;
+    let Some(group) = limit else {
+        return with_standing(services, access, Edge::new(access, verifier, None));
+    };
     let limits = services.limits.limits;
     let limit = match group {
         Group::Users => RouteLimit {
@@ -251,13 +250,17 @@ fn edge(services: &Services, access: Access, limit: Option<Group>) -> Result<Edg
         },
     };
     let limiter = services.limits.limiter.clone().map(|l| (l, limit));
-    let edge = Edge::new(access, Some(verifier), limiter);
-    if access.checks_standing() {
-        let sessions = <Arc<dyn StandingReader> as Port>::wire(services)?;
-        let standing = zx_users::SessionStanding::new(sessions, services.cache.clone());
-        return Ok(edge.with_standing(Arc::new(standing)));
+    with_standing(services, access, Edge::new(access, verifier, limiter))
+}
+
+/// `edge`, checking the session standing (and stored role) of `Checked` and `Admin` callers.
+fn with_standing(services: &Services, access: Access, edge: Edge) -> Result<Edge, ConfigError> {
+    if !access.checks_standing() {
+        return Ok(edge);
     }
-    Ok(edge)
+    let sessions = <Arc<dyn StandingReader> as Port>::wire(services)?;
+    let standing = zx_users::SessionStanding::new(sessions, services.cache.clone());
+    Ok(edge.with_standing(Arc::new(standing)))
 }
 
 /// `handler` behind the edge for (`access`, `limit`), given its own clone of the ports `D` per
@@ -328,7 +331,7 @@ http_function! {
         limit: None,
         memory_mb: 128,
         ports: (),
-        handler: |_none, request| crate::openapi::serve_openapi(request).await,
+        handler: |_none, request| crate::openapi::serve_openapi(description(), request).await,
     }
 }
 
@@ -643,6 +646,16 @@ pub const HTTP_FUNCTIONS: &[HttpFunction] = &[
     ORDERS_UPDATE_STATUS,
 ];
 
+/// The API description of every HTTP function (`crate::openapi`), built once per instance:
+/// what the `openapi` function serves and `zx-admin openapi` writes.
+pub fn description() -> &'static str {
+    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    JSON.get_or_init(|| {
+        let operations: Vec<Describe> = HTTP_FUNCTIONS.iter().map(|f| f.describe).collect();
+        crate::openapi::render(&operations)
+    })
+}
+
 /// The HTTP function named `binary`.
 pub fn function(binary: &str) -> Option<&'static HttpFunction> {
     HTTP_FUNCTIONS.iter().find(|f| f.name == binary)
@@ -809,5 +822,23 @@ mod tests {
             .map(|f| f.name)
             .collect();
         assert_eq!(signers, ["users-login", "users-refresh"]);
+    }
+
+    #[test]
+    fn the_description_is_openapi_3_1_with_every_operation_answering_problems() {
+        let doc: serde_json::Value = serde_json::from_str(description()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 20, "{}", paths.len());
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = operation["responses"].as_object().unwrap();
+                for status in ["500", "503"] {
+                    assert!(responses.contains_key(status), "{method} {path}: {status}");
+                }
+            }
+        }
+        assert!(doc["components"]["schemas"]["Problem"].is_object());
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     }
 }

@@ -137,7 +137,10 @@ pub fn functions() -> Vec<(&'static str, Needs)> {
             .iter()
             .map(|f| (f.name, f.needs)),
     );
-    all.push(("outbox-relay", crate::workers::OUTBOX_RELAY));
+    all.push((
+        crate::workers::OUTBOX_RELAY_NAME,
+        crate::workers::OUTBOX_RELAY,
+    ));
     all
 }
 

@@ -8,7 +8,7 @@ use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{LambdaEvent, service_fn};
 use tracing::Instrument;
 
-use crate::backend::lambda_aws_config;
+use crate::backend::{before_invocation, lambda_aws_config};
 use crate::capabilities::Needs;
 use crate::workers::{OUTBOX_RELAY, SqsFunction, outbox_relay};
 use crate::{Config, ConfigError, Services};
@@ -43,13 +43,6 @@ pub async fn run_http(function: &crate::functions::HttpFunction) -> Result<(), l
         })
     });
     zx_http::run(handler).await
-}
-
-/// What every invocation does before its handler: a database token renewed when due (with
-/// `DATABASE_IAM_AUTH`; nothing otherwise).
-pub async fn before_invocation() {
-    #[cfg(feature = "postgres")]
-    crate::rds_iam::refresh_due_tokens().await;
 }
 
 fn refuse(error: ConfigError) -> ConfigError {
@@ -96,16 +89,7 @@ pub async fn run_scheduled() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let handler = handler.clone();
         let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
-        // The invocation's deadline (milliseconds since the epoch) as an instant of this clock.
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let left = u128::from(event.context.deadline).saturating_sub(now_ms);
-        let deadline = Instant::now()
-            + std::time::Duration::from_millis(
-                u64::try_from(left).unwrap_or(u64::MAX).min(900_000),
-            );
+        let deadline = deadline_of(&event.context);
         async move {
             before_invocation().await;
             let report = handler(deadline).await;

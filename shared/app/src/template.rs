@@ -13,8 +13,8 @@ use crate::capabilities::Needs;
 use crate::functions::{HTTP_FUNCTIONS, Route};
 use crate::permissions::permissions;
 use crate::workers::{
-    BATCH_SIZE, MAX_CONCURRENT_BATCHES, OUTBOX_RELAY, RELAY_SCHEDULE, RELAY_TIMEOUT_SECONDS,
-    SQS_FUNCTIONS,
+    BATCH_SIZE, MAX_CONCURRENT_BATCHES, OUTBOX_RELAY, OUTBOX_RELAY_NAME, RELAY_SCHEDULE,
+    RELAY_TIMEOUT_SECONDS, SQS_FUNCTIONS,
 };
 
 /// The line before the generated blocks.
@@ -72,7 +72,7 @@ fn functions() -> Vec<Function> {
         events: Events::Queue(f.queue),
     }));
     all.push(Function {
-        binary: "outbox-relay",
+        binary: OUTBOX_RELAY_NAME,
         needs: OUTBOX_RELAY,
         memory_mb: None,
         timeout_s: Some(RELAY_TIMEOUT_SECONDS),

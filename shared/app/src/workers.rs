@@ -89,6 +89,8 @@ pub const ORDER_WORKER: SqsFunction =
 /// Every SQS-triggered function.
 pub const SQS_FUNCTIONS: &[SqsFunction] = &[INVENTORY_WORKER, ORDER_WORKER];
 
+/// The relay's binary name.
+pub const OUTBOX_RELAY_NAME: &str = "outbox-relay";
 /// What the relay's cold start builds and is granted: its ports' needs.
 pub const OUTBOX_RELAY: Needs = <Relay as Port>::NEEDS;
 

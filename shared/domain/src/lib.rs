@@ -17,6 +17,7 @@ pub use order::{
     Commit, Destination, Driver, Envelope, IdempotencyKey, IdempotencyRecord, Order, OrderCursor,
     OrderId, OrderLine, OrderPage, OrderQuery, OrderStatus, OutboxMessage, ParkedRow, Release,
     Reservation, ReservationState, ReserveLine, Row, RowKey, ShippingAddress, StatusChange,
+    Unreadable,
 };
 pub use product::{
     CategoryCount, CategoryId, Cursor, Description, ImageUrl, MAX_EXAMINED, Page, PageLimit, Price,

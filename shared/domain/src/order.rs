@@ -375,7 +375,18 @@ impl fmt::Display for RowKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row<T> {
     pub key: RowKey,
-    pub value: Result<T, String>,
+    pub value: Result<T, Unreadable>,
+}
+
+/// Why a stored row cannot be read (what is wrong with it, as its adapter found it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(pub String);
+
+impl From<crate::RepositoryError> for Unreadable {
+    fn from(error: crate::RepositoryError) -> Self {
+        Self(error.to_string())
+    }
 }
 
 /// An outbox row set aside: it could not be read, or its destination refused it for good.

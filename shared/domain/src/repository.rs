@@ -250,7 +250,6 @@ pub trait StockWriter: Send + Sync {
     ) -> Result<crate::stock::StockRecords, RepositoryError>;
 }
 
-/// Every catalogue capability, for adapters and wiring.
 /// Counts the catalogue's live products by category (`GET /categories`).
 #[async_trait]
 pub trait CategoryReader: Send + Sync {
@@ -260,6 +259,7 @@ pub trait CategoryReader: Send + Sync {
     async fn categories(&self) -> Result<Vec<CategoryCount>, RepositoryError>;
 }
 
+/// Every catalogue capability, for adapters.
 pub trait ProductRepository: ProductReader + ProductWriter + StockWriter + CategoryReader {}
 
 impl<T: ProductReader + ProductWriter + StockWriter + CategoryReader> ProductRepository for T {}

@@ -29,7 +29,7 @@ pub enum Access {
 
 impl Access {
     /// Whether a request without a valid token is refused.
-    pub fn needs_token(self) -> bool {
+    pub const fn needs_token(self) -> bool {
         !matches!(self, Self::Public)
     }
 

@@ -33,7 +33,7 @@ use futures::future::try_join_all;
 use zx_domain::{
     Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderExpiry,
     OrderId, OrderPage, OrderQuery, OrderReader, OrderStatus, OrderWriter, Outbox, OutboxMessage,
-    ParkedRow, RepositoryError, Row, RowKey, ShippingAddress, Timestamp, UserId,
+    ParkedRow, RepositoryError, Row, RowKey, ShippingAddress, Timestamp, Unreadable, UserId,
 };
 
 use crate::item::{Item, Strict, n, s, text};
@@ -435,7 +435,7 @@ impl OrderReader for DynamoOrderRepository {
                             .unwrap_or_default()
                             .to_owned(),
                     ),
-                    value: order_from_item(item).map_err(|e| e.to_string()),
+                    value: order_from_item(item).map_err(Unreadable::from),
                 })
                 .collect(),
         )
@@ -688,7 +688,7 @@ impl OrderExpiry for DynamoOrderRepository {
             .map(|item| {
                 let created = text(item, attr::CREATED_KEY).unwrap_or_default().to_owned();
                 let key = RowKey(text(item, attr::PK).unwrap_or_default().to_owned());
-                let value = order_from_item(item).map_err(|e| e.to_string());
+                let value = order_from_item(item).map_err(Unreadable::from);
                 (created, Row { key, value })
             })
             .collect();
@@ -734,7 +734,7 @@ fn message_row(item: &Item) -> Row<OutboxMessage> {
     let sk = text(item, attr::SK).unwrap_or_default();
     Row {
         key: outbox_row_key(pk, sk),
-        value: message_from_item(item).map_err(|e| e.to_string()),
+        value: message_from_item(item).map_err(Unreadable::from),
     }
 }
 

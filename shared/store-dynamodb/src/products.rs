@@ -516,21 +516,72 @@ impl CategoryReader for DynamoProductRepository {
             let Some(id) = name.strip_prefix(CATEGORY_COUNTER) else {
                 continue;
             };
-            let id = CategoryId::parse(id)
-                .map_err(|e| RepositoryError::Corrupt(format!("category counter {name}: {e}")))?;
-            let count = value
-                .as_n()
-                .ok()
-                .and_then(|n| n.parse::<i64>().ok())
-                .ok_or_else(|| RepositoryError::Corrupt(format!("category counter {name}")))?;
-            // A category whose last product left counts zero: not listed.
-            if let Ok(products) = u64::try_from(count)
-                && products > 0
-            {
-                counts.push(CategoryCount { id, products });
+            let count = value.as_n().ok().and_then(|n| n.parse::<i64>().ok());
+            match (CategoryId::parse(id), count) {
+                // A category whose last product left counts zero: not listed.
+                (Ok(_), Some(0)) => {}
+                (Ok(id), Some(count)) if count > 0 => counts.push(CategoryCount {
+                    id,
+                    products: count.unsigned_abs(),
+                }),
+                // One bad counter never hides the others; `zx-admin recount-categories`
+                // rebuilds them from the catalogue.
+                _ => tracing::error!(
+                    counter = name,
+                    "category counter unreadable or negative: left out (run zx-admin recount-categories)"
+                ),
             }
         }
         counts.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
         Ok(counts)
+    }
+}
+
+impl DynamoProductRepository {
+    /// Rebuilds the category counters from the live products (the `newest` index, category ids
+    /// only): for a table whose products predate the counters, or after a counter went wrong.
+    /// Catalogue writes made while it runs may be missed: run it when none are, or again.
+    pub async fn recount_categories(&self) -> Result<Vec<CategoryCount>, RepositoryError> {
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(NEWEST_INDEX)
+                .key_condition_expression("#pk = :all")
+                .projection_expression("#c")
+                .expression_attribute_names("#pk", attr::GSI1PK)
+                .expression_attribute_names("#c", attr::CATEGORY_ID)
+                .expression_attribute_values(":all", s(ALL_PRODUCTS))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| crate::sdk_error("DynamoDB Query", e))?;
+            for item in page.items() {
+                let category = PRODUCT.text(item, attr::CATEGORY_ID)?;
+                *counts.entry(category.to_owned()).or_default() += 1;
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        let mut item = Item::from([(attr::PK.to_owned(), s(CATEGORIES_KEY))]);
+        for (category, count) in &counts {
+            item.insert(
+                format!("{CATEGORY_COUNTER}{category}"),
+                AttributeValue::N(count.to_string()),
+            );
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| crate::sdk_error("DynamoDB PutItem", e))?;
+        self.categories().await
     }
 }

@@ -11,7 +11,7 @@ use zx_domain::{
     Destination, IdempotencyKey, IdempotencyRecord, Order, OrderCreation, OrderCursor, OrderExpiry,
     OrderId, OrderLine, OrderPage, OrderQuery, OrderReader, OrderStatus, OrderWriter, Outbox,
     OutboxMessage, ParkedRow, RepositoryError, Row, RowKey, ShippingAddress, StatusChange,
-    Timestamp, UserId,
+    Timestamp, Unreadable, UserId,
 };
 
 const COLUMNS: &str = "order_id, user_id, status, lines, history, total, shipping_address, \
@@ -147,7 +147,7 @@ impl OrderReader for PgOrderRepository {
         .iter()
         .map(|row| Row {
             key: RowKey(row.try_get::<String, _>("order_id").unwrap_or_default()),
-            value: order_from_row(row).map_err(|e| e.to_string()),
+            value: order_from_row(row).map_err(Unreadable::from),
         })
         .collect())
     }
@@ -391,7 +391,7 @@ impl OrderExpiry for PgOrderRepository {
             .iter()
             .map(|row| Row {
                 key: RowKey(row.try_get::<String, _>("order_id").unwrap_or_default()),
-                value: order_from_row(row).map_err(|e| e.to_string()),
+                value: order_from_row(row).map_err(Unreadable::from),
             })
             .collect())
     }
@@ -501,7 +501,7 @@ impl Outbox for PgOrderRepository {
             .iter()
             .map(|row| Row {
                 key: row_key(row),
-                value: message_from_row(row).map_err(|e| e.to_string()),
+                value: message_from_row(row).map_err(Unreadable::from),
             })
             .collect())
     }

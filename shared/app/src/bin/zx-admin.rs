@@ -8,6 +8,11 @@
 //!
 //!   zx-admin seed-catalogue [COUNT]  load COUNT (default 300) demo products across eight
 //!                                    categories; idempotent (fixed ids: a second run adds nothing)
+//!   zx-admin recount-categories      rebuild a DynamoDB catalogue's category counters (GET
+//!                                    /api/v1/categories) from its live products: once for
+//!                                    products created before them, or after one went wrong
+//!   zx-admin routes                  every HTTP function's routes as JSON (scripts/gen-events.py)
+//!   zx-admin template [PATH]         rewrite template.yaml's generated function blocks
 //!   zx-admin openapi [PATH]         write the API's OpenAPI 3.1 description (what
 //!                                    GET /api/v1/openapi.json serves) to PATH, or print it;
 //!                                    `zx-admin openapi docs/openapi.json` refreshes the docs copy
@@ -38,8 +43,8 @@ async fn main() -> ExitCode {
         ["jwt-keygen"] => jwt_keygen(),
         ["jwt-kms-key"] => jwt_kms_key(None).await,
         ["jwt-kms-key", alias] => jwt_kms_key(Some(alias)).await,
-        ["openapi"] => Ok(zx_app::openapi::json().trim_end().to_owned()),
-        ["openapi", path] => std::fs::write(path, zx_app::openapi::json())
+        ["openapi"] => Ok(zx_app::functions::description().trim_end().to_owned()),
+        ["openapi", path] => std::fs::write(path, zx_app::functions::description())
             .map(|()| format!("wrote {path}"))
             .map_err(|e| format!("cannot write {path}: {e}").into()),
         ["routes"] => routes(),
@@ -48,13 +53,14 @@ async fn main() -> ExitCode {
         ["ensure-admin", email, username] => ensure_admin(email, username).await,
         ["outbox", "parked"] => outbox(None).await,
         ["outbox", "resend", key] => outbox(Some(key)).await,
+        ["recount-categories"] => recount_categories().await,
         ["seed-catalogue"] => seed_catalogue(300).await,
         ["seed-catalogue", count] => match count.parse() {
             Ok(count) if count <= 10_000 => seed_catalogue(count).await,
             _ => Err("COUNT must be a number up to 10000".into()),
         },
         _ => Err(
-            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | outbox parked | outbox resend KEY | openapi [PATH] | routes | template [PATH] | jwt-kms-key [ALIAS] | jwt-keygen"
+            "usage: zx-admin migrate | ensure-admin EMAIL USERNAME (password in ADMIN_PASSWORD) | seed-catalogue [COUNT] | recount-categories | outbox parked | outbox resend KEY | openapi [PATH] | routes | template [PATH] | jwt-kms-key [ALIAS] | jwt-keygen"
                 .into(),
         ),
     };
@@ -81,9 +87,8 @@ fn jwt_keygen() -> Outcome {
     ))
 }
 
-/// Rewrites the generated blocks of the SAM template at `path` from the registry.
-/// Every HTTP function's routes as JSON (`{"<binary>": [["GET", "/path"], ...]}`), in the
-/// registry's order: what `scripts/gen-events.py` builds the sample events from.
+/// Every HTTP function's routes as JSON (`{"<binary>": [["GET", "/path"], ...]}`): what
+/// `scripts/gen-events.py` builds the sample events from.
 fn routes() -> Outcome {
     let routes: serde_json::Map<String, serde_json::Value> = zx_app::functions::HTTP_FUNCTIONS
         .iter()
@@ -98,6 +103,7 @@ fn routes() -> Outcome {
     Ok(serde_json::to_string_pretty(&routes)?)
 }
 
+/// Rewrites the generated blocks of the SAM template at `path` from the registry.
 fn template(path: &str) -> Result<String, Box<dyn std::error::Error>> {
     let current = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let next = zx_app::template::regenerate(&current)?;
@@ -397,6 +403,26 @@ fn demo_product(i: usize) -> Result<zx_domain::Product, String> {
         deleted_at: None,
         version: 1,
     })
+}
+
+/// Rebuilds the category counters of a DynamoDB catalogue from its live products (`GET
+/// /categories`): once for products created before the counters, or after one went wrong.
+async fn recount_categories() -> Outcome {
+    let config = Config::from_env()?;
+    if config.store != zx_app::StoreKind::DynamoDb {
+        return Ok("nothing to do: Postgres counts categories from the products table".into());
+    }
+    let aws = zx_app::backend::aws_config().await;
+    let products = zx_store_dynamodb::DynamoProductRepository::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        config.products_table.clone(),
+    );
+    let counts = products.recount_categories().await?;
+    let total: u64 = counts.iter().map(|c| c.products).sum();
+    Ok(format!(
+        "category counters rebuilt: {} categories, {total} live products (cached answers expire within CACHE_TTL_SECONDS)",
+        counts.len()
+    ))
 }
 
 async fn seed_catalogue(count: usize) -> Outcome {

@@ -144,7 +144,7 @@ pub async fn reserve_many(
         let order = match row.map(|r| &r.value) {
             Some(Err(why)) => {
                 // Unreadable: it cannot be verified, and no retry makes it readable.
-                tracing::error!(order_id = %data.order_id, why, "reserve for an order that cannot be read: nothing changed");
+                tracing::error!(order_id = %data.order_id, %why, "reserve for an order that cannot be read: nothing changed");
                 results.push((id, Ok(())));
                 continue;
             }

@@ -258,14 +258,14 @@ async fn expire(relay: &Relay, report: &mut RelayReport, stop_at: Instant) {
                 match row.value {
                     Ok(order) if skipped.contains(&order.id) => {}
                     Ok(order) => due.push(order.id),
-                    Err(why) => match relay.expiry.park_order(&row.key, &why).await {
+                    Err(why) => match relay.expiry.park_order(&row.key, &why.0).await {
                         Ok(()) => {
                             report.orders_parked += 1;
-                            tracing::error!(row = %row.key, why, "unreadable order parked: it is left out of expiry");
+                            tracing::error!(row = %row.key, %why, "unreadable order parked: it is left out of expiry");
                         }
                         Err(error) => {
                             report.expiry_failed += 1;
-                            tracing::error!(row = %row.key, why, error = %zx_domain::cause_chain(&error), "unreadable order could not be parked");
+                            tracing::error!(row = %row.key, %why, error = %zx_domain::cause_chain(&error), "unreadable order could not be parked");
                         }
                     },
                 }
