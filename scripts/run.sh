@@ -6,7 +6,20 @@
 #
 #   STORE=postgres scripts/run.sh     same, with the Postgres repositories
 #   GATEWAY_PORT=8080 scripts/run.sh  another port (default 3000)
+#   scripts/run.sh --release          the gateway, and so every function it runs in-process
+#                                     (the same builders as the deployed binaries), from a
+#                                     release build (fat LTO: ~10 min the first time), for
+#                                     measuring locally
 set -euo pipefail
+profile=debug
+build_flags=()
+for arg in "$@"; do
+  case $arg in
+    --release) profile=release; build_flags=(--release) ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 STATE=${ZX_STATE_DIR:-$ROOT/.local}
@@ -24,13 +37,14 @@ trap 'exit 130' INT TERM
 scripts/stack.sh up
 eval "$(scripts/stack.sh env)"
 
-echo "[run] building the local gateway and zx-admin (first build takes a few minutes)"
-cargo build --locked -q -p zx-local-gateway -p zx-app --bins
+echo "[run] building the local gateway and zx-admin ($profile; the first build takes a few minutes)"
+cargo build --locked -q "${build_flags[@]}" -p zx-local-gateway -p zx-app --bins
+bin=./target/$profile
 
 # Tokens are signed in KMS, as deployed: LocalStack's KMS holds the key (alias
 # zhixuan-jwt, made on first use); the gateway gets its id and public key, never the key.
 # The admin password is local-only, generated once per checkout into .local/ (git-ignored).
-keys=$(./target/debug/zx-admin jwt-kms-key zhixuan-jwt)
+keys=$($bin/zx-admin jwt-kms-key zhixuan-jwt)
 JWT_SIGNING_KEY_ID=$(sed -n 1p <<<"$keys")
 JWT_PUBLIC_KEYS=$(sed -n 2p <<<"$keys")
 export JWT_SIGNING_KEY_ID JWT_PUBLIC_KEYS
@@ -44,11 +58,11 @@ export RUST_LOG=${RUST_LOG:-info}
 export CORS_ALLOWED_ORIGINS=${CORS_ALLOWED_ORIGINS:-http://localhost:3001}
 ADMIN_EMAIL=${ADMIN_EMAIL:-admin@zhixuan.local}
 
-./target/debug/zx-admin migrate
-ADMIN_PASSWORD=$(cat "$STATE/admin-password") ./target/debug/zx-admin ensure-admin "$ADMIN_EMAIL" admin
-./target/debug/zx-admin seed-catalogue "${DEMO_PRODUCTS:-300}"
+$bin/zx-admin migrate
+ADMIN_PASSWORD=$(cat "$STATE/admin-password") $bin/zx-admin ensure-admin "$ADMIN_EMAIL" admin
+$bin/zx-admin seed-catalogue "${DEMO_PRODUCTS:-300}"
 
-./target/debug/local-gateway > "$STATE/gateway.log" 2>&1 &
+$bin/local-gateway > "$STATE/gateway.log" 2>&1 &
 gateway_pid=$!
 deadline=$((SECONDS + 30))
 until curl -sf "http://127.0.0.1:$GATEWAY_PORT/health" >/dev/null; do
@@ -59,7 +73,7 @@ done
 
 cat <<EOF
 
-  Zhixuan (智选) is running ($STORE store).
+  Zhixuan (智选) is running ($STORE store, $profile build).
 
   Gateway:        http://127.0.0.1:$GATEWAY_PORT   (logs: $STATE/gateway.log)
   Demo admin:     $ADMIN_EMAIL
