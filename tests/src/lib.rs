@@ -977,53 +977,96 @@ impl zx_domain::StockWriter for LaggingIndex {
     }
 }
 
-/// A TCP proxy in front of a server (the cache) that a test can cut: while cut, every open
-/// connection is dropped and new ones are closed at once.
-pub struct CuttableProxy {
+/// What a [`FaultProxy`] does to the connections through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forwards everything.
+    None,
+    /// Down: every open connection is dropped, new ones are closed at once.
+    Cut,
+    /// Hung: nothing moves on open connections, new ones are accepted and never answered
+    /// (until the fault ends, when they are closed).
+    BlackHole,
+    /// Every chunk, either way, waits this long before it is forwarded.
+    Slow(std::time::Duration),
+}
+
+/// A TCP proxy in front of a dependency (the cache, LocalStack, Postgres) that a test drives:
+/// [`FaultProxy::set`] a [`Fault`], or [`FaultProxy::reset`] every open connection (TCP RST, as
+/// a crashed peer or a middlebox does, mid-transaction or not). Loopback only.
+pub struct FaultProxy {
     pub address: SocketAddr,
-    cut: tokio::sync::watch::Sender<bool>,
+    fault: tokio::sync::watch::Sender<Fault>,
+    resets: tokio::sync::watch::Sender<u64>,
     refused: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl CuttableProxy {
+impl FaultProxy {
+    /// A proxy on a free loopback port in front of `target` (`host:port`), forwarding.
     pub async fn start(target: String) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
         let address = listener.local_addr().expect("proxy address");
-        let (cut, watch) = tokio::sync::watch::channel(false);
+        let (fault, faults) = tokio::sync::watch::channel(Fault::None);
+        let (resets, reset_count) = tokio::sync::watch::channel(0u64);
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = refused.clone();
         let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if *watch.borrow() {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    continue; // dropped: closed at once
+            while let Ok((client, _)) = listener.accept().await {
+                let mut faults = faults.clone();
+                let now = *faults.borrow_and_update();
+                match now {
+                    Fault::Cut => {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        continue; // dropped: closed at once
+                    }
+                    Fault::BlackHole => {
+                        // Held, never answered; closed when the fault ends.
+                        tokio::spawn(async move {
+                            let _held = client;
+                            let _ = faults.wait_for(|f| *f != Fault::BlackHole).await;
+                        });
+                        continue;
+                    }
+                    Fault::None | Fault::Slow(_) => {}
                 }
-                let mut watch = watch.clone();
                 let target = target.clone();
+                let mut resets = reset_count.clone();
+                resets.mark_unchanged();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let up = pump(client_read, server_write, faults.clone(), resets.clone());
+                    let down = pump(server_read, client_write, faults.clone(), resets);
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watch.wait_for(|cut| *cut) => {}
+                        _ = async { tokio::join!(up, down) } => {}
+                        _ = faults.wait_for(|f| *f == Fault::Cut) => {}
                     }
                 });
             }
         });
         Self {
             address,
-            cut,
+            fault,
+            resets,
             refused,
             task,
         }
     }
 
-    pub fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
+    /// Applies `fault` from now on (to open connections as well as new ones).
+    pub fn set(&self, fault: Fault) {
+        self.fault.send_replace(fault);
+    }
+
+    /// Resets every open connection now; new ones pass.
+    pub fn reset(&self) {
+        self.resets.send_modify(|n| *n += 1);
     }
 
     /// Connections accepted and closed at once while cut, so far.
@@ -1032,9 +1075,82 @@ impl CuttableProxy {
     }
 }
 
-impl Drop for CuttableProxy {
+/// Copies `from` to `to` chunk by chunk under the proxy's current fault; ends at either end's
+/// close or error. On a reset both sockets are dropped with linger 0: their peers see a TCP
+/// reset, not a close (see [`FaultProxy::reset`]).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut faults: tokio::sync::watch::Receiver<Fault>,
+    mut resets: tokio::sync::watch::Receiver<u64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            _ = resets.changed() => {
+                let _ = from.as_ref().set_zero_linger();
+                let _ = to.as_ref().set_zero_linger();
+                // Not `shutdown` (a FIN first): the sockets close when both halves are gone.
+                to.forget();
+                return;
+            }
+        };
+        let read = match read {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        let fault = *faults.borrow_and_update();
+        match fault {
+            Fault::Slow(latency) => tokio::time::sleep(latency).await,
+            Fault::BlackHole => {
+                // Nothing moves until the fault ends (or the connection is cut).
+                if faults.wait_for(|f| *f != Fault::BlackHole).await.is_err() {
+                    break;
+                }
+            }
+            Fault::None | Fault::Cut => {}
+        }
+        let Some(chunk) = buffer.get(..read) else {
+            break;
+        };
+        if to.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A TCP proxy in front of a server (the cache) that a test can cut: while cut, every open
+/// connection is dropped and new ones are closed at once. A [`FaultProxy`] that only cuts.
+pub struct CuttableProxy(FaultProxy);
+
+impl CuttableProxy {
+    pub async fn start(target: String) -> Self {
+        Self(FaultProxy::start(target).await)
+    }
+
+    pub fn set_cut(&self, cut: bool) {
+        self.0.set(if cut { Fault::Cut } else { Fault::None });
+    }
+
+    /// Connections accepted and closed at once while cut, so far.
+    pub fn refused(&self) -> usize {
+        self.0.refused()
+    }
+}
+
+impl std::ops::Deref for CuttableProxy {
+    type Target = FaultProxy;
+    fn deref(&self) -> &FaultProxy {
+        &self.0
     }
 }
 

@@ -1742,6 +1742,99 @@ async fn until_cached(api: &Api, path: &str) {
     }
 }
 
+/// An echo server on a free loopback port (the far end of the fault proxy's own test).
+async fn echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = socket.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    (address, task)
+}
+
+/// The fault harness's proxy (issue 18): it forwards, slows, black-holes, cuts and resets on
+/// command, to open connections as well as new ones, and forwards again once the fault ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_proxy_slows_black_holes_cuts_and_resets_on_command() {
+    use std::io::ErrorKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use zx_tests::Fault;
+    let (echo, server) = echo_server().await;
+    let proxy = zx_tests::FaultProxy::start(echo.to_string()).await;
+    let connect = || tokio::net::TcpStream::connect(proxy.address);
+    // A ping through `socket`: its echo and how long it took, or what went wrong within `wait`.
+    async fn ping(
+        socket: &mut tokio::net::TcpStream,
+        wait: Duration,
+    ) -> Result<Duration, std::io::Error> {
+        let started = Instant::now();
+        socket.write_all(b"ping").await?;
+        let mut answer = [0u8; 4];
+        match tokio::time::timeout(wait, socket.read_exact(&mut answer)).await {
+            Ok(Ok(_)) if &answer == b"ping" => Ok(started.elapsed()),
+            Ok(Ok(_)) => Err(std::io::Error::other("not an echo")),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(ErrorKind::TimedOut.into()),
+        }
+    }
+    let wait = Duration::from_secs(2);
+
+    let mut open = connect().await.unwrap();
+    ping(&mut open, wait).await.unwrap();
+
+    proxy.set(Fault::Slow(Duration::from_millis(300)));
+    // Both ways are delayed: at least 600 ms a round trip, on the open connection too.
+    assert!(ping(&mut open, wait).await.unwrap() >= Duration::from_millis(550));
+
+    proxy.set(Fault::BlackHole);
+    let short = Duration::from_millis(400);
+    let hung = ping(&mut open, short).await.unwrap_err();
+    assert_eq!(hung.kind(), ErrorKind::TimedOut);
+    let mut fresh = connect().await.unwrap();
+    assert_eq!(
+        ping(&mut fresh, short).await.unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    // Healed: what was held on the open connection goes through.
+    proxy.set(Fault::None);
+    let mut held = [0u8; 4];
+    tokio::time::timeout(wait, open.read_exact(&mut held))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&held, b"ping");
+
+    proxy.set(Fault::Cut);
+    let cut = ping(&mut open, wait).await;
+    assert!(cut.is_err(), "an open connection survived a cut: {cut:?}");
+    let mut refused = connect().await.unwrap();
+    assert!(ping(&mut refused, wait).await.is_err());
+    assert!(proxy.refused() >= 1);
+    proxy.set(Fault::None);
+
+    let mut open = connect().await.unwrap();
+    ping(&mut open, wait).await.unwrap();
+    proxy.reset();
+    let mut rest = [0u8; 1];
+    let reset = tokio::time::timeout(wait, open.read(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(
+        reset.map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionReset),
+        "a reset must look like a reset, not a close"
+    );
+    // New connections pass after a reset.
+    let mut after = connect().await.unwrap();
+    ping(&mut after, wait).await.unwrap();
+    server.abort();
+}
+
 /// An app whose cache is reached through a proxy the test can cut.
 async fn behind_cuttable_cache(settings: &[(&str, &str)]) -> (Api, zx_tests::CuttableProxy) {
     let proxy = zx_tests::CuttableProxy::start(
