@@ -1270,33 +1270,15 @@ pub async fn store_order_of(
     quantity: u32,
     confirmed: bool,
 ) -> zx_domain::Order {
-    use zx_domain::{
-        IdempotencyKey, IdempotencyRecord, Order, OrderLine, OrderStatus, StatusChange, Timestamp,
-    };
+    use zx_domain::{IdempotencyKey, IdempotencyRecord, Order, OrderLine, OrderStatus, Timestamp};
     let now = Timestamp::now();
-    let order = Order {
-        id,
-        user_id: user.clone(),
-        status: OrderStatus::Pending,
-        lines: vec![OrderLine {
-            product_id: product.id.clone(),
-            name: product.name.as_str().to_owned(),
-            unit_price: product.price.minor(),
-            quantity,
-        }],
-        total: product.price.minor() * i64::from(quantity),
-        shipping_address: None,
-        history: vec![StatusChange {
-            from: None,
-            to: OrderStatus::Pending,
-            at: now,
-            actor: format!("user:{user}"),
-            reason: None,
-        }],
-        created_at: now,
-        updated_at: now,
-        version: 1,
+    let line = OrderLine {
+        product_id: product.id.clone(),
+        name: product.name.as_str().to_owned(),
+        unit_price: product.price.minor(),
+        quantity,
     };
+    let order = Order::pending(id, user, vec![line], None, now).expect("a total that fits");
     let record = IdempotencyRecord {
         user_id: user.clone(),
         key: IdempotencyKey::parse(&unique()).expect("key"),

@@ -259,6 +259,38 @@ pub struct Order {
 }
 
 impl Order {
+    /// A new pending order of `user` placed at `at` (version 1, its history the placement), or
+    /// `None` when its total does not fit.
+    pub fn pending(
+        id: OrderId,
+        user: &UserId,
+        lines: Vec<OrderLine>,
+        shipping_address: Option<ShippingAddress>,
+        at: Timestamp,
+    ) -> Option<Self> {
+        let total = lines
+            .iter()
+            .try_fold(0i64, |sum, line| sum.checked_add(line.line_total()?))?;
+        Some(Self {
+            id,
+            user_id: user.clone(),
+            status: OrderStatus::Pending,
+            lines,
+            total,
+            shipping_address,
+            history: vec![StatusChange {
+                from: None,
+                to: OrderStatus::Pending,
+                at,
+                actor: format!("user:{user}"),
+                reason: None,
+            }],
+            created_at: at,
+            updated_at: at,
+            version: 1,
+        })
+    }
+
     /// The order after the transition `self.status → to` at `at` by `actor`, or `None` when
     /// the machine has no such edge.
     pub fn transitioned(
@@ -535,6 +567,39 @@ pub struct OrderPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_order_totals_its_lines_and_refuses_a_total_that_does_not_fit() {
+        let line = |unit_price: i64, quantity: u32| OrderLine {
+            product_id: ProductId::generate(),
+            name: "thing".into(),
+            unit_price,
+            quantity,
+        };
+        let user = UserId::generate();
+        let at = Timestamp::now();
+        let order = Order::pending(
+            OrderId::generate(),
+            &user,
+            vec![line(250, 2), line(1, 3)],
+            None,
+            at,
+        )
+        .unwrap();
+        assert_eq!(
+            (order.total, order.status, order.version),
+            (503, OrderStatus::Pending, 1)
+        );
+        assert_eq!(order.history.len(), 1);
+        assert_eq!(order.history[0].actor, format!("user:{user}"));
+        assert_eq!((order.created_at, order.updated_at), (at, at));
+        // (MAX / 2) * 2 = MAX - 1 fits; two more do not.
+        let huge = vec![line(i64::MAX / 2, 2), line(2, 1)];
+        assert_eq!(
+            Order::pending(OrderId::generate(), &user, huge, None, at),
+            None
+        );
+    }
 
     #[test]
     fn the_machine_has_exactly_the_spec_edges() {

@@ -114,6 +114,17 @@ pub struct Plan {
     pub left: BTreeMap<ProductId, i64>,
 }
 
+impl Plan {
+    /// The products the plan leaves without available units (for the sold-out mark).
+    pub fn sold_out(&self) -> Vec<ProductId> {
+        self.left
+            .iter()
+            .filter(|(_, left)| **left == 0)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
 /// Plans a batch: orders are taken in turn, each all or nothing (its lines are one per
 /// product, summed by the caller). A line is taken from one shard that holds enough, trying
 /// active shards from `spread` on (so concurrent batches of one product start on different

@@ -60,6 +60,31 @@ where
     }
 }
 
+/// The outcome of a conditional write: `Some` of its output, `None` when its condition failed
+/// (what that means is the caller's: a conflict, nothing to do, another turn of a loop), and any
+/// other error classified by [`sdk_error`].
+pub(crate) fn conditional<T, E, R>(
+    operation: &'static str,
+    result: Result<T, SdkError<E, R>>,
+) -> Result<Option<T>, RepositoryError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(output) => Ok(Some(output)),
+        Err(error)
+            if error
+                .as_service_error()
+                .and_then(ProvideErrorMetadata::code)
+                == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(sdk_error(operation, error)),
+    }
+}
+
 /// Why DynamoDB cancelled a transaction, from its cancellation reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cancellation {

@@ -647,18 +647,9 @@ impl OrderWriter for DynamoOrderRepository {
             .expression_attribute_values(":pending", s(OrderStatus::Pending.as_str()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Gone or no longer pending: no clock to start.
-            Err(error)
-                if error.as_service_error().is_some_and(
-                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::is_conditional_check_failed_exception,
-                ) =>
-            {
-                Ok(())
-            }
-            Err(error) => Err(crate::sdk_error("DynamoDB UpdateItem", error)),
-        }
+        // A failed condition: gone or no longer pending, no clock to start.
+        crate::conditional("DynamoDB UpdateItem", result)?;
+        Ok(())
     }
 }
 
@@ -715,17 +706,8 @@ impl OrderExpiry for DynamoOrderRepository {
             .expression_attribute_values(":at", s(Timestamp::now().to_rfc3339()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error)
-                if error.as_service_error().is_some_and(
-                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::is_conditional_check_failed_exception,
-                ) =>
-            {
-                Ok(())
-            }
-            Err(error) => Err(crate::sdk_error("DynamoDB UpdateItem", error)),
-        }
+        crate::conditional("DynamoDB UpdateItem", result)?;
+        Ok(())
     }
 }
 

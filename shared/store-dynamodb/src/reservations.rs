@@ -8,7 +8,6 @@
 use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use zx_domain::stock::{HeldLine, Planned, StockRecords, products_of};
 use zx_domain::{
@@ -281,12 +280,7 @@ impl DynamoProductRepository {
                 ));
             }
         }
-        let sold_out = plan
-            .left
-            .iter()
-            .filter(|(_, left)| **left == 0)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let sold_out = plan.sold_out();
         Ok((decided, sold_out))
     }
 }
@@ -368,16 +362,10 @@ impl InventoryRepository for DynamoProductRepository {
                         .expression_attribute_names("#pk", attr::PK)
                         .send()
                         .await;
-                    match tombstone {
-                        Ok(_) => return Ok(Release::Nothing),
-                        Err(error)
-                            if error.as_service_error().is_some_and(
-                                PutItemError::is_conditional_check_failed_exception,
-                            ) =>
-                        {
-                            continue;
-                        }
-                        Err(error) => return Err(crate::sdk_error("DynamoDB PutItem", error)),
+                    match crate::conditional("DynamoDB PutItem", tombstone)? {
+                        Some(_) => return Ok(Release::Nothing),
+                        // Written meanwhile: read it again.
+                        None => continue,
                     }
                 }
                 Some((ReservationState::Held, lines)) => {

@@ -124,7 +124,6 @@ fn session_from_item(id: &SessionId, item: &Item) -> Result<Session, RepositoryE
 impl SessionStarter for DynamoSessionRepository {
     #[tracing::instrument(skip_all)]
     async fn create_session(&self, session: &Session) -> Result<(), RepositoryError> {
-        use aws_sdk_dynamodb::operation::put_item::PutItemError;
         // A fresh id per call: a retried attempt of this call matches it, another call with the
         // same session does not (it is a ConcurrentUpdate).
         let write = SessionId::generate();
@@ -141,16 +140,9 @@ impl SessionStarter for DynamoSessionRepository {
             .expression_attribute_values(":w", s(write.as_str()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
-            {
-                Err(RepositoryError::ConcurrentUpdate)
-            }
-            Err(e) => Err(crate::sdk_error("DynamoDB PutItem", e)),
-        }
+        crate::conditional("DynamoDB PutItem", result)?
+            .map(drop)
+            .ok_or(RepositoryError::ConcurrentUpdate)
     }
 }
 
@@ -233,7 +225,6 @@ impl SessionRotator for DynamoSessionRepository {
 impl SessionRevoker for DynamoSessionRepository {
     #[tracing::instrument(skip_all)]
     async fn revoke_session(&self, id: &SessionId) -> Result<(), RepositoryError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let result = self
             .client
             .update_item()
@@ -246,17 +237,9 @@ impl SessionRevoker for DynamoSessionRepository {
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Unknown (or expired and deleted by TTL): nothing to revoke.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(crate::sdk_error("DynamoDB UpdateItem", e)),
-        }
+        // A failed condition: unknown (or expired and deleted by TTL), nothing to revoke.
+        crate::conditional("DynamoDB UpdateItem", result)?;
+        Ok(())
     }
 }
 

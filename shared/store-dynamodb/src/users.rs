@@ -243,7 +243,6 @@ impl PasswordRehasher for DynamoUserRepository {
         current: &User,
         next: &User,
     ) -> Result<(), RepositoryError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let result = self
             .client
             .update_item()
@@ -260,15 +259,8 @@ impl PasswordRehasher for DynamoUserRepository {
             .expression_attribute_values(":expected", n(current.version))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
-            {
-                Err(RepositoryError::ConcurrentUpdate)
-            }
-            Err(e) => Err(crate::sdk_error("DynamoDB UpdateItem", e)),
-        }
+        crate::conditional("DynamoDB UpdateItem", result)?
+            .map(drop)
+            .ok_or(RepositoryError::ConcurrentUpdate)
     }
 }

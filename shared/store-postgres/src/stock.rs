@@ -341,12 +341,7 @@ impl InventoryRepository for PgProductRepository {
             .ok_or_else(|| {
                 RepositoryError::failed("Postgres reserve", "an order was not planned")
             })?;
-        let sold_out = plan
-            .left
-            .iter()
-            .filter(|(_, left)| **left == 0)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let sold_out = plan.sold_out();
         Ok(BatchReservation { outcomes, sold_out })
     }
 

@@ -18,7 +18,7 @@ use zx_domain::{
     MessageSender, Order, OrderCreation, OrderExpiry, OrderId, OrderLine, OrderPage, OrderQuery,
     OrderReader, OrderStatus, OrderStore, OrderWriter, Outbox, OutboxMessage, ProductId,
     ProductReader, Release, RepositoryError, Reservation, ReservationPurge, ReserveLine, RowKey,
-    ShippingAddress, StatusChange, Timestamp, UserId,
+    ShippingAddress, Timestamp, UserId,
 };
 
 use crate::messages::{self, InventoryCommand, InventoryOutcome, MalformedMessage, ReserveData};

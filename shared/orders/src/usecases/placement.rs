@@ -104,29 +104,15 @@ pub async fn place_order(
     if !unknown.is_empty() {
         return Err(OrderError::UnknownProducts(unknown));
     }
-    let total = lines
-        .iter()
-        .try_fold(0i64, |sum, line| sum.checked_add(line.line_total()?))
-        .ok_or(OrderError::TotalTooLarge)?;
     let now = Timestamp::now();
-    let order = Order {
-        id: OrderId::generate(),
-        user_id: user.clone(),
-        status: OrderStatus::Pending,
+    let order = Order::pending(
+        OrderId::generate(),
+        user,
         lines,
-        total,
-        shipping_address: request.shipping_address.clone(),
-        history: vec![StatusChange {
-            from: None,
-            to: OrderStatus::Pending,
-            at: now,
-            actor: format!("user:{user}"),
-            reason: None,
-        }],
-        created_at: now,
-        updated_at: now,
-        version: 1,
-    };
+        request.shipping_address.clone(),
+        now,
+    )
+    .ok_or(OrderError::TotalTooLarge)?;
     let record = IdempotencyRecord {
         user_id: user.clone(),
         key,
