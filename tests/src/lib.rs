@@ -1182,12 +1182,10 @@ impl LogCapture {
     pub fn install() -> Self {
         let capture = Self::default();
         let writer = capture.clone();
-        let _already_installed = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
-            .with_writer(move || writer.clone())
-            .try_init();
+        zx_http::telemetry::init_tracing_to(
+            zx_http::telemetry::log_filter(Some("info")),
+            move || writer.clone(),
+        );
         capture
     }
 

@@ -1607,7 +1607,16 @@ mod saga {
         let user = UserId::generate();
         let first = order(&user, Timestamp::now(), &[(&ProductId::generate(), 2)]);
         let record = key(&first, "key-1", "fingerprint-a");
-        let sent = [messages::reserve(&first), messages::order_created(&first)];
+        // The first is written in a request's trace: its header is kept with the row.
+        let traced = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+        let sent = [
+            zx_http::trace::with_trace(zx_http::trace::TraceHeader::parse(traced), async {
+                messages::reserve(&first)
+            })
+            .await,
+            messages::order_created(&first),
+        ];
+        assert_eq!(sent[0].trace.as_deref(), Some(traced));
         let outcome = stores
             .orders
             .create_order(&first, &record, &sent, u32::MAX)
@@ -1663,6 +1672,13 @@ mod saga {
         assert_eq!(ids, sent.iter().map(|m| m.id.clone()).collect());
         assert!(unsent.iter().all(|m| m.order_id == first.id));
         assert!(unsent.iter().any(|m| m.body == sent[0].body));
+        for message in &sent {
+            let stored = unsent.iter().find(|m| m.id == message.id).unwrap();
+            assert_eq!(
+                stored.trace, message.trace,
+                "the trace header is kept with its row"
+            );
+        }
         // Paging past a row (one the relay could not send) gives the ones after it.
         let page = stores.outbox.unsent(later, None, 1).await.unwrap();
         assert_eq!(page.len(), 1);

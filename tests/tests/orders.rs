@@ -271,6 +271,240 @@ fn failures(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<String> 
 
 /// Create (202, server prices) → confirmed → stock down by exactly the quantities → history
 /// has both entries; the events reach the order-events topic.
+/// Whether a log line belongs to the trace `trace_id`: its own field, or a span it is in.
+fn in_trace(line: &Value, trace_id: &str) -> bool {
+    line["trace_id"] == trace_id
+        || line["spans"]
+            .as_array()
+            .is_some_and(|spans| spans.iter().any(|span| span["trace_id"] == trace_id))
+}
+
+/// Issue 18: one order's trace id, from the gateway's log line to the function's, through the
+/// reserve's SQS message (its `AWSTraceHeader`, the only way a worker learns it) to the
+/// inventory worker's and, through the reply, the order worker's.
+async fn an_orders_trace_runs_from_the_gateway_to_the_workers(store: Store) {
+    let logs = zx_tests::LogCapture::install();
+    let shop = Shop::start(store).await;
+    let _pollers = shop.pollers(&[]);
+    let lamp = shop.product(10, 1999).await;
+    let (_, token) = shop.customer().await;
+    let response = shop
+        .order(
+            &token,
+            &zx_tests::unique(),
+            json!({"items": [{"productId": lamp.as_str(), "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let request_id = response.headers()["apigw-requestid"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let id = response.json::<Value>().await.unwrap()["orderId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    shop.wait_for(&id, &token, "confirmed").await;
+    let lines = logs.lines();
+    let gateway = lines
+        .iter()
+        .find(|l| l["message"] == "gateway request" && l["request_id"] == request_id.as_str())
+        .expect("the gateway logs the request");
+    let trace_id = gateway["trace_id"].as_str().unwrap().to_owned();
+    assert!(
+        zx_http::trace::TraceHeader::parse(&format!("Root={trace_id}")).is_some(),
+        "an X-Ray trace id: {trace_id}"
+    );
+    let traced: Vec<&Value> = lines.iter().filter(|l| in_trace(l, &trace_id)).collect();
+    let has = |message: &str| traced.iter().any(|l| l["message"] == message);
+    // The function's lines: its use case's and its one line per request.
+    assert!(has("order placed"), "{traced:#?}");
+    assert!(
+        traced
+            .iter()
+            .any(|l| l["message"] == "request" && l["http.status"] == 202),
+        "{traced:#?}"
+    );
+    // The inventory worker knew the trace only from the message it received.
+    let reserved = traced
+        .iter()
+        .find(|l| l["message"] == "stock reserved")
+        .unwrap_or_else(|| panic!("the inventory worker's line is in the trace: {traced:#?}"));
+    assert_eq!(reserved["order_id"], id.as_str());
+    // The order worker's, through the inventory's reply.
+    assert!(
+        traced.iter().any(|l| {
+            l["message"] == "order status changed"
+                && l["order_id"] == id.as_str()
+                && l["to"] == "confirmed"
+        }),
+        "the order worker's line is in the trace: {traced:#?}"
+    );
+    // Nothing of another order's trace.
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["message"] == "order placed")
+            .all(|l| in_trace(l, &trace_id)),
+        "one order, one trace"
+    );
+}
+
+/// Issue 18: the EMF documents emitted while an order is placed and settled (and a product
+/// read twice) are valid Embedded Metric Format, name only the catalogued metrics with their
+/// units, carry only bounded dimensions, and carry the invocation's request and trace ids.
+async fn an_orders_metrics_are_valid_emf(store: Store) {
+    let logs = zx_tests::LogCapture::install();
+    let documents = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = documents.clone();
+    assert!(zx_http::emf::init_to(
+        "ZhixuanTest",
+        Box::new(move |bytes: &[u8]| sink.lock().unwrap().extend_from_slice(bytes)),
+    ));
+    let shop = Shop::start(store).await;
+    let lamp = shop.product(10, 1999).await;
+    let (_, token) = shop.customer().await;
+    // One invocation at a time, as on Lambda (the local gateway's documents carry the ids of
+    // the invocation that flushed them): the requests in turn, then the workers alone.
+    let path = format!("/api/v1/products/{lamp}");
+    shop.get(&path, &token).await;
+    shop.get(&path, &token).await;
+    let response = shop
+        .order(
+            &token,
+            &zx_tests::unique(),
+            json!({"items": [{"productId": lamp.as_str(), "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let request_id = response.headers()["apigw-requestid"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let id = response.json::<Value>().await.unwrap()["orderId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let trace_id = logs
+        .lines()
+        .into_iter()
+        .find(|l| l["message"] == "gateway request" && l["request_id"] == request_id.as_str())
+        .unwrap()["trace_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _pollers = shop.pollers(&[]);
+    // Each worker flushes after its batch: poll for the documents (not over HTTP, whose
+    // invocations would flush too).
+    let deadline = Instant::now() + SETTLE;
+    let docs = loop {
+        let text = String::from_utf8(documents.lock().unwrap().clone()).unwrap();
+        let docs: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each document is one JSON line"))
+            .collect();
+        let named = |name: &str| docs.iter().any(|d| d.get(name).is_some());
+        if named("OrdersConfirmed") && named("Reservations") {
+            break docs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no confirmation metrics: {docs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let known_dimension_values: Vec<&str> = zx_domain::metrics::CANCEL_REASONS
+        .into_iter()
+        .chain([
+            "sold_out",
+            "open_limit",
+            "users",
+            "products",
+            "orders",
+            "search",
+        ])
+        .collect();
+    let mut seen = HashMap::<String, f64>::new();
+    for doc in &docs {
+        let aws = &doc["_aws"];
+        assert!(
+            aws["Timestamp"].as_u64().unwrap() > 1_600_000_000_000,
+            "{doc}"
+        );
+        let directives = aws["CloudWatchMetrics"].as_array().unwrap();
+        assert_eq!(directives.len(), 1, "{doc}");
+        let directive = &directives[0];
+        assert_eq!(directive["Namespace"], "ZhixuanTest");
+        let dimension_sets = directive["Dimensions"].as_array().unwrap();
+        assert_eq!(dimension_sets.len(), 1, "{doc}");
+        let dimensions: Vec<&str> = dimension_sets[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap())
+            .collect();
+        // EMF: a dimension's value is a top-level string; here from a closed set.
+        for dimension in &dimensions {
+            let value = doc[*dimension].as_str().unwrap();
+            assert!(
+                known_dimension_values.contains(&value),
+                "unbounded {dimension}={value}"
+            );
+        }
+        for metric in directive["Metrics"].as_array().unwrap() {
+            let name = metric["Name"].as_str().unwrap();
+            let catalogued = zx_domain::metrics::metric(name)
+                .unwrap_or_else(|| panic!("{name} is not a catalogued metric"));
+            assert_eq!(metric["Unit"], catalogued.unit.as_str(), "{name}");
+            assert!(
+                dimensions.iter().all(|d| catalogued.dimensions.contains(d)),
+                "{name} carries {dimensions:?}"
+            );
+            let value = &doc[name];
+            let total = match value {
+                Value::Number(n) => n.as_f64().unwrap(),
+                Value::Array(values) => values.iter().map(|v| v.as_f64().unwrap()).sum(),
+                other => panic!("{name} = {other}"),
+            };
+            *seen.entry(name.to_owned()).or_default() += total;
+        }
+        // Properties: the invocation's ids (never dimensions).
+        assert!(
+            doc["RequestId"].is_string() && doc["TraceId"].is_string(),
+            "{doc}"
+        );
+        assert!(!dimensions.contains(&"RequestId") && !dimensions.contains(&"TraceId"));
+    }
+    assert_eq!(seen.get("OrdersPlaced"), Some(&1.0), "{seen:?}");
+    assert_eq!(seen.get("OrdersConfirmed"), Some(&1.0), "{seen:?}");
+    assert_eq!(seen.get("Reservations"), Some(&1.0), "{seen:?}");
+    assert!(seen.get("CacheHits").is_some_and(|n| *n >= 1.0), "{seen:?}");
+    assert!(
+        seen.get("CacheMisses").is_some_and(|n| *n >= 1.0),
+        "{seen:?}"
+    );
+    // The placement's document carries its invocation's ids.
+    let placed = docs
+        .iter()
+        .find(|d| d.get("OrdersPlaced").is_some())
+        .unwrap();
+    assert_eq!(placed["RequestId"], format!("local-{request_id}"));
+    assert_eq!(placed["TraceId"], trace_id.as_str());
+    // The confirmation's, the trace of the message it handled.
+    let confirmed = docs
+        .iter()
+        .find(|d| d.get("OrdersConfirmed").is_some())
+        .unwrap();
+    assert_eq!(confirmed["TraceId"], trace_id.as_str());
+    assert!(
+        confirmed["RequestId"]
+            .as_str()
+            .unwrap()
+            .starts_with("local-")
+    );
+    shop.wait_for(&id, &token, "confirmed").await;
+}
+
 async fn happy_path(store: Store) {
     let shop = Shop::start(store).await;
     let _pollers = shop.pollers(&[]);
@@ -827,12 +1061,14 @@ async fn a_slow_batch_reports_only_what_it_did_not_finish(store: Store) {
         messages.push(zx_orders::workers::QueueMessage {
             id: format!("release-{i}"),
             body: body.clone(),
+            trace: None,
         });
     }
     for (i, body) in reserves.iter().enumerate() {
         messages.push(zx_orders::workers::QueueMessage {
             id: format!("reserve-{i}"),
             body: body.clone(),
+            trace: None,
         });
     }
     let started = Instant::now();
@@ -1894,6 +2130,8 @@ macro_rules! both_backends {
 
 both_backends!(
     happy_path,
+    an_orders_trace_runs_from_the_gateway_to_the_workers,
+    an_orders_metrics_are_valid_emf,
     hot_sku_one_shard,
     hot_sku_four_shards,
     hot_sku_resharded_mid_sale,

@@ -15,8 +15,10 @@ use crate::{Config, ConfigError, Services};
 
 /// Cold start of an API function: JSON logging, configuration, services. A configuration error
 /// is logged and returned, so the function refuses to start with a message naming the variable.
-pub async fn start(needs: &Needs) -> Result<Services, ConfigError> {
+pub async fn start(function: &'static str, needs: &Needs) -> Result<Services, ConfigError> {
     zx_http::init_tracing();
+    zx_http::emf::init();
+    metrics::counter!(zx_domain::metrics::COLD_STARTS, "Function" => function).increment(1);
     let built = match Config::from_env() {
         Ok(config) => Services::build_for(&config, &lambda_aws_config(), needs).await,
         Err(error) => Err(error),
@@ -30,7 +32,7 @@ pub async fn start(needs: &Needs) -> Result<Services, ConfigError> {
 /// A function's `main`: cold start, build its handler with `build` (the same builder the local
 /// gateway calls), then serve Lambda invocations.
 pub async fn run_http(function: &crate::functions::HttpFunction) -> Result<(), lambda_http::Error> {
-    let services = start(&function.needs).await?;
+    let services = start(function.name, &function.needs).await?;
     let handler = (function.build)(&services).inspect_err(|error| {
         tracing::error!(%error, "refusing to start: invalid configuration");
     })?;
@@ -53,20 +55,36 @@ fn refuse(error: ConfigError) -> ConfigError {
 /// An SQS function's `main`: cold start, build with `build`, serve batches with partial batch
 /// responses.
 pub async fn run_sqs(function: &SqsFunction) -> Result<(), lambda_runtime::Error> {
-    let services = start(&function.needs).await?;
+    let services = start(function.name, &function.needs).await?;
     let handler = (function.build)(&services).map_err(refuse)?;
     drop(services);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let handler = handler.clone();
         let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
         let deadline = deadline_of(&event.context);
+        let ids = invocation_ids(&event.context);
         async move {
             before_invocation().await;
-            Ok::<_, std::convert::Infallible>(handler(event.payload, deadline).await)
+            let response = handler(event.payload, deadline).await;
+            zx_http::emf::flush(&ids.0, &ids.1);
+            Ok::<_, std::convert::Infallible>(response)
         }
         .instrument(span)
     }))
     .await
+}
+
+/// The invocation's request id and X-Ray trace id (empty without active tracing), for its
+/// metrics.
+fn invocation_ids(context: &lambda_runtime::Context) -> (String, String) {
+    let trace = context
+        .xray_trace_id
+        .as_deref()
+        .and_then(zx_http::trace::TraceHeader::parse);
+    (
+        context.request_id.clone(),
+        zx_http::trace::trace_id(trace.as_ref()).to_owned(),
+    )
 }
 
 /// The invocation's deadline (milliseconds since the epoch) as an instant of this clock.
@@ -83,16 +101,18 @@ fn deadline_of(context: &lambda_runtime::Context) -> Instant {
 /// The relay's `main`: each scheduled event is one run, which ends before the invocation's
 /// deadline and reports what it did and left (faults are logged at error level).
 pub async fn run_scheduled() -> Result<(), lambda_runtime::Error> {
-    let services = start(&OUTBOX_RELAY).await?;
+    let services = start(crate::workers::OUTBOX_RELAY_NAME, &OUTBOX_RELAY).await?;
     let handler = outbox_relay(&services).map_err(refuse)?;
     drop(services);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let handler = handler.clone();
         let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
         let deadline = deadline_of(&event.context);
+        let ids = invocation_ids(&event.context);
         async move {
             before_invocation().await;
             let report = handler(deadline).await;
+            zx_http::emf::flush(&ids.0, &ids.1);
             Ok::<_, lambda_runtime::Error>(serde_json::to_value(report).unwrap_or_default())
         }
         .instrument(span)

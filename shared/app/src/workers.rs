@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use zx_http::trace::TraceHeader;
 use zx_orders::usecases::{InventorySteps, Relay, RelayReport};
 use zx_orders::workers::{QueueMessage, Worker};
 
@@ -106,6 +107,10 @@ fn worker<P: WorkerPorts>(services: &Services) -> Result<SqsHandler, ConfigError
                 .into_iter()
                 .filter_map(|record| match record.message_id {
                     Some(id) => Some(QueueMessage {
+                        trace: record
+                            .attributes
+                            .get("AWSTraceHeader")
+                            .and_then(|header| TraceHeader::parse(header)),
                         id,
                         body: record.body.unwrap_or_default(),
                     }),

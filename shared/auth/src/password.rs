@@ -121,6 +121,7 @@ fn hash_cost(hash: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr;
 
     #[tokio::test]
     async fn hashes_below_the_configured_cost_need_a_rehash() {
@@ -155,6 +156,12 @@ mod tests {
         let dummy = hasher().dummy_hash.clone();
         assert!(!bcrypt::verify("anything", &dummy).unwrap());
         assert!(!hasher().verify("anything", None).await);
+        // At the configured cost, whatever it is: an unknown e-mail costs what a known one does.
+        for cost in ["4", "10", "12"] {
+            let hasher = PasswordHasher::new(BcryptCost::parse(cost).unwrap());
+            let parts = bcrypt::HashParts::from_str(&hasher.dummy_hash).unwrap();
+            assert_eq!(parts.get_cost().to_string(), cost);
+        }
     }
 
     #[tokio::test]

@@ -113,6 +113,7 @@ impl RateLimiter {
             }),
             Err(error) => {
                 FAIL_OPENS.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(zx_domain::metrics::RATE_LIMIT_FAIL_OPENS).increment(1);
                 tracing::error!(
                     event = "rate_limit_fail_open",
                     limit_key = key.split(':').next().unwrap_or_default(),

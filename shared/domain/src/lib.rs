@@ -2,6 +2,7 @@
 //! traits the adapters implement. No AWS, database or HTTP types live here.
 
 pub mod error;
+pub mod metrics;
 pub mod notice;
 pub mod order;
 pub mod product;

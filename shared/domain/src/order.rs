@@ -389,6 +389,9 @@ pub struct OutboxMessage {
     /// The order it belongs to.
     pub order_id: OrderId,
     pub created_at: Timestamp,
+    /// The X-Ray trace header of the request or message that wrote it (sent as the SQS
+    /// message's `AWSTraceHeader`, so its consumer joins the same trace).
+    pub trace: Option<String>,
 }
 
 /// Where a stored row is, as its store names it (opaque to everything but the adapter that

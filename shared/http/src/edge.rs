@@ -156,6 +156,8 @@ impl Edge {
                         limit = limit.per_minute,
                         "rate limited"
                     );
+                    metrics::counter!(zx_domain::metrics::RATE_LIMITED, "Limit" => limit.group)
+                        .increment(1);
                     return Err(ApiError::TooManyRequests {
                         retry_after: window.reset_in,
                         limit: window.limit,

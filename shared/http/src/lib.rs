@@ -5,10 +5,12 @@
 pub mod auth;
 pub mod body;
 pub mod edge;
+pub mod emf;
 pub mod openapi;
 pub mod problem;
 pub mod respond;
 pub mod telemetry;
+pub mod trace;
 
 pub use auth::{AuthContext, client_ip};
 pub use body::{MAX_BODY_BYTES, json_body, path_param, query_param};

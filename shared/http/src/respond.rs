@@ -7,6 +7,7 @@ use std::time::Instant;
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::ApiError;
 
@@ -56,6 +57,47 @@ where
     Fut: Future<Output = Result<Response<Body>, ApiError>>,
 {
     let started = Instant::now();
+    let (lambda_request_id, trace) = match request.lambda_context_ref() {
+        Some(context) => (
+            context.request_id.clone(),
+            context
+                .xray_trace_id
+                .as_deref()
+                .and_then(crate::trace::TraceHeader::parse),
+        ),
+        None => (String::new(), None),
+    };
+    // Every line logged while handling the request carries its trace id (the span's field),
+    // and every outbox message it writes carries the header.
+    let trace_id = crate::trace::trace_id(trace.as_ref()).to_owned();
+    // The client's address on every line of the request too (a replayed refresh token's, a
+    // revoked session's), for investigations.
+    let span = tracing::info_span!(
+        "request",
+        trace_id = %trace_id,
+        source_ip = %crate::client_ip(&request)
+    );
+    let response = crate::trace::with_trace(
+        trace,
+        respond(request, handler, started, &lambda_request_id),
+    )
+    .instrument(span)
+    .await;
+    // The invocation's metrics, with its ids.
+    crate::emf::flush(&lambda_request_id, &trace_id);
+    response
+}
+
+async fn respond<F, Fut>(
+    request: Request,
+    handler: F,
+    started: Instant,
+    lambda_request_id: &str,
+) -> Response<Body>
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Result<Response<Body>, ApiError>>,
+{
     let method = request.method().to_string();
     let source_ip = crate::client_ip(&request).to_owned();
     let (route, request_id) = match request.request_context_ref() {
@@ -65,10 +107,6 @@ where
         ),
         _ => (String::new(), String::new()),
     };
-    let lambda_request_id = request
-        .lambda_context_ref()
-        .map(|c| c.request_id.clone())
-        .unwrap_or_default();
     let response = match handler(request).await {
         Ok(response) => response,
         Err(error) => {
@@ -79,7 +117,7 @@ where
                 tracing::info!(error = %error, status, "request rejected");
             }
             let id = if request_id.is_empty() {
-                &lambda_request_id
+                lambda_request_id
             } else {
                 &request_id
             };

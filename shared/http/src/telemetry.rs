@@ -1,5 +1,7 @@
-//! Logging set-up: JSON lines (one object per event) with the Lambda request id from the
-//! runtime's span, level from `RUST_LOG` (default `info`).
+//! Logging set-up: JSON lines (one object per event) with the fields of every span the event
+//! is in (`spans`: the Lambda runtime's request id, the request's or message's `trace_id`), so
+//! `grep <trace id>` finds every line of an order's path; level from `RUST_LOG` (default
+//! `info`).
 //!
 //! `RUST_LOG` takes a level (`info`) and per-target levels (`zx_http=debug,warn`): a
 //! `Targets` filter, not `EnvFilter`, whose span-field and regex syntax would link a regex
@@ -16,16 +18,27 @@ pub fn log_filter(value: Option<&str>) -> Targets {
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
 }
 
-/// Installs the JSON subscriber once; later calls are no-ops.
+/// Installs the JSON subscriber once, writing to standard output; later calls are no-ops.
 pub fn init_tracing() {
-    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    init_tracing_to(
+        log_filter(std::env::var("RUST_LOG").ok().as_deref()),
+        std::io::stdout,
+    );
+}
+
+/// [`init_tracing`] with `filter` and `writer` (what a test captures the deployed format with).
+pub fn init_tracing_to<W>(filter: Targets, writer: W)
+where
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
     let format = tracing_subscriber::fmt::layer()
         .json()
-        .with_current_span(true)
-        .with_span_list(false)
+        .with_current_span(false)
+        .with_span_list(true)
         .with_target(false)
         .with_ansi(false)
-        .flatten_event(true);
+        .flatten_event(true)
+        .with_writer(writer);
     let _already_installed = tracing_subscriber::registry()
         .with(format)
         .with(filter)

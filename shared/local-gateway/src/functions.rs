@@ -14,6 +14,7 @@ use lambda_http::{Adapter, Request};
 use serde_json::Value;
 use zx_app::{ConfigError, Services};
 use zx_http::HttpHandler;
+use zx_http::trace::TraceHeader;
 
 /// Why an invocation produced no response (a bug in the event or the function's response).
 #[derive(Debug, thiserror::Error)]
@@ -71,18 +72,21 @@ impl Functions {
         request_id: &str,
     ) -> Result<http::Response<Bytes>, InvokeError> {
         let handler = self.handler(binary).ok_or(InvokeError::UnknownFunction)?;
-        invoke(handler, serde_json::from_value(event)?, request_id).await
+        let trace = TraceHeader::generate();
+        invoke(handler, serde_json::from_value(event)?, request_id, &trace).await
     }
 
-    /// [`Functions::invoke`] with the event as the JSON bytes Lambda would receive.
+    /// [`Functions::invoke`] with the event as the JSON bytes Lambda would receive, in the
+    /// trace `trace` (Lambda's `_X_AMZN_TRACE_ID`).
     pub async fn invoke_json(
         &self,
         binary: &str,
         event: &[u8],
         request_id: &str,
+        trace: &TraceHeader,
     ) -> Result<http::Response<Bytes>, InvokeError> {
         let handler = self.handler(binary).ok_or(InvokeError::UnknownFunction)?;
-        invoke(handler, serde_json::from_slice(event)?, request_id).await
+        invoke(handler, serde_json::from_slice(event)?, request_id, trace).await
     }
 }
 
@@ -93,9 +97,11 @@ async fn invoke(
     handler: &HttpHandler,
     payload: LambdaRequest,
     request_id: &str,
+    trace: &TraceHeader,
 ) -> Result<http::Response<Bytes>, InvokeError> {
     let mut context = Context::default();
     context.request_id = format!("local-{request_id}");
+    context.xray_trace_id = Some(trace.as_str().to_owned());
     let handler = handler.clone();
     let service = lambda_http::service_fn(move |request: Request| {
         let response = handler(request);
@@ -219,7 +225,9 @@ mod tests {
     #[tokio::test]
     async fn responses_go_through_lambda_http_serialisation_as_aws_receives_them() {
         let event = serde_json::from_value(event("{}")).unwrap();
-        let response = invoke(&binary_function(), event, "r-1").await.unwrap();
+        let response = invoke(&binary_function(), event, "r-1", &TraceHeader::generate())
+            .await
+            .unwrap();
 
         assert_eq!(response.status(), 201);
         assert_eq!(response.body().as_ref(), [0, 159, 146, 150, 255]);

@@ -200,7 +200,9 @@ impl Workers {
         &self,
         deadline: std::time::Instant,
     ) -> zx_orders::usecases::RelayReport {
-        (self.relay)(deadline).await
+        let report = (self.relay)(deadline).await;
+        zx_http::emf::flush(&format!("local-{}", uuid::Uuid::new_v4()), "");
+        report
     }
 }
 
@@ -347,7 +349,17 @@ async fn poll(sqs: aws_sdk_sqs::Client, url: String, source: QueueSource, handle
                 continue;
             }
         };
+        let trace = batch
+            .first()
+            .and_then(|m| m.attributes())
+            .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::AwsTraceHeader))
+            .and_then(|header| zx_http::trace::TraceHeader::parse(header));
         let response = handler(event, invoked + WORKER_TIMEOUT).await;
+        // As each invocation ends on Lambda: its metrics, with its ids.
+        zx_http::emf::flush(
+            &format!("local-{}", uuid::Uuid::new_v4()),
+            zx_http::trace::trace_id(trace.as_ref()),
+        );
         let failed: HashSet<String> = response
             .batch_item_failures
             .into_iter()

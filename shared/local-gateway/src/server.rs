@@ -17,6 +17,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 
+use zx_http::trace::TraceHeader;
+
 use crate::{Functions, Route, RouteTable};
 
 /// How long a client may take to send a request's headers.
@@ -109,6 +111,8 @@ impl Gateway {
     async fn handle(&self, request: hyper::Request<Incoming>, peer: SocketAddr) -> HttpResponse {
         let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().to_string();
+        // Each request starts a trace, as Lambda's active tracing does.
+        let trace = TraceHeader::generate();
         let method = request.method().to_string();
         let path = request.uri().path().to_owned();
         let request_headers = request.headers().clone();
@@ -119,7 +123,7 @@ impl Gateway {
                 *response.headers_mut() = cors.preflight_headers(request.headers());
                 (response, None)
             }
-            _ => self.dispatch(request, peer, &request_id).await,
+            _ => self.dispatch(request, peer, &request_id, &trace).await,
         };
         if let Some(cors) = &self.routes.cors
             && !response
@@ -138,6 +142,7 @@ impl Gateway {
             function = function.unwrap_or("-"),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             request_id = %request_id,
+            trace_id = zx_http::trace::trace_id(Some(&trace)),
             "gateway request"
         );
         response
@@ -148,6 +153,7 @@ impl Gateway {
         request: hyper::Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
+        trace: &TraceHeader,
     ) -> (HttpResponse, Option<&'a str>) {
         let (parts, body) = request.into_parts();
         let Some((route, params)) = self.routes.find(parts.method.as_str(), parts.uri.path())
@@ -175,7 +181,7 @@ impl Gateway {
         };
         match self
             .functions
-            .invoke_json(&route.function, &event, request_id)
+            .invoke_json(&route.function, &event, request_id, trace)
             .await
         {
             Ok(response) => {

@@ -137,6 +137,28 @@ fn type_attribute(
         .map_err(|e| RepositoryError::failed("building an SNS attribute", e))
 }
 
+/// The message's trace header as the `AWSTraceHeader` system attribute (Lambda's SQS event
+/// source hands it to the consumer, which joins the trace).
+fn trace_attribute(
+    message: &OutboxMessage,
+) -> Option<
+    std::collections::HashMap<
+        aws_sdk_sqs::types::MessageSystemAttributeNameForSends,
+        aws_sdk_sqs::types::MessageSystemAttributeValue,
+    >,
+> {
+    let trace = message.trace.as_deref()?;
+    let value = aws_sdk_sqs::types::MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(trace)
+        .build()
+        .ok()?;
+    Some(std::collections::HashMap::from([(
+        aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader,
+        value,
+    )]))
+}
+
 impl AwsSender {
     /// Up to ten messages to one queue in one `SendMessageBatch`.
     async fn send_queue_chunk(
@@ -149,6 +171,7 @@ impl AwsSender {
             match aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
                 .message_body(&message.body)
+                .set_message_system_attributes(trace_attribute(message))
                 .build()
             {
                 Ok(entry) => entries.push(entry),
@@ -316,6 +339,7 @@ impl MessageSender for AwsSender {
                     .send_message()
                     .queue_url(url)
                     .message_body(&message.body)
+                    .set_message_system_attributes(trace_attribute(message))
                     .send()
                     .await
                     .map(|_| ())

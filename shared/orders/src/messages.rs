@@ -150,7 +150,8 @@ impl InventoryOutcome {
     }
 }
 
-/// A message of `kind` with `data` for `destination`, stamped now with a fresh id.
+/// A message of `kind` with `data` for `destination`, stamped now with a fresh id, in the
+/// current trace (the request's or the message's being handled).
 pub fn message<T: Serialize>(
     destination: Destination,
     kind: &str,
@@ -173,6 +174,7 @@ pub fn message<T: Serialize>(
         body: serde_json::to_string(&envelope).unwrap_or_default(),
         order_id: order_id.clone(),
         created_at,
+        trace: zx_http::trace::current().map(|trace| trace.as_str().to_owned()),
     }
 }
 

@@ -15,7 +15,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tracing::Instrument;
 use zx_domain::{Destination, MessageSender};
+use zx_http::trace::{TraceHeader, with_trace};
 
 use crate::messages::{InventoryCommand, InventoryOutcome, MalformedMessage};
 use crate::usecases::{self, InventorySteps, MessageError, Transitions};
@@ -65,6 +67,9 @@ impl Worker {
 pub struct QueueMessage {
     pub id: String,
     pub body: String,
+    /// Its `AWSTraceHeader`: the trace of the request that caused it, which its handling
+    /// (log lines, and the messages it sends) joins.
+    pub trace: Option<TraceHeader>,
 }
 
 /// Handles every message of a batch and returns the ids of those that failed or did not finish
@@ -87,7 +92,11 @@ pub async fn process_batch(
         let malformed = match worker {
             Worker::Inventory(_) => match InventoryCommand::parse(&message.body) {
                 Ok(InventoryCommand::Reserve(data)) => {
-                    reserves.push((message.id.clone(), data));
+                    reserves.push(usecases::Reserve {
+                        message_id: message.id.clone(),
+                        data,
+                        trace: message.trace.clone(),
+                    });
                     continue;
                 }
                 Ok(_) => None,
@@ -149,15 +158,30 @@ pub async fn process_batch(
         .collect()
 }
 
+/// One message, in its own trace: its log lines carry the trace id, and what it sends the
+/// trace header.
 async fn one(
     worker: &Worker,
     message: QueueMessage,
     malformed: Option<MalformedMessage>,
 ) -> (String, Result<(), MessageError>) {
-    let result = match malformed {
-        Some(malformed) => dead_letter(worker, &message, malformed).await,
-        None => handle(worker, &message.body).await,
-    };
+    let span = tracing::info_span!(
+        "message",
+        message_id = %message.id,
+        trace_id = zx_http::trace::trace_id(message.trace.as_ref())
+    );
+    let trace = message.trace.clone();
+    let result = with_trace(
+        trace,
+        async {
+            match malformed {
+                Some(malformed) => dead_letter(worker, &message, malformed).await,
+                None => handle(worker, &message.body).await,
+            }
+        }
+        .instrument(span),
+    )
+    .await;
     (message.id, result)
 }
 
@@ -176,6 +200,7 @@ async fn dead_letter(
     {
         Ok(()) => {
             tracing::error!(worker = worker.name(), message_id = %message.id, reason, "malformed message sent to the dead-letter queue");
+            metrics::counter!(zx_domain::metrics::DEAD_LETTERS).increment(1);
             Ok(())
         }
         Err(error) => {

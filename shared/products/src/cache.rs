@@ -98,6 +98,17 @@ enum Listings {
     Unchanged,
 }
 
+/// Cache hits and misses (a read the cache could not answer is a miss: the store answers).
+fn count_lookups(hits: usize, misses: usize) {
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    if hits > 0 {
+        metrics::counter!(zx_domain::metrics::CACHE_HITS).increment(count(hits));
+    }
+    if misses > 0 {
+        metrics::counter!(zx_domain::metrics::CACHE_MISSES).increment(count(misses));
+    }
+}
+
 fn now_millis() -> i64 {
     i64::try_from(Timestamp::now().as_datetime().unix_timestamp_nanos() / 1_000_000)
         .unwrap_or(i64::MAX)
@@ -114,8 +125,16 @@ impl CatalogueCache {
         lookups.pop().unwrap_or_default()
     }
 
-    /// The cached bodies of these products, one lookup per id, in order (two round trips).
+    /// The cached bodies of these products, one lookup per id, in order (two round trips);
+    /// hits and misses are counted.
     pub async fn products(&self, ids: &[ProductId]) -> Vec<Lookup> {
+        let lookups = self.product_lookups(ids).await;
+        let hits = lookups.iter().filter(|l| l.hit.is_some()).count();
+        count_lookups(hits, lookups.len() - hits);
+        lookups
+    }
+
+    async fn product_lookups(&self, ids: &[ProductId]) -> Vec<Lookup> {
         let none = || ids.iter().map(|_| Lookup::default()).collect();
         let generations: Vec<String> = ids.iter().map(product_generation).collect();
         let generations = match self.cache.get_many(&generations).await {
@@ -162,6 +181,13 @@ impl CatalogueCache {
     /// key follows the catalogue generation, so every catalogue change makes it unreachable, and
     /// it is left out (not filled) while the listing index may still lag behind a recent write.
     pub async fn catalogue_view(&self, name: &str) -> Lookup {
+        let lookup = self.catalogue_lookup(name).await;
+        let hit = usize::from(lookup.hit.is_some());
+        count_lookups(hit, 1 - hit);
+        lookup
+    }
+
+    async fn catalogue_lookup(&self, name: &str) -> Lookup {
         let keys = [
             CATALOGUE_GENERATION.to_owned(),
             CATALOGUE_WRITTEN.to_owned(),

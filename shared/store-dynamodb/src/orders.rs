@@ -69,6 +69,7 @@ mod attr {
     pub const MESSAGE_ID: &str = "messageId";
     pub const DESTINATION: &str = "destination";
     pub const BODY: &str = "body";
+    pub const TRACE: &str = "trace";
     pub const CLOCK_AT: &str = "clockAt";
     pub const OPEN: &str = "open";
     pub const PARKED_REASON: &str = "parkedReason";
@@ -181,7 +182,7 @@ fn order_from_item(item: &Item) -> Result<Order, RepositoryError> {
 }
 
 fn message_item(message: &OutboxMessage) -> Item {
-    HashMap::from([
+    let mut item = HashMap::from([
         (attr::PK.to_owned(), s(outbox_pk(message.order_id.shard()))),
         (
             attr::SK.to_owned(),
@@ -202,7 +203,11 @@ fn message_item(message: &OutboxMessage) -> Item {
             attr::CREATED_AT.to_owned(),
             s(message.created_at.to_rfc3339()),
         ),
-    ])
+    ]);
+    if let Some(trace) = &message.trace {
+        item.insert(attr::TRACE.to_owned(), s(trace));
+    }
+    item
 }
 
 fn message_from_item(item: &Item) -> Result<OutboxMessage, RepositoryError> {
@@ -212,6 +217,7 @@ fn message_from_item(item: &Item) -> Result<OutboxMessage, RepositoryError> {
         destination: MESSAGE.parsed(item, attr::DESTINATION, Destination::parse)?,
         body: MESSAGE.text(item, attr::BODY)?.to_owned(),
         created_at: MESSAGE.parsed(item, attr::CREATED_AT, Timestamp::parse_rfc3339)?,
+        trace: crate::item::text(item, attr::TRACE).map(str::to_owned),
     })
 }
 

@@ -100,6 +100,11 @@ pub const ORDERS: MigrationSet = MigrationSet {
             "idempotency key expiry index",
             include_str!("../migrations/orders/0003_key_expiry.sql"),
         ),
+        (
+            4,
+            "outbox trace header",
+            include_str!("../migrations/orders/0004_outbox_trace.sql"),
+        ),
     ],
 };
 

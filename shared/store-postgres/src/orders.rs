@@ -98,8 +98,8 @@ impl PgOrderRepository {
     ) -> Result<(), RepositoryError> {
         for message in messages {
             sqlx::query(&format!(
-                "insert into {} (message_id, order_id, destination, body, created_at)
-                 values ($1, $2, $3, $4, $5)",
+                "insert into {} (message_id, order_id, destination, body, created_at, trace)
+                 values ($1, $2, $3, $4, $5, $6)",
                 self.outbox
             ))
             .bind(&message.id)
@@ -107,6 +107,7 @@ impl PgOrderRepository {
             .bind(message.destination.as_str())
             .bind(&message.body)
             .bind(at(message.created_at))
+            .bind(message.trace.as_deref())
             .execute(&mut **tx)
             .await
             .map_err(db("Postgres insert outbox"))?;
@@ -457,6 +458,8 @@ fn message_from_row(row: &PgRow) -> Result<OutboxMessage, RepositoryError> {
             .try_get::<time::OffsetDateTime, _>("created_at")
             .map(Timestamp::from_datetime)
             .map_err(|e| corrupt("created_at", e))?,
+        // A trace that cannot be read is only a trace lost, never a row parked.
+        trace: row.try_get::<Option<String>, _>("trace").ok().flatten(),
     })
 }
 
@@ -484,7 +487,7 @@ impl Outbox for PgOrderRepository {
             None => (time::OffsetDateTime::UNIX_EPOCH, ""),
         };
         let rows = sqlx::query(&format!(
-            "select message_id, order_id, destination, body, created_at from {}
+            "select message_id, order_id, destination, body, created_at, trace from {}
              where parked_at is null and created_at < $1
                  and (created_at, message_id) > ($3, $4)
              order by created_at, message_id limit $2",

@@ -146,7 +146,7 @@ pub async fn login(
     };
     let user = rehash_if_weaker(users, hasher, user, &body.password).await;
     let pair = crate::sessions::start_session(sessions, tokens, &user).await?;
-    tracing::info!(event = "login_succeeded", user_id = %user.id, source_ip = ip, "user logged in");
+    tracing::info!(event = "login_succeeded", user_id = %user.id, session_id = %pair.session_id, source_ip = ip, "user logged in");
     crate::sessions::pair_response(&user, &pair)
 }
 

@@ -27,6 +27,8 @@ fn signing_failed(error: zx_auth::TokenError) -> ApiError {
 
 /// An access token and the refresh token that continues its session.
 pub struct SessionTokens {
+    /// The session the pair belongs to (for the security events' logs).
+    pub session_id: SessionId,
     pub access: IssuedToken,
     pub refresh: String,
     pub refresh_expires_in: u64,
@@ -59,6 +61,7 @@ pub async fn start_session(
         .map_err(signing_failed)?;
     sessions.create_session(&session).await?;
     Ok(SessionTokens {
+        session_id: session.id.clone(),
         access,
         refresh: refresh.token,
         refresh_expires_in: refresh_ttl.as_secs(),
@@ -171,6 +174,7 @@ pub async fn refresh_session(
     Ok(Refreshed::Pair(Box::new((
         user,
         SessionTokens {
+            session_id: next.id.clone(),
             access,
             refresh: new.token,
             refresh_expires_in,

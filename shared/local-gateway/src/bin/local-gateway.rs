@@ -9,7 +9,7 @@ use zx_local_gateway::{Functions, Gateway, Pollers, RouteTable, Workers, sources
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let services = zx_app::start(&zx_app::capabilities::Needs::ALL).await?;
+    let services = zx_app::start("local-gateway", &zx_app::capabilities::Needs::ALL).await?;
     let template_path = std::env::var("TEMPLATE").unwrap_or_else(|_| "template.yaml".into());
     let template = std::fs::read_to_string(&template_path)
         .map_err(|e| format!("cannot read {template_path}: {e}"))?;

@@ -92,7 +92,12 @@ pub async fn handle_inventory_message(
     }
     match command {
         InventoryCommand::Reserve(data) => {
-            let mut results = reserve_verified(steps, vec![(String::new(), data)]).await;
+            let reserve = Reserve {
+                message_id: String::new(),
+                data,
+                trace: zx_http::trace::current(),
+            };
+            let mut results = reserve_verified(steps, vec![reserve]).await;
             results.pop().map_or(Ok(()), |(_, result)| result)
         }
         InventoryCommand::Release(data) => {
@@ -114,7 +119,15 @@ pub async fn handle_inventory_message(
     }
 }
 
-/// The inventory worker's step for the reserves of a batch, `(message id, reserve)` each:
+/// A reserve of a batch: its message id, what it asks, and its message's trace header.
+#[derive(Debug, Clone)]
+pub struct Reserve {
+    pub message_id: String,
+    pub data: ReserveData,
+    pub trace: Option<TraceHeader>,
+}
+
+/// The inventory worker's step for the reserves of a batch:
 /// every reserve is verified against its order (those that fail change nothing and succeed,
 /// logged), the rest are reserved in one batch ([`InventoryRepository::reserve_batch`]: a
 /// product's units taken in one conditional write per shard), the answers sent in batches, and
@@ -122,9 +135,9 @@ pub async fn handle_inventory_message(
 #[tracing::instrument(skip_all, fields(reserves = reserves.len()))]
 pub async fn reserve_many(
     steps: &InventorySteps,
-    reserves: Vec<(String, ReserveData)>,
+    reserves: Vec<Reserve>,
 ) -> Vec<(String, Result<(), MessageError>)> {
-    let mut ids: Vec<OrderId> = reserves.iter().map(|(_, d)| d.order_id.clone()).collect();
+    let mut ids: Vec<OrderId> = reserves.iter().map(|r| r.data.order_id.clone()).collect();
     ids.sort();
     ids.dedup();
     // One read for the batch's orders.
@@ -133,13 +146,18 @@ pub async fn reserve_many(
         Err(error) => {
             return reserves
                 .into_iter()
-                .map(|(id, _)| (id, Err(each_error("read orders", &error).into())))
+                .map(|r| (r.message_id, Err(each_error("read orders", &error).into())))
                 .collect();
         }
     };
     let mut results = Vec::with_capacity(reserves.len());
     let mut verified = Vec::with_capacity(reserves.len());
-    for (id, data) in reserves {
+    for reserve in reserves {
+        let Reserve {
+            message_id: id,
+            data,
+            trace,
+        } = reserve;
         let row = found.iter().find(|r| r.key.0 == data.order_id.as_str());
         let order = match row.map(|r| &r.value) {
             Some(Err(why)) => {
@@ -155,7 +173,11 @@ pub async fn reserve_many(
         match verify(&command, order) {
             Ok(()) => {
                 if let InventoryCommand::Reserve(data) = command {
-                    verified.push((id, data));
+                    verified.push(Reserve {
+                        message_id: id,
+                        data,
+                        trace,
+                    });
                 }
             }
             Err(why) => {
@@ -185,19 +207,23 @@ fn refused(command: &InventoryCommand, why: &Refusal) {
 /// within the batch, count once), then answers each order.
 async fn reserve_verified(
     steps: &InventorySteps,
-    reserves: Vec<(String, ReserveData)>,
+    reserves: Vec<Reserve>,
 ) -> Vec<(String, Result<(), MessageError>)> {
     if reserves.is_empty() {
         return Vec::new();
     }
     let mut orders: Vec<(OrderId, Vec<ReserveLine>)> = Vec::new();
+    // Each order's trace: its first reserve's (a redelivery within the batch has the same).
+    let mut traces: Vec<Option<&TraceHeader>> = Vec::new();
     let mut which: Vec<usize> = Vec::with_capacity(reserves.len());
-    for (_, data) in &reserves {
+    for reserve in &reserves {
+        let data = &reserve.data;
         match orders.iter().position(|(id, _)| id == &data.order_id) {
             Some(i) => which.push(i),
             None => {
                 which.push(orders.len());
                 orders.push((data.order_id.clone(), sum_lines(&data.items)));
+                traces.push(reserve.trace.as_ref());
             }
         }
     }
@@ -206,28 +232,46 @@ async fn reserve_verified(
         Err(error) => {
             return reserves
                 .into_iter()
-                .map(|(id, _)| (id, Err(each_error("reserve batch", &error).into())))
+                .map(|r| {
+                    (
+                        r.message_id,
+                        Err(each_error("reserve batch", &error).into()),
+                    )
+                })
                 .collect();
         }
     };
     let mut replies = Vec::new();
     let mut reply_of: Vec<Option<usize>> = Vec::with_capacity(orders.len());
     let mut taken: Vec<ProductId> = Vec::new();
-    for ((order, lines), outcome) in orders.iter().zip(&batch.outcomes) {
+    for (((order, lines), outcome), trace) in orders.iter().zip(&batch.outcomes).zip(&traces) {
+        let trace_id = zx_http::trace::trace_id(*trace);
+        // The answer joins the reserve's trace.
+        let in_trace = |mut reply: OutboxMessage| {
+            reply.trace = trace.map(|t| t.as_str().to_owned());
+            reply
+        };
         match outcome {
             Reservation::Held => {
-                tracing::info!(order_id = %order, "stock reserved");
+                tracing::info!(order_id = %order, trace_id, "stock reserved");
+                metrics::counter!(metric::RESERVATIONS).increment(1);
                 taken.extend(lines.iter().map(|l| l.product_id.clone()));
                 reply_of.push(Some(replies.len()));
-                replies.push(messages::reserved(order));
+                replies.push(in_trace(messages::reserved(order)));
             }
             Reservation::Rejected { product_id, reason } => {
-                tracing::info!(order_id = %order, %product_id, reason, "reservation rejected");
+                tracing::info!(order_id = %order, trace_id, %product_id, reason, "reservation rejected");
+                let reason = if *reason == "out_of_stock" {
+                    "out_of_stock"
+                } else {
+                    "unavailable"
+                };
+                metrics::counter!(metric::RESERVATION_REJECTIONS, "Reason" => reason).increment(1);
                 reply_of.push(Some(replies.len()));
-                replies.push(messages::rejected(order, product_id, reason));
+                replies.push(in_trace(messages::rejected(order, product_id, reason)));
             }
             Reservation::AlreadyReleased => {
-                tracing::info!(order_id = %order, "order released before its reservation: nothing taken");
+                tracing::info!(order_id = %order, trace_id, "order released before its reservation: nothing taken");
                 reply_of.push(None);
             }
         }
@@ -242,7 +286,7 @@ async fn reserve_verified(
     reserves
         .into_iter()
         .zip(which)
-        .map(|((id, _), order)| {
+        .map(|(Reserve { message_id: id, .. }, order)| {
             let result = match reply_of.get(order).copied().flatten() {
                 None => Ok(()),
                 Some(reply) => match sent.get(reply) {

@@ -21,6 +21,9 @@ use zx_domain::{
     ShippingAddress, Timestamp, UserId,
 };
 
+use zx_domain::metrics as metric;
+use zx_http::trace::TraceHeader;
+
 use crate::messages::{self, InventoryCommand, InventoryOutcome, MalformedMessage, ReserveData};
 
 mod inventory;

@@ -85,6 +85,7 @@ pub async fn place_order(
         && let Some(product) = views.known_sold_out(&ids).await
     {
         tracing::info!(product_id = %product, "order refused: product known sold out");
+        metrics::counter!(metric::ORDERS_REFUSED, "Reason" => "sold_out").increment(1);
         return Err(OrderError::SoldOut(product));
     }
     let found = placement.catalogue.find_products(&ids).await?;
@@ -139,10 +140,12 @@ pub async fn place_order(
                 max_open = placement.settings.max_open,
                 "order refused: too many open orders"
             );
+            metrics::counter!(metric::ORDERS_REFUSED, "Reason" => "open_limit").increment(1);
             return Err(OrderError::TooManyOpen(placement.settings.max_open));
         }
     }
     tracing::info!(order_id = %order.id, total = order.total, lines = order.lines.len(), "order placed");
+    metrics::counter!(metric::ORDERS_PLACED).increment(1);
     dispatch(&placement.dispatch, &outgoing).await;
     Ok(Placed {
         order,

@@ -37,6 +37,9 @@ pub struct RelayReport {
     pub purged_reservations: u64,
     /// Stock change records past their retention deleted in this run (likewise).
     pub purged_stock_changes: u64,
+    /// Age in milliseconds of the oldest unsent outbox row this run found due (0 when none
+    /// was): the relay lag.
+    pub oldest_unsent_ms: u64,
 }
 
 /// A message the relay holds: its row, and the message.
@@ -79,6 +82,16 @@ pub async fn run_relay(relay: &Relay, deadline: Instant) -> RelayReport {
         };
         let Some(last) = rows.last() else { break };
         after = Some(last.key.clone());
+        if let Some(oldest) = rows
+            .iter()
+            .filter_map(|row| row.value.as_ref().ok().map(|m| m.created_at))
+            .min()
+        {
+            let age = Timestamp::now()
+                .unix_millis()
+                .saturating_sub(oldest.unix_millis());
+            report.oldest_unsent_ms = report.oldest_unsent_ms.max(u64::try_from(age).unwrap_or(0));
+        }
         let full = rows.len() == BATCH;
         let mut by_destination: HashMap<Destination, Vec<Held>> = HashMap::new();
         for row in rows {
@@ -124,7 +137,17 @@ pub async fn run_relay(relay: &Relay, deadline: Instant) -> RelayReport {
             let tried = held.len();
             for (item, result) in held.into_iter().zip(results) {
                 match result {
-                    Ok(()) => sent.push(item.message),
+                    Ok(()) => {
+                        // Sent in the trace of the request that wrote it.
+                        tracing::info!(
+                            message_id = %item.message.id,
+                            order_id = %item.message.order_id,
+                            destination = destination.as_str(),
+                            trace_id = item.message.trace.as_deref().and_then(TraceHeader::parse).as_ref().and_then(TraceHeader::root).unwrap_or_default(),
+                            "relayed"
+                        );
+                        sent.push(item.message)
+                    }
                     Err(error) if error.is_transient() => {
                         transient += 1;
                         report.failed += 1;
@@ -167,6 +190,10 @@ pub async fn run_relay(relay: &Relay, deadline: Instant) -> RelayReport {
         }
     }
     report.outbox_left |= report.failed + report.deferred > 0;
+    // Precision below a millisecond is not the point of a lag.
+    #[allow(clippy::cast_precision_loss)]
+    metrics::histogram!(metric::RELAY_LAG).record(report.oldest_unsent_ms as f64);
+    metrics::counter!(metric::RELAYED).increment(u64::try_from(report.relayed).unwrap_or(0));
     expire(relay, &mut report, stop_at).await;
     purge(relay, &mut report, stop_at).await;
     report
@@ -212,6 +239,7 @@ async fn park(relay: &Relay, report: &mut RelayReport, key: &RowKey, reason: &st
     match relay.outbox.park(key, reason).await {
         Ok(()) => {
             report.parked += 1;
+            metrics::counter!(metric::PARKED_ROWS).increment(1);
             tracing::error!(row = %key, reason, "outbox row parked: an operator can list and resend it (zx-admin outbox parked)");
         }
         Err(error) => {
@@ -261,6 +289,7 @@ async fn expire(relay: &Relay, report: &mut RelayReport, stop_at: Instant) {
                     Err(why) => match relay.expiry.park_order(&row.key, &why.0).await {
                         Ok(()) => {
                             report.orders_parked += 1;
+                            metrics::counter!(metric::PARKED_ROWS).increment(1);
                             tracing::error!(row = %row.key, %why, "unreadable order parked: it is left out of expiry");
                         }
                         Err(error) => {

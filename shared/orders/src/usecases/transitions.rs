@@ -80,6 +80,7 @@ async fn transition(
         Err(other) => return Err(other.into()),
     }
     tracing::info!(order_id = %order.id, from = %order.status, to = %to, actor = %actor.label(), "order status changed");
+    count_transition(to, actor.driver, reason);
     dispatch(&transitions.dispatch, &outgoing).await;
     Ok(next)
 }
@@ -107,4 +108,59 @@ pub(super) async fn settle(
         }
     }
     Err(OrderError::Conflict)
+}
+
+/// The funnel's metrics: confirmations, payments, shipments, and cancellations by reason (a
+/// bounded set: the system's reasons, or who cancelled).
+fn count_transition(to: OrderStatus, driver: Driver, reason: Option<&str>) {
+    let name = match to {
+        OrderStatus::Confirmed => metric::ORDERS_CONFIRMED,
+        OrderStatus::Paid => metric::ORDERS_PAID,
+        OrderStatus::Shipped => metric::ORDERS_SHIPPED,
+        OrderStatus::Cancelled => {
+            metrics::counter!(metric::ORDERS_CANCELLED, "Reason" => cancel_reason(driver, reason))
+                .increment(1);
+            return;
+        }
+        _ => return,
+    };
+    metrics::counter!(name).increment(1);
+}
+
+/// The `Reason` dimension of a cancellation: one of [`metric::CANCEL_REASONS`].
+fn cancel_reason(driver: Driver, reason: Option<&str>) -> &'static str {
+    match driver {
+        Driver::Customer => "customer",
+        Driver::Admin => "admin",
+        Driver::System => metric::CANCEL_REASONS
+            .into_iter()
+            .find(|known| Some(*known) == reason)
+            .unwrap_or("unavailable"),
+    }
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use super::*;
+
+    #[test]
+    fn cancellation_reasons_are_a_closed_set() {
+        assert_eq!(
+            cancel_reason(Driver::Customer, Some("changed my mind")),
+            "customer"
+        );
+        assert_eq!(
+            cancel_reason(Driver::Admin, Some("fraud <script>")),
+            "admin"
+        );
+        assert_eq!(
+            cancel_reason(Driver::System, Some("payment_timeout")),
+            "payment_timeout"
+        );
+        assert_eq!(
+            cancel_reason(Driver::System, Some("anything else")),
+            "unavailable"
+        );
+        assert_eq!(cancel_reason(Driver::System, None), "unavailable");
+    }
 }
