@@ -15,6 +15,8 @@ use zx_local_gateway::{Functions, Gateway, Pollers, RouteTable, Workers, sources
 use zx_store_dynamodb::{DynamoProductRepository, DynamoUserRepository, TableSpec};
 use zx_store_postgres::{PgProductRepository, PgSchema, PgUserRepository, PoolSettings};
 
+pub mod faults;
+
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
@@ -574,7 +576,23 @@ impl TestApp {
 
     /// `extra` overrides or adds configuration variables.
     pub async fn with(store: Store, aws_endpoint: &str, extra: &[(&str, &str)]) -> Self {
-        let aws = aws_config_for(aws_endpoint).await;
+        Self::build(store, aws_endpoint, aws_endpoint, extra).await
+    }
+
+    /// An app whose tables, schemas and queues are made directly, but whose functions, workers
+    /// and tests reach AWS through `aws_endpoint` (a [`FaultProxy`] in front of LocalStack);
+    /// `extra` can point `CACHE_URL` and `DATABASE_URL` at proxies too.
+    pub async fn through(store: Store, aws_endpoint: &str, extra: &[(&str, &str)]) -> Self {
+        Self::build(store, &self::aws_endpoint(), aws_endpoint, extra).await
+    }
+
+    async fn build(
+        store: Store,
+        create_on: &str,
+        aws_endpoint: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let aws = aws_config_for(create_on).await;
         let mut vars: HashMap<String, String> = HashMap::from([
             ("JWT_PRIVATE_KEY".into(), signing_key().to_base64()),
             (
@@ -588,7 +606,7 @@ impl TestApp {
             ("CACHE_INDEX_LAG_MS".into(), "1".into()),
         ]);
         let (mut table, mut schema) = (None, None);
-        let reachable = aws_endpoint == self::aws_endpoint();
+        let reachable = create_on == self::aws_endpoint();
         let queues = if reachable {
             TestQueues::create(&aws).await
         } else {
@@ -649,6 +667,7 @@ impl TestApp {
             vars.remove("JWT_PRIVATE_KEY");
         }
         let config = Config::from_source(&Source::map(vars)).expect("test config");
+        let aws = aws_config_for(aws_endpoint).await;
         let services = Services::build_with_aws(&config, &aws)
             .await
             .expect("services");
