@@ -3,7 +3,7 @@
 # cargo fmt --check, cargo clippy -D warnings, cfn-lint and sam validate --lint on template.yaml,
 # and every test
 # (unit, the compile-fail doctest of zx_app::http_function!, the repository contract suite on DynamoDB and Postgres, end-to-end through the local
-# gateway) with cargo-nextest, then the API contract (scripts/api-check.py: the OpenAPI
+# gateway, the short fault set under load on both backends) with cargo-nextest, then the API contract (scripts/api-check.py: the OpenAPI
 # description validated, the docs page in headless Chromium, Schemathesis over every operation).
 # Prints "N passed, M failed" and exits non-zero on any failure. Stops what it started.
 set -uo pipefail
@@ -51,6 +51,8 @@ failed=$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
 timed_out=$(grep -oE '[0-9]+ timed out' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
 failed=$((failed + timed_out))
 if [ "$nextest_status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi  # build failure
+# The short fault set's lines (one per scenario and backend: answers, invariants, recovery).
+fault_lines=$(grep -E '^\s*\[faults\] (dynamodb|postgres) \|' "$log" | sed -E 's/^\s+//' | sort -u)
 rm -f "$log"
 
 echo "[test] compile-fail: a handler calling what its function's ports lack does not compile"
@@ -69,5 +71,6 @@ rm -f "$api_log"
 check() { [[ " ${failed_checks[*]} " == *" $1 "* ]] && echo "$1 FAILED" || echo "$1 ok"; }
 checks="$(check fmt), $(check clippy), $(check template), $(check compile-fail), $(check api)${api_summary:+ (${api_summary#api-check: })}"
 echo
+[ -n "$fault_lines" ] && echo "$fault_lines"
 echo "$passed passed, $failed failed ($checks; $((SECONDS - t0)) s)"
 [ "$failed" -eq 0 ] && [ ${#failed_checks[@]} -eq 0 ]

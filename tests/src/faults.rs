@@ -282,7 +282,9 @@ fn classify(
     took: Duration,
     record: &Mutex<Record>,
 ) {
-    let mut record = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut record = record
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let answers = &mut record.answers;
     if took > FUNCTION_TIMEOUT + Duration::from_secs(1) {
         answers
@@ -339,9 +341,7 @@ impl Caller {
         body: Option<&Value>,
     ) -> Result<(StatusCode, Option<u64>, Value), String> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base));
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -426,18 +426,25 @@ impl Load {
             tasks: Vec::new(),
         };
         let tag = crate::unique();
-        let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).take(6).collect();
+        let tag: String = tag
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(6)
+            .collect();
         for n in 0..clients {
             let [hi, lo] = (n + 2).to_be_bytes();
             let source = IpAddr::V4(Ipv4Addr::new(127, 0, hi.wrapping_add(10), lo));
             let caller = Caller::new(&rig.base, source, &load);
             let products = products.to_vec();
             let name = format!("v{tag}{n}");
-            load.tasks
-                .push(tokio::spawn(async move { customer(caller, name, products).await }));
+            load.tasks.push(tokio::spawn(async move {
+                customer(caller, name, products).await
+            }));
         }
         let caller = Caller::new(&rig.base, IpAddr::V4(Ipv4Addr::new(127, 0, 9, 1)), &load);
-        load.tasks.push(tokio::spawn(async move { admin_moves(caller, admin).await }));
+        load.tasks.push(tokio::spawn(
+            async move { admin_moves(caller, admin).await },
+        ));
         load
     }
 
@@ -496,7 +503,14 @@ async fn customer(caller: Caller, name: String, products: Vec<ProductId>) {
     }
     let login = json!({"email": email, "password": password});
     let Some((StatusCode::OK, body)) = caller
-        .retrying("login", Method::POST, "/api/v1/users/login", None, None, Some(&login))
+        .retrying(
+            "login",
+            Method::POST,
+            "/api/v1/users/login",
+            None,
+            None,
+            Some(&login),
+        )
         .await
     else {
         return;
@@ -513,7 +527,14 @@ async fn customer(caller: Caller, name: String, products: Vec<ProductId>) {
             // Browsing: listings and product reads.
             0..=5 => {
                 let _ = caller
-                    .call("list", Method::GET, "/api/v1/products?limit=10", None, None, None)
+                    .call(
+                        "list",
+                        Method::GET,
+                        "/api/v1/products?limit=10",
+                        None,
+                        None,
+                        None,
+                    )
                     .await;
             }
             6 | 7 => {
@@ -545,18 +566,23 @@ async fn customer(caller: Caller, name: String, products: Vec<ProductId>) {
                     && status == StatusCode::ACCEPTED
                     && let Some(id) = answer["orderId"].as_str()
                 {
-                    let mut record = caller
-                        .record
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    record.keys.entry(key.clone()).or_default().push(id.to_owned());
-                    record
-                        .accepted
-                        .insert(id.to_owned(), vec![(product.clone(), 1)]);
-                    if record.first_accepted_after.is_none() {
-                        record.first_accepted_after = Some(Instant::now());
+                    {
+                        let mut record = caller
+                            .record
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        record
+                            .keys
+                            .entry(key.clone())
+                            .or_default()
+                            .push(id.to_owned());
+                        record
+                            .accepted
+                            .insert(id.to_owned(), vec![(product.clone(), 1)]);
+                        if record.first_accepted_after.is_none() {
+                            record.first_accepted_after = Some(Instant::now());
+                        }
                     }
-                    drop(record);
                     mine.push(id.to_owned());
                     // The same key again: the same order.
                     if step % 20 == 8
@@ -676,9 +702,8 @@ impl ScenarioReport {
             Ok(()) => "ok".to_owned(),
             Err(why) => format!("FAILED ({why})"),
         };
-        let secs = |d: Option<Duration>| {
-            d.map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
-        };
+        let secs =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
         format!(
             "[faults] {} | {} | {} requests: {} ok, {} 4xx, {} 429, {} 503+Retry-After, {} violations | orders {} accepted, {} settled {:?} | stock {} | keys {} | recovery: first order {}, settled {} | {}",
             self.backend,
@@ -705,7 +730,7 @@ impl ScenarioReport {
         let mut row = String::new();
         let _ = write!(
             row,
-            "| {} | {} | {} | {} / {} / {} / {} | {} | {} / {} | {} | {} | {} / {} |",
+            "| {} | {} | {} | {} / {} / {} / {} | {} | {} / {} | {} | {} | {} | {} / {} |",
             self.backend,
             self.scenario,
             self.requests,
@@ -716,12 +741,22 @@ impl ScenarioReport {
             if self.answers.violations.is_empty() {
                 "none".to_owned()
             } else {
-                self.answers.violations.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                self.answers
+                    .violations
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
             },
             self.accepted,
             self.settled,
             if self.conserved.is_ok() { "yes" } else { "NO" },
-            if self.keys_unique.is_ok() { "yes" } else { "NO" },
+            if self.keys_unique.is_ok() {
+                "yes"
+            } else {
+                "NO"
+            },
             if self.holds() { "holds" } else { "FAILED" },
             self.first_order_after_fault
                 .map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
@@ -795,7 +830,11 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
             .iter()
             .filter(|id| statuses.get(*id).is_none_or(|s| *s == OrderStatus::Pending))
             .count();
-        if pending == 0 && conserved(rig, &products, &initial, &record, &statuses).await.is_ok() {
+        if pending == 0
+            && conserved(rig, &products, &initial, &record, &statuses)
+                .await
+                .is_ok()
+        {
             settled_after_fault = Some(fault_ended.elapsed());
             break;
         }
@@ -806,7 +845,11 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
     }
     let settled = ids
         .iter()
-        .filter(|id| statuses.get(*id).is_some_and(|s| *s != OrderStatus::Pending))
+        .filter(|id| {
+            statuses
+                .get(*id)
+                .is_some_and(|s| *s != OrderStatus::Pending)
+        })
         .count();
     let mut by_status = BTreeMap::new();
     for status in statuses.values() {
