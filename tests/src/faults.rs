@@ -37,6 +37,8 @@ pub enum Dependency {
     Cache,
     /// Postgres (on that backend).
     Postgres,
+    /// The workers' and the relay's own processes.
+    Functions,
 }
 
 impl Dependency {
@@ -45,6 +47,7 @@ impl Dependency {
             Self::Aws => "localstack",
             Self::Cache => "cache",
             Self::Postgres => "postgres",
+            Self::Functions => "functions",
         }
     }
 }
@@ -60,6 +63,12 @@ pub enum Injection {
     Slow(Duration, Duration),
     /// Every open connection reset, `.1` times, `.0` apart (mid-transaction under load).
     Resets(Duration, u32),
+    /// The next `n` worker invocations killed after their work (store writes, sends) and
+    /// before their reply: the event source mapping sees a failed invocation, and the whole
+    /// batch comes back after the visibility timeout.
+    WorkerKilled(u32),
+    /// The next `n` relay runs killed mid-run (after 30 ms).
+    RelayKilled(u32),
 }
 
 impl Injection {
@@ -69,6 +78,8 @@ impl Injection {
             Self::BlackHole(d) => format!("black-holed {} s", d.as_secs()),
             Self::Slow(d, by) => format!("slowed {} ms for {} s", by.as_millis(), d.as_secs()),
             Self::Resets(every, n) => format!("reset {n}× every {} ms", every.as_millis()),
+            Self::WorkerKilled(n) => format!("{n} worker invocations killed before replying"),
+            Self::RelayKilled(n) => format!("{n} relay runs killed mid-run"),
         }
     }
 }
@@ -128,6 +139,21 @@ pub fn full_set(store: Store) -> Vec<Scenario> {
             });
         }
     }
+    // The store down for longer than the pending timeout (30 s here) while orders are pending.
+    set.push(Scenario {
+        dependency: if store == Store::Postgres {
+            Dependency::Postgres
+        } else {
+            Dependency::Aws
+        },
+        injection: Injection::Cut(Duration::from_secs(35)),
+    });
+    for injection in [Injection::WorkerKilled(6), Injection::RelayKilled(5)] {
+        set.push(Scenario {
+            dependency: Dependency::Functions,
+            injection,
+        });
+    }
     set
 }
 
@@ -140,6 +166,10 @@ pub struct Rig {
     pub aws: FaultProxy,
     pub cache: FaultProxy,
     pub postgres: FaultProxy,
+    /// Worker invocations still to kill before their reply.
+    worker_kills: Arc<std::sync::atomic::AtomicU32>,
+    /// Relay runs still to kill mid-run.
+    relay_kills: Arc<std::sync::atomic::AtomicU32>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _pollers: zx_local_gateway::Pollers,
 }
@@ -173,7 +203,12 @@ impl Rig {
         .await;
         let app = Arc::new(app);
         let base = app.gateway().await;
-        let workers = Arc::new(app.workers());
+        let worker_kills = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let relay_kills = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let workers = Arc::new(app.workers().wrapped(
+            |_, handler| killable_worker(handler, worker_kills.clone()),
+            |relay| killable_relay(relay, relay_kills.clone()),
+        ));
         let pollers = app.start_pollers(&workers, &[]);
         // The relay's schedule, every 2 s (one run at a time, as its reserved concurrency).
         let relay = tokio::spawn({
@@ -194,6 +229,8 @@ impl Rig {
             aws,
             cache,
             postgres,
+            worker_kills,
+            relay_kills,
             tasks: vec![relay],
             _pollers: pollers,
         }
@@ -201,17 +238,23 @@ impl Rig {
 
     fn proxy(&self, dependency: Dependency) -> &FaultProxy {
         match dependency {
-            Dependency::Aws => &self.aws,
+            Dependency::Aws | Dependency::Functions => &self.aws,
             Dependency::Cache => &self.cache,
             Dependency::Postgres => &self.postgres,
         }
     }
 
     /// Applies `injection` to `dependency` and returns when it has ended (the proxy forwards
-    /// again).
+    /// again; the kills are spent, or 20 s passed).
     pub async fn inject(&self, dependency: Dependency, injection: Injection) {
+        match injection {
+            Injection::WorkerKilled(n) => return spend(&self.worker_kills, n).await,
+            Injection::RelayKilled(n) => return spend(&self.relay_kills, n).await,
+            _ => {}
+        }
         let proxy = self.proxy(dependency);
         match injection {
+            Injection::WorkerKilled(_) | Injection::RelayKilled(_) => {}
             Injection::Cut(d) => {
                 proxy.set(Fault::Cut);
                 tokio::time::sleep(d).await;
@@ -233,6 +276,77 @@ impl Rig {
         }
         proxy.set(Fault::None);
     }
+}
+
+/// Sets `counter` to `n` and waits until it is spent (at most 20 s; then it is cleared).
+async fn spend(counter: &std::sync::atomic::AtomicU32, n: u32) {
+    counter.store(n, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(20);
+    while counter.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    counter.store(0, Ordering::SeqCst);
+}
+
+/// `handler`, killed after its work and before its reply while `kills` is above zero: the
+/// batch is answered as a failed invocation (every record failed), as the event source mapping
+/// sees a crashed one, so every message comes back after the visibility timeout.
+fn killable_worker(
+    handler: zx_app::workers::SqsHandler,
+    kills: Arc<std::sync::atomic::AtomicU32>,
+) -> zx_app::workers::SqsHandler {
+    Arc::new(move |event: aws_lambda_events::sqs::SqsEvent, deadline| {
+        let handler = handler.clone();
+        let kills = kills.clone();
+        Box::pin(async move {
+            let ids: Vec<String> = event
+                .records
+                .iter()
+                .filter_map(|r| r.message_id.clone())
+                .collect();
+            let response = handler(event, deadline).await;
+            let killed = kills
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !killed {
+                return response;
+            }
+            let mut failed = aws_lambda_events::sqs::SqsBatchResponse::default();
+            failed.batch_item_failures = ids
+                .into_iter()
+                .map(|id| {
+                    let mut failure = aws_lambda_events::sqs::BatchItemFailure::default();
+                    failure.item_identifier = id;
+                    failure
+                })
+                .collect();
+            failed
+        })
+    })
+}
+
+/// `relay`, cut off 30 ms into a run while `kills` is above zero (its future dropped wherever
+/// it was, as a killed process stops).
+fn killable_relay(
+    relay: zx_app::workers::ScheduledHandler,
+    kills: Arc<std::sync::atomic::AtomicU32>,
+) -> zx_app::workers::ScheduledHandler {
+    Arc::new(move |deadline| {
+        let relay = relay.clone();
+        let kills = kills.clone();
+        Box::pin(async move {
+            let killed = kills
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if killed {
+                tokio::time::timeout(Duration::from_millis(30), relay(deadline))
+                    .await
+                    .unwrap_or_default()
+            } else {
+                relay(deadline).await
+            }
+        })
+    })
 }
 
 impl Drop for Rig {

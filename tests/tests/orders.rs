@@ -413,6 +413,12 @@ async fn an_orders_metrics_are_valid_emf(store: Store) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let bytes: usize = docs.iter().map(|d| d.to_string().len() + 1).sum();
+    println!(
+        "EMF: {} documents, {bytes} bytes ({} per document)",
+        docs.len(),
+        bytes / docs.len().max(1)
+    );
     let known_dimension_values: Vec<&str> = zx_domain::metrics::CANCEL_REASONS
         .into_iter()
         .chain([
@@ -518,8 +524,10 @@ async fn fault_set(store: Store) {
     } else {
         faults::short_set(store)
     };
+    // `ZX_FAULT_ONLY=<text>`: only the scenarios whose name contains it (to investigate one).
+    let only = std::env::var("ZX_FAULT_ONLY").unwrap_or_default();
     let mut reports = Vec::new();
-    for scenario in scenarios {
+    for scenario in scenarios.into_iter().filter(|s| s.name().contains(&only)) {
         let report = faults::run(&rig, scenario, 16).await;
         println!("{}", report.line());
         for violation in report.answers.violations.iter().take(10) {

@@ -180,6 +180,24 @@ impl Workers {
         Ok(Self { sqs, relay })
     }
 
+    /// These workers with each SQS handler replaced by `sqs(name, handler)` and the relay by
+    /// `relay(handler)`: the fault harness's seam (a worker killed after its store write and
+    /// before its reply, a relay killed mid-run).
+    pub fn wrapped(
+        self,
+        sqs: impl Fn(&'static str, SqsHandler) -> SqsHandler,
+        relay: impl FnOnce(ScheduledHandler) -> ScheduledHandler,
+    ) -> Self {
+        Self {
+            sqs: self
+                .sqs
+                .into_iter()
+                .map(|(name, handler)| (name, sqs(name, handler)))
+                .collect(),
+            relay: relay(self.relay),
+        }
+    }
+
     /// The handler of the SQS function `binary`.
     pub fn sqs_handler(&self, binary: &str) -> Option<&SqsHandler> {
         self.sqs
