@@ -3,6 +3,9 @@
 
   scripts/build-release.sh                       # the zips this measures
   scripts/bench-report.py [--runs 20] [--warm 1000] [--soak 10000] [--perf] [--no-peers]
+  scripts/build-release.sh products-get && scripts/bench-report.py --stub-dynamodb
+                                                 # products-get and the peers against a DynamoDB
+                                                 # that answers at once (StubDynamoDb)
 
 Everything runs against a Lambda Runtime API emulator in this script (loopback, HTTP/1.1
 keep-alive, as the managed runtime's) and the local stack (`scripts/stack.sh up`, DynamoDB in
@@ -199,6 +202,118 @@ def warm(command, event, env, count, cwd=None, sample_every=0, expect=200):
                 "samples": samples}
     finally:
         p.stop()
+
+
+# ----------------------------------------------------------------- a DynamoDB that answers at once
+class StubDynamoDb:
+    """An endpoint that answers DynamoDB calls from memory: the first call of each kind (its
+    X-Amz-Target and body) is forwarded to LocalStack and its answer kept; every later identical
+    call gets that answer at once. With it, the warm and cold figures of products-get and the
+    peers show what their own code costs, not what LocalStack costs."""
+
+    def __init__(self, upstream):
+        import http.server
+        import socketserver
+
+        answers, lock = {}, threading.Lock()
+        self.forwarded = 0
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                key = (self.headers.get("X-Amz-Target", ""), body)
+                with lock:
+                    answer = answers.get(key)
+                if answer is None:
+                    request = urllib.request.Request(upstream, data=body, method="POST", headers={
+                        k: v for k, v in self.headers.items()
+                        if k.lower() not in ("host", "content-length", "connection")})
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        answer = (response.status, response.read(),
+                                  [(k, v) for k, v in response.headers.items()
+                                   if k.lower() in ("content-type", "x-amz-crc32", "x-amzn-requestid")])
+                    with lock:
+                        answers[key] = answer
+                        stub.forwarded += 1
+                status, data, headers = answer
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def stub_comparison(args, env, no_cache, peer_table, get_event):
+    """products-get and the peers against StubDynamoDb: cold first response, warm round trip
+    and CPU, written to docs/bench/stub-results.json and benchmarks.md's stub section."""
+    stub = StubDynamoDb(env["AWS_ENDPOINT_URL"])
+    try:
+        rust_get = str(bootstrap("products-get")[0])
+        peers = build_peers()
+        peer_env = dict(env, PRODUCTS_TABLE=peer_table, AWS_SDK_LOAD_CONFIG="0")
+        contenders = {"products-get": ([rust_get], no_cache, None),
+                      "plain Node.js": (["node", "bootstrap.js", "./dist/plain.js"], peer_env, peers),
+                      "NestJS": (["node", "bootstrap.js", "./dist/nest.js"], peer_env, peers)}
+        rows = {}
+        for name, (command, cenv, cwd) in contenders.items():
+            cenv = dict(cenv, AWS_ENDPOINT_URL=stub.url)
+            cold = [cold_start(command, get_event, cenv, cwd) for _ in range(args.runs)]
+            for r in cold:
+                if json.loads(r["body"]).get("statusCode") != 200:
+                    raise RuntimeError(f"{name} answered {r['body'][:200]!r}")
+            w = warm(command, get_event, cenv, args.warm, cwd)
+            rows[name] = {"first_p50": median([r["first"] for r in cold]),
+                          "peak_kib_p50": median([r["peak_kib"] for r in cold]),
+                          "warm_p50": w["p50"], "warm_p99": w["p99"],
+                          "cpu_per_1000": w["cpu_per_1000"], "rss_after_kib": w["rss_after_kib"]}
+            print(f"[bench] stub {name:14} first p50 {rows[name]['first_p50']:7.2f} ms  warm p50 "
+                  f"{w['p50']:.3f} ms  cpu/1000 {w['cpu_per_1000']:.3f} s", file=sys.stderr)
+    finally:
+        stub.stop()
+    result = {"machine": machine(), "runs": args.runs, "warm_n": args.warm,
+              "forwarded_to_localstack": stub.forwarded, "rows": rows}
+    (OUT / "stub-results.json").write_text(json.dumps(result, indent=2) + "\n")
+    rust = rows["products-get"]
+    lines = ["<!-- stub-report:start -->",
+             f"Measured {time.strftime('%Y-%m-%d')} by `scripts/bench-report.py --stub-dynamodb "
+             f"--runs {args.runs} --warm {args.warm}` on: {result['machine']}. DynamoDB was an "
+             f"in-memory stub that forwarded only the first call of each kind to LocalStack "
+             f"({stub.forwarded} calls) and answered every later one at once.", "",
+             "| | cold: first response p50 | peak RSS p50 | warm round trip p50 | p99 | CPU per 1,000 warm | vs products-get (first / warm p50 / CPU) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in rows.items():
+        ratio = (f"{r['first_p50'] / rust['first_p50']:.1f}× / {r['warm_p50'] / rust['warm_p50']:.1f}× / "
+                 f"{r['cpu_per_1000'] / rust['cpu_per_1000']:.1f}×") if name != "products-get" else "1×"
+        lines.append(f"| {name} | {r['first_p50']:.2f} ms | {r['peak_kib_p50'] / 1024:.1f} MiB | "
+                     f"{r['warm_p50']:.3f} ms | {r['warm_p99']:.3f} ms | {r['cpu_per_1000']:.3f} s | {ratio} |")
+    lines.append("<!-- stub-report:end -->")
+    bench = ROOT / "docs" / "benchmarks.md"
+    text = bench.read_text()
+    block = "\n".join(lines)
+    if "<!-- stub-report:start -->" in text:
+        head, rest = text.split("<!-- stub-report:start -->", 1)
+        text = head + block + rest.split("<!-- stub-report:end -->", 1)[1]
+    else:
+        text = (text.rstrip() + "\n\n## Our code without LocalStack: a stub DynamoDB (issue 18)\n\n"
+                + block + "\n")
+    bench.write_text(text)
 
 
 # ----------------------------------------------------------------- local stack and data
@@ -476,6 +591,8 @@ def main():
     parser.add_argument("--soak", type=int, default=10000)
     parser.add_argument("--perf", action="store_true")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--stub-dynamodb", action="store_true",
+                        help="only products-get and the peers, against an in-memory DynamoDB")
     parser.add_argument("functions", nargs="*")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -518,6 +635,9 @@ def main():
         get_event = with_product(get_event, product_id)
         # The catalogue read as the peers do it: DynamoDB on every invocation, no cache.
         no_cache = {k: v for k, v in env.items() if k != "CACHE_URL"}
+        if args.stub_dynamodb:
+            stub_comparison(args, env, no_cache, peer_table, get_event)
+            return
 
         cold, sizes, event_names = {}, {}, {}
         for f in functions:

@@ -16,10 +16,11 @@ stop_if_started_here() {
 trap stop_if_started_here EXIT
 scripts/stack.sh up || exit 1
 eval "$(scripts/stack.sh env)"
-out=$(mktemp -d)
+# Each backend's rows are kept in docs/bench/ (ZX_FAULT_BACKENDS=postgres re-runs one).
+out=docs/bench
 status=0
-for backend in dynamodb postgres; do
-  ZX_FAULT_SET=full ZX_FAULT_REPORT="$out/$backend.md" \
+for backend in ${ZX_FAULT_BACKENDS:-dynamodb postgres}; do
+  ZX_FAULT_SET=full ZX_FAULT_REPORT="$out/faults-$backend.rows" \
     cargo nextest run -p zx-tests --test orders --locked --no-fail-fast -j 1 \
     -E "test(=$backend::fault_set)" || status=1
 done
@@ -34,10 +35,9 @@ done
   echo "(2xx and 4xx) / 429 / 503 with \`Retry-After\` / violations (a 500, a 503 without"
   echo "\`Retry-After\`, a dropped connection, an answer after the 10 s function timeout)."
   echo
-  echo "| backend | scenario | requests | answers: correct / 429 / 503 / violations | first violations | orders accepted / settled | stock conserved | one order per key | invariants | recovery: first order / all settled |"
-  echo "|---|---|---:|---|---|---|---|---|---|---|"
-  cat "$out"/dynamodb.md "$out"/postgres.md 2>/dev/null
+  echo "| backend | scenario | requests | answers: correct / 429 / 503 / violations | first violations | orders accepted / settled | stock conserved | one order per key | dead letters | invariants | recovery: first order / all settled |"
+  echo "|---|---|---:|---|---|---|---|---|---:|---|---|"
+  cat "$out"/faults-dynamodb.rows "$out"/faults-postgres.rows 2>/dev/null
 } > docs/faults.md
-rm -rf "$out"
 echo "[faults] report written to docs/faults.md"
 exit $status

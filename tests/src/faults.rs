@@ -800,11 +800,14 @@ pub struct ScenarioReport {
     pub keys_unique: Result<(), String>,
     pub first_order_after_fault: Option<Duration>,
     pub settled_after_fault: Option<Duration>,
+    /// Messages in the dead-letter queues at the end (each one a saga step left undone).
+    pub dead_lettered: u64,
 }
 
 impl ScenarioReport {
     pub fn holds(&self) -> bool {
         self.answers.violations.is_empty()
+            && self.dead_lettered == 0
             && self.accepted == self.settled
             && self.conserved.is_ok()
             && self.keys_unique.is_ok()
@@ -819,7 +822,7 @@ impl ScenarioReport {
         let secs =
             |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
         format!(
-            "[faults] {} | {} | {} requests: {} ok, {} 4xx, {} 429, {} 503+Retry-After, {} violations | orders {} accepted, {} settled {:?} | stock {} | keys {} | recovery: first order {}, settled {} | {}",
+            "[faults] {} | {} | {} requests: {} ok, {} 4xx, {} 429, {} 503+Retry-After, {} violations | orders {} accepted, {} settled {:?} | stock {} | keys {} | dead letters {} | recovery: first order {}, settled {} | {}",
             self.backend,
             self.scenario,
             self.requests,
@@ -833,6 +836,7 @@ impl ScenarioReport {
             self.by_status,
             verdict(&self.conserved),
             verdict(&self.keys_unique),
+            self.dead_lettered,
             secs(self.first_order_after_fault),
             secs(self.settled_after_fault),
             if self.holds() { "HOLDS" } else { "FAILED" }
@@ -844,7 +848,7 @@ impl ScenarioReport {
         let mut row = String::new();
         let _ = write!(
             row,
-            "| {} | {} | {} | {} / {} / {} / {} | {} | {} / {} | {} | {} | {} | {} / {} |",
+            "| {} | {} | {} | {} / {} / {} / {} | {} | {} / {} | {} | {} | {} | {} | {} / {} |",
             self.backend,
             self.scenario,
             self.requests,
@@ -871,6 +875,7 @@ impl ScenarioReport {
             } else {
                 "NO"
             },
+            self.dead_lettered,
             if self.holds() { "holds" } else { "FAILED" },
             self.first_order_after_fault
                 .map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
@@ -970,6 +975,23 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
         *by_status.entry(status.to_string()).or_default() += 1;
     }
     let conserved = conserved(rig, &products, &initial, &record, &statuses).await;
+    let sqs = aws_sdk_sqs::Client::new(&rig.app.aws);
+    let mut dead_lettered = 0;
+    for url in [&rig.app.queues.inventory_dlq, &rig.app.queues.orders_dlq] {
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .ok()
+            .and_then(|out| out.attributes)
+            .unwrap_or_default();
+        dead_lettered += attributes
+            .values()
+            .map(|v| v.parse::<u64>().unwrap_or(0))
+            .sum::<u64>();
+    }
     let keys_unique = record
         .keys
         .iter()
@@ -992,6 +1014,7 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
         keys_unique,
         first_order_after_fault,
         settled_after_fault,
+        dead_lettered,
     }
 }
 
@@ -1032,9 +1055,62 @@ async fn conserved(
         let (available, reserved) = (stored.stock.available, stored.stock.reserved);
         if available + reserved + shipped != start || reserved != held {
             return Err(format!(
-                "{product}: initial {start} ≠ available {available} + reserved {reserved} + shipped {shipped}, or reserved ≠ held {held}"
+                "{product}: initial {start} ≠ available {available} + reserved {reserved} + shipped {shipped}, or reserved ≠ held {held}{}",
+                held_elsewhere(rig, product, record, statuses).await
             ));
         }
     }
     Ok(())
+}
+
+/// On Postgres, the orders whose reservation of `product` is held though they do not hold
+/// stock (for the report of a failed conservation).
+async fn held_elsewhere(
+    rig: &Rig,
+    product: &ProductId,
+    record: &Record,
+    statuses: &HashMap<OrderId, OrderStatus>,
+) -> String {
+    if rig.store != Store::Postgres {
+        return String::new();
+    }
+    let Ok(pool) = sqlx::PgPool::connect(&crate::database_url()).await else {
+        return String::new();
+    };
+    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+        "select order_id, state from \"{}\".reservations where lines like $1",
+        rig.app.config.products_schema.as_str()
+    ))
+    .bind(format!("%{product}%"))
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_default();
+    pool.close().await;
+    let orders = rig.app.services.orders().ok();
+    let mut odd = Vec::new();
+    for (order_id, state) in rows {
+        let known = record.accepted.contains_key(&order_id);
+        let status = match OrderId::parse(&order_id).ok() {
+            Some(id) => match statuses.get(&id) {
+                Some(status) => Some(*status),
+                None => match &orders {
+                    Some(orders) => orders
+                        .find_order(&id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|o| o.status),
+                    None => None,
+                },
+            },
+            None => None,
+        };
+        let holds = matches!(status, Some(OrderStatus::Confirmed | OrderStatus::Paid));
+        if (state == "held") != holds || !known {
+            odd.push(format!(
+                "{order_id}: reservation {state}, order {status:?}, known to its client: {known}"
+            ));
+        }
+    }
+    format!("; odd: {odd:?}")
 }

@@ -469,8 +469,19 @@ pub struct TestQueues {
 /// Visibility timeout of test queues.
 pub const TEST_VISIBILITY_SECONDS: u32 = 2;
 
+/// Receives before a message of a [`TestApp::through`] app reaches its dead-letter queue: with
+/// the 2 s visibility, a 60 s retry window, so that, as deployed (70 s × 5 receives, about six
+/// minutes), a message outlives every fault of the fault set instead of being dead-lettered by
+/// the shortened visibility.
+pub const FAULT_MAX_RECEIVES: u32 = 30;
+
 impl TestQueues {
     pub async fn create(aws: &aws_config::SdkConfig) -> Self {
+        Self::create_with(aws, 5).await
+    }
+
+    /// Queues whose messages reach their dead-letter queue after `max_receives` receives.
+    pub async fn create_with(aws: &aws_config::SdkConfig, max_receives: u32) -> Self {
         let sqs = aws_sdk_sqs::Client::new(aws);
         let sns = aws_sdk_sns::Client::new(aws);
         let prefix = format!("zx-test-{}", unique());
@@ -490,8 +501,7 @@ impl TestQueues {
                 .expect("create dlq")
                 .queue_url
                 .expect("dlq url");
-            let redrive =
-                serde_json::json!({"deadLetterTargetArn": arn(&dlq), "maxReceiveCount": "5"});
+            let redrive = serde_json::json!({"deadLetterTargetArn": arn(&dlq), "maxReceiveCount": max_receives.to_string()});
             let queue = sqs
                 .create_queue()
                 .queue_name(format!("{prefix}-{name}"))
@@ -576,14 +586,21 @@ impl TestApp {
 
     /// `extra` overrides or adds configuration variables.
     pub async fn with(store: Store, aws_endpoint: &str, extra: &[(&str, &str)]) -> Self {
-        Self::build(store, aws_endpoint, aws_endpoint, extra).await
+        Self::build(store, aws_endpoint, aws_endpoint, extra, 5).await
     }
 
     /// An app whose tables, schemas and queues are made directly, but whose functions, workers
     /// and tests reach AWS through `aws_endpoint` (a [`FaultProxy`] in front of LocalStack);
     /// `extra` can point `CACHE_URL` and `DATABASE_URL` at proxies too.
     pub async fn through(store: Store, aws_endpoint: &str, extra: &[(&str, &str)]) -> Self {
-        Self::build(store, &self::aws_endpoint(), aws_endpoint, extra).await
+        Self::build(
+            store,
+            &self::aws_endpoint(),
+            aws_endpoint,
+            extra,
+            FAULT_MAX_RECEIVES,
+        )
+        .await
     }
 
     async fn build(
@@ -591,6 +608,7 @@ impl TestApp {
         create_on: &str,
         aws_endpoint: &str,
         extra: &[(&str, &str)],
+        max_receives: u32,
     ) -> Self {
         let aws = aws_config_for(create_on).await;
         let mut vars: HashMap<String, String> = HashMap::from([
@@ -608,7 +626,7 @@ impl TestApp {
         let (mut table, mut schema) = (None, None);
         let reachable = create_on == self::aws_endpoint();
         let queues = if reachable {
-            TestQueues::create(&aws).await
+            TestQueues::create_with(&aws, max_receives).await
         } else {
             TestQueues::unreachable(aws_endpoint)
         };

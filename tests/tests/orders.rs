@@ -517,6 +517,7 @@ async fn an_orders_metrics_are_valid_emf(store: Store) {
 /// recovery; one line per scenario is printed (the test command shows it).
 async fn fault_set(store: Store) {
     use zx_tests::faults;
+    let logs = zx_tests::LogCapture::install();
     let rig = faults::Rig::start(store).await;
     let full = std::env::var("ZX_FAULT_SET").is_ok_and(|set| set == "full");
     let scenarios = if full {
@@ -533,6 +534,26 @@ async fn fault_set(store: Store) {
         for violation in report.answers.violations.iter().take(10) {
             println!("[faults]   violation: {violation}");
         }
+        if !report.holds() {
+            // What the functions logged for their 500s.
+            let mut causes: Vec<String> = logs
+                .matching("ERROR", "request failed")
+                .iter()
+                .map(|l| {
+                    l["error"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect()
+                })
+                .collect();
+            causes.sort();
+            causes.dedup();
+            for cause in causes.iter().take(8) {
+                println!("[faults]   500 cause: {cause}");
+            }
+        }
         reports.push(report);
     }
     if let Ok(path) = std::env::var("ZX_FAULT_REPORT") {
@@ -542,6 +563,71 @@ async fn fault_set(store: Store) {
     for report in &reports {
         assert!(report.holds(), "{}", report.line());
     }
+}
+
+/// Issue 18: a reserve the function could not send (SQS unreachable from it) waits in the
+/// outbox with its trace header; the relay sends it in that trace, so the worker's lines still
+/// carry the order's trace id.
+async fn the_relay_sends_in_the_orders_trace(store: Store) {
+    let logs = zx_tests::LogCapture::install();
+    let mut app = TestApp::new(store).await;
+    let proxy = zx_tests::FaultProxy::start(
+        zx_tests::aws_endpoint()
+            .trim_start_matches("http://")
+            .to_owned(),
+    )
+    .await;
+    let via = zx_tests::aws_config_for(&format!("http://{}", proxy.address)).await;
+    app.services.substitutes.sender = Some(Arc::new(zx_messaging::AwsSender::new(
+        aws_sdk_sqs::Client::new(&via),
+        aws_sdk_sns::Client::new(&via),
+        app.services.destinations.clone().unwrap(),
+    )));
+    let shop = Shop::on(app).await;
+    let _pollers = shop.pollers(&[]);
+    let lamp = shop.product(10, 1999).await;
+    let (_, token) = shop.customer().await;
+    proxy.set(zx_tests::Fault::Cut);
+    let response = shop
+        .order(
+            &token,
+            &zx_tests::unique(),
+            json!({"items": [{"productId": lamp.as_str(), "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let request_id = response.headers()["apigw-requestid"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let id = response.json::<Value>().await.unwrap()["orderId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    proxy.set(zx_tests::Fault::None);
+    let report = shop.workers.run_relay().await;
+    assert!(report.relayed >= 1, "{report:?}");
+    shop.wait_for(&id, &token, "confirmed").await;
+    let lines = logs.lines();
+    let trace_id = lines
+        .iter()
+        .find(|l| l["message"] == "gateway request" && l["request_id"] == request_id.as_str())
+        .unwrap()["trace_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        lines.iter().any(|l| l["message"] == "relayed"
+            && l["order_id"] == id.as_str()
+            && l["trace_id"] == trace_id.as_str()),
+        "the relay sends in the order's trace"
+    );
+    assert!(
+        lines.iter().any(|l| l["message"] == "stock reserved"
+            && l["order_id"] == id.as_str()
+            && in_trace(l, &trace_id)),
+        "the worker joins it through the relayed message"
+    );
 }
 
 async fn happy_path(store: Store) {
@@ -2172,6 +2258,7 @@ both_backends!(
     happy_path,
     an_orders_trace_runs_from_the_gateway_to_the_workers,
     an_orders_metrics_are_valid_emf,
+    the_relay_sends_in_the_orders_trace,
     hot_sku_one_shard,
     hot_sku_four_shards,
     hot_sku_resharded_mid_sale,

@@ -445,6 +445,48 @@ mod tests {
         );
     }
 
+    /// The dashboard and the alarms read the metrics the code emits: every catalogued metric
+    /// is on the dashboard, and every metric of our namespace the template names is catalogued.
+    #[test]
+    fn the_dashboard_and_alarms_name_the_emitted_metrics() {
+        let template = committed();
+        let dashboard = template
+            .split("OperationsDashboard:")
+            .nth(1)
+            .expect("a dashboard")
+            .split("\n  # ----")
+            .next()
+            .unwrap_or_default();
+        for metric in zx_domain::metrics::ALL {
+            assert!(
+                dashboard.contains(&format!("\"{}\"", metric.name))
+                    || dashboard.contains(&format!("\\\"{}\\\"", metric.name)),
+                "{} is not on the dashboard",
+                metric.name
+            );
+        }
+        // Metrics of our namespace named by the dashboard and by the alarms.
+        let ours: Vec<&str> = dashboard
+            .split("[\"${Namespace}\", \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .chain(template.split("MetricName: ").skip(1).filter_map(|rest| {
+                let name = rest.lines().next()?.trim();
+                let before = template.split(&format!("MetricName: {name}")).next()?;
+                let namespace = before.rsplit("Namespace: ").next()?.lines().next()?;
+                namespace.contains("Zhixuan/").then_some(name)
+            }))
+            .collect();
+        assert!(ours.len() > 10, "{ours:?}");
+        for name in ours {
+            assert!(
+                zx_domain::metrics::metric(name).is_some()
+                    || ["RefreshReplays", "AccountLocks"].contains(&name),
+                "{name} is not a catalogued metric (nor a security event counted by a filter)"
+            );
+        }
+    }
+
     #[test]
     fn a_template_without_its_markers_is_refused() {
         assert!(regenerate("Resources:\n").is_err());

@@ -2,7 +2,7 @@
 //! logs one line with status and latency.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -77,9 +77,10 @@ where
         trace_id = %trace_id,
         source_ip = %crate::client_ip(&request)
     );
+    let budget = request_budget(request.lambda_context_ref().map(|c| c.deadline));
     let response = crate::trace::with_trace(
         trace,
-        respond(request, handler, started, &lambda_request_id),
+        respond(request, handler, started, budget, &lambda_request_id),
     )
     .instrument(span)
     .await;
@@ -88,10 +89,34 @@ where
     response
 }
 
+/// What a function answers by when it has no deadline of its own (the template's `Timeout`).
+pub const FUNCTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a request keeps in hand before its invocation's deadline, to answer 503 in time.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
+
+/// How long the handler may run: until the invocation's deadline (milliseconds since the
+/// epoch, from the Lambda context) less [`DEADLINE_MARGIN`], or [`FUNCTION_TIMEOUT`] less it
+/// without one. A dependency that hangs (a connection that stopped answering) then gives the
+/// client a 503 with `Retry-After` rather than a function timeout, which API Gateway answers
+/// as a bare 5xx.
+fn request_budget(deadline_ms: Option<u64>) -> Duration {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let left = match deadline_ms {
+        Some(deadline) if deadline > now_ms => Duration::from_millis(deadline - now_ms),
+        _ => FUNCTION_TIMEOUT,
+    };
+    left.min(FUNCTION_TIMEOUT * 90)
+        .saturating_sub(DEADLINE_MARGIN)
+        .max(Duration::from_millis(100))
+}
+
 async fn respond<F, Fut>(
     request: Request,
     handler: F,
     started: Instant,
+    budget: Duration,
     lambda_request_id: &str,
 ) -> Response<Body>
 where
@@ -107,7 +132,16 @@ where
         ),
         _ => (String::new(), String::new()),
     };
-    let response = match handler(request).await {
+    let outcome = tokio::time::timeout(budget, handler(request))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::Unavailable {
+                detail: "a dependency did not answer in time; retry shortly".into(),
+                retry_after: Duration::from_secs(1),
+                source: None,
+            })
+        });
+    let response = match outcome {
         Ok(response) => response,
         Err(error) => {
             let status = error.status();
@@ -136,4 +170,43 @@ where
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_request_answers_before_its_invocation_ends() {
+        let now_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let budget = request_budget(Some(now_ms + 10_000));
+        assert!(budget <= Duration::from_millis(8_500) && budget > Duration::from_secs(8));
+        assert_eq!(request_budget(None), FUNCTION_TIMEOUT - DEADLINE_MARGIN);
+        // A deadline already past (or the local gateway's 0) still leaves the default.
+        assert_eq!(request_budget(Some(0)), FUNCTION_TIMEOUT - DEADLINE_MARGIN);
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_hangs_is_a_503_with_retry_after() {
+        let request = Request::default();
+        let response = respond(
+            request,
+            |_| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                json_response(200, &"late")
+            },
+            Instant::now(),
+            Duration::from_millis(50),
+            "r",
+        )
+        .await;
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
 }

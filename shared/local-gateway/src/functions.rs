@@ -102,6 +102,11 @@ async fn invoke(
     let mut context = Context::default();
     context.request_id = format!("local-{request_id}");
     context.xray_trace_id = Some(trace.as_str().to_owned());
+    // The template's function timeout, as Lambda gives each invocation its deadline.
+    context.deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+        .saturating_add(u64::try_from(zx_http::respond::FUNCTION_TIMEOUT.as_millis()).unwrap_or(0));
     let handler = handler.clone();
     let service = lambda_http::service_fn(move |request: Request| {
         let response = handler(request);

@@ -18,7 +18,8 @@ pub use users::PgUserRepository;
 
 use zx_domain::RepositoryError;
 
-/// Classifies a driver error: no connection in time, I/O and TLS failures, a closed pool,
+/// Classifies a driver error: no connection in time, I/O, TLS and protocol failures (a
+/// connection broken while it starts), a closed pool,
 /// connection-class (`08`), resource (`53`) and shutdown (`57P`) errors, serialization
 /// failures and deadlocks are transient ([`RepositoryError::Unavailable`], a 503 at the edge);
 /// everything else (a missing table, a constraint we did not expect, a decoding error) is
@@ -34,7 +35,10 @@ pub(crate) fn db_error(operation: &'static str, error: sqlx::Error) -> Repositor
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+        | sqlx::Error::WorkerCrashed
+        // A connection that broke during its start-up (a proxy failing over, a reset while TLS
+        // is negotiated: sqlx reads the closed socket as an invalid SSLRequest answer).
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             code.starts_with("08")
                 || code.starts_with("53")
@@ -55,4 +59,19 @@ pub(crate) fn db_error(operation: &'static str, error: sqlx::Error) -> Repositor
 /// every service's schema.
 pub(crate) fn qualified(schema: &PgSchema, table: &str) -> String {
     format!("\"{}\".{table}", schema.as_str())
+}
+
+#[cfg(test)]
+mod classification_tests {
+    use super::db_error;
+
+    #[test]
+    fn broken_connections_are_transient_and_bugs_are_not() {
+        // What sqlx reports when the connection is closed while it asks for TLS.
+        let broken = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into());
+        assert!(db_error("select", broken).is_transient());
+        assert!(db_error("select", sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!db_error("select", sqlx::Error::RowNotFound).is_transient());
+        assert!(!db_error("select", sqlx::Error::ColumnNotFound("x".into())).is_transient());
+    }
 }
