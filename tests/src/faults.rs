@@ -245,11 +245,12 @@ impl Rig {
     }
 
     /// Applies `injection` to `dependency` and returns when it has ended (the proxy forwards
-    /// again; the kills are spent, or 20 s passed).
-    pub async fn inject(&self, dependency: Dependency, injection: Injection) {
+    /// again; the kills are spent, or 20 s passed). `Err` says what could not be injected (kills
+    /// that found nothing to kill).
+    pub async fn inject(&self, dependency: Dependency, injection: Injection) -> Result<(), String> {
         match injection {
-            Injection::WorkerKilled(n) => return spend(&self.worker_kills, n).await,
-            Injection::RelayKilled(n) => return spend(&self.relay_kills, n).await,
+            Injection::WorkerKilled(n) => return spend(&self.worker_kills, n, "worker").await,
+            Injection::RelayKilled(n) => return spend(&self.relay_kills, n, "relay").await,
             _ => {}
         }
         let proxy = self.proxy(dependency);
@@ -275,17 +276,24 @@ impl Rig {
             }
         }
         proxy.set(Fault::None);
+        Ok(())
     }
 }
 
-/// Sets `counter` to `n` and waits until it is spent (at most 20 s; then it is cleared).
-async fn spend(counter: &std::sync::atomic::AtomicU32, n: u32) {
+/// Sets `counter` to `n` and waits until it is spent (at most 20 s; then it is cleared and
+/// the kills that did not happen are reported).
+async fn spend(counter: &std::sync::atomic::AtomicU32, n: u32, what: &str) -> Result<(), String> {
     counter.store(n, Ordering::SeqCst);
     let until = Instant::now() + Duration::from_secs(20);
     while counter.load(Ordering::SeqCst) > 0 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    counter.store(0, Ordering::SeqCst);
+    let left = counter.swap(0, Ordering::SeqCst);
+    if left == 0 {
+        Ok(())
+    } else {
+        Err(format!("only {} of {n} {what} kills happened", n - left))
+    }
 }
 
 /// `handler`, killed after its work and before its reply while `kills` is above zero: the
@@ -378,6 +386,9 @@ struct Record {
     accepted: HashMap<String, Vec<(ProductId, u32)>>,
     /// When each order was accepted.
     first_accepted_after: Option<Instant>,
+    /// Customers whose own listing shows another number of orders than the keys they were
+    /// answered 202 for (a key that made two orders, or an order no key answered for).
+    key_mismatches: Vec<String>,
 }
 
 /// The load: virtual clients and an admin until stopped.
@@ -386,6 +397,17 @@ pub struct Load {
     record: Arc<Mutex<Record>>,
     requests: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The 4xx answers that are correct for a request of the load, whatever the fault: an order
+/// refused (sold out, out of stock, too many open orders), a move or a cancellation that lost a
+/// race to the saga (409), a registration retried after it was stored (409). Anything else is a
+/// violation (a 404 for a product that exists, a 401 for a valid token...).
+fn expected_refusals(what: &str) -> &'static [u16] {
+    match what {
+        "order" | "order replay" | "cancel" | "admin move" | "register" => &[409],
+        _ => &[],
+    }
 }
 
 /// One answer classed: `Ok(status)` when it is allowed (a correct answer, a 429, a 503 with
@@ -414,7 +436,9 @@ fn classify(
             503 => answers
                 .violations
                 .push(format!("{what}: 503 without Retry-After")),
-            400..=499 => answers.client_errors += 1,
+            code @ 400..=499 if expected_refusals(what).contains(&code) => {
+                answers.client_errors += 1
+            }
             other => answers.violations.push(format!("{what}: {other}")),
         },
     }
@@ -510,7 +534,7 @@ impl Caller {
                         || status == StatusCode::TOO_MANY_REQUESTS =>
                 {
                     let _ = body;
-                    if self.stop.load(Ordering::Relaxed) && key.is_none() {
+                    if self.stop.load(Ordering::Relaxed) && key.is_none() && what != "my orders" {
                         return None;
                     }
                     let wait = retry_after.unwrap_or(1).clamp(1, 3);
@@ -518,7 +542,7 @@ impl Caller {
                 }
                 Ok((status, _, body)) => return Some((status, body)),
                 Err(_) => {
-                    if self.stop.load(Ordering::Relaxed) && key.is_none() {
+                    if self.stop.load(Ordering::Relaxed) && key.is_none() && what != "my orders" {
                         return None;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -539,11 +563,13 @@ impl Load {
             requests: Arc::default(),
             tasks: Vec::new(),
         };
-        let tag = crate::unique();
-        let tag: String = tag
+        // The random part of a v4 id (a v7 id starts with the time: the same for scenarios a
+        // few seconds apart, so their customers would be the same accounts).
+        let tag: String = uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
             .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(6)
+            .take(8)
             .collect();
         for n in 0..clients {
             let [hi, lo] = (n + 2).to_be_bytes();
@@ -567,7 +593,14 @@ impl Load {
     pub async fn stop(self) -> LoadOutcome {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .is_err()
+            {
+                // Never into the next scenario.
+                abort.abort();
+            }
         }
         let record = std::mem::take(
             &mut *self
@@ -633,6 +666,7 @@ async fn customer(caller: Caller, name: String, products: Vec<ProductId>) {
         return;
     };
     let mut mine: Vec<String> = Vec::new();
+    let mut keys_accepted = std::collections::HashSet::new();
     let mut step: u64 = 0;
     while !caller.stop.load(Ordering::Relaxed) {
         step += 1;
@@ -698,6 +732,7 @@ async fn customer(caller: Caller, name: String, products: Vec<ProductId>) {
                         }
                     }
                     mine.push(id.to_owned());
+                    keys_accepted.insert(key.clone());
                     // The same key again: the same order.
                     if step % 20 == 8
                         && let Some((StatusCode::ACCEPTED | StatusCode::OK, again)) = caller
@@ -742,6 +777,43 @@ async fn customer(caller: Caller, name: String, products: Vec<ProductId>) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // As the customer sees it: one order per key that was answered 202, no other.
+    let listed = count_my_orders(&caller, &token).await;
+    if listed != Some(keys_accepted.len()) {
+        caller
+            .record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .key_mismatches
+            .push(format!(
+                "{name}: {} keys accepted, {listed:?} orders listed",
+                keys_accepted.len()
+            ));
+    }
+}
+
+/// How many orders the customer's own listing shows (every page), retrying as a client would.
+async fn count_my_orders(caller: &Caller, token: &str) -> Option<usize> {
+    let mut count = 0;
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/orders?limit=100&cursor={c}"),
+            None => "/api/v1/orders?limit=100".to_owned(),
+        };
+        let (status, page) = caller
+            .retrying("my orders", Method::GET, &path, Some(token), None, None)
+            .await?;
+        if status != StatusCode::OK {
+            return None;
+        }
+        count += page["items"].as_array().map_or(0, Vec::len);
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Some(count),
+        }
+    }
+    None
 }
 
 /// The admin pays and ships confirmed orders it finds in its listing.
@@ -802,11 +874,16 @@ pub struct ScenarioReport {
     pub settled_after_fault: Option<Duration>,
     /// Messages in the dead-letter queues at the end (each one a saga step left undone).
     pub dead_lettered: u64,
+    /// Whether the fault was injected as asked.
+    pub injected: Result<(), String>,
 }
 
 impl ScenarioReport {
     pub fn holds(&self) -> bool {
         self.answers.violations.is_empty()
+            && self.injected.is_ok()
+            && self.first_order_after_fault.is_some()
+            && self.settled_after_fault.is_some()
             && self.dead_lettered == 0
             && self.accepted == self.settled
             && self.conserved.is_ok()
@@ -910,7 +987,7 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
     let admin = rig.app.stored_user_token(Role::Admin).await.1;
     let load = Load::start(rig, clients, &products, admin);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    rig.inject(scenario.dependency, scenario.injection).await;
+    let injected = rig.inject(scenario.dependency, scenario.injection).await;
     let fault_ended = Instant::now();
     load.mark();
     // Load goes on until the system answers orders again (bounded).
@@ -950,6 +1027,7 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
             .filter(|id| statuses.get(*id).is_none_or(|s| *s == OrderStatus::Pending))
             .count();
         if pending == 0
+            && drained(rig).await
             && conserved(rig, &products, &initial, &record, &statuses)
                 .await
                 .is_ok()
@@ -975,22 +1053,10 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
         *by_status.entry(status.to_string()).or_default() += 1;
     }
     let conserved = conserved(rig, &products, &initial, &record, &statuses).await;
-    let sqs = aws_sdk_sqs::Client::new(&rig.app.aws);
     let mut dead_lettered = 0;
     for url in [&rig.app.queues.inventory_dlq, &rig.app.queues.orders_dlq] {
-        let attributes = sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            .send()
-            .await
-            .ok()
-            .and_then(|out| out.attributes)
-            .unwrap_or_default();
-        dead_lettered += attributes
-            .values()
-            .map(|v| v.parse::<u64>().unwrap_or(0))
-            .sum::<u64>();
+        // A queue that cannot be read counts as holding dead letters.
+        dead_lettered += depth(rig, url).await.unwrap_or(u64::MAX / 4);
     }
     let keys_unique = record
         .keys
@@ -998,6 +1064,10 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
         .find(|(_, ids)| ids.windows(2).any(|w| w[0] != w[1]))
         .map_or(Ok(()), |(key, ids)| {
             Err(format!("key {key} gave orders {ids:?}"))
+        })
+        .and_then(|()| match record.key_mismatches.first() {
+            Some(mismatch) => Err(mismatch.clone()),
+            None => Ok(()),
         });
     ScenarioReport {
         backend: match rig.store {
@@ -1015,7 +1085,35 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
         first_order_after_fault,
         settled_after_fault,
         dead_lettered,
+        injected,
     }
+}
+
+/// Messages in `url`, visible and in flight (`None` when it cannot be read).
+async fn depth(rig: &Rig, url: &str) -> Option<u64> {
+    let attributes = aws_sdk_sqs::Client::new(&rig.app.aws)
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(
+            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        )
+        .send()
+        .await
+        .ok()?
+        .attributes?;
+    Some(
+        attributes
+            .values()
+            .map(|v| v.parse::<u64>().unwrap_or(0))
+            .sum(),
+    )
+}
+
+/// Whether both saga queues are empty: every message handled and deleted.
+async fn drained(rig: &Rig) -> bool {
+    depth(rig, &rig.app.queues.inventory).await == Some(0)
+        && depth(rig, &rig.app.queues.orders).await == Some(0)
 }
 
 /// Per product: initial stock = available + reserved + shipped units, and reserved = the units

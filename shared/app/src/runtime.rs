@@ -62,7 +62,18 @@ pub async fn run_sqs(function: &SqsFunction) -> Result<(), lambda_runtime::Error
         let handler = handler.clone();
         let span = tracing::info_span!("invocation", lambda_request_id = %event.context.request_id);
         let deadline = deadline_of(&event.context);
-        let ids = invocation_ids(&event.context);
+        let mut ids = invocation_ids(&event.context);
+        // The batch's metrics carry the order's trace (its first message's AWSTraceHeader), as
+        // its log lines do; SQS-triggered invocations start a trace of their own otherwise.
+        if let Some(trace) = event
+            .payload
+            .records
+            .first()
+            .and_then(|r| r.attributes.get("AWSTraceHeader"))
+            .and_then(|h| zx_http::trace::TraceHeader::parse(h))
+        {
+            ids.1 = zx_http::trace::trace_id(Some(&trace)).to_owned();
+        }
         async move {
             before_invocation().await;
             let response = handler(event.payload, deadline).await;

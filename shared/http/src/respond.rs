@@ -136,7 +136,9 @@ where
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::Unavailable {
-                detail: "a dependency did not answer in time; retry shortly".into(),
+                detail: "the request did not finish in time and its outcome is unknown: read \
+                         the resource before retrying, or retry with the same Idempotency-Key"
+                    .into(),
                 retry_after: Duration::from_secs(1),
                 source: None,
             })

@@ -285,6 +285,7 @@ pub async fn list_products(
             limits.check(&format!("search:{client}"), limit).await
         {
             tracing::info!(limit, "search rate limited");
+            metrics::counter!(zx_domain::metrics::RATE_LIMITED, "Limit" => "search").increment(1);
             return Err(ApiError::TooManyRequests { retry_after, limit });
         }
     }

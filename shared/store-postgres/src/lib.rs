@@ -35,10 +35,11 @@ pub(crate) fn db_error(operation: &'static str, error: sqlx::Error) -> Repositor
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::WorkerCrashed => true,
         // A connection that broke during its start-up (a proxy failing over, a reset while TLS
-        // is negotiated: sqlx reads the closed socket as an invalid SSLRequest answer).
-        | sqlx::Error::Protocol(_) => true,
+        // is negotiated: sqlx reads the closed socket as an invalid SSLRequest answer). Other
+        // protocol errors stay permanent: a bug should not be retried.
+        sqlx::Error::Protocol(message) => message.contains("SSLRequest"),
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             code.starts_with("08")
                 || code.starts_with("53")
@@ -72,6 +73,8 @@ mod classification_tests {
         assert!(db_error("select", broken).is_transient());
         assert!(db_error("select", sqlx::Error::PoolTimedOut).is_transient());
         assert!(!db_error("select", sqlx::Error::RowNotFound).is_transient());
+        let bug = sqlx::Error::Protocol("unknown message type: 'x'".into());
+        assert!(!db_error("select", bug).is_transient());
         assert!(!db_error("select", sqlx::Error::ColumnNotFound("x".into())).is_transient());
     }
 }

@@ -75,6 +75,13 @@ impl PasswordGuard {
                 .map_err(unavailable)?;
             if window.is_exceeded() {
                 tracing::info!(limit = *limit, "rate limited");
+                // The limit's name is the key's fixed prefix (`login`, `login-ip`, `register`).
+                let group = match key.split(':').next() {
+                    Some("login") => "login",
+                    Some("login-ip") => "login-ip",
+                    _ => "register",
+                };
+                metrics::counter!(zx_domain::metrics::RATE_LIMITED, "Limit" => group).increment(1);
                 return Err(ApiError::TooManyRequests {
                     retry_after: window.reset_in,
                     limit: *limit,

@@ -214,13 +214,13 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let base = arg(&args, "--base").unwrap_or_else(|| "http://127.0.0.1:3000".to_owned());
-    let host = base
-        .trim_start_matches("http://")
-        .split([':', '/'])
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    if !host.starts_with("127.") {
+    // Only `http://<IPv4 loopback>[:port][/...]`: no host names, no user info.
+    let authority = base
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    let host = authority.split(':').next().unwrap_or_default();
+    if authority.contains('@') || !host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback()) {
         return Err("zx-load sends to a loopback address (127.0.0.0/8) only".into());
     }
     let steps: Vec<usize> = arg(&args, "--steps")

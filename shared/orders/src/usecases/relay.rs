@@ -67,6 +67,8 @@ pub async fn run_relay(relay: &Relay, deadline: Instant) -> RelayReport {
     let cutoff = Timestamp::now().minus(relay.settings.relay_delay);
     let mut after: Option<RowKey> = None;
     let mut down: HashSet<Destination> = HashSet::new();
+    // No lag is reported when the outbox could not be read: its alarm treats that as a breach.
+    let mut lag_known = true;
     loop {
         if Instant::now() >= outbox_stop || down.len() == 3 {
             report.outbox_left = true;
@@ -77,6 +79,7 @@ pub async fn run_relay(relay: &Relay, deadline: Instant) -> RelayReport {
             Err(error) => {
                 tracing::error!(error = %zx_domain::cause_chain(&error), "relay could not read the outbox");
                 report.outbox_left = true;
+                lag_known = false;
                 break;
             }
         };
@@ -192,7 +195,10 @@ pub async fn run_relay(relay: &Relay, deadline: Instant) -> RelayReport {
     report.outbox_left |= report.failed + report.deferred > 0;
     // Precision below a millisecond is not the point of a lag.
     #[allow(clippy::cast_precision_loss)]
-    metrics::histogram!(metric::RELAY_LAG).record(report.oldest_unsent_ms as f64);
+    let lag = report.oldest_unsent_ms as f64;
+    if lag_known {
+        metrics::histogram!(metric::RELAY_LAG).record(lag);
+    }
     metrics::counter!(metric::RELAYED).increment(u64::try_from(report.relayed).unwrap_or(0));
     expire(relay, &mut report, stop_at).await;
     purge(relay, &mut report, stop_at).await;
