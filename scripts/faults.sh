@@ -17,7 +17,7 @@ trap stop_if_started_here EXIT
 scripts/stack.sh up || exit 1
 eval "$(scripts/stack.sh env)"
 # Each backend's rows are kept in docs/bench/ (ZX_FAULT_BACKENDS=postgres re-runs one).
-out=docs/bench
+out="$ROOT/docs/bench"
 status=0
 for backend in ${ZX_FAULT_BACKENDS:-dynamodb postgres}; do
   ZX_FAULT_SET=full ZX_FAULT_REPORT="$out/faults-$backend.rows" \
@@ -31,9 +31,11 @@ done
   echo "(each from its own loopback address) browse, register, log in, order with"
   echo "\`Idempotency-Key\`s (retrying 503/429 with the same key after \`Retry-After\`) and cancel,"
   echo "an admin pays and ships; 3 s of load, the fault, load until an order is accepted again, then"
-  echo "the invariants once everything settled (bound: 45 s after the fault). Answers: correct"
-  echo "(2xx and 4xx) / 429 / 503 with \`Retry-After\` / violations (a 500, a 503 without"
-  echo "\`Retry-After\`, a dropped connection, an answer after the 10 s function timeout)."
+  echo "the invariants once everything settled (bound: 45 s after the fault: no order pending,"
+  echo "both queues drained, no dead letter, stock conserved, one order per key in each customer's"
+  echo "listing). Answers: correct (2xx, and the 4xx each route may get: 409 for an order refused"
+  echo "or a move that lost a race) / 429 / 503 with \`Retry-After\` / violations (a 500, another"
+  echo "4xx, a 503 without \`Retry-After\`, a dropped connection, an answer after 11 s)."
   echo
   echo "| backend | scenario | requests | answers: correct / 429 / 503 / violations | first violations | orders accepted / settled | stock conserved | one order per key | dead letters | invariants | recovery: first order / all settled |"
   echo "|---|---|---:|---|---|---|---|---|---:|---|---|"
