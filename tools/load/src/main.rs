@@ -267,6 +267,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if customers.is_empty() {
         return Err("no customer could register".into());
     }
+    // The steps start now (what samples resources per step takes its baseline here).
+    println!("{}", json!({ "ready": customers.len() }));
     for &clients in &steps {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let until = Instant::now() + Duration::from_secs(seconds);
