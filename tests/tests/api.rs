@@ -2939,10 +2939,11 @@ async fn every_function_starts_with_the_environment_the_template_sets() {
         if names.contains("CACHE_NAME") {
             expected.remove("CACHE_URL");
         }
-        // Read by the tracing filter, not the configuration.
+        // Read by the tracing filter and by the metrics collector (`zx_http::emf::init`), not
+        // the configuration.
         let extra: Vec<_> = names
             .difference(&expected)
-            .filter(|n| *n != "RUST_LOG")
+            .filter(|n| *n != "RUST_LOG" && *n != "METRICS_NAMESPACE")
             .collect();
         let missing: Vec<_> = expected.difference(&names).collect();
         assert!(
