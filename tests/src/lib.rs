@@ -1149,6 +1149,10 @@ async fn pump(
             }
             Fault::None | Fault::Cut => {}
         }
+        // Cut while this chunk was read (or held): it goes nowhere, the connection is dropped.
+        if *faults.borrow() == Fault::Cut {
+            break;
+        }
         let Some(chunk) = buffer.get(..read) else {
             break;
         };

@@ -2874,6 +2874,10 @@ fn resolve_env(
                 ("!Sub", s) if s.starts_with("{{resolve:secretsmanager:") => Some(key.to_base64()),
                 // !If [IsPostgres, ..., AWS::NoValue] with the default Store (dynamodb).
                 ("!If", _) => None,
+                // The stack's name (the metrics' namespace).
+                ("!Sub", s) if !s.replace("${AWS::StackName}", "").contains("${") => {
+                    Some(s.replace("${AWS::StackName}", "zhixuan"))
+                }
                 (tag, _) => panic!("unexpected {tag} in a function's environment"),
             }
         }
