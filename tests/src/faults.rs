@@ -1056,7 +1056,9 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
     let mut dead_lettered = 0;
     for url in [&rig.app.queues.inventory_dlq, &rig.app.queues.orders_dlq] {
         // A queue that cannot be read counts as holding dead letters.
-        dead_lettered += depth(rig, url).await.unwrap_or(u64::MAX / 4);
+        dead_lettered += crate::queue_depth(&rig.app.aws, url)
+            .await
+            .unwrap_or(u64::MAX / 4);
     }
     let keys_unique = record
         .keys
@@ -1089,31 +1091,10 @@ pub async fn run(rig: &Rig, scenario: Scenario, clients: u16) -> ScenarioReport 
     }
 }
 
-/// Messages in `url`, visible and in flight (`None` when it cannot be read).
-async fn depth(rig: &Rig, url: &str) -> Option<u64> {
-    let attributes = aws_sdk_sqs::Client::new(&rig.app.aws)
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(
-            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        )
-        .send()
-        .await
-        .ok()?
-        .attributes?;
-    Some(
-        attributes
-            .values()
-            .map(|v| v.parse::<u64>().unwrap_or(0))
-            .sum(),
-    )
-}
-
 /// Whether both saga queues are empty: every message handled and deleted.
 async fn drained(rig: &Rig) -> bool {
-    depth(rig, &rig.app.queues.inventory).await == Some(0)
-        && depth(rig, &rig.app.queues.orders).await == Some(0)
+    crate::queue_depth(&rig.app.aws, &rig.app.queues.inventory).await == Some(0)
+        && crate::queue_depth(&rig.app.aws, &rig.app.queues.orders).await == Some(0)
 }
 
 /// Per product: initial stock = available + reserved + shipped units, and reserved = the units

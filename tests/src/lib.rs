@@ -1211,6 +1211,27 @@ pub async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (address, task)
 }
 
+/// Messages in the queue at `url`, visible and in flight (`None` when it cannot be read).
+pub async fn queue_depth(aws: &aws_config::SdkConfig, url: &str) -> Option<u64> {
+    let attributes = aws_sdk_sqs::Client::new(aws)
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(
+            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        )
+        .send()
+        .await
+        .ok()?
+        .attributes?;
+    Some(
+        attributes
+            .values()
+            .map(|v| v.parse::<u64>().unwrap_or(0))
+            .sum(),
+    )
+}
+
 /// The log lines (JSON, as deployed) of this test process, captured from the moment
 /// [`LogCapture::install`] runs. nextest runs each test in its own process, so a test sees only
 /// its own logs.

@@ -96,6 +96,27 @@ impl Shop {
             .unwrap()
     }
 
+    /// One unit of `product` ordered once (202): the gateway's request id and the order's id.
+    async fn order_one(&self, token: &str, product: &ProductId) -> (String, String) {
+        let response = self
+            .order(
+                token,
+                &zx_tests::unique(),
+                json!({"items": [{"productId": product.as_str(), "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(response.status(), 202);
+        let request_id = response.headers()["apigw-requestid"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let id = response.json::<Value>().await.unwrap()["orderId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (request_id, id)
+    }
+
     async fn place(&self, token: &str, lines: &[(&ProductId, u32)]) -> String {
         let items: Vec<Value> = lines
             .iter()
@@ -177,23 +198,9 @@ impl Shop {
     }
 
     async fn queue_depth(&self, url: &str) -> u64 {
-        let sqs = aws_sdk_sqs::Client::new(&self.app.aws);
-        let attributes = sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(
-                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            )
-            .send()
+        zx_tests::queue_depth(&self.app.aws, url)
             .await
-            .unwrap()
-            .attributes
-            .unwrap_or_default();
-        attributes
-            .values()
-            .map(|v| v.parse::<u64>().unwrap_or(0))
-            .sum()
+            .expect("queue attributes")
     }
 
     /// Polls until both saga queues are empty: every message handled and deleted.
@@ -271,6 +278,17 @@ fn failures(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<String> 
 
 /// Create (202, server prices) → confirmed → stock down by exactly the quantities → history
 /// has both entries; the events reach the order-events topic.
+/// The trace id the gateway's line for request `request_id` names.
+fn gateway_trace(lines: &[Value], request_id: &str) -> String {
+    lines
+        .iter()
+        .find(|l| l["message"] == "gateway request" && l["request_id"] == request_id)
+        .expect("the gateway logs the request")["trace_id"]
+        .as_str()
+        .expect("with a trace id")
+        .to_owned()
+}
+
 /// Whether a log line belongs to the trace `trace_id`: its own field, or a span it is in.
 fn in_trace(line: &Value, trace_id: &str) -> bool {
     line["trace_id"] == trace_id
@@ -288,29 +306,10 @@ async fn an_orders_trace_runs_from_the_gateway_to_the_workers(store: Store) {
     let _pollers = shop.pollers(&[]);
     let lamp = shop.product(10, 1999).await;
     let (_, token) = shop.customer().await;
-    let response = shop
-        .order(
-            &token,
-            &zx_tests::unique(),
-            json!({"items": [{"productId": lamp.as_str(), "quantity": 1}]}),
-        )
-        .await;
-    assert_eq!(response.status(), 202);
-    let request_id = response.headers()["apigw-requestid"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let id = response.json::<Value>().await.unwrap()["orderId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (request_id, id) = shop.order_one(&token, &lamp).await;
     shop.wait_for(&id, &token, "confirmed").await;
     let lines = logs.lines();
-    let gateway = lines
-        .iter()
-        .find(|l| l["message"] == "gateway request" && l["request_id"] == request_id.as_str())
-        .expect("the gateway logs the request");
-    let trace_id = gateway["trace_id"].as_str().unwrap().to_owned();
+    let trace_id = gateway_trace(&lines, &request_id);
     assert!(
         zx_http::trace::TraceHeader::parse(&format!("Root={trace_id}")).is_some(),
         "an X-Ray trace id: {trace_id}"
@@ -369,30 +368,8 @@ async fn an_orders_metrics_are_valid_emf(store: Store) {
     let path = format!("/api/v1/products/{lamp}");
     shop.get(&path, &token).await;
     shop.get(&path, &token).await;
-    let response = shop
-        .order(
-            &token,
-            &zx_tests::unique(),
-            json!({"items": [{"productId": lamp.as_str(), "quantity": 1}]}),
-        )
-        .await;
-    assert_eq!(response.status(), 202);
-    let request_id = response.headers()["apigw-requestid"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let id = response.json::<Value>().await.unwrap()["orderId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let trace_id = logs
-        .lines()
-        .into_iter()
-        .find(|l| l["message"] == "gateway request" && l["request_id"] == request_id.as_str())
-        .unwrap()["trace_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (request_id, id) = shop.order_one(&token, &lamp).await;
+    let trace_id = gateway_trace(&logs.lines(), &request_id);
     let _pollers = shop.pollers(&[]);
     // Each worker flushes after its batch: poll for the documents (not over HTTP, whose
     // invocations would flush too).
@@ -610,34 +587,13 @@ async fn the_relay_sends_in_the_orders_trace(store: Store) {
     let lamp = shop.product(10, 1999).await;
     let (_, token) = shop.customer().await;
     proxy.set(zx_tests::Fault::Cut);
-    let response = shop
-        .order(
-            &token,
-            &zx_tests::unique(),
-            json!({"items": [{"productId": lamp.as_str(), "quantity": 1}]}),
-        )
-        .await;
-    assert_eq!(response.status(), 202);
-    let request_id = response.headers()["apigw-requestid"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let id = response.json::<Value>().await.unwrap()["orderId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (request_id, id) = shop.order_one(&token, &lamp).await;
     proxy.set(zx_tests::Fault::None);
     let report = shop.workers.run_relay().await;
     assert!(report.relayed >= 1, "{report:?}");
     shop.wait_for(&id, &token, "confirmed").await;
     let lines = logs.lines();
-    let trace_id = lines
-        .iter()
-        .find(|l| l["message"] == "gateway request" && l["request_id"] == request_id.as_str())
-        .unwrap()["trace_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let trace_id = gateway_trace(&lines, &request_id);
     assert!(
         lines.iter().any(|l| l["message"] == "relayed"
             && l["order_id"] == id.as_str()

@@ -69,8 +69,7 @@ pub async fn run_sqs(function: &SqsFunction) -> Result<(), lambda_runtime::Error
             .payload
             .records
             .first()
-            .and_then(|r| r.attributes.get("AWSTraceHeader"))
-            .and_then(|h| zx_http::trace::TraceHeader::parse(h))
+            .and_then(crate::workers::record_trace)
         {
             ids.1 = zx_http::trace::trace_id(Some(&trace)).to_owned();
         }

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use zx_http::trace::TraceHeader;
 use zx_orders::usecases::{InventorySteps, Relay, RelayReport};
 use zx_orders::workers::{QueueMessage, Worker};
@@ -95,6 +95,15 @@ pub const OUTBOX_RELAY_NAME: &str = "outbox-relay";
 /// What the relay's cold start builds and is granted: its ports' needs.
 pub const OUTBOX_RELAY: Needs = <Relay as Port>::NEEDS;
 
+/// The trace a record's message was sent in (its `AWSTraceHeader` system attribute), if it
+/// carries a valid one.
+pub fn record_trace(record: &SqsMessage) -> Option<TraceHeader> {
+    record
+        .attributes
+        .get("AWSTraceHeader")
+        .and_then(|header| TraceHeader::parse(header))
+}
+
 fn worker<P: WorkerPorts>(services: &Services) -> Result<SqsHandler, ConfigError> {
     let worker = Arc::new(P::wire(services)?.worker());
     Ok(Arc::new(move |event: SqsEvent, deadline: Instant| {
@@ -105,12 +114,9 @@ fn worker<P: WorkerPorts>(services: &Services) -> Result<SqsHandler, ConfigError
             let messages: Vec<QueueMessage> = event
                 .records
                 .into_iter()
-                .filter_map(|record| match record.message_id {
+                .filter_map(|record| match record.message_id.clone() {
                     Some(id) => Some(QueueMessage {
-                        trace: record
-                            .attributes
-                            .get("AWSTraceHeader")
-                            .and_then(|header| TraceHeader::parse(header)),
+                        trace: record_trace(&record),
                         id,
                         body: record.body.unwrap_or_default(),
                     }),
